@@ -1,0 +1,95 @@
+"""The attention processor installed on Wan self-attention (``attn1``) and the method interface.
+
+:class:`BenchAttnProcessor` forms Q, K, V exactly as diffusers' ``WanAttnProcessor`` does
+(projections, RMSNorm across heads, interleaved RoPE) and hands them to an
+:class:`AttentionMethod`, which returns the attention output. Cross-attention (``attn2``) and
+everything else in diffusers stay untouched; :func:`installed` restores the original processors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+from accel.telemetry import Recorder
+from accel.tracking import StepInfo, attach_tracker, detach_tracker
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Interleaved rotary embedding on the last axis: pairs (x[2i], x[2i+1]) rotate by the pair's angle."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * c - x2 * s
+    out[..., 1::2] = x1 * s + x2 * c
+    return out.type_as(x)
+
+
+class AttentionMethod:
+    """A self-attention method. Subclasses override :meth:`attend`; state lives per run."""
+
+    name = "dense"
+
+    def __init__(self, recorder: Recorder | None = None):
+        self.recorder = recorder or Recorder(enabled=False)
+        self.backend = None  # diffusers attention backend of the processors this replaced
+        self.num_layers = 0
+
+    def setup(self, num_layers: int, num_heads: int) -> None:
+        """Called once at install time with the model's shape; validate per-layer/head settings here."""
+        self.num_layers = num_layers
+
+    def dense(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Full attention exactly as diffusers computes it (same dispatch, same backend)."""
+        return dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, backend=self.backend)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, info: StepInfo) -> torch.Tensor:
+        """Attention output ``(B, L, H, D)`` of ``q, k, v`` ``(B, L, H, D)`` at ``layer``."""
+        return self.dense(q, k, v)
+
+
+class BenchAttnProcessor:
+    """Wan ``attn1`` processor that delegates the attention product to an :class:`AttentionMethod`."""
+
+    def __init__(self, method: AttentionMethod, layer: int, info_source):
+        self.method = method
+        self.layer = layer
+        self.info_source = info_source  # the StepTracker whose .info describes the current call
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kw):
+        if encoder_hidden_states is not None or attn.add_k_proj is not None or attention_mask is not None:
+            raise RuntimeError("BenchAttnProcessor handles plain self-attention (attn1) only")
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query = apply_rotary(query, *rotary_emb)
+            key = apply_rotary(key, *rotary_emb)
+        out = self.method.attend(query, key, value, self.layer, self.info_source.info)
+        out = out.flatten(2, 3).type_as(query)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+
+@contextmanager
+def installed(transformer: torch.nn.Module, method: AttentionMethod, num_steps: int = 0) -> Iterator[StepInfo]:
+    """Install ``method`` on every block's ``attn1`` and a step tracker; restore everything on exit."""
+    blocks = transformer.blocks
+    originals = [block.attn1.processor for block in blocks]
+    method.backend = getattr(originals[0], "_attention_backend", None)
+    method.setup(len(blocks), blocks[0].attn1.heads)
+    tracker = attach_tracker(transformer, num_steps)
+    method.recorder.begin(tracker.info, len(blocks))
+    try:
+        for i, block in enumerate(blocks):
+            block.attn1.set_processor(BenchAttnProcessor(method, i, tracker))
+        yield tracker.info
+    finally:
+        for block, proc in zip(blocks, originals, strict=True):
+            block.attn1.set_processor(proc)
+        detach_tracker(transformer)

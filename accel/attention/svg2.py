@@ -1,0 +1,204 @@
+"""Sparse-VideoGen2 on Wan self-attention (METHODS 1.2): semantic permutation by k-means.
+
+Per (CFG branch, layer, head): Euclidean k-means on Q and separately on K (random data points as
+initial centres and ``kmeans_init_iters`` iterations on the first sparse step; warm start from
+this layer's previous centroids with ``kmeans_warm_iters`` afterwards). The cluster-pair map
+``p_ij = |K_j| e^{s_ij} / sum_j' |K_j'| e^{s_ij'}`` with ``s = Cq Ck^T / sqrt(D)`` is thresholded per
+query cluster at ``top_p`` (keeping the crossing element and at least ``floor(min_kc_ratio * kc)``
+clusters). Q is permuted by query labels and K/V by key labels so clusters are contiguous,
+attention runs over the (query cluster, key cluster) tiles, and the output is permuted back.
+
+Dense warm-up: steps ``< ceil(first_times_fp * steps)`` and layers ``< ceil(first_layers_fp * layers)``
+(0.03 of 30 layers -> 1 layer, as the reference reports). The rounding is our reading.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from accel.attention.base import AttentionMethod
+from accel.config import SVG2Settings
+from accel.telemetry import Recorder
+from accel.tracking import StepInfo
+from kernels import block_sparse_attention, mask_density
+
+_MAX_DIST_ELEMS = 1 << 26
+
+
+def _assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Nearest centroid per point; ``x`` (G, N, D), ``centroids`` (G, K, D) -> labels (G, N)."""
+    g, n, _ = x.shape
+    k = centroids.shape[1]
+    c_sq = (centroids * centroids).sum(-1)  # (G, K)
+    labels = torch.empty(g, n, dtype=torch.long, device=x.device)
+    step = max(1, _MAX_DIST_ELEMS // max(1, g * k))
+    for s in range(0, n, step):
+        xs = x[:, s : s + step]
+        # ||x - c||^2 up to the per-point constant ||x||^2
+        dist = c_sq[:, None, :] - 2 * torch.matmul(xs, centroids.transpose(1, 2))
+        labels[:, s : s + step] = dist.argmin(-1)
+    return labels
+
+
+def _update(x: torch.Tensor, labels: torch.Tensor, old: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster means and sizes; an empty cluster keeps its previous centre."""
+    g, _, d = x.shape
+    k = old.shape[1]
+    sums = torch.zeros(g, k, d, device=x.device, dtype=x.dtype).scatter_add_(1, labels[..., None].expand(-1, -1, d), x)
+    sizes = torch.zeros(g, k, device=x.device, dtype=torch.long).scatter_add_(1, labels, torch.ones_like(labels))
+    means = sums / sizes.clamp_min(1)[..., None].to(x.dtype)
+    return torch.where(sizes[..., None] > 0, means, old), sizes
+
+
+def kmeans(
+    x: torch.Tensor, k: int, iters: int, init: torch.Tensor | None = None, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched Euclidean k-means on ``x`` (G, N, D) in fp32.
+
+    Returns ``(labels (G, N), centroids (G, k, D), sizes (G, k))``. Without ``init`` the centres
+    start at ``k`` distinct random points of each group. Labels are the last assignment and the
+    centroids are the means of exactly those clusters.
+    """
+    x = x.float()
+    g, n, _ = x.shape
+    if init is None:
+        if k > n:
+            raise ValueError(f"cannot make {k} clusters of {n} points")
+        noise = torch.rand(g, n, generator=generator, device="cpu" if generator is None else generator.device)
+        idx = noise.to(x.device).argsort(-1)[:, :k]
+        centroids = torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
+    else:
+        centroids = init.float()
+    labels = sizes = None
+    for _ in range(iters):
+        labels = _assign(x, centroids)
+        centroids, sizes = _update(x, labels, centroids)
+    return labels, centroids, sizes
+
+
+def cluster_pair_mask(
+    cq: torch.Tensor, ck: torch.Tensor, k_sizes: torch.Tensor, top_p: float, min_keep: int
+) -> torch.Tensor:
+    """Top-p selection on the size-weighted softmax of centroid scores; (G, qc, kc) bool."""
+    scores = torch.matmul(cq, ck.transpose(1, 2)) / math.sqrt(cq.shape[-1])
+    logw = torch.log(k_sizes.float()).unsqueeze(1)  # empty clusters: -inf, never weighted
+    probs = torch.softmax(scores + logw, dim=-1)
+    ordered, order = probs.sort(-1, descending=True)
+    before = ordered.cumsum(-1) - ordered
+    keep = before < top_p
+    if top_p >= 1:
+        keep[:] = True
+    keep[..., :min_keep] = True
+    return torch.zeros_like(keep).scatter_(-1, order, keep)
+
+
+@dataclass
+class Partition:
+    """One head group's semantic layout: what a mask-reuse step needs to re-gather current tokens."""
+
+    q_perm: torch.Tensor  # (G, L) token order that makes query clusters contiguous
+    k_perm: torch.Tensor  # (G, L)
+    q_offsets: torch.Tensor  # (G, qc + 1)
+    k_offsets: torch.Tensor  # (G, kc + 1)
+    mask: torch.Tensor  # (G, qc, kc) bool
+    q_centroids: torch.Tensor
+    k_centroids: torch.Tensor
+
+
+def _offsets(sizes: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.pad(sizes.cumsum(-1), (1, 0))
+
+
+def _gather_tokens(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, L, H, D) reordered per head by ``perm`` (B*H, L)."""
+    b, length, h, d = x.shape
+    idx = perm.view(b, h, length).transpose(1, 2)[..., None].expand(-1, -1, -1, d)
+    return torch.gather(x, 1, idx)
+
+
+def _scatter_tokens(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_gather_tokens`."""
+    b, length, h, d = y.shape
+    idx = perm.view(b, h, length).transpose(1, 2)[..., None].expand(-1, -1, -1, d)
+    return torch.empty_like(y).scatter_(1, idx, y)
+
+
+class SVG2(AttentionMethod):
+    """Semantic-aware permutation + variable-size block-sparse attention."""
+
+    name = "svg2"
+
+    def __init__(self, settings: SVG2Settings, clusters: tuple[int, int], recorder: Recorder | None = None, seed: int = 0):
+        super().__init__(recorder)
+        self.settings = settings
+        self.qc = settings.query_clusters or clusters[0]
+        self.kc = settings.key_clusters or clusters[1]
+        self.seed = seed
+        self.centroids: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def is_dense_step(self, layer: int, info: StepInfo) -> bool:
+        s = self.settings
+        dense_steps = math.ceil(s.first_times_fp * info.num_steps - 1e-9)
+        dense_layers = math.ceil(s.first_layers_fp * self.num_layers - 1e-9)
+        return info.step < dense_steps or layer < dense_layers
+
+    def _generator(self, layer: int, branch: str, device: torch.device) -> torch.Generator:
+        gen_device = device if device.type == "cuda" else torch.device("cpu")
+        return torch.Generator(device=gen_device).manual_seed(self.seed * 1_000_003 + layer * 31 + zlib.crc32(branch.encode()) % 1009)
+
+    def partition(self, q: torch.Tensor, k: torch.Tensor, layer: int, branch: str) -> Partition:
+        """Cluster Q and K per head (warm-started per layer and branch) and select cluster pairs."""
+        b, length, h, d = q.shape
+        xq = q.permute(0, 2, 1, 3).reshape(b * h, length, d)
+        xk = k.permute(0, 2, 1, 3).reshape(b * h, length, d)
+        qc, kc = min(self.qc, length), min(self.kc, length)
+        prev = self.centroids.get((layer, branch))
+        if prev is not None and prev[0].shape[0] == b * h:
+            iters, init_q, init_k, gen = self.settings.kmeans_warm_iters, prev[0], prev[1], None
+        else:
+            iters, init_q, init_k = self.settings.kmeans_init_iters, None, None
+            gen = self._generator(layer, branch, q.device)
+        lq, cq, sq = kmeans(xq, qc, iters, init_q, gen)
+        lk, ck, sk = kmeans(xk, kc, iters, init_k, gen)
+        self.centroids[(layer, branch)] = (cq, ck)
+        min_keep = math.floor(self.settings.min_kc_ratio * kc)
+        mask = cluster_pair_mask(cq, ck, sk, self.settings.top_p, min_keep)
+        return Partition(
+            q_perm=lq.argsort(dim=-1, stable=True),
+            k_perm=lk.argsort(dim=-1, stable=True),
+            q_offsets=_offsets(sq),
+            k_offsets=_offsets(sk),
+            mask=mask,
+            q_centroids=cq,
+            k_centroids=ck,
+        )
+
+    def attend(self, q, k, v, layer, info):
+        rec = self.recorder
+        heads = q.shape[2]
+        if self.is_dense_step(layer, info):
+            rec.log("dense_warmup", 1.0, layer=layer)
+            rec.log("density", torch.ones(heads, device=q.device), layer=layer, density=torch.ones(heads))
+            return self.dense(q, k, v)
+        with rec.timed("mask_predict", layer=layer, device=q.device):
+            part = self.partition(q, k, layer, info.branch)
+        return self.sparse(q, k, v, part, layer)
+
+    def sparse(self, q, k, v, part: Partition, layer: int, mask_ref: str | None = None) -> torch.Tensor:
+        """Attention through a partition (fresh or cached): permute, attend over cluster tiles, un-permute."""
+        b, _, h, _ = q.shape
+        qp, kp, vp = _gather_tokens(q, part.q_perm), _gather_tokens(k, part.k_perm), _gather_tokens(v, part.k_perm)
+        mask = part.mask.view(b, h, *part.mask.shape[1:])
+        q_off = part.q_offsets.view(b, h, -1)
+        k_off = part.k_offsets.view(b, h, -1)
+        out = block_sparse_attention(qp, kp, vp, mask, q_off, k_off)
+        density = mask_density(mask, q_off, k_off).mean(0)
+        rec = self.recorder
+        if mask_ref is None:
+            mask_ref = rec.record_mask(layer, mask[0], q_off[0], k_off[0], kind="cluster_mask")
+        rec.log("density", density, layer=layer, threshold=self.settings.top_p, density=density, mask_ref=mask_ref)
+        return _scatter_tokens(out, part.q_perm)

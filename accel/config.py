@@ -1,0 +1,250 @@
+"""Run configuration and per-method settings, validated on construction.
+
+Every method's settings are a dataclass whose fields carry ``help`` metadata, so the CLI and
+the app build their flags and widgets (with defaults and tooltips) from one place. Bad values
+raise :class:`ConfigError` with a one-line message that says what is wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+class ConfigError(ValueError):
+    """A setting is out of range or inconsistent; the message is meant for the user as is."""
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+def _check_unit(name: str, value: float, *, open_low: bool = True) -> None:
+    low_ok = value > 0 if open_low else value >= 0
+    if not (low_ok and value <= 1):
+        raise ConfigError(f"{name} must be in {'(0' if open_low else '[0'}, 1], got {value}")
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Base of every method's settings."""
+
+    method: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> MethodSettings:
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) {', '.join(unknown)} for method {cls.method!r}; "
+                f"known: {', '.join(sorted(known)) or 'none'}"
+            )
+        return cls(**values)
+
+    def label(self) -> str:
+        """Short text of the settings for run labels: the main knobs (those with an ``abbrev``) always,
+        the others when they differ from their default."""
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or ("abbrev" not in f.metadata and value == f.default):
+                continue
+            if isinstance(value, (list, tuple)):
+                value = "table"
+            parts.append(f"{f.metadata.get('abbrev', f.name)}{value}")
+        return "-".join(parts)
+
+
+@dataclass(frozen=True)
+class DenseSettings(MethodSettings):
+    """Full attention through diffusers' own attention dispatch (the reference)."""
+
+    method: ClassVar[str] = "dense"
+
+
+def _check_tau(tau: float | tuple[float, ...]) -> None:
+    values = tau if isinstance(tau, (list, tuple)) else [tau]
+    if not values:
+        raise ConfigError("tau table is empty")
+    for t in values:
+        if not isinstance(t, (int, float)) or isinstance(t, bool):
+            raise ConfigError(f"tau must be a number or a list of numbers, got {t!r}")
+        _check_unit("tau", float(t))
+
+
+@dataclass(frozen=True)
+class XAttentionSettings(MethodSettings):
+    """XAttention: strided antidiagonal block scoring + per-row top-p block selection (METHODS 1.1)."""
+
+    method: ClassVar[str] = "xattention"
+    tau: float | tuple[float, ...] = field(
+        default=0.9,
+        metadata=_help(
+            "Cumulative block-score threshold per query block (0, 1]; 1 = dense. A list gives one per head "
+            "(heads) or per layer and head (layers x heads, row-major).",
+            abbrev="tau",
+        ),
+    )
+    stride: int = field(default=8, metadata=_help("Antidiagonal stride S: scoring costs about 1/S of QK^T.", abbrev="s"))
+    block_size: int | None = field(
+        default=None,
+        metadata=_help("Block size B in tokens (multiple of stride); empty = the model's (128 for Wan2.1).", abbrev="b"),
+    )
+    warmup_steps: int = field(
+        default=5, metadata=_help("Leading denoising steps computed densely (5 of 50 in the reference).", abbrev="w")
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tau, list):
+            object.__setattr__(self, "tau", tuple(float(t) for t in self.tau))
+        _check_tau(self.tau)
+        _check_int("stride", self.stride, 1)
+        if self.block_size is not None:
+            _check_int("block_size", self.block_size, 1)
+            if self.block_size % self.stride:
+                raise ConfigError(f"block_size {self.block_size} must be a multiple of stride {self.stride}")
+        _check_int("warmup_steps", self.warmup_steps, 0)
+
+
+@dataclass(frozen=True)
+class SVG2Settings(MethodSettings):
+    """Sparse-VideoGen2: k-means semantic permutation + size-weighted top-p cluster pairs (METHODS 1.2)."""
+
+    method: ClassVar[str] = "svg2"
+    top_p: float = field(
+        default=0.9, metadata=_help("Cumulative share of the size-weighted cluster-pair map kept per query cluster.")
+    )
+    query_clusters: int | None = field(
+        default=None, metadata=_help("Query clusters qc per head; empty = the model's (300 for Wan2.1).", abbrev="qc")
+    )
+    key_clusters: int | None = field(
+        default=None, metadata=_help("Key clusters kc per head; empty = the model's (1000 for Wan2.1).", abbrev="kc")
+    )
+    min_kc_ratio: float = field(
+        default=0.10, metadata=_help("Always keep at least floor(ratio * kc) key clusters per query cluster.")
+    )
+    first_times_fp: float = field(
+        default=0.2, metadata=_help("Leading fraction of denoising steps computed densely.", abbrev="ft")
+    )
+    first_layers_fp: float = field(
+        default=0.03, metadata=_help("Leading fraction of layers computed densely (at least one if > 0).", abbrev="fl")
+    )
+    kmeans_init_iters: int = field(default=50, metadata=_help("k-means iterations on the first sparse step."))
+    kmeans_warm_iters: int = field(
+        default=2, metadata=_help("k-means iterations on later steps, warm-started from the last centroids.")
+    )
+
+    def __post_init__(self) -> None:
+        _check_unit("top_p", self.top_p)
+        for name in ("query_clusters", "key_clusters"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        _check_unit("min_kc_ratio", self.min_kc_ratio, open_low=False)
+        _check_unit("first_times_fp", self.first_times_fp, open_low=False)
+        _check_unit("first_layers_fp", self.first_layers_fp, open_low=False)
+        _check_int("kmeans_init_iters", self.kmeans_init_iters, 1)
+        _check_int("kmeans_warm_iters", self.kmeans_warm_iters, 1)
+
+
+METHOD_SETTINGS: dict[str, type[MethodSettings]] = {
+    cls.method: cls for cls in (DenseSettings, XAttentionSettings, SVG2Settings)
+}
+
+
+def settings_for(method: str, values: dict[str, Any] | None = None) -> MethodSettings:
+    """Validated settings of ``method`` from a plain dict (unknown keys and bad values raise)."""
+    try:
+        cls = METHOD_SETTINGS[method]
+    except KeyError:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHOD_SETTINGS)}") from None
+    return cls.from_dict(values)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One generation: model, method and its settings, prompt and sampling parameters.
+
+    ``None`` for height/width/frames/steps/guidance means the model's default
+    (see :class:`accel.models.ModelSpec`); :meth:`resolve` fills them in.
+    """
+
+    prompt: str
+    model: str = "tiny-wan"
+    method: str = "dense"
+    settings: MethodSettings = field(default_factory=DenseSettings)
+    negative_prompt: str = ""
+    seed: int = 0
+    height: int | None = None
+    width: int | None = None
+    frames: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    fps: int = 16
+    device: str | None = None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.settings, dict):
+            object.__setattr__(self, "settings", settings_for(self.method, self.settings))
+        elif self.settings.method != self.method:
+            raise ConfigError(f"settings are for {self.settings.method!r} but the method is {self.method!r}")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ConfigError("prompt must be a non-empty string")
+        _check_int("seed", self.seed, 0)
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(name, value, 16)
+                if value % 16:
+                    lo, hi = value // 16 * 16, (value // 16 + 1) * 16
+                    raise ConfigError(f"{name} must be a multiple of 16 (VAE 8x and patch 2x), got {value}: use {lo} or {hi}")
+        if self.frames is not None:
+            _check_int("frames", self.frames, 1)
+            if (self.frames - 1) % 4:
+                lo = (self.frames - 1) // 4 * 4 + 1
+                raise ConfigError(f"frames must be 4k+1 (VAE 4x temporal compression), got {self.frames}: use {lo} or {lo + 4}")
+        if self.steps is not None:
+            _check_int("steps", self.steps, 1)
+        if self.guidance is not None and not (isinstance(self.guidance, (int, float)) and self.guidance >= 0):
+            raise ConfigError(f"guidance must be a number >= 0, got {self.guidance!r}")
+        _check_int("fps", self.fps, 1)
+        if self.dtype is not None and self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+    def resolve(self, defaults: dict[str, Any]) -> RunConfig:
+        """A copy with every ``None`` sampling field replaced by ``defaults[field]``."""
+        filled = {k: defaults[k] for k in ("height", "width", "frames", "steps", "guidance") if getattr(self, k) is None}
+        return dataclasses.replace(self, **filled)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "settings"}
+        data["settings"] = self.settings.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        data = dict(data)
+        method = data.get("method", "dense")
+        data["settings"] = settings_for(method, data.get("settings"))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def label(self) -> str:
+        """Readable run label: method plus its non-default settings, e.g. ``xattention-tau0.8-w3``."""
+        extra = self.settings.label()
+        return f"{self.method}-{extra}" if extra else self.method
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,144 @@
+"""Build the embedded random-weight models shipped under ``assets/``.
+
+``python -m accel.embedded`` (re)writes ``assets/tiny-wan``: a small ``WanTransformer3DModel``, an
+``AutoencoderKLWan`` with Wan's 4x8x8 compression, a tiny ``UMT5EncoderModel`` and an offline
+word-level tokenizer, saved in diffusers folder format with safetensors so that
+``WanPipeline.from_pretrained`` loads it exactly like a real checkpoint. Weights are seeded, so
+the folder is reproducible bit for bit on one torch version.
+
+Sizes are chosen so that a default CPU run (see ``accel.models.EMBEDDED_DEFAULTS``) finishes in a
+few seconds on two cores while each head's XAttention block mask is at least 16x16 blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+# A closed vocabulary for prompts about simple scenes; anything else maps to <unk>.
+WORDS = """
+a an the of in on at over under with and or to from by into onto across through behind near
+above below beside between around toward away up down left right forward backward slowly quickly
+fast slow moves move moving runs running walks walking flies flying falls falling rises rising
+spins spinning rolls rolling jumps jumping swims swimming drifts drifting floats floating
+bounces bouncing glides gliding turns turning dances dancing waves waving shakes shaking grows
+growing shrinks shrinking appears disappears zooms zoom pan pans panning camera shot view close
+wide aerial tracking static handheld scene video clip frame red orange yellow green blue purple
+pink brown black white gray grey golden silver dark bright light pale colorful vivid soft
+circle square triangle star ball box cube sphere ring line dot shape shapes object objects one
+two three four many several small large big tiny huge tall short long round flat smooth rough
+cat dog bird fish horse cow sheep rabbit fox bear lion tiger elephant monkey butterfly bee
+person man woman child children people girl boy crowd dancer runner surfer skier rider
+car bus train boat ship plane bicycle truck road street city town village house building
+bridge tower window door room kitchen table chair lamp book cup tree trees forest flower flowers
+grass field garden park mountain mountains hill hills river lake sea ocean beach wave waves
+water rain snow ice fire smoke cloud clouds sky sun moon stars night day morning evening sunset
+sunrise storm wind fog light shadow background foreground texture gradient pattern striped
+plain textured wooden stone glass metal paper cloth sand desert island valley canyon waterfall
+leaves leaf branch sea-gull seagull grassland meadow snowy rainy sunny cloudy misty foggy
+beautiful cinematic realistic detailed high quality low blurry sharp style painting photo
+cartoon anime still motion steady smoothly gently heavily happy calm busy empty full old new
+young is are its their his her this that there here while as it they he she we you
+worst static overexposed subtitles artwork picture gray overall worst jpeg artifacts ugly
+incomplete extra fingers poorly drawn hands faces deformed disfigured misshapen limbs fused
+messy cluttered walking backwards
+"""
+
+
+def build_tokenizer(out_dir: Path, model_max_length: int = 512):
+    """A word-level tokenizer (lower-cased, whitespace/punctuation split) with T5-style specials."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>"]
+    words = sorted({w for w in WORDS.split()})
+    vocab = {tok: i for i, tok in enumerate(specials + words)}
+    tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="removed")]
+    )
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=model_max_length,
+    )
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_tiny_wan(out_dir: Path, seed: int = 0) -> Path:
+    """Write the tiny Wan2.1-style T2V pipeline to ``out_dir`` (diffusers folder format)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer(out_dir / "tokenizer")
+    text_dim = 64
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=text_dim,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=32,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    ).eval()
+    z_dim = 16
+    vae = AutoencoderKLWan(
+        base_dim=16,
+        z_dim=z_dim,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * z_dim,
+        latents_std=[1.0] * z_dim,
+    ).eval()
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=6,
+        attention_head_dim=32,
+        in_channels=z_dim,
+        out_channels=z_dim,
+        text_dim=text_dim,
+        freq_dim=64,
+        ffn_dim=384,
+        num_layers=4,
+        rope_max_seq_len=1024,
+    ).eval()
+    # Wan2.1 checkpoints ship UniPC with flow prediction and shift 3.0 (5.0 at 720p).
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
+    )
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ASSETS / "tiny-wan", help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = build_tiny_wan(args.out, seed=args.seed)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

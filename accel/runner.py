@@ -1,0 +1,193 @@
+"""One run: ``RunConfig`` -> pipeline -> method installed -> generation -> run folder.
+
+The app, the CLI and the tests all go through :func:`generate`. Stage wall times (text
+encoding, denoising, VAE decode) are measured by wrapping the pipeline's own ``encode_prompt`` and
+``vae.decode`` for the duration of the call (synchronising CUDA at stage boundaries only).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from accel import models
+from accel.attention import build_method, installed
+from accel.config import RunConfig
+from accel.runs import Run, RunStore
+from accel.telemetry import RecordPolicy, Recorder
+
+ProgressFn = Callable[[int, int], None]
+
+
+class RunError(RuntimeError):
+    """The generation failed in a way the user can act on (e.g. out of memory)."""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def _stage_timers(pipe, device: torch.device, times: dict[str, float]) -> Iterator[None]:
+    """Accumulate wall time of ``encode_prompt`` and ``vae.decode`` into ``times``."""
+
+    def wrap(obj, attr: str, key: str):
+        original = getattr(obj, attr)
+
+        def timed(*args, **kwargs):
+            _sync(device)
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                _sync(device)
+                times[key] = times.get(key, 0.0) + time.perf_counter() - t0
+
+        setattr(obj, attr, timed)
+        return original
+
+    originals = [(pipe, "encode_prompt", wrap(pipe, "encode_prompt", "text_encode_s")),
+                 (pipe.vae, "decode", wrap(pipe.vae, "decode", "vae_decode_s"))]
+    try:
+        yield
+    finally:
+        for obj, attr, _ in originals:
+            # the wrappers are instance attributes: deleting them restores the class methods
+            obj.__dict__.pop(attr, None)
+
+
+def summarize(table: pd.DataFrame) -> dict[str, Any]:
+    """Headline numbers from a run's telemetry: densities, attention calls, mask-prediction time."""
+    out: dict[str, Any] = {}
+    if table.empty:
+        return out
+    dens = table[table["event"] == "density"]
+    if not dens.empty:
+        out["density_mean"] = float(dens["density"].mean())
+        warm = table[table["event"] == "dense_warmup"][["step", "branch", "layer"]].drop_duplicates()
+        sparse = dens.merge(warm, on=["step", "branch", "layer"], how="left", indicator=True)
+        sparse = sparse[sparse["_merge"] == "left_only"]
+        out["density_mean_sparse"] = float(sparse["density"].mean()) if not sparse.empty else 1.0
+        per_call = dens.groupby(["step", "branch", "layer"]).size()
+        out["attn_calls"] = int(len(per_call))
+        out["attn_calls_dense"] = int(len(warm))
+    pred = table[table["event"] == "mask_predict"]
+    out["mask_predict_s"] = float(pred["seconds"].sum()) if not pred.empty else 0.0
+    out["mask_predictions"] = int(len(pred))
+    return out
+
+
+def generate(
+    cfg: RunConfig,
+    store: RunStore | None = None,
+    policy: RecordPolicy | None = None,
+    progress: ProgressFn | None = None,
+) -> Run:
+    """Run one generation and write its folder; returns the stored :class:`Run`."""
+    spec = models.resolve(cfg.model)
+    cfg = cfg.resolve(spec.defaults)
+    store = store or RunStore()
+    device_name = cfg.device or models.default_device()
+    t_start = time.perf_counter()
+    pipe = models.load_pipeline(cfg.model, device_name, cfg.dtype)
+    load_s = time.perf_counter() - t_start
+    device = pipe.transformer.device
+    recorder = Recorder(policy)
+    method = build_method(cfg.settings, spec, recorder, seed=cfg.seed)
+    times: dict[str, float] = {}
+
+    def on_step_end(pipeline, i, t, kwargs):
+        if progress is not None:
+            progress(i + 1, cfg.steps)
+        return {}
+
+    generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    _sync(device)
+    t0 = time.perf_counter()
+    try:
+        with installed(pipe.transformer, method, cfg.steps), _stage_timers(pipe, device, times), torch.inference_mode():
+            out = pipe(
+                prompt=cfg.prompt,
+                negative_prompt=cfg.negative_prompt,
+                height=cfg.height,
+                width=cfg.width,
+                num_frames=cfg.frames,
+                num_inference_steps=cfg.steps,
+                guidance_scale=cfg.guidance,
+                generator=generator,
+                output_type="np",
+                callback_on_step_end=on_step_end,
+            )
+        _sync(device)
+    except torch.OutOfMemoryError as exc:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise RunError(
+            f"out of memory on {device} at {cfg.width}x{cfg.height}x{cfg.frames}: lower the size or frames "
+            f"({str(exc).splitlines()[0]})"
+        ) from None
+    generate_s = time.perf_counter() - t0
+    frames = (np.clip(out.frames[0], 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    t_rec = time.perf_counter()
+    table, arrays = recorder.finish()
+    record_s = time.perf_counter() - t_rec
+
+    stages = {
+        "load_s": load_s,
+        "text_encode_s": times.get("text_encode_s", 0.0),
+        "vae_decode_s": times.get("vae_decode_s", 0.0),
+    }
+    stages["denoise_s"] = generate_s - stages["text_encode_s"] - stages["vae_decode_s"]
+    grid = (
+        (cfg.frames - 1) // pipe.vae_scale_factor_temporal + 1,
+        cfg.height // pipe.vae_scale_factor_spatial // spec_patch(pipe, 1),
+        cfg.width // pipe.vae_scale_factor_spatial // spec_patch(pipe, 2),
+    )
+    metrics = {
+        "wall_s": generate_s,
+        "stages": stages,
+        "record_s": record_s,
+        "tokens": int(np.prod(grid)),
+        "grid": list(grid),
+        "layers": len(pipe.transformer.blocks),
+        "heads": int(pipe.transformer.config.num_attention_heads),
+        "transformer_calls": int(getattr(method.recorder.info, "call", -1) + 1),
+        "device": str(device),
+        "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
+        "versions": _versions(),
+        **summarize(table),
+    }
+    t_save = time.perf_counter()
+    with store.writer(cfg.label()) as w:
+        w.write_json("config.json", {**cfg.to_dict(), "model_source": spec.source, "label": cfg.label()})
+        w.write_video(frames, fps=cfg.fps)
+        w.write_table("telemetry.parquet", table)
+        if arrays:
+            w.write_arrays("arrays.npz", arrays)
+        metrics["save_s"] = time.perf_counter() - t_save
+        w.write_json("metrics.json", metrics)
+    return store.load(w.final_path)
+
+
+def spec_patch(pipe, axis: int) -> int:
+    return int(pipe.transformer.config.patch_size[axis])
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
