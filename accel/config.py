@@ -97,10 +97,14 @@ class XAttentionSettings(MethodSettings):
             abbrev="tau",
         ),
     )
-    stride: int = field(default=8, metadata=_help("Antidiagonal stride S: scoring costs about 1/S of QK^T.", abbrev="s"))
+    stride: int = field(
+        default=8, metadata=_help("Antidiagonal stride S: scoring costs about 1/S of QK^T.", abbrev="s")
+    )
     block_size: int | None = field(
         default=None,
-        metadata=_help("Block size B in tokens (multiple of stride); empty = the model's (128 for Wan2.1).", abbrev="b"),
+        metadata=_help(
+            "Block size B in tokens (multiple of stride); empty = the model's (128 for Wan2.1).", abbrev="b"
+        ),
     )
     warmup_steps: int = field(
         default=5, metadata=_help("Leading denoising steps computed densely (5 of 50 in the reference).", abbrev="w")
@@ -209,12 +213,16 @@ class RunConfig:
                 _check_int(name, value, 16)
                 if value % 16:
                     lo, hi = value // 16 * 16, (value // 16 + 1) * 16
-                    raise ConfigError(f"{name} must be a multiple of 16 (VAE 8x and patch 2x), got {value}: use {lo} or {hi}")
+                    raise ConfigError(
+                        f"{name} must be a multiple of 16 (VAE 8x and patch 2x), got {value}: use {lo} or {hi}"
+                    )
         if self.frames is not None:
             _check_int("frames", self.frames, 1)
             if (self.frames - 1) % 4:
                 lo = (self.frames - 1) // 4 * 4 + 1
-                raise ConfigError(f"frames must be 4k+1 (VAE 4x temporal compression), got {self.frames}: use {lo} or {lo + 4}")
+                raise ConfigError(
+                    f"frames must be 4k+1 (VAE 4x temporal compression), got {self.frames}: use {lo} or {lo + 4}"
+                )
         if self.steps is not None:
             _check_int("steps", self.steps, 1)
         if self.guidance is not None and not (isinstance(self.guidance, (int, float)) and self.guidance >= 0):
@@ -225,7 +233,9 @@ class RunConfig:
 
     def resolve(self, defaults: dict[str, Any]) -> RunConfig:
         """A copy with every ``None`` sampling field replaced by ``defaults[field]``."""
-        filled = {k: defaults[k] for k in ("height", "width", "frames", "steps", "guidance") if getattr(self, k) is None}
+        filled = {
+            k: defaults[k] for k in ("height", "width", "frames", "steps", "guidance") if getattr(self, k) is None
+        }
         return dataclasses.replace(self, **filled)
 
     def to_dict(self) -> dict[str, Any]:

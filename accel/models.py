@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,12 +98,19 @@ def resolve(name: str) -> ModelSpec:
             raise ModelLoadError(f"{name}: unreadable model_index.json ({exc})") from None
         if cls not in PIPELINE_FAMILIES:
             raise ModelLoadError(f"{name}: pipeline {cls} is not supported; supported: {', '.join(PIPELINE_FAMILIES)}")
-        return ModelSpec(name=str(path.resolve()), source=str(path.resolve()), family=PIPELINE_FAMILIES[cls],
-                         defaults=dict(WAN_480P), description=f"local {cls}")
+        return ModelSpec(
+            name=str(path.resolve()),
+            source=str(path.resolve()),
+            family=PIPELINE_FAMILIES[cls],
+            defaults=dict(WAN_480P),
+            description=f"local {cls}",
+        )
     if _looks_like_hub_id(name):
         return ModelSpec(name=name, source=name, defaults=dict(WAN_480P), description="hub checkpoint")
     known = ", ".join([*REGISTRY, *ALIASES])
-    raise ModelLoadError(f"unknown model {name!r}: not a registered name ({known}), a local folder, or an org/name hub id")
+    raise ModelLoadError(
+        f"unknown model {name!r}: not a registered name ({known}), a local folder, or an org/name hub id"
+    )
 
 
 def default_device() -> str:
@@ -165,10 +173,14 @@ def load_pipeline(name: str, device: str | None = None, dtype: str | torch.dtype
         if key not in _CACHE:
             if spec.embedded and not Path(spec.source, "model_index.json").is_file():
                 raise ModelLoadError(
-                    f"embedded model {spec.name!r} is missing from {spec.source}; rebuild it with `python -m accel.embedded`"
+                    f"embedded model {spec.name!r} is missing from {spec.source}; "
+                    "rebuild it with `python -m accel.embedded`"
                 )
             try:
-                pipe = _from_pretrained(spec, torch_dtype)
+                with warnings.catch_warnings():
+                    # newer diffusers rename torch_dtype to dtype; the old name works across versions
+                    warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                    pipe = _from_pretrained(spec, torch_dtype)
             except ModelLoadError:
                 raise
             except (OSError, ValueError, RuntimeError) as exc:

@@ -21,7 +21,7 @@ from accel import models
 from accel.attention import build_method, installed
 from accel.config import RunConfig
 from accel.runs import Run, RunStore
-from accel.telemetry import RecordPolicy, Recorder
+from accel.telemetry import Recorder, RecordPolicy
 
 ProgressFn = Callable[[int, int], None]
 
@@ -54,8 +54,10 @@ def _stage_timers(pipe, device: torch.device, times: dict[str, float]) -> Iterat
         setattr(obj, attr, timed)
         return original
 
-    originals = [(pipe, "encode_prompt", wrap(pipe, "encode_prompt", "text_encode_s")),
-                 (pipe.vae, "decode", wrap(pipe.vae, "decode", "vae_decode_s"))]
+    originals = [
+        (pipe, "encode_prompt", wrap(pipe, "encode_prompt", "text_encode_s")),
+        (pipe.vae, "decode", wrap(pipe.vae, "decode", "vae_decode_s")),
+    ]
     try:
         yield
     finally:
@@ -77,11 +79,11 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
         sparse = sparse[sparse["_merge"] == "left_only"]
         out["density_mean_sparse"] = float(sparse["density"].mean()) if not sparse.empty else 1.0
         per_call = dens.groupby(["step", "branch", "layer"]).size()
-        out["attn_calls"] = int(len(per_call))
-        out["attn_calls_dense"] = int(len(warm))
+        out["attn_calls"] = len(per_call)
+        out["attn_calls_dense"] = len(warm)
     pred = table[table["event"] == "mask_predict"]
     out["mask_predict_s"] = float(pred["seconds"].sum()) if not pred.empty else 0.0
-    out["mask_predictions"] = int(len(pred))
+    out["mask_predictions"] = len(pred)
     return out
 
 

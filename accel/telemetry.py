@@ -47,13 +47,20 @@ class RecordPolicy:
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """Pack a bool tensor along its last axis into uint8, MSB first (same as ``np.packbits``)."""
+    """Pack a bool tensor along its last axis into uint8, MSB first (same as ``np.packbits``).
+
+    On CPU this is ``np.packbits`` (fast); on a GPU it stays on the device (no sync).
+    """
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.packbits(mask.numpy().astype(bool, copy=False), axis=-1))
     n = mask.shape[-1]
     pad = (-n) % 8
     m = torch.nn.functional.pad(mask.to(torch.uint8), (0, pad)) if pad else mask.to(torch.uint8)
     weights = _BIT_WEIGHTS.get(m.device)
     if weights is None:
-        weights = _BIT_WEIGHTS[m.device] = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=m.device)
+        weights = _BIT_WEIGHTS[m.device] = torch.tensor(
+            [128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=m.device
+        )
     return (m.view(*m.shape[:-1], -1, 8) * weights).sum(-1, dtype=torch.uint8)
 
 
@@ -204,7 +211,9 @@ class Recorder:
                 self._rows[row] = tuple(r)
             self._events.clear()
         table = _expand_rows(self._rows)
-        arrays = {k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)) for k, v in self._arrays.items()}
+        arrays = {
+            k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)) for k, v in self._arrays.items()
+        }
         if self._index:
             arrays[INDEX_KEY] = np.array(json.dumps(self._index))
         return table, arrays

@@ -132,7 +132,9 @@ class SVG2(AttentionMethod):
 
     name = "svg2"
 
-    def __init__(self, settings: SVG2Settings, clusters: tuple[int, int], recorder: Recorder | None = None, seed: int = 0):
+    def __init__(
+        self, settings: SVG2Settings, clusters: tuple[int, int], recorder: Recorder | None = None, seed: int = 0
+    ):
         super().__init__(recorder)
         self.settings = settings
         self.qc = settings.query_clusters or clusters[0]
@@ -148,7 +150,9 @@ class SVG2(AttentionMethod):
 
     def _generator(self, layer: int, branch: str, device: torch.device) -> torch.Generator:
         gen_device = device if device.type == "cuda" else torch.device("cpu")
-        return torch.Generator(device=gen_device).manual_seed(self.seed * 1_000_003 + layer * 31 + zlib.crc32(branch.encode()) % 1009)
+        return torch.Generator(device=gen_device).manual_seed(
+            self.seed * 1_000_003 + layer * 31 + zlib.crc32(branch.encode()) % 1009
+        )
 
     def partition(self, q: torch.Tensor, k: torch.Tensor, layer: int, branch: str) -> Partition:
         """Cluster Q and K per head (warm-started per layer and branch) and select cluster pairs."""

@@ -18,7 +18,7 @@ def select_blocks(scores: torch.Tensor, tau: float | torch.Tensor, keep_first: b
     ``tau >= 1`` keeps every block. Key block 0 is always kept (as in the reference).
     ``scores``: ``(B, H, nq, nk)``; returns bool of the same shape.
     """
-    b, h, nq, nk = scores.shape
+    h = scores.shape[1]
     tau_t = torch.as_tensor(tau, dtype=torch.float32, device=scores.device).reshape(-1)
     if tau_t.numel() not in (1, h):
         raise ValueError(f"tau has {tau_t.numel()} values for {h} heads")
@@ -50,9 +50,7 @@ class XAttention(AttentionMethod):
     def setup(self, num_layers: int, num_heads: int) -> None:
         super().setup(num_layers, num_heads)
         tau = torch.tensor(self.settings.tau, dtype=torch.float32).reshape(-1)
-        if tau.numel() == 1:
-            self.tau_table = tau.expand(num_layers, num_heads).clone()
-        elif tau.numel() == num_heads:
+        if tau.numel() == 1 or tau.numel() == num_heads:
             self.tau_table = tau.expand(num_layers, num_heads).clone()
         elif tau.numel() == num_layers * num_heads:
             self.tau_table = tau.view(num_layers, num_heads)

@@ -1,0 +1,5 @@
+"""``python -m accel``: the command line (see :mod:`accel.cli`)."""
+
+from accel.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Synthetic recorder load at real model size: how big a run folder gets and what recording costs.
+
+``python -m accel.bench_recorder`` prints one row per configuration (default: Wan2.1-1.3B at 480p
+and 720p: 30 layers x 12 heads, 50 steps, 2 CFG branches, XAttention block 128) with the
+recording time, the time to write the folder's telemetry and arrays, and their size on disk.
+Masks are random (incompressible: the worst case for size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from accel.runs import RunStore
+from accel.telemetry import Recorder, RecordPolicy
+from accel.tracking import StepInfo
+
+
+def synthetic_run(
+    out_root: Path,
+    tokens: int,
+    layers: int = 30,
+    heads: int = 12,
+    steps: int = 50,
+    block: int = 128,
+    density: float = 0.3,
+    policy: RecordPolicy | None = None,
+) -> dict[str, float]:
+    """Drive a :class:`Recorder` like an XAttention run of this size and store the result."""
+    nb = math.ceil(tokens / block)
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(heads, nb, nb, generator=gen) < density
+    dens = mask.float().mean((1, 2))
+    tau = torch.full((heads,), 0.9)
+    rec = Recorder(policy)
+    info = StepInfo(num_steps=steps)
+    rec.begin(info, layers)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        for branch in ("cond", "uncond"):
+            info.step, info.branch, info.timestep = step, branch, 1000.0 * (1 - step / steps)
+            for layer in range(layers):
+                with rec.timed("mask_predict", layer=layer):
+                    pass
+                ref = rec.record_mask(layer, mask)
+                rec.log("density", dens, layer=layer, threshold=tau, density=dens, mask_ref=ref)
+    table, arrays = rec.finish()
+    record_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    store = RunStore(out_root)
+    with store.writer("synthetic") as w:
+        w.write_json("config.json", {"synthetic": True, "tokens": tokens})
+        w.write_table("telemetry.parquet", table)
+        w.write_arrays("arrays.npz", arrays)
+        w.write_json("metrics.json", {})
+    save_s = time.perf_counter() - t1
+    size = sum(p.stat().st_size for p in Path(w.final_path).rglob("*") if p.is_file())
+    masks = sum(1 for k in arrays if k.startswith("mask/"))
+    return {
+        "tokens": tokens,
+        "rows": len(table),
+        "masks": masks,
+        "record_s": record_s,
+        "save_s": save_s,
+        "mb": size / 1e6,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[32760, 75600], help="sequence lengths (480p, 720p)")
+    parser.add_argument("--mask-budget-mb", type=float, default=RecordPolicy().mask_budget_mb)
+    args = parser.parse_args(argv)
+    print(f"{'tokens':>8} {'rows':>8} {'masks':>6} {'record s':>9} {'save s':>7} {'folder MB':>10}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for tokens in args.tokens:
+            r = synthetic_run(Path(tmp), tokens, policy=RecordPolicy(mask_budget_mb=args.mask_budget_mb))
+            row = f"{r['tokens']:>8} {r['rows']:>8} {r['masks']:>6} {r['record_s']:>9.2f} {r['save_s']:>7.2f}"
+            print(f"{row} {r['mb']:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,551 @@
+"""Command line: ``python -m accel generate | compare | runs``.
+
+Method flags (``--tau``, ``--stride``, ...) are built from the settings dataclasses in
+:mod:`accel.config`, so a new setting shows up here with its help text and default. Errors the user
+can act on (bad settings, missing models, unknown runs) print one ``error: ...`` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from accel.config import METHOD_SETTINGS, RunConfig, settings_for
+
+if TYPE_CHECKING:
+    from accel.runs import Run, RunInfo, RunStore
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+SETTING_PREFIX = "setting_"
+
+GENERATE_EXAMPLES = """\
+examples:
+  python -m accel generate --prompt "a red fox runs through snow"
+  python -m accel generate --prompt "a red fox" --method xattention --tau 0.8 --warmup-steps 2
+  python -m accel generate --prompt "a red fox" --method xattention --tau 0.9,0.8,0.8,0.7,0.9,0.9
+  python -m accel generate --model wan2.1-1.3b --device cuda --prompt "a red fox" --method svg2 --top-p 0.9
+
+The run folder path is printed on the first line of stdout; progress goes to stderr."""
+
+COMPARE_EXAMPLES = """\
+examples:
+  python -m accel compare 20250101-120000-dense-1a2b3c 20250101-120100-xattention-tau0.8-4d5e6f
+  python -m accel compare runs/A runs/B --json > quality.json
+
+RUN_A is the reference: PSNR/SSIM are of B against A, and speedup = A wall time / B wall time."""
+
+
+class CliError(ValueError):
+    """Bad command-line input detected by the CLI itself."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are a single ``error: ...`` line (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see '{self.prog} --help')\n")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps descriptions line by line but keeps indented lines (examples) and blank lines as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            if not line.strip() or line.startswith(" "):
+                lines.append(indent + line)
+            else:
+                lines.append(
+                    textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
+                )
+        return "\n".join(lines)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+# -- method settings as flags ------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _SettingFlag:
+    """One ``--flag`` serving the settings field ``name`` of one or more methods."""
+
+    name: str
+    parse: Callable[[str], Any]
+    metavar: str
+    help: str
+    methods: list[str] = dataclasses.field(default_factory=list)
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _scalar(kind: type, text: str) -> Any:
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(text)
+    return kind(text)
+
+
+def _value_parser(tp: Any) -> tuple[Callable[[str], Any], str]:
+    """A string parser and metavar for a settings field type (int, float, bool, optional, tuple of scalars)."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    optional = type(None) in args
+    scalars = [a for a in args if a in (int, float, bool)]
+    seqs = [typing.get_args(a)[0] for a in args if typing.get_origin(a) in (tuple, list)]
+    if not scalars and not seqs:
+        raise TypeError(f"no command-line parser for settings type {tp!r}")
+    scalar = scalars[0] if scalars else None
+    metavar = (scalar or seqs[0]).__name__.upper()
+    if seqs:
+        metavar = f"{metavar}[,{seqs[0].__name__.upper()}...]" if scalar else f"{metavar},..."
+    if optional:
+        metavar += "|none"
+    expected = {int: "an integer", float: "a number", bool: "true or false"}
+
+    def parse(text: str) -> Any:
+        s = text.strip()
+        if optional and s.lower() in ("none", ""):
+            return None
+        try:
+            if seqs and ("," in s or scalar is None):
+                return tuple(_scalar(seqs[0], part.strip()) for part in s.split(",") if part.strip())
+            return _scalar(scalar, s)
+        except ValueError:
+            what = expected[scalar or seqs[0]]
+            if seqs:
+                what += f" or a comma-separated list of {expected[seqs[0]].split(' ', 1)[1]}s"
+            if optional:
+                what += " or 'none'"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+    return parse, metavar
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def setting_flags() -> dict[str, _SettingFlag]:
+    """One flag per settings field name across all methods (a shared name serves every method that has it)."""
+    flags: dict[str, _SettingFlag] = {}
+    for method, cls in METHOD_SETTINGS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in flags:
+                parse, metavar = _value_parser(hints[f.name])
+                flags[f.name] = _SettingFlag(f.name, parse, metavar, f.metadata.get("help", ""))
+            flags[f.name].methods.append(method)
+            flags[f.name].defaults[method] = _field_default(f)
+    return flags
+
+
+def _fmt_default(value: Any) -> str:
+    if value is None:
+        return "none (model default)"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    flags = setting_flags()
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for flag in flags.values():
+        owner = flag.methods[0]
+        if owner not in groups:
+            cls = METHOD_SETTINGS[owner]
+            doc = (cls.__doc__ or "").strip().splitlines()[0]
+            groups[owner] = parser.add_argument_group(f"{owner} settings", f"{doc} Used with --method {owner}.")
+        if len(flag.methods) == 1:
+            default = _fmt_default(flag.defaults[owner])
+            also = ""
+        else:
+            default = ", ".join(f"{_fmt_default(v)} ({m})" for m, v in flag.defaults.items())
+            also = f" [methods: {', '.join(flag.methods)}]"
+        groups[owner].add_argument(
+            flag.flag,
+            dest=SETTING_PREFIX + flag.name,
+            type=flag.parse,
+            metavar=flag.metavar,
+            default=argparse.SUPPRESS,
+            help=f"{flag.help} Default: {default}.{also}".replace("%", "%%"),
+        )
+
+
+def method_settings(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line for ``method``; a flag of another method is an error."""
+    flags = setting_flags()
+    given = {k[len(SETTING_PREFIX) :]: v for k, v in vars(args).items() if k.startswith(SETTING_PREFIX)}
+    wrong = [name for name in given if method not in flags[name].methods]
+    if wrong:
+        parts = [f"{flags[n].flag} is a setting of {' and '.join(flags[n].methods)}" for n in wrong]
+        raise CliError(f"{'; '.join(parts)}, not of --method {method}")
+    return given
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def _model_help() -> str:
+    from accel.models import ALIASES, REGISTRY
+
+    aliases: dict[str, list[str]] = {}
+    for alias, target in ALIASES.items():
+        aliases.setdefault(target, []).append(alias)
+    names = [f"{name} (alias {', '.join(aliases[name])})" if name in aliases else name for name in REGISTRY]
+    return (
+        f"Model: a registered name ({'; '.join(names)}), a local diffusers folder holding model_index.json, "
+        "or a hub id org/name (taken from the local cache, downloaded unless HF_HUB_OFFLINE=1). "
+        "Default: tiny-wan, the embedded random-weight model that runs anywhere."
+    )
+
+
+def _defaults_help() -> str:
+    from accel.models import REGISTRY
+
+    seen: dict[str, list[str]] = {}
+    for name, spec in REGISTRY.items():
+        d = spec.defaults
+        text = f"{d['width']}x{d['height']}, {d['frames']} frames, {d['steps']} steps, guidance {d['guidance']}"
+        seen.setdefault(text, []).append(name)
+    listed = "; ".join(f"{' and '.join(names)}: {text}" for text, names in seen.items())
+    return f"Each option left unset takes the model's default ({listed}; local folders and hub ids: as Wan2.1)."
+
+
+def _prog() -> str:
+    return "accel" if os.path.basename(sys.argv[0] or "") == "accel" else "python -m accel"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``accel`` argument parser with its three subcommands."""
+    fmt = _Formatter
+    parser = _Parser(
+        prog=_prog(),
+        formatter_class=fmt,
+        description="Lab bench for training-free acceleration of video diffusion transformers (Wan2.1): "
+        "generate videos with dense or sparse attention, then compare runs for quality and speed.",
+        epilog="examples:\n"
+        '  python -m accel generate --prompt "a red fox" --steps 10\n'
+        '  python -m accel generate --prompt "a red fox" --steps 10 --method xattention --tau 0.8\n'
+        "  python -m accel runs\n"
+        "  python -m accel compare DENSE_RUN_ID SPARSE_RUN_ID\n\n"
+        "Run 'python -m accel COMMAND --help' for the options of each command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    store_help = "Run store folder. Default: $ACCEL_RUNS_DIR if set, else ./runs."
+
+    gen = sub.add_parser(
+        "generate",
+        help="generate one video and store it as a run",
+        formatter_class=fmt,
+        description="Generate one video with the chosen attention method and save it as a run folder "
+        "(config, metrics, video, frames, telemetry, masks). Sizes left unset use the model's defaults.",
+        epilog=GENERATE_EXAMPLES,
+    )
+    gen.add_argument("--model", default="tiny-wan", metavar="NAME|PATH", help=_model_help())
+    gen.add_argument(
+        "--method", default="dense", choices=list(METHOD_SETTINGS), help="Self-attention method. Default: dense."
+    )
+    gen.add_argument("--prompt", required=True, metavar="TEXT", help="Text prompt (required).")
+    gen.add_argument("--negative-prompt", default="", metavar="TEXT", help="Negative prompt. Default: empty.")
+    gen.add_argument("--seed", type=int, default=0, metavar="INT", help="Random seed of the initial noise. Default: 0.")
+    size = gen.add_argument_group("sampling", _defaults_help())
+    size.add_argument(
+        "--height", type=int, metavar="PX", help="Height in pixels, a multiple of 16. Default: the model's."
+    )
+    size.add_argument(
+        "--width", type=int, metavar="PX", help="Width in pixels, a multiple of 16. Default: the model's."
+    )
+    size.add_argument(
+        "--frames", type=int, metavar="N", help="Number of frames, 4k+1 (5, 9, ..., 81). Default: the model's."
+    )
+    size.add_argument("--steps", type=int, metavar="N", help="Denoising steps. Default: the model's.")
+    size.add_argument(
+        "--guidance",
+        type=float,
+        metavar="SCALE",
+        help="Classifier-free guidance scale (0 = off). Default: the model's.",
+    )
+    size.add_argument("--fps", type=int, default=16, metavar="N", help="Frame rate of the saved video. Default: 16.")
+    hw = gen.add_argument_group("hardware and output")
+    hw.add_argument(
+        "--device", metavar="DEVICE", help="Torch device, e.g. cpu, cuda, cuda:1. Default: cuda if available, else cpu."
+    )
+    hw.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="Transformer dtype (the VAE stays float32). Default: bfloat16 on CUDA, float32 on CPU.",
+    )
+    hw.add_argument("--out-dir", metavar="ROOT", help=store_help)
+    hw.add_argument(
+        "--mask-budget-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="Most megabytes of packed attention masks kept per run (spread evenly over the steps). Default: 120.",
+    )
+    hw.add_argument("--no-masks", action="store_true", help="Keep no attention masks (telemetry is still recorded).")
+    _add_setting_flags(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    cmp_ = sub.add_parser(
+        "compare",
+        help="compare two runs frame by frame (PSNR, SSIM, speedup)",
+        formatter_class=fmt,
+        description="Compare the frames of two runs (same size and frame count): per-frame PSNR and SSIM "
+        "of RUN_B against the reference RUN_A, their means, and the speedup of B over A.",
+        epilog=COMPARE_EXAMPLES,
+    )
+    cmp_.add_argument("run_a", metavar="RUN_A", help="Reference run: a run id in the store or a run folder path.")
+    cmp_.add_argument("run_b", metavar="RUN_B", help="Run to evaluate: a run id in the store or a run folder path.")
+    cmp_.add_argument("--out-dir", metavar="ROOT", help=store_help)
+    cmp_.add_argument(
+        "--json",
+        action="store_true",
+        help='Print one JSON object instead of the table (infinite PSNR, for identical frames, is the string "inf").',
+    )
+    cmp_.set_defaults(func=cmd_compare)
+
+    runs = sub.add_parser(
+        "runs",
+        help="list stored runs, newest first",
+        formatter_class=fmt,
+        description="List the complete runs of a run store, newest first: id, method label and wall time.",
+        epilog="examples:\n  python -m accel runs\n  python -m accel runs --out-dir /data/bench-runs",
+    )
+    runs.add_argument("--out-dir", metavar="ROOT", help=store_help)
+    runs.set_defaults(func=cmd_runs)
+    return parser
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _quiet_loading() -> None:
+    """Silence the library progress bars shown while a model loads; the CLI prints its own progress."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``generate``: validate everything, run the pipeline, print the run folder and a summary."""
+    from accel import models
+    from accel.runs import RunStore
+    from accel.telemetry import RecordPolicy
+
+    settings = settings_for(args.method, method_settings(args.method, args))
+    cfg = RunConfig(
+        prompt=args.prompt,
+        model=args.model,
+        method=args.method,
+        settings=settings,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        frames=args.frames,
+        steps=args.steps,
+        guidance=args.guidance,
+        fps=args.fps,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    policy = RecordPolicy(masks=not args.no_masks)
+    if args.mask_budget_mb is not None:
+        if not (math.isfinite(args.mask_budget_mb) and args.mask_budget_mb >= 0):
+            raise CliError(f"--mask-budget-mb must be a number >= 0, got {args.mask_budget_mb}")
+        policy = dataclasses.replace(policy, mask_budget_mb=args.mask_budget_mb)
+    spec = models.resolve(cfg.model)  # fail on a bad model before anything heavy
+    full = cfg.resolve(spec.defaults)
+    store = RunStore(args.out_dir)
+    err = sys.stderr
+    print(
+        f"{cfg.label()} on {spec.name}: {full.width}x{full.height}, {full.frames} frames, {full.steps} steps",
+        file=err,
+        flush=True,
+    )
+    tty = err.isatty()
+
+    def progress(i: int, n: int) -> None:
+        lead = "\r" if tty else ""
+        print(f"{lead}step {i}/{n}", end="" if tty and i < n else "\n", file=err, flush=True)
+
+    _quiet_loading()
+    from accel.runner import generate
+
+    run = generate(cfg, store, policy, progress)
+    m = run.metrics
+    stages = m.get("stages", {})
+    parts = [f"wall {m.get('wall_s', float('nan')):.2f} s"]
+    if "denoise_s" in stages:
+        parts.append(f"denoise {stages['denoise_s']:.2f} s")
+    if "tokens" in m:
+        parts.append(f"{m['tokens']} tokens")
+    density = _float(m.get("density_mean_sparse"))
+    if density is not None and args.method != "dense":
+        parts.append(f"mean density after warm-up {density:.3f}")
+    print(run.path)
+    print(f"{_label(run)}: " + ", ".join(parts))
+    return 0
+
+
+def _load_run(store: RunStore, ref: str) -> Run:
+    """A run by id in ``store`` or by folder path (anything with a path separator, or an existing folder)."""
+    if os.sep in ref or "/" in ref or (not (store.root / ref).exists() and os.path.isdir(ref)):
+        return store.load(os.path.abspath(os.path.expanduser(ref)))
+    return store.load(ref)
+
+
+def _label(run: Run | RunInfo) -> str:
+    """The method label of a :class:`Run` or :class:`RunInfo` (from its config, else from its id)."""
+    return str(run.config.get("label") or run.label)
+
+
+def _fmt_num(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``compare``: per-frame PSNR/SSIM of B against the reference A, and the speedup of B over A."""
+    from accel.metrics import compare_videos
+    from accel.runs import RunStore, to_jsonable
+
+    store = RunStore(args.out_dir)
+    a, b = _load_run(store, args.run_a), _load_run(store, args.run_b)
+    fa, fb = a.frames(), b.frames()
+    if fa.shape != fb.shape:
+        raise CliError(
+            f"frame shapes differ: A {a.run_id} has {fa.shape}, B {b.run_id} has {fb.shape} (F, H, W, C); "
+            "compare runs of the same size and frame count"
+        )
+    q = compare_videos(fa, fb)
+    wall_a, wall_b = _float(a.metrics.get("wall_s")), _float(b.metrics.get("wall_s"))
+    speedup = wall_a / wall_b if wall_a is not None and wall_b else None
+
+    def side(run: Run, wall: float | None) -> dict[str, Any]:
+        return {"run_id": run.run_id, "path": str(run.path), "label": _label(run), "wall_s": wall}
+
+    if args.json:
+        result = {
+            "reference": "a",
+            "a": side(a, wall_a),
+            "b": side(b, wall_b),
+            "frames": [
+                {"frame": i, "psnr": p, "ssim": s} for i, (p, s) in enumerate(zip(q["psnr"], q["ssim"], strict=True))
+            ],
+            "psnr_mean": q["psnr_mean"],
+            "ssim_mean": q["ssim_mean"],
+            "speedup": speedup,
+        }
+        print(json.dumps(to_jsonable(result), indent=2, allow_nan=False))
+        return 0
+    for name, run, wall in (("A (reference)", a, wall_a), ("B", b, wall_b)):
+        wall_txt = f"{wall:.2f} s" if wall is not None else "unknown"
+        print(f"{name:<14} {run.run_id}  [{_label(run)}, wall {wall_txt}]")
+    print()
+    print(f"{'frame':>6}  {'PSNR dB':>9}  {'SSIM':>7}")
+    for i, (p, s) in enumerate(zip(q["psnr"], q["ssim"], strict=True)):
+        print(f"{i:>6}  {_fmt_num(p, 2):>9}  {_fmt_num(s, 4):>7}")
+    print(f"{'mean':>6}  {_fmt_num(q['psnr_mean'], 2):>9}  {_fmt_num(q['ssim_mean'], 4):>7}")
+    print()
+    if speedup is None:
+        print("speedup: unknown (a run has no wall time)")
+    else:
+        print(f"speedup: {speedup:.2f}x (wall time of reference A / B = {wall_a:.2f} s / {wall_b:.2f} s)")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """``runs``: the store's complete runs, newest first."""
+    from accel.runs import RunStore
+
+    store = RunStore(args.out_dir)
+    infos = store.list()
+    if not infos:
+        print(f"no runs in {store.root}", file=sys.stderr)
+        return 0
+    rows = []
+    for info in infos:
+        wall = _float(info.metrics.get("wall_s"))
+        rows.append((info.run_id, _label(info), f"{wall:.2f} s" if wall is not None else "-"))
+    w_id = max(len("ID"), *(len(r[0]) for r in rows))
+    w_label = max(len("METHOD"), *(len(r[1]) for r in rows))
+    print(f"{'ID':<{w_id}}  {'METHOD':<{w_label}}  {'WALL':>9}")
+    for run_id, label, wall in rows:
+        print(f"{run_id:<{w_id}}  {label:<{w_label}}  {wall:>9}")
+    return 0
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors reported as one line: bad input, missing models or runs, failed generations.
+
+    ValueError covers ConfigError and the run store's InvalidRunIdError/IncompleteRunError,
+    FileNotFoundError its RunNotFoundError. ModelLoadError and RunError are looked up only if their
+    modules were imported (importing the runner costs seconds).
+    """
+    errors: list[type[BaseException]] = [ValueError, FileNotFoundError]
+    for module, name in (("accel.models", "ModelLoadError"), ("accel.runner", "RunError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(None if argv is None else list(argv))
+        except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout closed early, e.g. piped into head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE

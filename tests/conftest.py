@@ -1,0 +1,40 @@
+"""Shared fixtures: the embedded pipeline at test sizes, offline hub, an isolated run store."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# 64x64x5 frames -> latent 2 x 8 x 8 -> 2 x 4 x 4 = 32 tokens; 128x128x9 -> 3 x 8 x 8 = 192 tokens.
+SMALL = {"height": 64, "width": 64, "num_frames": 5, "num_inference_steps": 3, "guidance_scale": 5.0}
+MEDIUM = {"height": 128, "width": 128, "num_frames": 9, "num_inference_steps": 4, "guidance_scale": 5.0}
+PROMPT = "a red circle moves left over a blue background"
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    from accel.models import load_pipeline
+
+    return load_pipeline("tiny-wan", "cpu", "float32")
+
+
+@pytest.fixture()
+def store(tmp_path):
+    from accel.runs import RunStore
+
+    return RunStore(tmp_path / "runs")
+
+
+def run_pipe(pipe, seed: int = 0, **overrides):
+    """Run the pipeline at test size and return frames as a float array."""
+    kwargs = {**SMALL, **overrides}
+    with torch.inference_mode():
+        out = pipe(
+            PROMPT, negative_prompt="blurry", generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs
+        )
+    return out.frames

@@ -1,0 +1,162 @@
+"""Semantics of the attention methods: dense is diffusers, tau=1/top_p=1 is dense, density falls with tau."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from conftest import MEDIUM, run_pipe
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+from accel.attention import SVG2, AttentionMethod, XAttention, installed, select_blocks
+from accel.attention.svg2 import _gather_tokens, _scatter_tokens, kmeans
+from accel.config import ConfigError, SVG2Settings, XAttentionSettings
+from accel.telemetry import Recorder
+from accel.tracking import StepInfo
+from kernels import antidiagonal_block_scores, mask_density, uniform_offsets
+
+
+def structured_qk(length=256, heads=4, dim=16, seed=0):
+    """Q/K with locality: tokens near each other share a direction, like a video model's."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(length // 32 + 1, heads, dim, generator=gen)
+    pos = torch.arange(length) // 32
+    q = base[pos] * 3 + torch.randn(length, heads, dim, generator=gen)
+    k = base[pos] * 3 + torch.randn(length, heads, dim, generator=gen)
+    v = torch.randn(length, heads, dim, generator=gen)
+    return q[None], k[None], v[None]
+
+
+def test_dense_method_reproduces_diffusers_pipeline(tiny_pipe):
+    assert all(isinstance(b.attn1.processor, WanAttnProcessor) for b in tiny_pipe.transformer.blocks)
+    ref = run_pipe(tiny_pipe)
+    with installed(tiny_pipe.transformer, AttentionMethod()):
+        out = run_pipe(tiny_pipe)
+    assert np.abs(out - ref).max() <= 1e-6
+    # processors are restored afterwards
+    assert all(isinstance(b.attn1.processor, WanAttnProcessor) for b in tiny_pipe.transformer.blocks)
+
+
+def test_xattention_tau_one_equals_dense_pipeline(tiny_pipe):
+    from accel.models import REGISTRY
+
+    ref = run_pipe(tiny_pipe, **MEDIUM)
+    method = XAttention(
+        XAttentionSettings(tau=1.0, warmup_steps=0, block_size=16, stride=4), REGISTRY["tiny-wan"].block_size
+    )
+    with installed(tiny_pipe.transformer, method):
+        out = run_pipe(tiny_pipe, **MEDIUM)
+    assert np.abs(out - ref).max() <= 1e-6
+    sparse = XAttention(XAttentionSettings(tau=0.5, warmup_steps=0, block_size=16, stride=4), 64)
+    with installed(tiny_pipe.transformer, sparse):
+        out_sparse = run_pipe(tiny_pipe, **MEDIUM)
+    assert np.abs(out_sparse - ref).max() > 1e-4  # the sparse path really changes the result
+
+
+def test_xattention_tau_one_selects_everything():
+    q, k, _ = structured_qk()
+    scores = antidiagonal_block_scores(q, k, 4, 16)
+    assert select_blocks(scores, 1.0).all()
+
+
+def test_density_falls_monotonically_with_tau():
+    q, k, _ = structured_qk()
+    scores = antidiagonal_block_scores(q, k, 4, 16)
+    off = uniform_offsets(q.shape[1], 16)
+    densities = [
+        mask_density(select_blocks(scores, tau), off, off).mean().item() for tau in (1.0, 0.95, 0.9, 0.7, 0.5, 0.2)
+    ]
+    assert all(a >= b for a, b in itertools.pairwise(densities))
+    assert densities[0] == 1.0 and densities[-1] < 0.5
+
+
+def test_select_blocks_keeps_crossing_block_and_first_column():
+    scores = torch.tensor([[[[0.1, 0.6, 0.3, 0.0]]]])
+    # sorted 0.6, 0.3, 0.1: 0.6 < 0.8 so the crossing 0.3 is kept as well; column 0 is always kept
+    assert select_blocks(scores, 0.8).tolist() == [[[[True, True, True, False]]]]
+    assert select_blocks(scores, 0.5).tolist() == [[[[True, True, False, False]]]]
+
+
+def test_per_head_tau():
+    q, k, _ = structured_qk(heads=2)
+    scores = antidiagonal_block_scores(q, k, 4, 16)
+    mask = select_blocks(scores, torch.tensor([1.0, 0.3]))
+    assert mask[0, 0].all() and not mask[0, 1].all()
+
+
+def test_tau_table_shape_is_checked():
+    method = XAttention(XAttentionSettings(tau=(0.9, 0.8, 0.7)), 64)
+    with pytest.raises(ConfigError, match="3 values"):
+        method.setup(num_layers=4, num_heads=6)
+    per_layer = XAttention(XAttentionSettings(tau=tuple([0.9] * 24)), 64)
+    per_layer.setup(num_layers=4, num_heads=6)
+    assert per_layer.tau_table.shape == (4, 6)
+
+
+def test_settings_out_of_range_are_refused():
+    with pytest.raises(ConfigError, match="tau"):
+        XAttentionSettings(tau=1.5)
+    with pytest.raises(ConfigError, match="multiple of stride"):
+        XAttentionSettings(stride=8, block_size=20)
+    with pytest.raises(ConfigError, match="top_p"):
+        SVG2Settings(top_p=0.0)
+
+
+def test_kmeans_permutation_round_trips_exactly():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 100, 3, 8, generator=gen)
+    labels, _, sizes = kmeans(x.permute(0, 2, 1, 3).reshape(6, 100, 8), 7, 10, generator=gen)
+    perm = labels.argsort(dim=-1, stable=True)
+    permuted = _gather_tokens(x, perm)
+    assert torch.equal(_scatter_tokens(permuted, perm), x)
+    # clusters are contiguous after the permutation and the sizes add up
+    assert torch.all(torch.gather(labels, 1, perm).diff(dim=-1) >= 0)
+    assert torch.all(sizes.sum(-1) == 100)
+
+
+def test_kmeans_converges_on_separated_clusters():
+    gen = torch.Generator().manual_seed(6)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    pts = centres.repeat_interleave(30, 0) + 0.1 * torch.randn(90, 2, generator=gen)
+    _, cents, sizes = kmeans(pts[None], 3, 20, generator=torch.Generator().manual_seed(0))
+    assert sorted(sizes[0].tolist()) == [30, 30, 30]
+    assert torch.cdist(cents[0], centres).min(-1).values.max() < 0.2
+
+
+def _svg2(top_p: float) -> SVG2:
+    method = SVG2(SVG2Settings(top_p=top_p, first_times_fp=0, first_layers_fp=0), (8, 16), Recorder())
+    method.setup(num_layers=1, num_heads=4)
+    return method
+
+
+def test_svg2_top_p_one_equals_dense():
+    q, k, v = structured_qk()
+    info = StepInfo(step=0, num_steps=10)
+    out = _svg2(1.0).attend(q, k, v, 0, info)
+    torch.testing.assert_close(out, AttentionMethod().dense(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_svg2_error_shrinks_as_top_p_grows():
+    q, k, v = structured_qk()
+    dense = AttentionMethod().dense(q, k, v)
+    errors, densities = [], []
+    for top_p in (0.5, 0.9, 0.99):
+        method = _svg2(top_p)
+        out = method.attend(q, k, v, 0, StepInfo(step=0, num_steps=10))
+        table, _ = method.recorder.finish()
+        density = table[table.event == "density"]["density"]
+        assert len(density) == 4 and (density < 1).all()
+        densities.append(density.mean())
+        errors.append(((out - dense).abs().mean() / dense.abs().mean()).item())
+    assert errors[0] > errors[1] >= errors[2] and errors[1] < 0.3
+    assert densities[0] < densities[1] <= densities[2]
+
+
+def test_svg2_dense_warmup_fractions():
+    method = SVG2(SVG2Settings(first_times_fp=0.2, first_layers_fp=0.03), (8, 16))
+    method.setup(num_layers=30, num_heads=4)
+    assert method.is_dense_step(0, StepInfo(step=20, num_steps=50))  # 0.03 * 30 -> first layer dense
+    assert not method.is_dense_step(1, StepInfo(step=10, num_steps=50))
+    assert method.is_dense_step(1, StepInfo(step=9, num_steps=50))  # 0.2 * 50 = 10 dense steps

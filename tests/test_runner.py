@@ -1,0 +1,84 @@
+"""Whole runs through accel.runner.generate: run folders, telemetry after warm-up, failures leave nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import PROMPT
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+from accel import runner
+from accel.attention.xattention import XAttention
+from accel.config import RunConfig
+from accel.runs import RunStore
+from accel.telemetry import load_mask
+from accel.video import video_codec
+
+SIZE = {"height": 128, "width": 128, "frames": 9, "steps": 4}  # 3 x 8 x 8 = 192 tokens
+
+
+def _cfg(method: str, **settings) -> RunConfig:
+    return RunConfig(prompt=PROMPT, method=method, settings=settings, device="cpu", **SIZE)
+
+
+def _after_warmup(run):
+    t = run.telemetry
+    warm = t[t.event == "dense_warmup"][["step", "branch", "layer"]].drop_duplicates()
+    dens = t[t.event == "density"].merge(warm, how="left", indicator=True)
+    return dens[dens["_merge"] == "left_only"]
+
+
+def test_xattention_run_folder(store, tiny_pipe):
+    run = runner.generate(_cfg("xattention", tau=0.8, warmup_steps=1, block_size=16, stride=4), store)
+    reopened = RunStore(store.root).load(run.run_id)  # no model needed
+    assert reopened.config["method"] == "xattention" and reopened.config["settings"]["tau"] == 0.8
+    assert video_codec(reopened.video_path) == "h264"
+    assert reopened.frames().shape == (9, 128, 128, 3)
+    sparse = _after_warmup(reopened)
+    assert len(sparse) == 3 * 2 * 4 * 6  # steps after warm-up x branches x layers x heads
+    assert (sparse["density"] < 1).any() and (sparse["density"] <= 1).all()
+    assert reopened.metrics["density_mean_sparse"] < 1
+    assert reopened.metrics["mask_predictions"] == 3 * 2 * 4
+    ref = sparse["mask_ref"].dropna().iloc[0]
+    mask = load_mask(reopened.arrays, ref)
+    assert mask.shape == (6, 12, 12)  # 192 tokens / 16
+    row = sparse[sparse.mask_ref == ref].sort_values("head")
+    assert np.allclose(mask.mean((1, 2)), row["density"].to_numpy(), atol=0.08)  # last block is short
+    assert set(reopened.metrics["stages"]) == {"load_s", "text_encode_s", "denoise_s", "vae_decode_s"}
+    assert "xattention" in reopened.run_id and "tau0.8" in reopened.run_id
+
+
+def test_svg2_run_folder(store, tiny_pipe):
+    run = runner.generate(_cfg("svg2", top_p=0.8, first_times_fp=0.25, query_clusters=8, key_clusters=16), store)
+    sparse = _after_warmup(run)
+    assert len(sparse) > 0 and (sparse["density"] < 1).all()
+    # first layer stays dense (ceil(0.03 * 4) = 1 layer) and the first step (ceil(0.25 * 4) = 1)
+    warm = run.telemetry[run.telemetry.event == "dense_warmup"]
+    assert set(warm[warm.step > 0]["layer"]) == {0} and set(warm[warm.step == 0]["layer"]) == {0, 1, 2, 3}
+    key = sparse["mask_ref"].dropna().iloc[0]
+    assert load_mask(run.arrays, key).shape == (6, 8, 16)
+    assert f"q_offsets/{key}" in run.arrays
+
+
+def test_failure_during_generation_leaves_nothing(store, tiny_pipe, monkeypatch):
+    def boom(self, q, k, layer):
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(XAttention, "predict_mask", boom)
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        runner.generate(_cfg("xattention", warmup_steps=1), store)
+    assert store.list() == []
+    assert all(isinstance(b.attn1.processor, WanAttnProcessor) for b in tiny_pipe.transformer.blocks)
+
+
+def test_failure_while_saving_leaves_no_run(store, tiny_pipe, monkeypatch):
+    import accel.runs
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(accel.runs, "write_h264", broken)
+    with pytest.raises(OSError, match="disk full"):
+        runner.generate(_cfg("dense"), store)
+    assert store.list() == []
+    assert not any(store.root.iterdir())

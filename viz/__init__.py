@@ -1,0 +1,1 @@
+"""Plotly figures and OpenCV overlays, each a pure function of a run folder's data."""
