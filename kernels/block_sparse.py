@@ -15,9 +15,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-# Bound on the elements of one materialised token mask chunk in the reference implementation.
-_MAX_MASK_ELEMS = 1 << 26
-
 
 def uniform_offsets(length: int, block_size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Offsets ``[0, B, 2B, ..., length]`` of fixed blocks, the last one possibly short."""
@@ -95,20 +92,45 @@ def block_sparse_attention(
 
 
 def _reference(q, k, v, mask, q_off, k_off, scale):
-    """Pure-torch reference: expand the block mask to tokens chunk by chunk and run masked SDPA."""
-    batch, lq, heads, _ = q.shape
+    """Pure-torch reference that visits only the selected blocks, like the kernel does.
+
+    For each query block index ``i`` (batched over batch and heads): gather that block's query
+    tokens and the tokens of its selected key blocks, padded to the longest head, and run
+    ``scaled_dot_product_attention`` with a small key-padding bias. Work scales with density and
+    nothing of size ``Lq x Lk`` is materialised.
+    """
+    batch, lq, heads, d = q.shape
     lk = k.shape[1]
-    nk = mask.shape[-1]
-    qid = block_token_ids(q_off, lq)  # (B, H, Lq)
+    nq = mask.shape[2]
+    dev = q.device
+    # rows of (B*H*L, D) so that per-head token gathers are plain row selections
+    q_rows = q.transpose(1, 2).reshape(-1, d)
+    k_rows = k.transpose(1, 2).reshape(-1, d)
+    v_rows = v.transpose(1, 2).reshape(-1, d)
+    q_base = (torch.arange(batch * heads, device=dev) * lq).view(batch, heads, 1)
+    k_base = (torch.arange(batch * heads, device=dev) * lk).view(batch, heads, 1)
     kid = block_token_ids(k_off, lk)  # (B, H, Lk)
-    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    out = torch.empty_like(qt)
-    chunk = max(1, _MAX_MASK_ELEMS // max(1, batch * heads * lk))
-    for start in range(0, lq, chunk):
-        stop = min(lq, start + chunk)
-        rows = torch.gather(mask, 2, qid[:, :, start:stop, None].expand(-1, -1, -1, nk))
-        token_mask = torch.gather(rows, 3, kid[:, :, None, :].expand(-1, -1, stop - start, -1))
-        o = F.scaled_dot_product_attention(qt[:, :, start:stop], kt, vt, attn_mask=token_mask, scale=scale)
-        empty = ~token_mask.any(-1, keepdim=True)
-        out[:, :, start:stop] = o.masked_fill(empty, 0.0)
-    return out.transpose(1, 2)
+    q_start, q_size = q_off[..., :-1], q_off.diff(dim=-1)  # (B, H, nq)
+    out = torch.zeros_like(q_rows)
+    for i in range(nq):
+        mq = int(q_size[..., i].max())
+        key_sel = torch.gather(mask[:, :, i], 2, kid)  # (B, H, Lk): token j lies in a selected key block
+        counts = key_sel.sum(-1, keepdim=True)  # (B, H, 1)
+        mk = int(counts.max())
+        if mq == 0 or mk == 0:
+            continue  # no query tokens, or every head's row is empty: the output stays zero
+        # the selected key tokens of each head first, in order (stable sort of the complement)
+        k_idx = torch.sort((~key_sel).to(torch.uint8), dim=-1, stable=True).indices[..., :mk] + k_base
+        k_pad = torch.arange(mk, device=dev) >= counts  # (B, H, mk)
+        bias = torch.zeros(batch, heads, 1, mk, dtype=q.dtype, device=dev)
+        bias.masked_fill_(k_pad[:, :, None], float("-inf"))
+        ar = torch.arange(mq, device=dev)
+        q_valid = (ar < q_size[..., i, None]) & (counts > 0)  # (B, H, mq)
+        q_idx = (q_start[..., i, None] + ar).clamp_max(lq - 1) + q_base
+        qi = q_rows.index_select(0, q_idx.reshape(-1)).view(batch, heads, mq, d)
+        ki = k_rows.index_select(0, k_idx.reshape(-1)).view(batch, heads, mk, d)
+        vi = v_rows.index_select(0, k_idx.reshape(-1)).view(batch, heads, mk, d)
+        oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=bias, scale=scale)
+        keep = q_valid.reshape(-1)
+        out.index_copy_(0, q_idx.reshape(-1)[keep], oi.reshape(-1, d)[keep])
+    return out.view(batch, heads, lq, d).transpose(1, 2)

@@ -47,6 +47,13 @@ class AttentionMethod:
         """Full attention exactly as diffusers computes it (same dispatch, same backend)."""
         return dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, backend=self.backend)
 
+    def warmup_dense(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
+        """A dense warm-up call of a sparse method: logged as such, with density 1 for every head."""
+        ones = torch.ones(q.shape[2])
+        self.recorder.log("dense_warmup", 1.0, layer=layer)
+        self.recorder.log("density", ones, layer=layer, density=ones)
+        return self.dense(q, k, v)
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, info: StepInfo) -> torch.Tensor:
         """Attention output ``(B, L, H, D)`` of ``q, k, v`` ``(B, L, H, D)`` at ``layer``."""
         return self.dense(q, k, v)

@@ -182,13 +182,9 @@ class SVG2(AttentionMethod):
         )
 
     def attend(self, q, k, v, layer, info):
-        rec = self.recorder
-        heads = q.shape[2]
         if self.is_dense_step(layer, info):
-            rec.log("dense_warmup", 1.0, layer=layer)
-            rec.log("density", torch.ones(heads, device=q.device), layer=layer, density=torch.ones(heads))
-            return self.dense(q, k, v)
-        with rec.timed("mask_predict", layer=layer, device=q.device):
+            return self.warmup_dense(q, k, v, layer)
+        with self.recorder.timed("mask_predict", layer=layer, device=q.device):
             part = self.partition(q, k, layer, info.branch)
         return self.sparse(q, k, v, part, layer)
 

@@ -69,13 +69,9 @@ class XAttention(AttentionMethod):
         return select_blocks(scores, self.tau_table[layer].to(q.device))
 
     def attend(self, q, k, v, layer, info):
-        rec = self.recorder
-        heads = q.shape[2]
         if self.is_dense_step(layer, info):
-            rec.log("dense_warmup", 1.0, layer=layer)
-            rec.log("density", torch.ones(heads, device=q.device), layer=layer, density=torch.ones(heads))
-            return self.dense(q, k, v)
-        with rec.timed("mask_predict", layer=layer, device=q.device):
+            return self.warmup_dense(q, k, v, layer)
+        with self.recorder.timed("mask_predict", layer=layer, device=q.device):
             mask = self.predict_mask(q, k, layer)
         return self.sparse(q, k, v, mask, layer)
 
