@@ -107,7 +107,7 @@ def _value_parser(tp: Any) -> tuple[Callable[[str], Any], str]:
     """A string parser and metavar for a settings field type (int, float, bool, optional, tuple of scalars)."""
     args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
     optional = type(None) in args
-    scalars = [a for a in args if a in (int, float, bool)]
+    scalars = [a for a in args if a in (int, float, bool, str)]
     seqs = [typing.get_args(a)[0] for a in args if typing.get_origin(a) in (tuple, list)]
     if not scalars and not seqs:
         raise TypeError(f"no command-line parser for settings type {tp!r}")
@@ -117,7 +117,7 @@ def _value_parser(tp: Any) -> tuple[Callable[[str], Any], str]:
         metavar = f"{metavar}[,{seqs[0].__name__.upper()}...]" if scalar else f"{metavar},..."
     if optional:
         metavar += "|none"
-    expected = {int: "an integer", float: "a number", bool: "true or false"}
+    expected = {int: "an integer", float: "a number", bool: "true or false", str: "a path"}
 
     def parse(text: str) -> Any:
         s = text.strip()

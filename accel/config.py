@@ -59,11 +59,15 @@ class MethodSettings:
         parts = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is None or ("abbrev" not in f.metadata and value == f.default):
+            if value is None or value is False or ("abbrev" not in f.metadata and value == f.default):
+                continue
+            abbrev = f.metadata.get("abbrev", f.name)
+            if value is True or f.metadata.get("flag_only"):
+                parts.append(abbrev)
                 continue
             if isinstance(value, (list, tuple)):
                 value = "table"
-            parts.append(f"{f.metadata.get('abbrev', f.name)}{value}")
+            parts.append(f"{abbrev}{value}")
         return "-".join(parts)
 
 
@@ -85,7 +89,56 @@ def _check_tau(tau: float | tuple[float, ...]) -> None:
 
 
 @dataclass(frozen=True)
-class XAttentionSettings(MethodSettings):
+class HeadwiseSettings(MethodSettings):
+    """Head-wise adaptive add-ons shared by the sparse methods: Temporal Mask Reuse and calibrated tables."""
+
+    tmr: bool = field(
+        default=False,
+        metadata=_help(
+            "Temporal Mask Reuse: keep a head's mask while its pooled Q/K drift stays <= delta.", abbrev="tmr"
+        ),
+    )
+    tmr_delta: float | None = field(
+        default=None,
+        metadata=_help(
+            "TMR refresh threshold on the raw L1 drift of pooled Q and K; empty = the model's default "
+            "(Wan2.1: 30 for xattention, 8 for svg2; raw drift is model-scale dependent).",
+            abbrev="d",
+        ),
+    )
+    tmr_gate_lower: float = field(
+        default=0.0,
+        metadata=_help("Layer gating: if fewer than this fraction of a layer's heads want a refresh, none refresh."),
+    )
+    tmr_gate_upper: float = field(
+        default=1.0,
+        metadata=_help("Layer gating: if more than this fraction of a layer's heads want a refresh, all refresh."),
+    )
+    threshold_table: str | None = field(
+        default=None,
+        metadata=_help(
+            "Error-guided Budgeted Calibration: a per-head threshold table from `python -m accel calibrate` "
+            "(replaces the shared threshold).",
+            abbrev="ebc",
+            flag_only=True,
+        ),
+    )
+
+    def _check_headwise(self) -> None:
+        if self.tmr_delta is not None and not (isinstance(self.tmr_delta, (int, float)) and self.tmr_delta >= 0):
+            raise ConfigError(f"tmr_delta must be a number >= 0, got {self.tmr_delta!r}")
+        _check_unit("tmr_gate_lower", self.tmr_gate_lower, open_low=False)
+        _check_unit("tmr_gate_upper", self.tmr_gate_upper, open_low=False)
+        if self.tmr_gate_lower > self.tmr_gate_upper:
+            raise ConfigError(
+                f"tmr_gate_lower {self.tmr_gate_lower} must not exceed tmr_gate_upper {self.tmr_gate_upper}"
+            )
+        if self.threshold_table is not None and not str(self.threshold_table).strip():
+            raise ConfigError("threshold_table must be a path to a calibration table")
+
+
+@dataclass(frozen=True)
+class XAttentionSettings(HeadwiseSettings):
     """XAttention: strided antidiagonal block scoring + per-row top-p block selection (METHODS 1.1)."""
 
     method: ClassVar[str] = "xattention"
@@ -120,10 +173,11 @@ class XAttentionSettings(MethodSettings):
             if self.block_size % self.stride:
                 raise ConfigError(f"block_size {self.block_size} must be a multiple of stride {self.stride}")
         _check_int("warmup_steps", self.warmup_steps, 0)
+        self._check_headwise()
 
 
 @dataclass(frozen=True)
-class SVG2Settings(MethodSettings):
+class SVG2Settings(HeadwiseSettings):
     """Sparse-VideoGen2: k-means semantic permutation + size-weighted top-p cluster pairs (METHODS 1.2)."""
 
     method: ClassVar[str] = "svg2"
@@ -160,6 +214,7 @@ class SVG2Settings(MethodSettings):
         _check_unit("first_layers_fp", self.first_layers_fp, open_low=False)
         _check_int("kmeans_init_iters", self.kmeans_init_iters, 1)
         _check_int("kmeans_warm_iters", self.kmeans_warm_iters, 1)
+        self._check_headwise()
 
 
 METHOD_SETTINGS: dict[str, type[MethodSettings]] = {

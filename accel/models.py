@@ -38,6 +38,8 @@ class ModelSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     block_size: int = 128
     svg2_clusters: tuple[int, int] = (300, 1000)
+    # TMR refresh thresholds on raw pooled-Q/K drift (model-scale dependent); Wan2.1 values are secondhand.
+    tmr_delta: dict[str, float] = field(default_factory=lambda: {"xattention": 30.0, "svg2": 8.0})
     description: str = ""
 
     @property
@@ -55,6 +57,8 @@ REGISTRY: dict[str, ModelSpec] = {
         defaults={"height": 256, "width": 256, "frames": 17, "steps": 20, "guidance": 5.0},
         block_size=64,
         svg2_clusters=(20, 40),
+        # measured step-to-step drift of a head here is ~1.4 (0.9-2.1): refresh after about two steps
+        tmr_delta={"xattention": 3.0, "svg2": 3.0},
         description="embedded random-weight Wan2.1-style model (6 heads x 32, 4 layers); runs anywhere",
     ),
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": ModelSpec(

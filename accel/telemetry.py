@@ -128,7 +128,9 @@ class Recorder:
         )
 
     @contextmanager
-    def timed(self, event: str, *, layer: int | None = None, device: torch.device | None = None) -> Iterator[None]:
+    def timed(
+        self, event: str, *, layer: int | None = None, device: torch.device | None = None, value: Any = None
+    ) -> Iterator[None]:
         """Log the wall time of the block as ``seconds`` (CUDA events on a GPU: no sync in the loop)."""
         if not self.enabled:
             yield
@@ -138,12 +140,12 @@ class Recorder:
             start.record()
             yield
             stop.record()
-            self.log(event, layer=layer)
+            self.log(event, value, layer=layer)
             self._events.append((len(self._rows) - 1, start, stop))
         else:
             t0 = time.perf_counter()
             yield
-            self.log(event, layer=layer, seconds=time.perf_counter() - t0)
+            self.log(event, value, layer=layer, seconds=time.perf_counter() - t0)
 
     # -- arrays ------------------------------------------------------------------------------
     def wants_mask(self, layer: int) -> bool:

@@ -90,9 +90,11 @@ def test_tau_table_shape_is_checked():
     method = XAttention(XAttentionSettings(tau=(0.9, 0.8, 0.7)), 64)
     with pytest.raises(ConfigError, match="3 values"):
         method.setup(num_layers=4, num_heads=6)
-    per_layer = XAttention(XAttentionSettings(tau=tuple([0.9] * 24)), 64)
+    per_layer = XAttention(XAttentionSettings(tau=tuple(0.5 + 0.01 * i for i in range(24))), 64)
     per_layer.setup(num_layers=4, num_heads=6)
-    assert per_layer.tau_table.shape == (4, 6)
+    assert per_layer.threshold(3, "uncond", torch.device("cpu")).tolist() == pytest.approx(
+        [0.68, 0.69, 0.7, 0.71, 0.72, 0.73]
+    )
 
 
 def test_settings_out_of_range_are_refused():

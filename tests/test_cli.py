@@ -60,7 +60,8 @@ def test_generate_dense(generated) -> None:
 def test_generate_xattention_is_sparse_after_warmup(generated) -> None:
     path = _run_path(generated["xattention"])
     run = RunStore(generated["root"]).load(path)
-    assert run.config["settings"] == {"tau": 0.5, "stride": 4, "block_size": 16, "warmup_steps": 1}
+    expected = {"tau": 0.5, "stride": 4, "block_size": 16, "warmup_steps": 1, "tmr": False, "threshold_table": None}
+    assert expected.items() <= run.config["settings"].items()
     assert run.metrics["tokens"] // 16 >= 4  # enough blocks for a sparse mask
     dens = run.telemetry[run.telemetry["event"] == "density"]
     assert (dens[dens["step"] == 0]["density"] == 1.0).all()

@@ -61,10 +61,10 @@ def test_svg2_run_folder(store, tiny_pipe):
 
 
 def test_failure_during_generation_leaves_nothing(store, tiny_pipe, monkeypatch):
-    def boom(self, q, k, layer):
+    def boom(self, *args):
         raise RuntimeError("kernel failed")
 
-    monkeypatch.setattr(XAttention, "predict_mask", boom)
+    monkeypatch.setattr(XAttention, "predict", boom)
     with pytest.raises(RuntimeError, match="kernel failed"):
         runner.generate(_cfg("xattention", warmup_steps=1), store)
     assert store.list() == []

@@ -16,8 +16,9 @@ def build_method(settings: MethodSettings, spec: ModelSpec, recorder: Recorder |
     """The attention method for ``settings`` with the model's block size and cluster counts filled in."""
     if isinstance(settings, DenseSettings):
         return AttentionMethod(recorder)
+    delta = spec.tmr_delta.get(settings.method, 0.0)
     if isinstance(settings, XAttentionSettings):
-        return XAttention(settings, spec.block_size, recorder)
+        return XAttention(settings, spec.block_size, recorder, model=spec.name, tmr_delta=delta)
     if isinstance(settings, SVG2Settings):
-        return SVG2(settings, spec.svg2_clusters, recorder, seed=seed)
+        return SVG2(settings, spec.svg2_clusters, recorder, seed=seed, model=spec.name, tmr_delta=delta)
     raise TypeError(f"no attention method for {type(settings).__name__}")

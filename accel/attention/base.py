@@ -38,10 +38,12 @@ class AttentionMethod:
         self.recorder = recorder or Recorder(enabled=False)
         self.backend = None  # diffusers attention backend of the processors this replaced
         self.num_layers = 0
+        self.num_heads = 0
 
     def setup(self, num_layers: int, num_heads: int) -> None:
         """Called once at install time with the model's shape; validate per-layer/head settings here."""
         self.num_layers = num_layers
+        self.num_heads = num_heads
 
     def dense(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Full attention exactly as diffusers computes it (same dispatch, same backend)."""

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
-from accel.attention.base import AttentionMethod
+from accel.attention.headwise import HeadwiseSparse
 from accel.config import SVG2Settings
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
@@ -81,17 +81,19 @@ def kmeans(
 
 
 def cluster_pair_mask(
-    cq: torch.Tensor, ck: torch.Tensor, k_sizes: torch.Tensor, top_p: float, min_keep: int
+    cq: torch.Tensor, ck: torch.Tensor, k_sizes: torch.Tensor, top_p: float | torch.Tensor, min_keep: int
 ) -> torch.Tensor:
-    """Top-p selection on the size-weighted softmax of centroid scores; (G, qc, kc) bool."""
+    """Top-p selection on the size-weighted softmax of centroid scores; (G, qc, kc) bool.
+
+    ``top_p`` is a float or one value per group ``(G,)``; ``top_p >= 1`` keeps every pair.
+    """
     scores = torch.matmul(cq, ck.transpose(1, 2)) / math.sqrt(cq.shape[-1])
     logw = torch.log(k_sizes.float()).unsqueeze(1)  # empty clusters: -inf, never weighted
     probs = torch.softmax(scores + logw, dim=-1)
     ordered, order = probs.sort(-1, descending=True)
     before = ordered.cumsum(-1) - ordered
-    keep = before < top_p
-    if top_p >= 1:
-        keep[:] = True
+    p = torch.as_tensor(top_p, dtype=probs.dtype, device=probs.device).reshape(-1, 1, 1)
+    keep = (before < p) | (p >= 1)
     keep[..., :min_keep] = True
     return torch.zeros_like(keep).scatter_(-1, order, keep)
 
@@ -107,6 +109,19 @@ class Partition:
     mask: torch.Tensor  # (G, qc, kc) bool
     q_centroids: torch.Tensor
     k_centroids: torch.Tensor
+
+    def rows(self, rows: torch.Tensor) -> Partition:
+        """The partition of a subset of head groups."""
+        return Partition(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    def merged(self, rows: torch.Tensor, fresh: Partition) -> Partition:
+        """A copy with the head groups ``rows`` replaced by ``fresh``."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name).clone()
+            value[rows] = getattr(fresh, f.name)
+            out[f.name] = value
+        return Partition(**out)
 
 
 def _offsets(sizes: torch.Tensor) -> torch.Tensor:
@@ -127,20 +142,34 @@ def _scatter_tokens(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(y).scatter_(1, idx, y)
 
 
-class SVG2(AttentionMethod):
-    """Semantic-aware permutation + variable-size block-sparse attention."""
+def _group_rows(batch: int, heads: int, subset: list[int], device: torch.device) -> torch.Tensor:
+    """Row indices of ``subset`` heads in a ``(B*H, ...)`` layout."""
+    sub = torch.tensor(subset, device=device)
+    return (torch.arange(batch, device=device)[:, None] * heads + sub).reshape(-1)
+
+
+class SVG2(HeadwiseSparse):
+    """Semantic-aware permutation + variable-size block-sparse attention; +TMR and per-head top-p tables."""
 
     name = "svg2"
+    keeps_state = True  # k-means warm-starts from last step's centroids
 
     def __init__(
-        self, settings: SVG2Settings, clusters: tuple[int, int], recorder: Recorder | None = None, seed: int = 0
+        self,
+        settings: SVG2Settings,
+        clusters: tuple[int, int],
+        recorder: Recorder | None = None,
+        seed: int = 0,
+        model: str = "",
+        tmr_delta: float = 8.0,
     ):
-        super().__init__(recorder)
-        self.settings = settings
+        super().__init__(settings, recorder, model, tmr_delta)
         self.qc = settings.query_clusters or clusters[0]
         self.kc = settings.key_clusters or clusters[1]
         self.seed = seed
-        self.centroids: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def uniform_thresholds(self):
+        return self.settings.top_p
 
     def is_dense_step(self, layer: int, info: StepInfo) -> bool:
         s = self.settings
@@ -150,27 +179,30 @@ class SVG2(AttentionMethod):
 
     def _generator(self, layer: int, branch: str, device: torch.device) -> torch.Generator:
         gen_device = device if device.type == "cuda" else torch.device("cpu")
-        return torch.Generator(device=gen_device).manual_seed(
-            self.seed * 1_000_003 + layer * 31 + zlib.crc32(branch.encode()) % 1009
-        )
+        seed = self.seed * 1_000_003 + layer * 31 + zlib.crc32(branch.encode()) % 1009
+        return torch.Generator(device=gen_device).manual_seed(seed)
 
-    def partition(self, q: torch.Tensor, k: torch.Tensor, layer: int, branch: str) -> Partition:
-        """Cluster Q and K per head (warm-started per layer and branch) and select cluster pairs."""
+    def predict(self, q, k, layer, branch, thresholds, heads):
+        """Cluster Q and K of ``heads`` (all when None), warm-started from this layer's last partition."""
         b, length, h, d = q.shape
-        xq = q.permute(0, 2, 1, 3).reshape(b * h, length, d)
-        xk = k.permute(0, 2, 1, 3).reshape(b * h, length, d)
+        if heads is not None:
+            q, k, thresholds = q[:, :, heads], k[:, :, heads], thresholds[heads]
+        hs = q.shape[2]
+        xq = q.permute(0, 2, 1, 3).reshape(b * hs, length, d)
+        xk = k.permute(0, 2, 1, 3).reshape(b * hs, length, d)
         qc, kc = min(self.qc, length), min(self.kc, length)
-        prev = self.centroids.get((layer, branch))
-        if prev is not None and prev[0].shape[0] == b * h:
-            iters, init_q, init_k, gen = self.settings.kmeans_warm_iters, prev[0], prev[1], None
+        prev = self.states.get((layer, branch))
+        if prev is not None and prev.q_centroids.shape[0] == b * h:
+            if heads is not None:
+                prev = prev.rows(_group_rows(b, h, heads, q.device))
+            iters, init_q, init_k, gen = self.settings.kmeans_warm_iters, prev.q_centroids, prev.k_centroids, None
         else:
             iters, init_q, init_k = self.settings.kmeans_init_iters, None, None
             gen = self._generator(layer, branch, q.device)
         lq, cq, sq = kmeans(xq, qc, iters, init_q, gen)
         lk, ck, sk = kmeans(xk, kc, iters, init_k, gen)
-        self.centroids[(layer, branch)] = (cq, ck)
         min_keep = math.floor(self.settings.min_kc_ratio * kc)
-        mask = cluster_pair_mask(cq, ck, sk, self.settings.top_p, min_keep)
+        mask = cluster_pair_mask(cq, ck, sk, thresholds.repeat(b), min_keep)
         return Partition(
             q_perm=lq.argsort(dim=-1, stable=True),
             k_perm=lk.argsort(dim=-1, stable=True),
@@ -181,24 +213,25 @@ class SVG2(AttentionMethod):
             k_centroids=ck,
         )
 
-    def attend(self, q, k, v, layer, info):
-        if self.is_dense_step(layer, info):
-            return self.warmup_dense(q, k, v, layer)
-        with self.recorder.timed("mask_predict", layer=layer, device=q.device):
-            part = self.partition(q, k, layer, info.branch)
-        return self.sparse(q, k, v, part, layer)
+    def merge(self, cached, heads, fresh):
+        b = cached.mask.shape[0] // self.num_heads
+        return cached.merged(_group_rows(b, self.num_heads, heads, cached.mask.device), fresh)
 
-    def sparse(self, q, k, v, part: Partition, layer: int, mask_ref: str | None = None) -> torch.Tensor:
-        """Attention through a partition (fresh or cached): permute, attend over cluster tiles, un-permute."""
+    def record(self, layer, state):
+        h = self.num_heads
+        return self.recorder.record_mask(
+            layer, state.mask[:h], state.q_offsets[:h], state.k_offsets[:h], kind="cluster_mask"
+        )
+
+    def apply(self, q, k, v, state, layer, thresholds, mask_ref):
+        """Attention through a partition (fresh or cached): permute current tokens, attend, un-permute."""
         b, _, h, _ = q.shape
-        qp, kp, vp = _gather_tokens(q, part.q_perm), _gather_tokens(k, part.k_perm), _gather_tokens(v, part.k_perm)
-        mask = part.mask.view(b, h, *part.mask.shape[1:])
-        q_off = part.q_offsets.view(b, h, -1)
-        k_off = part.k_offsets.view(b, h, -1)
+        qp = _gather_tokens(q, state.q_perm)
+        kp, vp = _gather_tokens(k, state.k_perm), _gather_tokens(v, state.k_perm)
+        mask = state.mask.view(b, h, *state.mask.shape[1:])
+        q_off = state.q_offsets.view(b, h, -1)
+        k_off = state.k_offsets.view(b, h, -1)
         out = block_sparse_attention(qp, kp, vp, mask, q_off, k_off)
         density = mask_density(mask, q_off, k_off).mean(0)
-        rec = self.recorder
-        if mask_ref is None:
-            mask_ref = rec.record_mask(layer, mask[0], q_off[0], k_off[0], kind="cluster_mask")
-        rec.log("density", density, layer=layer, threshold=self.settings.top_p, density=density, mask_ref=mask_ref)
-        return _scatter_tokens(out, part.q_perm)
+        self.recorder.log("density", density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
+        return _scatter_tokens(out, state.q_perm)

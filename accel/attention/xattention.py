@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from accel.attention.base import AttentionMethod
+from accel.attention.headwise import HeadwiseSparse
 from accel.config import ConfigError, XAttentionSettings
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
@@ -14,15 +14,20 @@ from kernels import antidiagonal_block_scores, block_sparse_attention, mask_dens
 def select_blocks(scores: torch.Tensor, tau: float | torch.Tensor, keep_first: bool = True) -> torch.Tensor:
     """Per query-block row, the shortest prefix of blocks (by score, descending) whose sum reaches ``tau * rowsum``.
 
-    The block that crosses the threshold is kept. ``tau`` is a float or a per-head tensor ``(H,)``;
-    ``tau >= 1`` keeps every block. Key block 0 is always kept (as in the reference).
-    ``scores``: ``(B, H, nq, nk)``; returns bool of the same shape.
+    The block that crosses the threshold is kept. ``tau`` is a float, a per-head tensor ``(H,)`` or a
+    per-(batch, head) tensor ``(B, H)``; ``tau >= 1`` keeps every block. Key block 0 is always kept
+    (as in the reference). ``scores``: ``(B, H, nq, nk)``; returns bool of the same shape.
     """
-    h = scores.shape[1]
-    tau_t = torch.as_tensor(tau, dtype=torch.float32, device=scores.device).reshape(-1)
-    if tau_t.numel() not in (1, h):
-        raise ValueError(f"tau has {tau_t.numel()} values for {h} heads")
-    tau_t = tau_t.view(1, -1, 1, 1)
+    b, h = scores.shape[:2]
+    tau_t = torch.as_tensor(tau, dtype=torch.float32, device=scores.device)
+    if tau_t.numel() == 1:
+        tau_t = tau_t.reshape(1, 1, 1, 1)
+    elif tau_t.shape == (h,):
+        tau_t = tau_t.view(1, h, 1, 1)
+    elif tau_t.shape == (b, h):
+        tau_t = tau_t.view(b, h, 1, 1)
+    else:
+        raise ValueError(f"tau of shape {tuple(tau_t.shape)} does not fit {b} x {h} (batch x heads)")
     ordered, order = scores.float().sort(dim=-1, descending=True)
     cum = ordered.cumsum(-1)
     before = cum - ordered
@@ -33,55 +38,49 @@ def select_blocks(scores: torch.Tensor, tau: float | torch.Tensor, keep_first: b
     return mask
 
 
-class XAttention(AttentionMethod):
-    """Block-sparse attention with masks from strided antidiagonal scores."""
+class XAttention(HeadwiseSparse):
+    """Block-sparse attention with masks from strided antidiagonal scores; +TMR and per-head tau tables."""
 
     name = "xattention"
 
-    def __init__(self, settings: XAttentionSettings, block_size: int, recorder: Recorder | None = None):
-        super().__init__(recorder)
-        self.settings = settings
+    def __init__(
+        self,
+        settings: XAttentionSettings,
+        block_size: int,
+        recorder: Recorder | None = None,
+        model: str = "",
+        tmr_delta: float = 30.0,
+    ):
+        super().__init__(settings, recorder, model, tmr_delta)
         self.block_size = settings.block_size or block_size
         self.stride = settings.stride
         if self.block_size % self.stride:
             raise ConfigError(f"block_size {self.block_size} must be a multiple of stride {self.stride}")
-        self.tau_table: torch.Tensor | None = None
 
-    def setup(self, num_layers: int, num_heads: int) -> None:
-        super().setup(num_layers, num_heads)
-        tau = torch.tensor(self.settings.tau, dtype=torch.float32).reshape(-1)
-        if tau.numel() == 1 or tau.numel() == num_heads:
-            self.tau_table = tau.expand(num_layers, num_heads).clone()
-        elif tau.numel() == num_layers * num_heads:
-            self.tau_table = tau.view(num_layers, num_heads)
-        else:
-            raise ConfigError(
-                f"tau has {tau.numel()} values but the model has {num_heads} heads x {num_layers} layers: "
-                f"give 1, {num_heads} or {num_layers * num_heads} values"
-            )
+    def uniform_thresholds(self):
+        return self.settings.tau
 
     def is_dense_step(self, layer: int, info: StepInfo) -> bool:
         return info.step < self.settings.warmup_steps
 
-    def predict_mask(self, q: torch.Tensor, k: torch.Tensor, layer: int) -> torch.Tensor:
-        """Block mask ``(B, H, nq, nk)`` for this layer's thresholds."""
+    def predict(self, q, k, layer, branch, thresholds, heads):
+        """Block mask ``(B, H', nq, nk)`` of ``heads`` (all when None)."""
+        if heads is not None:
+            q, k, thresholds = q[:, :, heads], k[:, :, heads], thresholds[heads]
         scores = antidiagonal_block_scores(q, k, self.stride, self.block_size)
-        return select_blocks(scores, self.tau_table[layer].to(q.device))
+        return select_blocks(scores, thresholds)
 
-    def attend(self, q, k, v, layer, info):
-        if self.is_dense_step(layer, info):
-            return self.warmup_dense(q, k, v, layer)
-        with self.recorder.timed("mask_predict", layer=layer, device=q.device):
-            mask = self.predict_mask(q, k, layer)
-        return self.sparse(q, k, v, mask, layer)
+    def merge(self, cached, heads, fresh):
+        mask = cached.clone()
+        mask[:, heads] = fresh
+        return mask
 
-    def sparse(self, q, k, v, mask, layer, mask_ref: str | None = None):
-        """Attention with a fixed-block mask; logs per-head density and keeps the mask if the policy asks."""
-        rec = self.recorder
+    def record(self, layer, state):
+        return self.recorder.record_mask(layer, state[0])
+
+    def apply(self, q, k, v, state, layer, thresholds, mask_ref):
         offsets = uniform_offsets(q.shape[1], self.block_size, q.device)
-        out = block_sparse_attention(q, k, v, mask, offsets, offsets)
-        density = mask_density(mask, offsets, offsets).mean(0)
-        if mask_ref is None:
-            mask_ref = rec.record_mask(layer, mask[0])
-        rec.log("density", density, layer=layer, threshold=self.tau_table[layer], density=density, mask_ref=mask_ref)
+        out = block_sparse_attention(q, k, v, state, offsets, offsets)
+        density = mask_density(state, offsets, offsets).mean(0)
+        self.recorder.log("density", density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
         return out

@@ -1,0 +1,124 @@
+"""The flow shared by the sparse methods: per-head thresholds (EBC tables) and Temporal Mask Reuse.
+
+A subclass says how to predict a "mask state" for a subset of heads (XAttention: a block mask;
+SVG2: a whole partition), how to merge a subset into a cached state, and how to attend with a
+state. This class decides per (step, layer, branch) which heads predict anew: all of them without
+TMR; with TMR only those whose Q/K drift crossed delta, so reused heads genuinely skip their
+prediction work. With every head refreshing it takes exactly the base path (delta = 0 == base).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from accel.attention.base import AttentionMethod
+from accel.attention.reuse import MaskReuse
+from accel.attention.thresholds import PARAMETER, load_table
+from accel.config import ConfigError, HeadwiseSettings
+from accel.telemetry import Recorder
+from accel.tracking import StepInfo
+
+DEFAULT_BRANCH = "*"
+
+
+class HeadwiseSparse(AttentionMethod):
+    """Base of XAttention and SVG2: thresholds per (branch, layer, head) and optional mask reuse."""
+
+    keeps_state = False  # whether the base method needs last step's state (SVG2's warm start)
+
+    def __init__(
+        self, settings: HeadwiseSettings, recorder: Recorder | None = None, model: str = "", tmr_delta: float = 0.0
+    ):
+        super().__init__(recorder)
+        self.settings = settings
+        self.model = model
+        delta = settings.tmr_delta if settings.tmr_delta is not None else tmr_delta
+        self.reuse = MaskReuse(delta, settings.tmr_gate_lower, settings.tmr_gate_upper) if settings.tmr else None
+        self.thresholds: dict[str, torch.Tensor] = {}
+        self.states: dict[tuple[int, str], Any] = {}
+        self.refs: dict[tuple[int, str], str | None] = {}
+
+    # -- thresholds -----------------------------------------------------------------------------
+    def uniform_thresholds(self) -> float | tuple[float, ...]:
+        """The shared threshold setting (scalar, per head, or per layer x head)."""
+        raise NotImplementedError
+
+    def setup(self, num_layers: int, num_heads: int) -> None:
+        super().setup(num_layers, num_heads)
+        if self.settings.threshold_table:
+            self.thresholds = load_table(
+                self.settings.threshold_table, method=self.name, model=self.model, layers=num_layers, heads=num_heads
+            )
+            return
+        values = torch.tensor(self.uniform_thresholds(), dtype=torch.float32).reshape(-1)
+        if values.numel() in (1, num_heads):
+            table = values.expand(num_layers, num_heads).clone()
+        elif values.numel() == num_layers * num_heads:
+            table = values.view(num_layers, num_heads)
+        else:
+            name = PARAMETER[self.name]
+            raise ConfigError(
+                f"{name} has {values.numel()} values but the model has {num_heads} heads x {num_layers} layers: "
+                f"give 1, {num_heads} or {num_layers * num_heads} values"
+            )
+        self.thresholds = {DEFAULT_BRANCH: table}
+
+    def threshold(self, layer: int, branch: str, device: torch.device) -> torch.Tensor:
+        """Per-head thresholds ``(H,)`` of ``layer`` for this CFG branch (a table may differ per branch)."""
+        table = self.thresholds.get(branch)
+        if table is None:
+            table = self.thresholds.get(DEFAULT_BRANCH, next(iter(self.thresholds.values())))
+        return table[layer].to(device)
+
+    # -- what a subclass provides ---------------------------------------------------------------
+    def is_dense_step(self, layer: int, info: StepInfo) -> bool:
+        raise NotImplementedError
+
+    def predict(self, q, k, layer: int, branch: str, thresholds: torch.Tensor, heads: list[int] | None) -> Any:
+        """A fresh mask state for ``heads`` (None = all heads)."""
+        raise NotImplementedError
+
+    def merge(self, cached: Any, heads: list[int], fresh: Any) -> Any:
+        """``cached`` with the state of ``heads`` replaced by ``fresh``."""
+        raise NotImplementedError
+
+    def apply(self, q, k, v, state: Any, layer: int, thresholds: torch.Tensor, mask_ref: str | None) -> torch.Tensor:
+        """Sparse attention with ``state``; logs per-head density."""
+        raise NotImplementedError
+
+    def record(self, layer: int, state: Any) -> str | None:
+        """Keep the state's mask in the run's arrays if the policy wants it; returns its key."""
+        raise NotImplementedError
+
+    # -- the flow -------------------------------------------------------------------------------
+    def attend(self, q, k, v, layer, info):
+        if self.is_dense_step(layer, info):
+            return self.warmup_dense(q, k, v, layer)
+        rec, key, heads_n = self.recorder, (layer, info.branch), q.shape[2]
+        thr = self.threshold(layer, info.branch, q.device)
+        cached = self.states.get(key)
+        decision = None
+        if self.reuse is not None:
+            with rec.timed("reuse_check", layer=layer, device=q.device):
+                decision = self.reuse.decide(layer, info.branch, q, k, thr)
+                heads = decision.heads
+        if decision is None or cached is None or len(heads) == heads_n:
+            with rec.timed("mask_predict", layer=layer, device=q.device, value=heads_n):
+                state = self.predict(q, k, layer, info.branch, thr, None)
+            ref = self.record(layer, state)
+        elif heads:
+            with rec.timed("mask_predict", layer=layer, device=q.device, value=len(heads)):
+                fresh = self.predict(q, k, layer, info.branch, thr, heads)
+            state = self.merge(cached, heads, fresh)
+            ref = self.record(layer, state)
+        else:
+            state, ref = cached, self.refs.get(key)
+        if decision is not None:
+            self.reuse.commit(layer, info.branch, decision, thr)
+            rec.log("drift", decision.drift, layer=layer, threshold=self.reuse.delta)
+            rec.log("mask_refresh", decision.refresh.float(), layer=layer)
+        if decision is not None or self.keeps_state:
+            self.states[key], self.refs[key] = state, ref
+        return self.apply(q, k, v, state, layer, thr, ref)

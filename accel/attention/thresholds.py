@@ -1,0 +1,85 @@
+"""Per-head threshold tables: the output of Error-guided Budgeted Calibration (METHODS 1.4).
+
+A table is a versioned JSON file with, per CFG branch, one threshold per (layer, head): ``tau`` for
+XAttention, ``top_p`` for SVG2. :func:`load_table` refuses a table made for another format version,
+model, base method or model shape with a one-line :class:`~accel.config.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from accel.config import ConfigError
+
+TABLE_FORMAT = "accel.threshold-table"
+TABLE_VERSION = 1
+PARAMETER = {"xattention": "tau", "svg2": "top_p"}
+MAX_TABLE_BYTES = 16 * 2**20
+
+
+def read_table(path: str | Path) -> dict[str, Any]:
+    """Parse a table file and check its format and version (not yet against a model)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"threshold table {path} does not exist or is not a file")
+    if p.stat().st_size > MAX_TABLE_BYTES:
+        raise ConfigError(f"threshold table {path} is larger than {MAX_TABLE_BYTES // 2**20} MiB; not a table")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"threshold table {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
+        raise ConfigError(f"{path} is not a threshold table (format {TABLE_FORMAT!r} expected)")
+    if data.get("version") != TABLE_VERSION:
+        raise ConfigError(
+            f"threshold table {path} has version {data.get('version')!r}; this bench reads {TABLE_VERSION}"
+        )
+    return data
+
+
+def load_table(
+    path: str | Path, *, method: str, model: str, layers: int | None = None, heads: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Per-branch thresholds ``{branch: (layers, heads)}`` from ``path``, validated for this model and method."""
+    data = read_table(path)
+    if data.get("method") != method:
+        raise ConfigError(f"threshold table {path} was calibrated for method {data.get('method')!r}, not {method!r}")
+    if data.get("model") != model:
+        raise ConfigError(f"threshold table {path} was calibrated for model {data.get('model')!r}, not {model!r}")
+    t_layers, t_heads = data.get("layers"), data.get("heads")
+    if (layers is not None and t_layers != layers) or (heads is not None and t_heads != heads):
+        raise ConfigError(
+            f"threshold table {path} is for {t_layers} layers x {t_heads} heads, but the model has {layers} x {heads}"
+        )
+    key = PARAMETER[method]
+    out: dict[str, torch.Tensor] = {}
+    for branch, entry in (data.get("branches") or {}).items():
+        try:
+            values = torch.tensor(entry[key], dtype=torch.float32)
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"threshold table {path}: branch {branch!r} has no valid {key!r} values") from None
+        if values.shape != (t_layers, t_heads):
+            raise ConfigError(
+                f"threshold table {path}: branch {branch!r} has shape {tuple(values.shape)}, "
+                f"expected ({t_layers}, {t_heads})"
+            )
+        if not bool(((values > 0) & (values <= 1)).all()):
+            raise ConfigError(f"threshold table {path}: branch {branch!r} has {key} values outside (0, 1]")
+        out[branch] = values
+    if not out:
+        raise ConfigError(f"threshold table {path} has no branches")
+    return out
+
+
+def write_table(path: str | Path, table: dict[str, Any]) -> Path:
+    """Write a table (adds format and version) atomically: a temp file renamed into place."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(json.dumps({"format": TABLE_FORMAT, "version": TABLE_VERSION, **table}, indent=1), encoding="utf-8")
+    tmp.replace(p)
+    return p
