@@ -88,6 +88,10 @@ class HeadwiseSparse(AttentionMethod):
         """Sparse attention with ``state``; logs per-head density."""
         raise NotImplementedError
 
+    def state_density(self, state: Any, q: torch.Tensor) -> torch.Tensor:
+        """Computed fraction ``(B, H)`` of each head's query-key pairs under ``state``."""
+        raise NotImplementedError
+
     def record(self, layer: int, state: Any) -> str | None:
         """Keep the state's mask in the run's arrays if the policy wants it; returns its key."""
         raise NotImplementedError

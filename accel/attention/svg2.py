@@ -223,14 +223,23 @@ class SVG2(HeadwiseSparse):
             layer, state.mask[:h], state.q_offsets[:h], state.k_offsets[:h], kind="cluster_mask"
         )
 
+    @staticmethod
+    def _blocks(state: Partition, q: torch.Tensor):
+        b, _, h, _ = q.shape
+        return (
+            state.mask.view(b, h, *state.mask.shape[1:]),
+            state.q_offsets.view(b, h, -1),
+            state.k_offsets.view(b, h, -1),
+        )
+
+    def state_density(self, state, q):
+        return mask_density(*self._blocks(state, q))
+
     def apply(self, q, k, v, state, layer, thresholds, mask_ref):
         """Attention through a partition (fresh or cached): permute current tokens, attend, un-permute."""
-        b, _, h, _ = q.shape
         qp = _gather_tokens(q, state.q_perm)
         kp, vp = _gather_tokens(k, state.k_perm), _gather_tokens(v, state.k_perm)
-        mask = state.mask.view(b, h, *state.mask.shape[1:])
-        q_off = state.q_offsets.view(b, h, -1)
-        k_off = state.k_offsets.view(b, h, -1)
+        mask, q_off, k_off = self._blocks(state, q)
         out = block_sparse_attention(qp, kp, vp, mask, q_off, k_off)
         density = mask_density(mask, q_off, k_off).mean(0)
         self.recorder.log("density", density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)

@@ -78,9 +78,13 @@ class XAttention(HeadwiseSparse):
     def record(self, layer, state):
         return self.recorder.record_mask(layer, state[0])
 
+    def state_density(self, state, q):
+        offsets = uniform_offsets(q.shape[1], self.block_size, q.device)
+        return mask_density(state, offsets, offsets)
+
     def apply(self, q, k, v, state, layer, thresholds, mask_ref):
         offsets = uniform_offsets(q.shape[1], self.block_size, q.device)
         out = block_sparse_attention(q, k, v, state, offsets, offsets)
-        density = mask_density(state, offsets, offsets).mean(0)
+        density = self.state_density(state, q).mean(0)
         self.recorder.log("density", density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
         return out
