@@ -269,34 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--prompt", required=True, metavar="TEXT", help="Text prompt (required).")
     gen.add_argument("--negative-prompt", default="", metavar="TEXT", help="Negative prompt. Default: empty.")
-    gen.add_argument("--seed", type=int, default=0, metavar="INT", help="Random seed of the initial noise. Default: 0.")
-    size = gen.add_argument_group("sampling", _defaults_help())
-    size.add_argument(
-        "--height", type=int, metavar="PX", help="Height in pixels, a multiple of 16. Default: the model's."
-    )
-    size.add_argument(
-        "--width", type=int, metavar="PX", help="Width in pixels, a multiple of 16. Default: the model's."
-    )
-    size.add_argument(
-        "--frames", type=int, metavar="N", help="Number of frames, 4k+1 (5, 9, ..., 81). Default: the model's."
-    )
-    size.add_argument("--steps", type=int, metavar="N", help="Denoising steps. Default: the model's.")
-    size.add_argument(
-        "--guidance",
-        type=float,
-        metavar="SCALE",
-        help="Classifier-free guidance scale (0 = off). Default: the model's.",
-    )
-    size.add_argument("--fps", type=int, default=16, metavar="N", help="Frame rate of the saved video. Default: 16.")
+    _add_sampling(gen)
+    gen.add_argument("--fps", type=int, default=16, metavar="N", help="Frame rate of the saved video. Default: 16.")
     hw = gen.add_argument_group("hardware and output")
-    hw.add_argument(
-        "--device", metavar="DEVICE", help="Torch device, e.g. cpu, cuda, cuda:1. Default: cuda if available, else cpu."
-    )
-    hw.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        help="Transformer dtype (the VAE stays float32). Default: bfloat16 on CUDA, float32 on CPU.",
-    )
+    _add_hardware(hw)
     hw.add_argument("--out-dir", metavar="ROOT", help=store_help)
     hw.add_argument(
         "--mask-budget-mb",
@@ -308,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     hw.add_argument("--no-masks", action="store_true", help="Keep no attention masks (telemetry is still recorded).")
     _add_setting_flags(gen)
     gen.set_defaults(func=cmd_generate)
+
+    _add_calibrate(sub)
 
     cmp_ = sub.add_parser(
         "compare",
@@ -337,6 +315,120 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--out-dir", metavar="ROOT", help=store_help)
     runs.set_defaults(func=cmd_runs)
     return parser
+
+
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    """Seed and the sampling sizes shared by generate and calibrate (unset = the model's defaults)."""
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="INT", help="Random seed of the initial noise. Default: 0."
+    )
+    size = parser.add_argument_group("sampling", _defaults_help())
+    size.add_argument(
+        "--height", type=int, metavar="PX", help="Height in pixels, a multiple of 16. Default: the model's."
+    )
+    size.add_argument(
+        "--width", type=int, metavar="PX", help="Width in pixels, a multiple of 16. Default: the model's."
+    )
+    size.add_argument(
+        "--frames", type=int, metavar="N", help="Number of frames, 4k+1 (5, 9, ..., 81). Default: the model's."
+    )
+    size.add_argument("--steps", type=int, metavar="N", help="Denoising steps. Default: the model's.")
+    size.add_argument(
+        "--guidance",
+        type=float,
+        metavar="SCALE",
+        help="Classifier-free guidance scale (0 = off). Default: the model's.",
+    )
+
+
+def _add_hardware(group) -> None:
+    group.add_argument(
+        "--device", metavar="DEVICE", help="Torch device, e.g. cpu, cuda, cuda:1. Default: cuda if available, else cpu."
+    )
+    group.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="Transformer dtype (the VAE stays float32). Default: bfloat16 on CUDA, float32 on CPU.",
+    )
+
+
+CALIBRATE_EXAMPLES = """\
+examples:
+  python -m accel calibrate --method xattention
+  python -m accel calibrate --method svg2 --prompts-file prompts.txt --out tables/svg2
+  python -m accel generate --method xattention --threshold-table calibration/<folder>/table.json --prompt "a fox"
+
+Writes table.json (per CFG branch, one threshold per layer and head, with the measured errors and
+sparsities), probes.parquet and trajectories.safetensors into the output folder."""
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _add_calibrate(sub) -> None:
+    cal = sub.add_parser(
+        "calibrate",
+        help="per-head thresholds under a sparsity budget (Error-guided Budgeted Calibration)",
+        formatter_class=_Formatter,
+        description="Save dense trajectories on calibration prompts, probe every head at each candidate "
+        "threshold (that head sparse, all others dense), measure the band-weighted spectral error and the "
+        "head's sparsity, and solve the per-head assignment with a MILP under the budget 'mean sparsity >= "
+        "that of the uniform reference threshold', per CFG branch.",
+        epilog=CALIBRATE_EXAMPLES,
+    )
+    cal.add_argument("--model", default="tiny-wan", metavar="NAME|PATH", help=_model_help())
+    cal.add_argument("--method", default="xattention", choices=["xattention", "svg2"], help="Base sparse method.")
+    cal.add_argument(
+        "--prompt", action="append", metavar="TEXT", help="A calibration prompt (repeatable). Default: 4 built-in."
+    )
+    cal.add_argument("--prompts-file", metavar="FILE", help="A text file with one calibration prompt per line.")
+    cal.add_argument("--negative-prompt", default="", metavar="TEXT", help="Negative prompt. Default: empty.")
+    _add_sampling(cal)
+    ebc = cal.add_argument_group("calibration")
+    ebc.add_argument(
+        "--samples-per-prompt",
+        type=int,
+        default=4,
+        metavar="N",
+        help="Sampled steps per prompt, one per equal part of the sparse steps. Default: 4.",
+    )
+    ebc.add_argument(
+        "--candidates",
+        type=_floats,
+        default=(0.85, 0.90, 0.95),
+        metavar="T,T,...",
+        help="Candidate thresholds per head. Default: 0.85,0.9,0.95.",
+    )
+    ebc.add_argument(
+        "--reference",
+        type=float,
+        default=0.90,
+        metavar="T",
+        help="Uniform threshold whose mean sparsity is the budget (one of the candidates). Default: 0.9.",
+    )
+    ebc.add_argument(
+        "--band-weights",
+        type=_floats,
+        default=(1.0, 0.5, 0.01, 0.01),
+        metavar="LL,LH,HL,HH",
+        help="Spectral band weights (temporal x spatial). Default: 1,0.5,0.01,0.01.",
+    )
+    ebc.add_argument(
+        "--max-probe-batch",
+        type=int,
+        default=16,
+        metavar="N",
+        help="Most probes in one batched forward (lower it if memory is short). Default: 16.",
+    )
+    hw = cal.add_argument_group("hardware and output")
+    _add_hardware(hw)
+    hw.add_argument("--out", metavar="DIR", help="Output folder. Default: calibration/<model>-<method>-<time>.")
+    _add_setting_flags(cal)
+    cal.set_defaults(func=cmd_calibrate)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -417,6 +509,68 @@ def cmd_generate(args: argparse.Namespace) -> int:
         parts.append(f"mean density after warm-up {density:.3f}")
     print(run.path)
     print(f"{_label(run)}: " + ", ".join(parts))
+    return 0
+
+
+def _read_prompts(path: str) -> list[str]:
+    p = os.path.expanduser(path)
+    if not os.path.isfile(p):
+        raise CliError(f"prompts file {path} does not exist")
+    if os.path.getsize(p) > 2**20:
+        raise CliError(f"prompts file {path} is larger than 1 MiB")
+    with open(p, encoding="utf-8") as fh:
+        prompts = [line.strip() for line in fh if line.strip()]
+    if not prompts:
+        raise CliError(f"prompts file {path} has no prompts")
+    return prompts
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``calibrate``: write a per-head threshold table for ``--method`` on ``--model``."""
+    import time
+
+    from accel import models
+    from accel.calibrate import DEFAULT_PROMPTS, CalibrationSpec
+
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        prompts += _read_prompts(args.prompts_file)
+    spec = CalibrationSpec(
+        model=args.model,
+        method=args.method,
+        settings=method_settings(args.method, args),
+        prompts=tuple(prompts) or DEFAULT_PROMPTS,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        frames=args.frames,
+        steps=args.steps,
+        guidance=args.guidance,
+        samples_per_prompt=args.samples_per_prompt,
+        candidates=args.candidates,
+        reference=args.reference,
+        band_weights=args.band_weights,
+        max_probe_batch=args.max_probe_batch,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    mspec = models.resolve(spec.model)
+    out = args.out or os.path.join(
+        "calibration", f"{os.path.basename(mspec.name.rstrip('/'))}-{spec.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    _quiet_loading()
+    from accel.calibrate import calibrate
+
+    path = calibrate(spec, out, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    with open(path, encoding="utf-8") as fh:
+        table = json.load(fh)
+    print(path)
+    for branch, entry in table["branches"].items():
+        print(
+            f"{branch}: mean sparsity {entry['mean_sparsity']:.4f} (budget {entry['min_sparsity']:.4f}), "
+            f"summed error {entry['objective']:.4g} vs uniform {spec.reference}: {entry['uniform_objective']:.4g}"
+        )
     return 0
 
 

@@ -1,0 +1,166 @@
+"""Error-guided Budgeted Calibration: spectral error, MILP, probes, the table and its validation."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import PROMPT
+
+from accel import runner
+from accel.attention.thresholds import load_table
+from accel.calibrate import CalibrationSpec, calibrate, probe_errors, sample_steps, solve_budget, spectral_error
+from accel.config import ConfigError, RunConfig
+from accel.models import load_pipeline
+
+SMALL = {"height": 128, "width": 128, "frames": 9, "steps": 4}
+XA = {"warmup_steps": 1, "block_size": 16, "stride": 4}
+
+
+def test_spectral_error_is_parseval_with_unit_weights():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(3, 4, 6, 8, generator=gen)
+    ys = y + 0.1 * torch.randn(2, 3, 4, 6, 8, generator=gen)
+    e = spectral_error(ys, y, weights=(1, 1, 1, 1))
+    direct = ((ys - y) ** 2).sum((1, 2, 3, 4)) / (y**2).sum()
+    torch.testing.assert_close(e, direct, rtol=1e-4, atol=1e-8)
+    assert spectral_error(y[None], y).item() == 0.0
+
+
+def test_spectral_error_bands():
+    y = torch.ones(1, 4, 8, 8)
+    t = torch.arange(4).float()
+    flicker = torch.cos(np.pi * t)[:, None, None].expand(4, 8, 8)[None]  # temporal Nyquist, spatially flat
+    e = spectral_error((y + flicker)[None], y, weights=(0, 0, 1, 0))  # HL = temporal high x spatial low
+    assert e.item() == pytest.approx(1.0, rel=1e-5)
+    assert spectral_error((y + flicker)[None], y, weights=(1, 1, 0, 1)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_milp_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n, k = 5, 3
+    err = rng.random((n, k))
+    spa = np.sort(rng.random((n, k)), axis=1)
+    s_min = float(spa[:, 1].mean())
+    choice = solve_budget(err, spa, s_min)
+    best = min(
+        (c for c in itertools.product(range(k), repeat=n) if spa[np.arange(n), c].mean() >= s_min - 1e-12),
+        key=lambda c: err[np.arange(n), c].sum(),
+    )
+    assert err[np.arange(n), choice].sum() == pytest.approx(err[np.arange(n), best].sum())
+    assert spa[np.arange(n), choice].mean() >= s_min - 1e-9
+
+
+def test_milp_with_tiny_errors_still_optimal():
+    err = np.array([[3e-8, 1e-8, 5e-9], [2e-8, 1.5e-8, 4e-8]])
+    spa = np.array([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3]])
+    # 5e-9 + 1.5e-8 (sparsity 0.25) beats uniform 1e-8 + 1.5e-8 and 5e-9 + 2e-8 (sparsity 0.2)
+    assert solve_budget(err, spa, 0.2).tolist() == [2, 1]
+
+
+def test_sample_steps_one_per_quarter_of_the_sparse_part():
+    assert sample_steps(50, 5, 4) == [10, 21, 33, 44]  # 5 + (i + 0.5) * 45 / 4
+    assert sample_steps(4, 1, 4) == [1, 2, 3]
+    with pytest.raises(ConfigError, match="no sparse steps"):
+        sample_steps(5, 5, 4)
+
+
+def test_probe_with_threshold_one_is_the_dense_output(tiny_pipe):
+    """Prefix replay and batched probes are exact: a probe at tau = 1 reproduces the dense output."""
+    from accel.calibrate import collect_trajectories
+
+    spec = CalibrationSpec(settings=XA, prompts=(PROMPT,), candidates=(0.3, 1.0), reference=1.0, **SMALL)
+    samples = collect_trajectories(tiny_pipe, spec, [2])
+    probes = probe_errors(tiny_pipe, spec, samples)
+    assert len(probes) == 2 * 4 * 6 * 2  # branches x layers x heads x candidates
+    full = probes[probes.candidate == 1.0]
+    assert (full["error"] < 1e-10).all() and (full["sparsity"] == 0).all()
+    sparse = probes[probes.candidate == 0.3]
+    assert (sparse["error"] > 0).all() and (sparse["sparsity"] > 0).all()
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory):
+    spec = CalibrationSpec(settings=XA, prompts=(PROMPT, "a dog runs"), samples_per_prompt=2, **SMALL)
+    return calibrate(spec, tmp_path_factory.mktemp("cal"))
+
+
+def test_calibrated_table_meets_budget_and_beats_uniform(table_path):
+    table = json.loads(table_path.read_text())
+    assert table["format"] == "accel.threshold-table" and table["model"] == "tiny-wan"
+    assert (table["layers"], table["heads"]) == (4, 6)
+    probes = pd.read_parquet(table_path.parent / "probes.parquet")
+    assert set(probes.branch) == {"cond", "uncond"}
+    for branch, entry in table["branches"].items():
+        tau = np.array(entry["tau"])
+        assert tau.shape == (4, 6) and set(np.unique(tau)) <= {0.85, 0.9, 0.95}
+        assert entry["mean_sparsity"] >= entry["min_sparsity"] - 1e-9
+        assert entry["objective"] <= entry["uniform_objective"] + 1e-15
+        # the reported numbers are those of the calibration set's probes
+        mean = probes[probes.branch == branch].groupby(["layer", "head", "candidate"])["error"].mean()
+        chosen = sum(mean[(layer, head, tau[layer, head])] for layer in range(4) for head in range(6))
+        assert chosen == pytest.approx(entry["objective"])
+    assert (table_path.parent / "trajectories.safetensors").stat().st_size > 0
+
+
+def test_generate_uses_the_table_per_branch(table_path, tmp_path):
+    from accel.runs import RunStore
+
+    cfg = RunConfig(prompt=PROMPT, method="xattention", settings={**XA, "threshold_table": str(table_path)}, **SMALL)
+    run = runner.generate(cfg, RunStore(tmp_path))
+    table = json.loads(table_path.read_text())
+    dens = run.telemetry[run.telemetry.event == "density"]
+    dens = dens[dens.step >= 1]
+    for branch in ("cond", "uncond"):
+        got = dens[dens.branch == branch].groupby(["layer", "head"])["threshold"].first().to_numpy().reshape(4, 6)
+        assert np.allclose(got, table["branches"][branch]["tau"])
+    assert "ebc" in run.run_id
+
+
+def test_mismatched_tables_are_refused(table_path, tmp_path):
+    data = json.loads(table_path.read_text())
+    with pytest.raises(ConfigError, match="4 layers x 6 heads, but the model has 4 x 12"):
+        load_table(table_path, method="xattention", model="tiny-wan", layers=4, heads=12)
+    with pytest.raises(ConfigError, match="calibrated for model 'tiny-wan'"):
+        load_table(table_path, method="xattention", model="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", layers=4, heads=6)
+    with pytest.raises(ConfigError, match="method 'xattention', not 'svg2'"):
+        load_table(table_path, method="svg2", model="tiny-wan")
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**data, "heads": 8}))
+    with pytest.raises(ConfigError, match="8 heads"):
+        runner.generate(
+            RunConfig(prompt=PROMPT, method="xattention", settings={**XA, "threshold_table": str(other)}, **SMALL),
+            __import__("accel.runs").runs.RunStore(tmp_path / "runs"),
+        )
+    for bad, match in [("{nope", "not valid JSON"), (json.dumps({"format": "x"}), "not a threshold table"),
+                       (json.dumps({**data, "version": 99}), "version 99")]:  # fmt: skip
+        other.write_text(bad)
+        with pytest.raises(ConfigError, match=match):
+            load_table(other, method="xattention", model="tiny-wan")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_table(tmp_path / "missing.json", method="xattention", model="tiny-wan")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_calibration_spec_validation():
+    with pytest.raises(ConfigError, match="reference threshold"):
+        CalibrationSpec(candidates=(0.8, 0.95), reference=0.9)
+    with pytest.raises(ConfigError, match="sparse base method"):
+        CalibrationSpec(method="dense")
+    with pytest.raises(ConfigError, match="prompt"):
+        CalibrationSpec(prompts=())
+
+
+def test_cli_calibrate_and_refusal(table_path, tmp_path, capsys):
+    from accel.cli import main
+
+    assert load_pipeline("tiny-wan", "cpu", "float32") is not None
+    args = ["generate", "--method", "svg2", "--threshold-table", str(table_path), "--prompt", "x"]
+    code = main([*args, "--out-dir", str(tmp_path), "--height", "64", "--width", "64", "--frames", "5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and "not 'svg2'" in err[-1]
