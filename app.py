@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import gradio as gr
 
@@ -18,13 +19,26 @@ from accel.models import ModelLoadError
 from accel.runner import RunError, generate
 from accel.runs import RunStore
 
+TABLES = Path(__file__).resolve().parent / "assets" / "tables"
+
 METHODS = ["dense", "xattention", "svg2"]
 PROGRESS = gr.Progress()  # gradio injects a live tracker for a parameter defaulting to one
 
 
-def run_generation(model, method, prompt, negative, seed, steps, tau, top_p, progress=PROGRESS):
+def table_choices() -> list[str]:
+    """Calibrated per-head threshold tables shipped under assets/tables (for +EBC)."""
+    return ["none", *sorted(str(p) for p in TABLES.glob("*.json"))]
+
+
+def run_generation(model, method, prompt, negative, seed, steps, tau, top_p, tmr, delta, table, progress=PROGRESS):
     """One generation from the UI; bad input becomes a gr.Error and the app keeps serving."""
     settings = {"xattention": {"tau": float(tau)}, "svg2": {"top_p": float(top_p)}}.get(method, {})
+    if method != "dense":
+        settings["tmr"] = bool(tmr)
+        if delta not in (None, ""):
+            settings["tmr_delta"] = float(delta)
+        if table and table != "none":
+            settings["threshold_table"] = table
     try:
         cfg = RunConfig(
             prompt=prompt,
@@ -39,7 +53,8 @@ def run_generation(model, method, prompt, negative, seed, steps, tau, top_p, pro
     except (ConfigError, ModelLoadError, RunError, ValueError) as exc:
         raise gr.Error(str(exc)) from None
     m = run.metrics
-    headline = {k: m[k] for k in ("wall_s", "density_mean_sparse", "mask_predict_s", "tokens", "device") if k in m}
+    keys = ("wall_s", "density_mean_sparse", "mask_predict_s", "mask_skip_frac", "tokens", "device")
+    headline = {k: m[k] for k in keys if k in m}
     return str(run.video_path), json.dumps({"run": run.run_id, **headline}, indent=2)
 
 
@@ -77,13 +92,27 @@ def build_app() -> gr.Blocks:
                     label="SVG2 top_p",
                     info="share of the cluster-pair map kept per query cluster",
                 )
+                with gr.Row():
+                    tmr = gr.Checkbox(
+                        False,
+                        label="Temporal Mask Reuse",
+                        info="reuse a head's mask while its Q/K drift stays <= delta",
+                    )
+                    delta = gr.Number(None, label="TMR delta (empty = model default)")
+                table = gr.Dropdown(
+                    table_choices(),
+                    value="none",
+                    label="EBC threshold table",
+                    allow_custom_value=True,
+                    info="per-head thresholds from `python -m accel calibrate` (+EBC)",
+                )
                 go = gr.Button("Generate", variant="primary")
             with gr.Column():
                 video = gr.Video(label="Output")
                 summary = gr.Code(label="Run", language="json")
         go.click(
             run_generation,
-            [model, method, prompt, negative, seed, steps, tau, top_p],
+            [model, method, prompt, negative, seed, steps, tau, top_p, tmr, delta, table],
             [video, summary],
             concurrency_limit=1,
         )

@@ -84,6 +84,12 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
     pred = table[table["event"] == "mask_predict"]
     out["mask_predict_s"] = float(pred["seconds"].sum()) if not pred.empty else 0.0
     out["mask_predictions"] = len(pred)
+    out["mask_predicted_heads"] = int(pred["value"].sum()) if not pred.empty else 0
+    check = table[table["event"] == "reuse_check"]
+    if not check.empty:
+        refresh = table[table["event"] == "mask_refresh"]["value"]
+        out["reuse_check_s"] = float(check["seconds"].sum())
+        out["mask_skip_frac"] = float(1.0 - refresh.mean()) if len(refresh) else 0.0
     return out
 
 

@@ -1,0 +1,102 @@
+"""Ablation of the head-wise adaptive add-ons: base, +TMR, +EBC, +TMR+EBC over XAttention and SVG2.
+
+``python -m accel.bench_headwise`` generates a dense reference and every mode with the same prompt
+and seed on the embedded model (or ``--model``), then prints one row per mode: fraction of head mask
+predictions skipped, mask-prediction time and its share of the denoising time, mean density after
+warm-up, PSNR/SSIM against the dense run, wall time and speedup. EBC uses a calibrated table:
+``assets/tables/<model>-<method>.json`` when shipped, else ``--table-<method> PATH``. On CPU the
+attention runs through the pure-torch reference, so wall times show overheads, not GPU speedups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from accel import models
+from accel.config import RunConfig
+from accel.metrics import compare_videos
+from accel.runner import generate
+from accel.runs import Run, RunStore
+
+TABLES = Path(__file__).resolve().parent.parent / "assets" / "tables"
+MODES = {"base": {}, "+TMR": {"tmr": True}, "+EBC": {"ebc": True}, "+TMR+EBC": {"tmr": True, "ebc": True}}
+
+
+def shipped_table(model: str, method: str) -> Path | None:
+    path = TABLES / f"{Path(models.resolve(model).name).name}-{method}.json"
+    return path if path.is_file() else None
+
+
+def mode_settings(mode: str, table: Path | None) -> dict | None:
+    """Settings of one mode, or None if it needs a table that is missing."""
+    flags = MODES[mode]
+    settings = {"tmr": flags.get("tmr", False)}
+    if flags.get("ebc"):
+        if table is None:
+            return None
+        settings["threshold_table"] = str(table)
+    return settings
+
+
+def row(name: str, run: Run, dense: Run) -> dict:
+    m = run.metrics
+    q = compare_videos(dense.frames(), run.frames())
+    denoise = m["stages"]["denoise_s"]
+    return {
+        "mode": name,
+        "skipped": m.get("mask_skip_frac", 0.0),
+        "predict_s": m.get("mask_predict_s", 0.0),
+        "predict_share": m.get("mask_predict_s", 0.0) / denoise if denoise else float("nan"),
+        "density": m.get("density_mean_sparse", 1.0),
+        "psnr": q["psnr_mean"],
+        "ssim": q["ssim_mean"],
+        "wall_s": m["wall_s"],
+        "speedup": dense.metrics["wall_s"] / m["wall_s"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny-wan")
+    parser.add_argument("--methods", nargs="+", default=["xattention", "svg2"], choices=["xattention", "svg2"])
+    parser.add_argument("--prompt", default="a red circle moves left over a blue background")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--device")
+    parser.add_argument("--table-xattention", type=Path)
+    parser.add_argument("--table-svg2", type=Path)
+    parser.add_argument("--out-dir", type=Path, help="keep the runs here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = RunStore(args.out_dir or tmp)
+        common = {
+            "prompt": args.prompt,
+            "model": args.model,
+            "seed": args.seed,
+            "steps": args.steps,
+            "device": args.device,
+        }
+        dense = generate(RunConfig(method="dense", **common), store)
+        rows = [row("dense", dense, dense)]
+        for method in args.methods:
+            table = getattr(args, f"table_{method}") or shipped_table(args.model, method)
+            for mode in MODES:
+                settings = mode_settings(mode, table)
+                if settings is None:
+                    print(f"skipping {method} {mode}: no calibrated table (pass --table-{method})")
+                    continue
+                run = generate(RunConfig(method=method, settings=settings, **common), store)
+                rows.append(row(f"{method} {mode}", run, dense))
+        header = f"{'mode':<22} {'skipped':>8} {'predict s':>9} {'share':>6} {'density':>8} {'PSNR':>7} {'SSIM':>6}"
+        print(f"{header} {'wall s':>7} {'speedup':>7}")
+        for r in rows:
+            print(
+                f"{r['mode']:<22} {r['skipped']:>8.2f} {r['predict_s']:>9.3f} {r['predict_share']:>6.1%} "
+                f"{r['density']:>8.3f} {r['psnr']:>7.2f} {r['ssim']:>6.4f} {r['wall_s']:>7.2f} {r['speedup']:>7.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
