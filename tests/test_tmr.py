@@ -139,3 +139,25 @@ def test_partial_refresh_predicts_only_the_drifting_heads(monkeypatch):
     mask = method.states[(0, "cond")]
     fresh = method.predict(q2, k, 0, "cond", torch.full((3,), 0.8), None)
     assert torch.equal(mask[:, 1], fresh[:, 1])
+
+
+def test_svg2_partial_refresh_reclusters_only_the_drifting_heads():
+    from accel.tracking import StepInfo
+
+    method = make("svg2", tmr=True, tmr_delta=0.5)
+    method.setup(num_layers=1, num_heads=3)
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 96, 3, 8, generator=gen) for _ in range(3))
+    method.attend(q, k, v, 0, StepInfo(step=1, num_steps=4))
+    before = method.states[(0, "cond")]
+    q2 = q.clone()
+    q2[:, :, 2] = q2[:, :, 2].flip(1) + 1.0  # only head 2 drifts
+    out = method.attend(q2, k, v, 0, StepInfo(step=2, num_steps=4))
+    after = method.states[(0, "cond")]
+    for name in ("q_perm", "k_perm", "q_offsets", "mask", "q_centroids"):
+        old, new = getattr(before, name), getattr(after, name)
+        assert torch.equal(old[:2], new[:2]), name  # reused heads keep their whole partition
+    assert not torch.equal(before.q_perm[2], after.q_perm[2])
+    # the reused heads' output is the cached partition applied to the current tokens
+    reference = method.apply(q2, k, v, before, 0, torch.full((3,), 0.8), None)
+    assert torch.allclose(out[:, :, :2], reference[:, :, :2])
