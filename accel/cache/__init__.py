@@ -1,0 +1,1 @@
+"""Autoregressive (chunked) video on the bench: the diffusion-forcing group runner and its caches."""

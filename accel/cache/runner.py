@@ -1,0 +1,327 @@
+"""Chunked (group-by-group) diffusion-forcing runner over the real SkyReels-V2 transformer (METHODS 2).
+
+Each row of the schedule forwards only the groups that take a step, in order, with a persistent
+per-layer KV buffer: group ``g``'s self-attention uses its fresh Q and K/V = [earlier groups ; itself].
+Under the model's block-causal attention (``num_frame_per_block = causal_block_size``) a group's
+output depends only on groups up to itself, so this equals the full-window forward that diffusers'
+pipeline runs: unstarted groups are skipped, and a group that just finished is forwarded once more at
+timestep 0 (as the full window sees it afterwards) to freeze its K/V. Buffers, counters and cache
+state are kept per CFG branch. The model's modules are used as they are; the glue below follows
+``SkyReelsV2Transformer3DModel.forward`` (patch embedding, per-frame modulation, RoPE, blocks, head).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_skyreels_v2 import _get_qkv_projections
+from diffusers.utils.torch_utils import randn_tensor
+
+from accel.attention.base import apply_rotary
+from accel.cache.schedule import COMPUTE, GroupSchedule, build_schedule
+from accel.telemetry import Recorder
+from accel.tracking import StepInfo
+
+
+@dataclass
+class Call:
+    """What the attention processors need to know about the current group forward."""
+
+    branch: str = "cond"
+    group: int = 0
+    tokens: torch.Tensor | None = None  # token subset of the group being recomputed (None = all)
+
+
+@dataclass
+class KVBuffer:
+    """Per (branch, layer): post-RoPE K/V of every forwarded group, and a compressed clean prefix."""
+
+    groups: dict[tuple[str, int], dict[int, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+    clean: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def write(self, branch: str, layer: int, group: int, k, v, tokens: torch.Tensor | None = None) -> None:
+        slot = self.groups.setdefault((branch, layer), {})
+        if tokens is None or group not in slot:
+            slot[group] = (k, v)
+            return
+        old_k, old_v = slot[group]
+        new_k, new_v = old_k.clone(), old_v.clone()
+        new_k[:, tokens], new_v[:, tokens] = k, v
+        slot[group] = (new_k, new_v)
+
+    def context(self, branch: str, layer: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V visible to ``group``: the clean prefix, then every buffered group up to ``group``."""
+        parts = [self.clean[(branch, layer)]] if (branch, layer) in self.clean else []
+        slot = self.groups.get((branch, layer), {})
+        parts += [slot[g] for g in sorted(slot) if g <= group]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+
+    def tokens(self) -> int:
+        """Buffered tokens of one (branch, layer), summed over the groups and the clean prefix."""
+        if not self.groups and not self.clean:
+            return 0
+        key = next(iter(self.groups or self.clean))
+        n = sum(k.shape[1] for k, _ in self.groups.get(key, {}).values())
+        return n + (self.clean[key][0].shape[1] if key in self.clean else 0)
+
+    def nbytes(self) -> int:
+        total = sum(k.nbytes + v.nbytes for slot in self.groups.values() for k, v in slot.values())
+        return total + sum(k.nbytes + v.nbytes for k, v in self.clean.values())
+
+
+class GroupAttnProcessor:
+    """``attn1`` of a SkyReels block for one group: fresh Q/K/V of its tokens against the KV buffer."""
+
+    def __init__(self, layer: int, call: Call, buffer: KVBuffer, backend=None):
+        self.layer, self.call, self.buffer, self.backend = layer, call, buffer, backend
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kw):
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query, key = apply_rotary(query, *rotary_emb), apply_rotary(key, *rotary_emb)
+        c = self.call
+        self.buffer.write(c.branch, self.layer, c.group, key, value, c.tokens)
+        k_ctx, v_ctx = self.buffer.context(c.branch, self.layer, c.group)
+        out = dispatch_attention_fn(query, k_ctx, v_ctx, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                    backend=self.backend)  # fmt: skip
+        out = attn.to_out[0](out.flatten(2, 3).type_as(query))
+        return attn.to_out[1](out)
+
+
+@dataclass
+class Embedded:
+    """A group's tokens after patch embedding, with its per-token modulation and RoPE."""
+
+    tokens: torch.Tensor  # (B, L_g, D): x_in, the input of block 0
+    temb: torch.Tensor  # (B, L_g, D) for the output head
+    tproj: torch.Tensor  # (B, 6, L_g, D) block modulation
+    e0: torch.Tensor  # (B, f, 6, D) per-frame modulation (FlowCache's metric)
+    rotary: tuple[torch.Tensor, torch.Tensor]  # (1, L_g, 1, Dh) each
+    shape: tuple[int, int, int]  # (f, H', W')
+
+
+class GroupModel:
+    """The SkyReels-V2 transformer split into embed / blocks / head, for one group's frames."""
+
+    def __init__(self, transformer, fps: int = 24):
+        self.tr = transformer
+        self.fps_index = 0 if fps == 16 else 1  # as the pipeline maps fps
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, frame0: int) -> tuple[Embedded, Any]:
+        """Patch-embed latents ``x`` (B, C, f, H, W) at per-frame timesteps ``t`` (B, f)."""
+        tr = self.tr
+        b, _, f, h, w = x.shape
+        pt, ph, pw = tr.config.patch_size
+        fh, hh, wh = f // pt, h // ph, w // pw
+        tokens = tr.patch_embedding(x).flatten(2).transpose(1, 2)
+        temb, tproj, enc, _ = tr.condition_embedder(t, context, None)
+        tproj = tproj.unflatten(-1, (6, -1))  # (B, f, 6, D)
+        if tr.config.inject_sample_info:
+            fps = torch.full((b,), self.fps_index, dtype=torch.long, device=x.device)
+            tproj = tproj + tr.fps_projection(tr.fps_embedding(fps)).unflatten(1, (6, -1))[:, None]
+        per_frame = hh * wh
+        temb_tok = temb[:, :, None, :].expand(b, fh, per_frame, temb.shape[-1]).flatten(1, 2)
+        tproj_tok = tproj[:, :, None].expand(b, fh, per_frame, 6, tproj.shape[-1]).flatten(1, 2).transpose(1, 2)
+        cos, sin = self.rope(frame0, fh, hh, wh, x.device)
+        return Embedded(tokens, temb_tok, tproj_tok.contiguous(), tproj, (cos, sin), (fh, hh, wh)), enc
+
+    def rope(self, frame0: int, frames: int, hh: int, wh: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE of frames ``[frame0, frame0 + frames)`` (absolute positions in the window)."""
+        full_frames = frame0 + frames
+        dummy = torch.empty(1, 1, full_frames * self.tr.config.patch_size[0], hh * self.tr.config.patch_size[1],
+                            wh * self.tr.config.patch_size[2], device=device)  # fmt: skip
+        cos, sin = self.tr.rope(dummy)
+        start = frame0 * hh * wh
+        return cos[:, start:], sin[:, start:]
+
+    def blocks(self, emb: Embedded, enc: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Run every block on the group's tokens (or on the subset ``tokens``); returns the last block output."""
+        hs, tproj, (cos, sin) = emb.tokens, emb.tproj, emb.rotary
+        if tokens is not None:
+            hs, tproj, cos, sin = hs[:, tokens], tproj[:, :, tokens], cos[:, tokens], sin[:, tokens]
+        for block in self.tr.blocks:
+            hs = block(hs, enc, tproj, (cos, sin), None)
+        return hs
+
+    def head(self, hidden: torch.Tensor, emb: Embedded) -> torch.Tensor:
+        """Output norm, projection and unpatchify: (B, L_g, D) -> (B, C, f, H, W)."""
+        tr = self.tr
+        shift, scale = (tr.scale_shift_table.unsqueeze(2) + emb.temb.unsqueeze(1)).chunk(2, dim=1)
+        shift, scale = shift.squeeze(1).to(hidden.device), scale.squeeze(1).to(hidden.device)
+        hs = (tr.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden)
+        hs = tr.proj_out(hs)
+        b = hs.shape[0]
+        pt, ph, pw = tr.config.patch_size
+        fh, hh, wh = emb.shape
+        hs = hs.reshape(b, fh, hh, wh, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return hs.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+class GroupCache:
+    """No cache: every scheduled group step runs all blocks. FlowCache / MotionCache subclass this."""
+
+    name = "none"
+
+    def reset(self) -> None:
+        """Forget all state (called at the start of a run)."""
+
+    def predict(self, runner: ChunkedRunner, group: int, branch: str, step: int, emb: Embedded, enc) -> torch.Tensor:
+        """The last block output for this group step (computed or reused)."""
+        runner.call.tokens = None
+        return runner.model.blocks(emb, enc)
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+class ChunkedRunner:
+    """Denoise a video group by group with a persistent per-layer KV buffer."""
+
+    def __init__(self, pipe, cache: GroupCache | None = None, recorder: Recorder | None = None, fps: int = 24):
+        self.pipe = pipe
+        self.transformer = pipe.transformer
+        self.model = GroupModel(pipe.transformer, fps)
+        self.cache = cache or GroupCache()
+        self.recorder = recorder or Recorder(enabled=False)
+        self.call = Call()
+        self.buffer = KVBuffer()
+        self.info = StepInfo()
+        self.stats: dict[str, int] = {}
+
+    def _install(self) -> list:
+        originals = [b.attn1.processor for b in self.transformer.blocks]
+        backend = getattr(originals[0], "_attention_backend", None)
+        for i, block in enumerate(self.transformer.blocks):
+            block.attn1.set_processor(GroupAttnProcessor(i, self.call, self.buffer, backend))
+        return originals
+
+    def _forward(self, x_g, t_g, context, group, frame0, branch, step, commit_only=False) -> torch.Tensor:
+        """Predict the flow of one group (B, C, f, H, W); a commit pass only refreshes its K/V."""
+        self.call.branch, self.call.group, self.call.tokens = branch, group, None
+        emb, enc = self.model.embed(x_g, t_g, context, frame0)
+        if commit_only:
+            self.model.blocks(emb, enc)
+            self.stats["commit_passes"] = self.stats.get("commit_passes", 0) + 1
+            return emb.tokens
+        hidden = self.cache.predict(self, group, branch, step, emb, enc)
+        return self.model.head(hidden, emb)
+
+    @torch.inference_mode()
+    def denoise(
+        self,
+        prompt_embeds: torch.Tensor,
+        negative_embeds: torch.Tensor | None,
+        latents: torch.Tensor,
+        schedule: GroupSchedule,
+        guidance: float,
+        progress: ProgressFn | None = None,
+    ) -> torch.Tensor:
+        """Run the whole schedule on ``latents`` (B, C, F, H, W) fp32; returns the denoised latents."""
+        dtype = self.transformer.dtype
+        schedulers = []
+        for _ in range(latents.shape[2]):
+            s = copy.deepcopy(self.pipe.scheduler)
+            s.set_timesteps(schedule.steps, device=latents.device)
+            schedulers.append(s)
+        branches = [("cond", prompt_embeds)] + ([("uncond", negative_embeds)] if guidance > 1.0 else [])
+        self.buffer = KVBuffer()
+        for proc in (b.attn1.processor for b in self.transformer.blocks):
+            if isinstance(proc, GroupAttnProcessor):
+                proc.buffer = self.buffer
+        self.cache.reset()
+        self.stats = {"group_steps": 0, "commit_passes": 0}
+        b = latents.shape[0]
+        originals = self._install()
+        try:
+            for row in range(schedule.rows):
+                for g in range(schedule.groups):
+                    if schedule.state(row, g) != COMPUTE:
+                        continue
+                    f0, f1 = schedule.frames[g]
+                    step = schedule.step_of(row, g)
+                    t = schedule.timestep(row, g)
+                    x_g = latents[:, :, f0:f1].to(dtype)
+                    t_g = t.to(latents.device).expand(b, f1 - f0)
+                    preds = {}
+                    for branch, ctx in branches:
+                        self.info.step, self.info.branch = step, branch
+                        preds[branch] = self._forward(x_g, t_g, ctx, g, f0, branch, step)
+                    noise = preds["cond"]
+                    if "uncond" in preds:
+                        noise = preds["uncond"] + guidance * (preds["cond"] - preds["uncond"])
+                    for j, frame in enumerate(range(f0, f1)):
+                        latents[:, :, frame] = schedulers[frame].step(
+                            noise[:, :, j], t, latents[:, :, frame], return_dict=False
+                        )[0]
+                    self.stats["group_steps"] += 1
+                for g in schedule.finishing(row):
+                    f0, f1 = schedule.frames[g]
+                    zero = torch.zeros(b, f1 - f0, dtype=torch.long, device=latents.device)
+                    for branch, ctx in branches:
+                        self._forward(latents[:, :, f0:f1].to(dtype), zero, ctx, g, f0, branch, -1, commit_only=True)
+                    self.recorder.log("chunk_done", 1.0, chunk=g)
+                if progress is not None:
+                    progress(row + 1, schedule.rows)
+        finally:
+            for block, proc in zip(self.transformer.blocks, originals, strict=True):
+                block.attn1.set_processor(proc)
+        return latents
+
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        height: int,
+        width: int,
+        frames: int,
+        steps: int,
+        guidance: float,
+        seed: int,
+        ar_step: int,
+        causal_block_size: int,
+        progress: ProgressFn | None = None,
+        output_type: str = "np",
+    ):
+        """Encode, sample the initial noise as the diffusers pipeline does, denoise, and decode."""
+        pipe = self.pipe
+        device = self.transformer.device
+        pe, ne = pipe.encode_prompt(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            do_classifier_free_guidance=guidance > 1.0,
+            max_sequence_length=512,  # what the pipeline's __call__ uses
+            device=device,
+        )
+        dtype = self.transformer.dtype
+        pe = pe.to(dtype)
+        ne = ne.to(dtype) if ne is not None else None
+        latent_frames = (frames - 1) // pipe.vae_scale_factor_temporal + 1
+        shape = (1, self.transformer.config.in_channels, latent_frames,
+                 height // pipe.vae_scale_factor_spatial, width // pipe.vae_scale_factor_spatial)  # fmt: skip
+        latents = randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(seed), device=device,
+                               dtype=torch.float32)  # fmt: skip
+        pipe.scheduler.set_timesteps(steps, device=device)
+        schedule = build_schedule(pipe.scheduler.timesteps, latent_frames, causal_block_size, ar_step)
+        latents = self.denoise(pe, ne, latents, schedule, guidance, progress)
+        if output_type == "latent":
+            return latents
+        return self.decode(latents, output_type)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor, output_type: str = "np"):
+        vae = self.pipe.vae
+        latents = latents.to(vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+        return self.pipe.video_processor.postprocess_video(video, output_type=output_type)
