@@ -271,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default="", metavar="TEXT", help="Negative prompt. Default: empty.")
     _add_sampling(gen)
     gen.add_argument("--fps", type=int, default=16, metavar="N", help="Frame rate of the saved video. Default: 16.")
+    _add_diffusion_forcing(gen)
     hw = gen.add_argument_group("hardware and output")
     _add_hardware(hw)
     hw.add_argument("--out-dir", metavar="ROOT", help=store_help)
@@ -338,6 +339,22 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SCALE",
         help="Classifier-free guidance scale (0 = off). Default: the model's.",
+    )
+
+
+def _add_diffusion_forcing(parser: argparse.ArgumentParser) -> None:
+    df = parser.add_argument_group("diffusion forcing (SkyReels-V2 models)")
+    df.add_argument(
+        "--ar-step",
+        type=int,
+        metavar="N",
+        help="Steps each chunk lags the previous one (0 = synchronous). Default: the model's.",
+    )
+    df.add_argument(
+        "--causal-block-size",
+        type=int,
+        metavar="N",
+        help="Latent frames per chunk; a short last chunk is denoised too. Default: the model's.",
     )
 
 
@@ -470,6 +487,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         steps=args.steps,
         guidance=args.guidance,
         fps=args.fps,
+        ar_step=args.ar_step,
+        causal_block_size=args.causal_block_size,
         device=args.device,
         dtype=args.dtype,
     )

@@ -217,8 +217,43 @@ class SVG2Settings(HeadwiseSettings):
         self._check_headwise()
 
 
+FLOWCACHE_COEFFICIENTS = ("1.3b", "14b", "none")
+
+
+@dataclass(frozen=True)
+class FlowCacheSettings(MethodSettings):
+    """FlowCache: per-chunk residual reuse for diffusion-forcing (autoregressive) models (METHODS 3.1)."""
+
+    method: ClassVar[str] = "flowcache"
+    preset: str = field(
+        default="slow", metadata=_help("Threshold preset, slow or fast (0.1 / 0.15 on SkyReels-V2).", abbrev="")
+    )
+    thresh: float | None = field(
+        default=None,
+        metadata=_help("Accumulator threshold; empty = the preset's value for the model; <= 0 disables reuse.",
+                       abbrev="t"),
+    )  # fmt: skip
+    ret_steps: int = field(default=5, metadata=_help("Leading steps of each chunk always computed (warm-up)."))
+    coefficients: str | None = field(
+        default=None,
+        metadata=_help("Rescale polynomial: 1.3b, 14b or none (raw relative L1); empty = the model's."),
+    )
+    use_ret_steps: bool = field(default=True, metadata=_help("Use the ret-steps polynomial (else the non-ret one)."))
+
+    def __post_init__(self) -> None:
+        if self.preset not in ("slow", "fast"):
+            raise ConfigError(f"preset must be slow or fast, got {self.preset!r}")
+        if self.thresh is not None and not isinstance(self.thresh, (int, float)):
+            raise ConfigError(f"thresh must be a number, got {self.thresh!r}")
+        _check_int("ret_steps", self.ret_steps, 0)
+        if self.coefficients is not None and self.coefficients not in FLOWCACHE_COEFFICIENTS:
+            raise ConfigError(
+                f"coefficients must be one of {', '.join(FLOWCACHE_COEFFICIENTS)}, got {self.coefficients!r}"
+            )
+
+
 METHOD_SETTINGS: dict[str, type[MethodSettings]] = {
-    cls.method: cls for cls in (DenseSettings, XAttentionSettings, SVG2Settings)
+    cls.method: cls for cls in (DenseSettings, XAttentionSettings, SVG2Settings, FlowCacheSettings)
 }
 
 
@@ -242,7 +277,7 @@ class RunConfig:
     prompt: str
     model: str = "tiny-wan"
     method: str = "dense"
-    settings: MethodSettings = field(default_factory=DenseSettings)
+    settings: MethodSettings | None = None  # None = the method's defaults
     negative_prompt: str = ""
     seed: int = 0
     height: int | None = None
@@ -251,11 +286,13 @@ class RunConfig:
     steps: int | None = None
     guidance: float | None = None
     fps: int = 16
+    ar_step: int | None = None
+    causal_block_size: int | None = None
     device: str | None = None
     dtype: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.settings, dict):
+        if self.settings is None or isinstance(self.settings, dict):
             object.__setattr__(self, "settings", settings_for(self.method, self.settings))
         elif self.settings.method != self.method:
             raise ConfigError(f"settings are for {self.settings.method!r} but the method is {self.method!r}")
@@ -283,14 +320,17 @@ class RunConfig:
         if self.guidance is not None and not (isinstance(self.guidance, (int, float)) and self.guidance >= 0):
             raise ConfigError(f"guidance must be a number >= 0, got {self.guidance!r}")
         _check_int("fps", self.fps, 1)
+        if self.ar_step is not None:
+            _check_int("ar_step", self.ar_step, 0)
+        if self.causal_block_size is not None:
+            _check_int("causal_block_size", self.causal_block_size, 1)
         if self.dtype is not None and self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
     def resolve(self, defaults: dict[str, Any]) -> RunConfig:
-        """A copy with every ``None`` sampling field replaced by ``defaults[field]``."""
-        filled = {
-            k: defaults[k] for k in ("height", "width", "frames", "steps", "guidance") if getattr(self, k) is None
-        }
+        """A copy with every ``None`` sampling field replaced by ``defaults[field]`` (where the model has one)."""
+        names = ("height", "width", "frames", "steps", "guidance", "ar_step", "causal_block_size")
+        filled = {k: defaults[k] for k in names if getattr(self, k) is None and k in defaults}
         return dataclasses.replace(self, **filled)
 
     def to_dict(self) -> dict[str, Any]:

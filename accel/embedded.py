@@ -6,18 +6,27 @@ word-level tokenizer, saved in diffusers folder format with safetensors so that
 ``WanPipeline.from_pretrained`` loads it exactly like a real checkpoint. Weights are seeded, so
 the folder is reproducible bit for bit on one torch version.
 
-Sizes are chosen so that a default CPU run (see ``accel.models.EMBEDDED_DEFAULTS``) finishes in a
-few seconds on two cores while each head's XAttention block mask is at least 16x16 blocks.
+It also writes ``assets/tiny-skyreels``: a ``SkyReelsV2DiffusionForcingPipeline`` with a small
+``SkyReelsV2Transformer3DModel`` (same size as tiny-wan's, block-causal over chunks of
+``TINY_SKYREELS_CHUNK`` latent frames) that shares tiny-wan's VAE, text encoder and tokenizer
+(the same weights, copied into its own folder as diffusers' folder format requires).
+
+Sizes are chosen so that a default CPU run (see ``accel.models.REGISTRY``) finishes in seconds
+while each head's XAttention block mask is at least 16x16 blocks.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import torch
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+MODELS = ("tiny-wan", "tiny-skyreels")
+# Latent frames per diffusion-forcing chunk of tiny-skyreels (``causal_block_size``; 5 in SkyReels-V2-DF).
+TINY_SKYREELS_CHUNK = 2
 
 # A closed vocabulary for prompts about simple scenes; anything else maps to <unk>.
 WORDS = """
@@ -131,13 +140,75 @@ def build_tiny_wan(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+def build_tiny_skyreels(out_dir: Path, seed: int = 0, wan_dir: Path | None = None) -> Path:
+    """Write the tiny SkyReels-V2 diffusion-forcing T2V pipeline to ``out_dir``.
+
+    The VAE, text encoder and tokenizer are loaded from the tiny-wan folder ``wan_dir`` (built first
+    if missing) so both embedded models share them; only the transformer is new.
+    """
+    from diffusers import (
+        AutoencoderKLWan,
+        SkyReelsV2DiffusionForcingPipeline,
+        SkyReelsV2Transformer3DModel,
+        UniPCMultistepScheduler,
+    )
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    out_dir = Path(out_dir)
+    wan_dir = Path(wan_dir) if wan_dir is not None else out_dir.parent / "tiny-wan"
+    if not (wan_dir / "model_index.json").is_file():
+        build_tiny_wan(wan_dir, seed=seed)
+    tokenizer = AutoTokenizer.from_pretrained(wan_dir / "tokenizer", local_files_only=True)
+    text_encoder = UMT5EncoderModel.from_pretrained(
+        wan_dir / "text_encoder", local_files_only=True, use_safetensors=True
+    ).eval()
+    # from_config + strict state dict (not from_pretrained) keeps the local path out of the saved config
+    vae = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(wan_dir / "vae")).eval()
+    vae.load_state_dict(load_file(wan_dir / "vae" / "diffusion_pytorch_model.safetensors"), strict=True)
+
+    torch.manual_seed(seed)
+    transformer = SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=6,
+        attention_head_dim=32,
+        in_channels=vae.config.z_dim,
+        out_channels=vae.config.z_dim,
+        text_dim=text_encoder.config.d_model,
+        freq_dim=64,
+        ffn_dim=384,
+        num_layers=4,
+        rope_max_seq_len=1024,
+        # like SkyReels-V2-DF-1.3B: an fps embedding is added to the per-frame timestep modulation
+        inject_sample_info=True,
+        # block-causal attention over chunks even when a call does not pass ``causal_block_size``
+        num_frame_per_block=TINY_SKYREELS_CHUNK,
+    ).eval()
+    # SkyReels-V2 DF text-to-video: UniPC with flow prediction and shift 8.0 (5.0 is for I2V).
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=8.0
+    )
+    pipe = SkyReelsV2DiffusionForcingPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    # the tokenizer files verbatim: a re-saved tokenizer would record where it was loaded from
+    for src in (wan_dir / "tokenizer").iterdir():
+        shutil.copyfile(src, out_dir / "tokenizer" / src.name)
+    return out_dir
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ASSETS / "tiny-wan", help="output folder")
+    parser.add_argument("--model", choices=[*MODELS, "all"], default="all", help="which model(s) to build")
+    parser.add_argument("--assets", type=Path, default=ASSETS, help="folder that receives one subfolder per model")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    path = build_tiny_wan(args.out, seed=args.seed)
-    print(f"wrote {path}")
+    wan_dir = args.assets / "tiny-wan"
+    if args.model in ("tiny-wan", "all"):
+        print(f"wrote {build_tiny_wan(wan_dir, seed=args.seed)}")
+    if args.model in ("tiny-skyreels", "all"):
+        print(f"wrote {build_tiny_skyreels(args.assets / 'tiny-skyreels', seed=args.seed, wan_dir=wan_dir)}")
 
 
 if __name__ == "__main__":

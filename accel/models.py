@@ -1,9 +1,11 @@
 """Model registry: the embedded default and real checkpoints, each loaded once per (model, device, dtype).
 
 Models are diffusers pipelines in folder format loaded with ``from_pretrained`` and
-``use_safetensors=True`` (never pickle, never remote code). A name resolves to a
-:class:`ModelSpec`: a registered name or alias (``tiny-wan``, ``wan2.1-1.3b`` ...), a hub id, or
-a local folder holding ``model_index.json``. Hub ids are first looked up in the local cache; a
+``use_safetensors=True`` (never pickle, never remote code). Two families: ``wan`` (``WanPipeline``)
+and ``skyreels`` (``SkyReelsV2DiffusionForcingPipeline``, diffusion forcing over chunks of latent
+frames). A name resolves to a :class:`ModelSpec`: a registered name or alias (``tiny-wan``,
+``tiny-skyreels``, ``wan2.1-1.3b``, ``skyreels-v2-df-1.3b`` ...), a hub id, or a local folder holding
+``model_index.json`` (its pipeline class gives the family). Hub ids are first looked up in the local cache; a
 download is tried only when the hub is not switched off (``HF_HUB_OFFLINE``), and any failure
 becomes a :class:`ModelLoadError` that says how to provide the model.
 """
@@ -40,6 +42,10 @@ class ModelSpec:
     svg2_clusters: tuple[int, int] = (300, 1000)
     # TMR refresh thresholds on raw pooled-Q/K drift (model-scale dependent); Wan2.1 values are secondhand.
     tmr_delta: dict[str, float] = field(default_factory=lambda: {"xattention": 30.0, "svg2": 8.0})
+    # scheduler shift to sample with; None = the checkpoint's own scheduler config
+    flow_shift: float | None = None
+    # FlowCache rescale polynomial and threshold presets (fitted on SkyReels-V2 1.3B / 14B)
+    flowcache: dict[str, Any] = field(default_factory=lambda: {"coefficients": "1.3b", "slow": 0.1, "fast": 0.15})
     description: str = ""
 
     @property
@@ -48,6 +54,27 @@ class ModelSpec:
 
 
 WAN_480P = {"height": 480, "width": 832, "frames": 81, "steps": 50, "guidance": 5.0}
+# SkyReels-V2 DF text-to-video. Beyond the RunConfig sizes, the diffusion-forcing arguments of the
+# pipeline call: ``causal_block_size`` latent frames per chunk, chunk g starts ``ar_step`` steps after
+# chunk g-1 (0 = synchronous), ``base_num_frames`` (pixel frames) is the window of one pass, and
+# ``overlap_history`` / ``addnoise_condition`` only act on long videos (frames > base_num_frames).
+# The latent frame count (frames - 1) // 4 + 1 must be a multiple of causal_block_size: the pipeline
+# never denoises trailing frames past the last whole chunk.
+SKYREELS_540P = {
+    "height": 544,
+    "width": 960,
+    "frames": 97,
+    "steps": 50,
+    "guidance": 6.0,
+    "ar_step": 5,
+    "causal_block_size": 5,
+    "base_num_frames": 97,
+    "overlap_history": 17,
+    "addnoise_condition": 0,
+}
+# 121 frames (the documented 720P base) are 31 latent frames, not a multiple of 5: 117 gives 6 whole chunks.
+SKYREELS_720P = {**SKYREELS_540P, "height": 720, "width": 1280, "frames": 117, "base_num_frames": 117}
+SKYREELS_T2V_SHIFT = 8.0  # the diffusers docs set flow_shift 8.0 for T2V (5.0 for I2V) over the shipped config
 
 REGISTRY: dict[str, ModelSpec] = {
     "tiny-wan": ModelSpec(
@@ -61,6 +88,32 @@ REGISTRY: dict[str, ModelSpec] = {
         tmr_delta={"xattention": 3.0, "svg2": 3.0},
         description="embedded random-weight Wan2.1-style model (6 heads x 32, 4 layers); runs anywhere",
     ),
+    "tiny-skyreels": ModelSpec(
+        name="tiny-skyreels",
+        source=str(ASSETS / "tiny-skyreels"),
+        family="skyreels",
+        embedded=True,
+        # 21 frames = 6 latent frames = 3 chunks of 2 (the transformer's num_frame_per_block); 1536 tokens
+        defaults={
+            "height": 256,
+            "width": 256,
+            "frames": 21,
+            "steps": 20,
+            "guidance": 5.0,
+            "ar_step": 2,
+            "causal_block_size": 2,
+            "base_num_frames": 21,
+            "overlap_history": None,
+            "addnoise_condition": 0,
+        },
+        block_size=64,
+        svg2_clusters=(20, 40),
+        tmr_delta={"xattention": 3.0, "svg2": 3.0},
+        # no fitted polynomial for this model: raw relative L1 of e0, which changes ~0.1-0.2 per step here
+        flowcache={"coefficients": "none", "slow": 0.3, "fast": 0.5},
+        description="embedded random-weight SkyReels-V2 diffusion-forcing model (6 heads x 32, 4 layers, "
+        "chunks of 2 latent frames; shares tiny-wan's VAE and text encoder); runs anywhere",
+    ),
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": ModelSpec(
         name="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
         source="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
@@ -73,12 +126,43 @@ REGISTRY: dict[str, ModelSpec] = {
         defaults=WAN_480P,
         description="Wan2.1 T2V 14B (40 layers x 40 heads)",
     ),
+    "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers": ModelSpec(
+        name="Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
+        source="Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
+        family="skyreels",
+        defaults=SKYREELS_540P,
+        flow_shift=SKYREELS_T2V_SHIFT,
+        description="SkyReels-V2 diffusion forcing 1.3B, 540P (Wan2.1-1.3B based: 30 layers x 12 heads)",
+    ),
+    "Skywork/SkyReels-V2-DF-14B-540P-Diffusers": ModelSpec(
+        name="Skywork/SkyReels-V2-DF-14B-540P-Diffusers",
+        source="Skywork/SkyReels-V2-DF-14B-540P-Diffusers",
+        family="skyreels",
+        defaults=SKYREELS_540P,
+        flow_shift=SKYREELS_T2V_SHIFT,
+        flowcache={"coefficients": "14b", "slow": 0.1, "fast": 0.15},
+        description="SkyReels-V2 diffusion forcing 14B, 540P (40 layers x 40 heads)",
+    ),
+    "Skywork/SkyReels-V2-DF-14B-720P-Diffusers": ModelSpec(
+        name="Skywork/SkyReels-V2-DF-14B-720P-Diffusers",
+        source="Skywork/SkyReels-V2-DF-14B-720P-Diffusers",
+        family="skyreels",
+        defaults=SKYREELS_720P,
+        flow_shift=SKYREELS_T2V_SHIFT,
+        flowcache={"coefficients": "14b", "slow": 0.1, "fast": 0.15},
+        description="SkyReels-V2 diffusion forcing 14B, 720P (40 layers x 40 heads)",
+    ),
 }
 ALIASES = {
     "wan2.1-1.3b": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
     "wan2.1-14b": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+    "skyreels-v2-df-1.3b": "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
+    "skyreels-v2-df-14b": "Skywork/SkyReels-V2-DF-14B-540P-Diffusers",
+    "skyreels-v2-df-14b-720p": "Skywork/SkyReels-V2-DF-14B-720P-Diffusers",
 }
-PIPELINE_FAMILIES = {"WanPipeline": "wan"}
+PIPELINE_FAMILIES = {"WanPipeline": "wan", "SkyReelsV2DiffusionForcingPipeline": "skyreels"}
+FAMILY_PIPELINES = {family: cls for cls, family in PIPELINE_FAMILIES.items()}
+FAMILY_DEFAULTS = {"wan": WAN_480P, "skyreels": SKYREELS_540P}
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -102,15 +186,25 @@ def resolve(name: str) -> ModelSpec:
             raise ModelLoadError(f"{name}: unreadable model_index.json ({exc})") from None
         if cls not in PIPELINE_FAMILIES:
             raise ModelLoadError(f"{name}: pipeline {cls} is not supported; supported: {', '.join(PIPELINE_FAMILIES)}")
+        family = PIPELINE_FAMILIES[cls]
         return ModelSpec(
             name=str(path.resolve()),
             source=str(path.resolve()),
-            family=PIPELINE_FAMILIES[cls],
-            defaults=dict(WAN_480P),
+            family=family,
+            defaults=dict(FAMILY_DEFAULTS[family]),
             description=f"local {cls}",
         )
     if _looks_like_hub_id(name):
-        return ModelSpec(name=name, source=name, defaults=dict(WAN_480P), description="hub checkpoint")
+        # an unregistered hub id: SkyReels-V2 diffusion-forcing repos by name, anything else as Wan
+        family = "skyreels" if "skyreels-v2-df" in name.lower() else "wan"
+        return ModelSpec(
+            name=name,
+            source=name,
+            family=family,
+            defaults=dict(FAMILY_DEFAULTS[family]),
+            flow_shift=SKYREELS_T2V_SHIFT if family == "skyreels" else None,
+            description="hub checkpoint",
+        )
     known = ", ".join([*REGISTRY, *ALIASES])
     raise ModelLoadError(
         f"unknown model {name!r}: not a registered name ({known}), a local folder, or an org/name hub id"
@@ -139,22 +233,35 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def _from_pretrained(spec: ModelSpec, dtype: torch.dtype):
-    from diffusers import AutoencoderKLWan, WanPipeline
+def _pipeline_class(family: str) -> type:
+    import diffusers
 
+    if family not in FAMILY_PIPELINES:
+        raise ModelLoadError(f"unknown model family {family!r}; known: {', '.join(FAMILY_PIPELINES)}")
+    return getattr(diffusers, FAMILY_PIPELINES[family])
+
+
+def _load(spec: ModelSpec, dtype: torch.dtype, **kw: Any):
+    from diffusers import AutoencoderKLWan
+
+    pipe_cls = _pipeline_class(spec.family)
+    # Wan's VAE (shared by SkyReels-V2) is numerically sensitive: keep it in fp32 as the model cards recommend.
+    vae = AutoencoderKLWan.from_pretrained(spec.source, subfolder="vae", torch_dtype=torch.float32, **kw)
+    pipe = pipe_cls.from_pretrained(spec.source, vae=vae, torch_dtype=dtype, **kw)
+    if spec.flow_shift is not None and pipe.scheduler.config.get("flow_shift") != spec.flow_shift:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, flow_shift=spec.flow_shift)
+    return pipe
+
+
+def _from_pretrained(spec: ModelSpec, dtype: torch.dtype):
     common = {"use_safetensors": True}
     if spec.is_local:
-        common["local_files_only"] = True
-        # Wan's VAE is numerically sensitive: keep it in fp32 as the Wan model cards recommend.
-        vae = AutoencoderKLWan.from_pretrained(spec.source, subfolder="vae", torch_dtype=torch.float32, **common)
-        return WanPipeline.from_pretrained(spec.source, vae=vae, torch_dtype=dtype, **common)
+        return _load(spec, dtype, **common, local_files_only=True)
     attempts = [True] if _hub_offline() else [True, False]
     last: Exception | None = None
     for local_only in attempts:
         try:
-            kw = {**common, "local_files_only": local_only}
-            vae = AutoencoderKLWan.from_pretrained(spec.source, subfolder="vae", torch_dtype=torch.float32, **kw)
-            return WanPipeline.from_pretrained(spec.source, vae=vae, torch_dtype=dtype, **kw)
+            return _load(spec, dtype, **common, local_files_only=local_only)
         except (OSError, ValueError) as exc:  # missing files, no network, gated repo ...
             last = exc
     reason = str(last).strip().splitlines()[0] if last else "unknown error"

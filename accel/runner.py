@@ -19,7 +19,7 @@ import torch
 
 from accel import models
 from accel.attention import build_method, installed
-from accel.config import RunConfig
+from accel.config import ConfigError, DenseSettings, FlowCacheSettings, RunConfig
 from accel.runs import Run, RunStore
 from accel.telemetry import Recorder, RecordPolicy
 
@@ -93,6 +93,67 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def _run_wan(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: ProgressFn | None):
+    """Wan2.1 text-to-video through diffusers' own pipeline with the attention method installed."""
+    method = build_method(cfg.settings, spec, recorder, seed=cfg.seed)
+
+    def on_step_end(pipeline, i, t, kwargs):
+        if progress is not None:
+            progress(i + 1, cfg.steps)
+        return {}
+
+    with installed(pipe.transformer, method, cfg.steps) as info, torch.inference_mode():
+        out = pipe(
+            prompt=cfg.prompt,
+            negative_prompt=cfg.negative_prompt,
+            height=cfg.height,
+            width=cfg.width,
+            num_frames=cfg.frames,
+            num_inference_steps=cfg.steps,
+            guidance_scale=cfg.guidance,
+            generator=torch.Generator(device="cpu").manual_seed(cfg.seed),
+            output_type="np",
+            callback_on_step_end=on_step_end,
+        )
+    return out.frames[0], {"transformer_calls": info.call + 1}
+
+
+def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: ProgressFn | None):
+    """SkyReels-V2 diffusion forcing through the chunked runner, with a chunk cache if the method is one."""
+    from accel.cache.flowcache import FlowCache
+    from accel.cache.runner import ChunkedRunner, GroupCache
+
+    s = cfg.settings
+    if isinstance(s, FlowCacheSettings):
+        fc = spec.flowcache
+        thresh = s.thresh if s.thresh is not None else fc[s.preset]
+        cache: GroupCache = FlowCache(thresh, s.ret_steps, s.coefficients or fc["coefficients"], s.use_ret_steps)
+    elif isinstance(s, DenseSettings):
+        cache = GroupCache()
+    else:
+        raise ConfigError(f"method {cfg.method!r} does not run on diffusion-forcing models yet; use dense or flowcache")
+    runner = ChunkedRunner(pipe, cache=cache, recorder=recorder)
+    with torch.inference_mode():
+        video = runner.generate(
+            cfg.prompt, cfg.negative_prompt, cfg.height, cfg.width, cfg.frames, cfg.steps, cfg.guidance, cfg.seed,
+            cfg.ar_step, cfg.causal_block_size, progress=progress,
+        )  # fmt: skip
+    stats = runner.stats
+    layers = len(pipe.transformer.blocks)
+    uncached = stats["group_steps"] * (2 if cfg.guidance > 1.0 else 1)
+    extra = {
+        "group_steps": stats["group_steps"],
+        "chunk_computes": stats.get("chunk_compute", 0),
+        "chunk_reuses": stats.get("chunk_reuse", 0),
+        "commit_passes": stats["commit_passes"],
+        "block_executions": (stats.get("chunk_compute", 0) + stats["commit_passes"]) * layers,
+        "block_executions_uncached": (uncached + stats["commit_passes"]) * layers,
+        "tokens_recomputed": stats.get("tokens_recomputed", 0),
+        "schedule_rows": runner.schedule.rows,
+    }
+    return video[0], extra
+
+
 def generate(
     cfg: RunConfig,
     store: RunStore | None = None,
@@ -102,6 +163,8 @@ def generate(
     """Run one generation and write its folder; returns the stored :class:`Run`."""
     spec = models.resolve(cfg.model)
     cfg = cfg.resolve(spec.defaults)
+    if spec.family != "skyreels" and isinstance(cfg.settings, FlowCacheSettings):
+        raise ConfigError(f"{cfg.method} is for diffusion-forcing (SkyReels-V2) models, not {spec.name}")
     store = store or RunStore()
     device_name = cfg.device or models.default_device()
     t_start = time.perf_counter()
@@ -109,31 +172,13 @@ def generate(
     load_s = time.perf_counter() - t_start
     device = pipe.transformer.device
     recorder = Recorder(policy)
-    method = build_method(cfg.settings, spec, recorder, seed=cfg.seed)
     times: dict[str, float] = {}
-
-    def on_step_end(pipeline, i, t, kwargs):
-        if progress is not None:
-            progress(i + 1, cfg.steps)
-        return {}
-
-    generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    run = _run_chunked if spec.family == "skyreels" else _run_wan
     _sync(device)
     t0 = time.perf_counter()
     try:
-        with installed(pipe.transformer, method, cfg.steps), _stage_timers(pipe, device, times), torch.inference_mode():
-            out = pipe(
-                prompt=cfg.prompt,
-                negative_prompt=cfg.negative_prompt,
-                height=cfg.height,
-                width=cfg.width,
-                num_frames=cfg.frames,
-                num_inference_steps=cfg.steps,
-                guidance_scale=cfg.guidance,
-                generator=generator,
-                output_type="np",
-                callback_on_step_end=on_step_end,
-            )
+        with _stage_timers(pipe, device, times):
+            video, extra = run(pipe, cfg, spec, recorder, progress)
         _sync(device)
     except torch.OutOfMemoryError as exc:
         if device.type == "cuda":
@@ -143,7 +188,7 @@ def generate(
             f"({str(exc).splitlines()[0]})"
         ) from None
     generate_s = time.perf_counter() - t0
-    frames = (np.clip(out.frames[0], 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    frames = (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     t_rec = time.perf_counter()
     table, arrays = recorder.finish()
     record_s = time.perf_counter() - t_rec
@@ -167,10 +212,10 @@ def generate(
         "grid": list(grid),
         "layers": len(pipe.transformer.blocks),
         "heads": int(pipe.transformer.config.num_attention_heads),
-        "transformer_calls": int(getattr(method.recorder.info, "call", -1) + 1),
         "device": str(device),
         "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
         "versions": _versions(),
+        **extra,
         **summarize(table),
     }
     t_save = time.perf_counter()

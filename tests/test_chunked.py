@@ -85,3 +85,67 @@ def test_trailing_partial_group_is_denoised(sky_pipe):
     assert latents.shape[2] == 2 * cbs + 1
     assert not torch.allclose(latents[:, :, -1], noise[:, :, -1])  # diffusers leaves this frame as noise
     assert torch.isfinite(latents).all()
+
+
+def _run(pipe, cache, recorder=None, ar_step=2, steps=8):
+    cbs = pipe.transformer.config.num_frame_per_block
+    runner = ChunkedRunner(pipe, cache=cache, recorder=recorder)
+    frames = (3 * cbs - 1) * 4 + 1
+    out = runner.generate(PROMPT, "blurry", 64, 64, frames, steps, 5.0, seed=1, ar_step=ar_step,
+                          causal_block_size=cbs, output_type="latent")  # fmt: skip
+    return out, runner
+
+
+def test_flowcache_threshold_zero_reproduces_the_uncached_runner(sky_pipe):
+    from accel.cache.flowcache import FlowCache
+
+    ref, _ = _run(sky_pipe, None)
+    out, runner = _run(sky_pipe, FlowCache(thresh=0.0, ret_steps=2))
+    assert torch.equal(out, ref)
+    assert runner.stats.get("chunk_reuse", 0) == 0 and runner.stats["chunk_compute"] == 3 * 8 * 2
+
+
+def test_flowcache_skips_group_steps_and_records_why(sky_pipe):
+    from accel.cache.flowcache import FlowCache
+    from accel.telemetry import Recorder
+
+    rec = Recorder()
+    ref, _ = _run(sky_pipe, None)
+    out, runner = _run(sky_pipe, FlowCache(thresh=1e9, ret_steps=2, coefficients="none"), rec)
+    table, _ = rec.finish()
+    reuse = table[table.event == "chunk_reuse"]
+    compute = table[table.event == "chunk_compute"]
+    # per group and branch: ret steps 0, 1 and the last step are computed, the 5 in between reused
+    assert len(compute) == 3 * 2 * 3 and len(reuse) == 3 * 2 * 5
+    assert runner.stats["chunk_reuse"] == 30 and (reuse["threshold"] == 1e9).all()
+    assert set(reuse["chunk"]) == {0, 1, 2} and set(reuse["branch"]) == {"cond", "uncond"}
+    for _, g in reuse.groupby(["chunk", "branch"]):  # the raw accumulator grows while reusing
+        assert (g["value"].diff().dropna() > 0).all()
+    assert not torch.equal(out, ref) and torch.isfinite(out).all()
+    assert len(table[table.event == "chunk_done"]) == 3 * 2
+
+
+def test_skyreels_runs_are_stored_with_chunk_telemetry(sky_pipe, tmp_path):
+    from accel.config import ConfigError, RunConfig
+    from accel.runner import generate
+    from accel.runs import RunStore
+
+    store = RunStore(tmp_path)
+    size = {"height": 64, "width": 64, "frames": 21, "steps": 6}
+    dense = generate(RunConfig(prompt=PROMPT, model="tiny-skyreels", method="dense", **size), store)
+    fast = generate(
+        RunConfig(prompt=PROMPT, model="tiny-skyreels", method="flowcache", settings={"preset": "fast", "ret_steps": 2},
+                  **size), store)  # fmt: skip
+    m, d = fast.metrics, dense.metrics
+    assert d["chunk_reuses"] == 0 and d["block_executions"] == d["block_executions_uncached"]
+    assert m["chunk_reuses"] > 0 and m["block_executions"] < m["block_executions_uncached"]
+    assert m["chunk_computes"] + m["chunk_reuses"] == 2 * m["group_steps"]
+    t = fast.telemetry
+    assert set(t.event) >= {"chunk_compute", "chunk_reuse", "chunk_done", "kv_tokens", "tokens_updated"}
+    kv = t[t.event == "kv_tokens"]["value"]
+    assert kv.is_monotonic_increasing and kv.iloc[-1] == 6 * 4 * 4  # all latent frames' tokens buffered
+    assert fast.frames().shape == dense.frames().shape == (21, 64, 64, 3)
+    with pytest.raises(ConfigError, match="does not run on diffusion-forcing"):
+        generate(RunConfig(prompt=PROMPT, model="tiny-skyreels", method="xattention", **size), store)
+    with pytest.raises(ConfigError, match="diffusion-forcing"):
+        generate(RunConfig(prompt=PROMPT, model="tiny-wan", method="flowcache", **size), store)

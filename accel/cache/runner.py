@@ -178,6 +178,7 @@ class GroupCache:
     def predict(self, runner: ChunkedRunner, group: int, branch: str, step: int, emb: Embedded, enc) -> torch.Tensor:
         """The last block output for this group step (computed or reused)."""
         runner.call.tokens = None
+        runner.log_chunk("chunk_compute", group, None, None, tokens=emb.tokens.shape[1])
         return runner.model.blocks(emb, enc)
 
 
@@ -197,6 +198,14 @@ class ChunkedRunner:
         self.buffer = KVBuffer()
         self.info = StepInfo()
         self.stats: dict[str, int] = {}
+        self.schedule: GroupSchedule | None = None
+
+    def log_chunk(self, event: str, group: int, value: float | None, threshold: float | None, tokens: int) -> None:
+        """One cache decision for (row, group, branch); counts recomputed tokens for the metrics."""
+        self.recorder.log(event, value, chunk=group, threshold=threshold)
+        self.recorder.log("tokens_updated", float(tokens), chunk=group)
+        self.stats[event] = self.stats.get(event, 0) + 1
+        self.stats["tokens_recomputed"] = self.stats.get("tokens_recomputed", 0) + tokens
 
     def _install(self) -> list:
         originals = [b.attn1.processor for b in self.transformer.blocks]
@@ -239,7 +248,10 @@ class ChunkedRunner:
             if isinstance(proc, GroupAttnProcessor):
                 proc.buffer = self.buffer
         self.cache.reset()
+        self.schedule = schedule
         self.stats = {"group_steps": 0, "commit_passes": 0}
+        self.info = StepInfo(num_steps=schedule.steps)
+        self.recorder.begin(self.info, len(self.transformer.blocks))
         b = latents.shape[0]
         originals = self._install()
         try:
@@ -254,7 +266,7 @@ class ChunkedRunner:
                     t_g = t.to(latents.device).expand(b, f1 - f0)
                     preds = {}
                     for branch, ctx in branches:
-                        self.info.step, self.info.branch = step, branch
+                        self.info.step, self.info.branch, self.info.timestep = row, branch, float(t)
                         preds[branch] = self._forward(x_g, t_g, ctx, g, f0, branch, step)
                     noise = preds["cond"]
                     if "uncond" in preds:
@@ -268,8 +280,11 @@ class ChunkedRunner:
                     f0, f1 = schedule.frames[g]
                     zero = torch.zeros(b, f1 - f0, dtype=torch.long, device=latents.device)
                     for branch, ctx in branches:
+                        self.info.branch, self.info.timestep = branch, 0.0
                         self._forward(latents[:, :, f0:f1].to(dtype), zero, ctx, g, f0, branch, -1, commit_only=True)
-                    self.recorder.log("chunk_done", 1.0, chunk=g)
+                        self.recorder.log("chunk_done", 1.0, chunk=g)
+                self.info.branch, self.info.timestep = "cond", float("nan")
+                self.recorder.log("kv_tokens", float(self.buffer.tokens()), threshold=float(self.buffer.nbytes()))
                 if progress is not None:
                     progress(row + 1, schedule.rows)
         finally:

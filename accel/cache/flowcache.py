@@ -1,0 +1,80 @@
+"""FlowCache chunk-wise reuse for SkyReels-V2 diffusion forcing (METHODS 3.1).
+
+Per group ``g`` and CFG branch, with ``k`` the group's own step: steps ``k < ret_steps`` and the last
+step are computed (accumulator reset). Otherwise ``acc += poly(mean|e0 - e0_prev| / mean|e0_prev|)``
+where ``e0`` is the group's timestep-modulation tensor; the group is computed iff ``acc >= thresh``
+(then ``acc = 0``). ``e0_prev`` is always updated. Computing runs all blocks and stores
+``R = x_out - x_in`` (block-0 input to last-block output); reusing sets ``x_out = x_in + R``. The
+output head always runs. Presets: slow 0.1, fast 0.15. A threshold <= 0 disables reuse: the
+polynomials are negative for tiny changes (1.3B ret: -0.05 at 0), so ``acc >= 0`` alone could still reuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from accel.cache.runner import ChunkedRunner, Embedded, GroupCache
+
+# Rescale polynomials, highest degree first (METHODS 3.1).
+COEFFICIENTS: dict[tuple[str, bool], tuple[float, ...]] = {
+    ("1.3b", True): (-5.21862437e4, 9.23041404e3, -5.28275948e2, 1.36987616e1, -4.99875664e-2),
+    ("14b", True): (-3.03318725e5, 4.90537029e4, -2.65530556e3, 5.87365115e1, -3.15583525e-1),
+    ("1.3b", False): (2.39676752e3, -1.31110545e3, 2.01331979e2, -8.29855975, 1.37887774e-1),
+    ("14b", False): (-5784.55, 5449.51, -1811.17, 256.27, -13.02),
+}
+PRESETS = {"slow": 0.1, "fast": 0.15}
+RAW = "none"  # no rescale: the raw relative L1 (as FlowCache's MAGI-1 variant); for models without a fit
+
+
+@dataclass
+class _GroupState:
+    acc: float = 0.0
+    e0_prev: torch.Tensor | None = None
+    residual: torch.Tensor | None = None
+
+
+class FlowCache(GroupCache):
+    """Chunk-wise residual reuse with per-group accumulators."""
+
+    name = "flowcache"
+
+    def __init__(self, thresh: float = 0.1, ret_steps: int = 5, coefficients: str = "1.3b", use_ret_steps: bool = True):
+        if coefficients != RAW and (coefficients, use_ret_steps) not in COEFFICIENTS:
+            raise ValueError(f"unknown FlowCache coefficient set {coefficients!r}; choose 1.3b, 14b or {RAW}")
+        self.thresh = thresh
+        self.ret_steps = ret_steps
+        self.poly = np.poly1d([1.0, 0.0] if coefficients == RAW else COEFFICIENTS[(coefficients, use_ret_steps)])
+        self.state: dict[tuple[int, str], _GroupState] = {}
+
+    def reset(self) -> None:
+        self.state = {}
+
+    def distance(self, e0: torch.Tensor, prev: torch.Tensor) -> float:
+        """Relative L1 change of the modulation tensor, rescaled by the polynomial."""
+        rel = float((e0 - prev).abs().mean() / prev.abs().mean().clamp_min(1e-12))
+        return float(self.poly(rel))
+
+    def predict(self, runner: ChunkedRunner, group: int, branch: str, step: int, emb: Embedded, enc) -> torch.Tensor:
+        st = self.state.setdefault((group, branch), _GroupState())
+        steps = runner.schedule.steps
+        e0 = emb.e0.float()
+        forced = self.thresh <= 0 or step < self.ret_steps or step >= steps - 1
+        if forced or st.e0_prev is None or st.residual is None:
+            compute = True
+        else:
+            st.acc += self.distance(e0, st.e0_prev)
+            compute = st.acc >= self.thresh
+        acc = st.acc
+        st.e0_prev = e0
+        if compute:
+            st.acc = 0.0
+            runner.call.tokens = None
+            out = runner.model.blocks(emb, enc)
+            st.residual = out - emb.tokens
+            runner.log_chunk("chunk_compute", group, acc, self.thresh, tokens=emb.tokens.shape[1])
+            return out
+        runner.log_chunk("chunk_reuse", group, acc, self.thresh, tokens=0)
+        return emb.tokens + st.residual
