@@ -23,6 +23,8 @@ from diffusers.models.transformers.transformer_skyreels_v2 import _get_qkv_proje
 from diffusers.utils.torch_utils import randn_tensor
 
 from accel.attention.base import apply_rotary
+from accel.cache.kv import KVCompression, gather_heads
+from accel.cache.kv import select as kv_select
 from accel.cache.schedule import COMPUTE, GroupSchedule, build_schedule
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
@@ -35,6 +37,7 @@ class Call:
     branch: str = "cond"
     group: int = 0
     tokens: torch.Tensor | None = None  # token subset of the group being recomputed (None = all)
+    clean: tuple[int, ...] = ()  # set on a finished group's commit pass: the clean groups to compress
 
 
 @dataclass
@@ -63,6 +66,22 @@ class KVBuffer:
             return parts[0]
         return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
 
+    def compress(self, branch: str, layer: int, clean: tuple[int, ...], q, keep: int, kv: KVCompression, block: int):
+        """Merge the clean groups into the clean prefix, keeping ``keep`` tokens per head if over budget."""
+        key = (branch, layer)
+        slot = self.groups.get(key, {})
+        parts = ([self.clean[key]] if key in self.clean else []) + [slot.pop(g) for g in clean if g in slot]
+        if not parts:
+            return None
+        k = torch.cat([p[0] for p in parts], dim=1)
+        v = torch.cat([p[1] for p in parts], dim=1)
+        before = k.shape[1]
+        if before > keep:
+            idx = kv_select(q, k, keep, kv.lam, kv.granularity, block)
+            k, v = gather_heads(k, idx), gather_heads(v, idx)
+        self.clean[key] = (k, v)
+        return before, k.shape[1]
+
     def tokens(self) -> int:
         """Buffered tokens of one (branch, layer), summed over the groups and the clean prefix."""
         if not self.groups and not self.clean:
@@ -79,8 +98,8 @@ class KVBuffer:
 class GroupAttnProcessor:
     """``attn1`` of a SkyReels block for one group: fresh Q/K/V of its tokens against the KV buffer."""
 
-    def __init__(self, layer: int, call: Call, buffer: KVBuffer, backend=None):
-        self.layer, self.call, self.buffer, self.backend = layer, call, buffer, backend
+    def __init__(self, layer: int, call: Call, buffer: KVBuffer, backend=None, runner: ChunkedRunner | None = None):
+        self.layer, self.call, self.buffer, self.backend, self.runner = layer, call, buffer, backend, runner
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kw):
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
@@ -94,6 +113,8 @@ class GroupAttnProcessor:
         k_ctx, v_ctx = self.buffer.context(c.branch, self.layer, c.group)
         out = dispatch_attention_fn(query, k_ctx, v_ctx, attn_mask=None, dropout_p=0.0, is_causal=False,
                                     backend=self.backend)  # fmt: skip
+        if c.clean and self.runner is not None and self.runner.kv is not None:
+            self.runner.compress(self.layer, query)
         out = attn.to_out[0](out.flatten(2, 3).type_as(query))
         return attn.to_out[1](out)
 
@@ -188,8 +209,16 @@ ProgressFn = Callable[[int, int], None]
 class ChunkedRunner:
     """Denoise a video group by group with a persistent per-layer KV buffer."""
 
-    def __init__(self, pipe, cache: GroupCache | None = None, recorder: Recorder | None = None, fps: int = 24):
+    def __init__(
+        self,
+        pipe,
+        cache: GroupCache | None = None,
+        recorder: Recorder | None = None,
+        fps: int = 24,
+        kv: KVCompression | None = None,
+    ):
         self.pipe = pipe
+        self.kv = kv
         self.transformer = pipe.transformer
         self.model = GroupModel(pipe.transformer, fps)
         self.cache = cache or GroupCache()
@@ -199,6 +228,18 @@ class ChunkedRunner:
         self.info = StepInfo()
         self.stats: dict[str, int] = {}
         self.schedule: GroupSchedule | None = None
+        self.chunk_tokens = 0  # tokens of one whole chunk, set per run
+        self.frame_tokens = 0
+
+    def compress(self, layer: int, query: torch.Tensor) -> None:
+        """KV compression of the clean groups at ``layer`` (called from a commit pass, after attention)."""
+        c = self.call
+        keep = self.kv.budget_chunks * self.chunk_tokens
+        block = {"token": 1, "frame": self.frame_tokens, "chunk": self.chunk_tokens}[self.kv.granularity]
+        sizes = self.buffer.compress(c.branch, layer, c.clean, query, keep, self.kv, block)
+        if sizes is not None and layer == 0 and sizes[0] > sizes[1]:
+            self.recorder.log("kv_compress", float(sizes[1]), chunk=c.group, threshold=float(sizes[0]))
+            self.stats["kv_compressions"] = self.stats.get("kv_compressions", 0) + 1
 
     def log_chunk(self, event: str, group: int, value: float | None, threshold: float | None, tokens: int) -> None:
         """One cache decision for (row, group, branch); counts recomputed tokens for the metrics."""
@@ -211,15 +252,16 @@ class ChunkedRunner:
         originals = [b.attn1.processor for b in self.transformer.blocks]
         backend = getattr(originals[0], "_attention_backend", None)
         for i, block in enumerate(self.transformer.blocks):
-            block.attn1.set_processor(GroupAttnProcessor(i, self.call, self.buffer, backend))
+            block.attn1.set_processor(GroupAttnProcessor(i, self.call, self.buffer, backend, self))
         return originals
 
-    def _forward(self, x_g, t_g, context, group, frame0, branch, step, commit_only=False) -> torch.Tensor:
-        """Predict the flow of one group (B, C, f, H, W); a commit pass only refreshes its K/V."""
-        self.call.branch, self.call.group, self.call.tokens = branch, group, None
+    def _forward(self, x_g, t_g, context, group, frame0, branch, step, commit_only=False, clean=()) -> torch.Tensor:
+        """Predict the flow of one group (B, C, f, H, W); a commit pass only refreshes its K/V (and compresses)."""
+        self.call.branch, self.call.group, self.call.tokens, self.call.clean = branch, group, None, tuple(clean)
         emb, enc = self.model.embed(x_g, t_g, context, frame0)
         if commit_only:
             self.model.blocks(emb, enc)
+            self.call.clean = ()
             self.stats["commit_passes"] = self.stats.get("commit_passes", 0) + 1
             return emb.tokens
         hidden = self.cache.predict(self, group, branch, step, emb, enc)
@@ -250,6 +292,10 @@ class ChunkedRunner:
         self.cache.reset()
         self.schedule = schedule
         self.stats = {"group_steps": 0, "commit_passes": 0}
+        pt, ph, pw = self.transformer.config.patch_size
+        self.frame_tokens = (latents.shape[3] // ph) * (latents.shape[4] // pw)
+        self.chunk_tokens = self.frame_tokens * (schedule.frames[0][1] - schedule.frames[0][0]) // pt
+        finished: list[int] = []
         self.info = StepInfo(num_steps=schedule.steps)
         self.recorder.begin(self.info, len(self.transformer.blocks))
         b = latents.shape[0]
@@ -277,11 +323,13 @@ class ChunkedRunner:
                         )[0]
                     self.stats["group_steps"] += 1
                 for g in schedule.finishing(row):
+                    finished.append(g)
                     f0, f1 = schedule.frames[g]
                     zero = torch.zeros(b, f1 - f0, dtype=torch.long, device=latents.device)
                     for branch, ctx in branches:
                         self.info.branch, self.info.timestep = branch, 0.0
-                        self._forward(latents[:, :, f0:f1].to(dtype), zero, ctx, g, f0, branch, -1, commit_only=True)
+                        x_done = latents[:, :, f0:f1].to(dtype)
+                        self._forward(x_done, zero, ctx, g, f0, branch, -1, commit_only=True, clean=finished)
                         self.recorder.log("chunk_done", 1.0, chunk=g)
                 self.info.branch, self.info.timestep = "cond", float("nan")
                 self.recorder.log("kv_tokens", float(self.buffer.tokens()), threshold=float(self.buffer.nbytes()))
