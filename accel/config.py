@@ -220,8 +220,31 @@ class SVG2Settings(HeadwiseSettings):
 FLOWCACHE_COEFFICIENTS = ("1.3b", "14b", "none")
 
 
+KV_GRANULARITIES = ("token", "frame", "chunk")
+
+
 @dataclass(frozen=True)
-class FlowCacheSettings(MethodSettings):
+class KVSettings(MethodSettings):
+    """KV-cache compression of clean chunks, shared by the chunk caches (METHODS 3.2)."""
+
+    kv_compress: bool = field(
+        default=False, metadata=_help("Compress the K/V of clean chunks (importance - redundancy).", abbrev="kv")
+    )
+    kv_budget_chunks: int = field(default=1, metadata=_help("Clean K/V kept, in chunks' worth of tokens."))
+    kv_lambda: float = field(default=0.07, metadata=_help("Weight of importance against redundancy in [0, 1]."))
+    kv_granularity: str = field(default="token", metadata=_help("Keep tokens, whole frames or whole chunks."))
+
+    def _check_kv(self) -> None:
+        _check_int("kv_budget_chunks", self.kv_budget_chunks, 1)
+        _check_unit("kv_lambda", self.kv_lambda, open_low=False)
+        if self.kv_granularity not in KV_GRANULARITIES:
+            raise ConfigError(
+                f"kv_granularity must be one of {', '.join(KV_GRANULARITIES)}, got {self.kv_granularity!r}"
+            )
+
+
+@dataclass(frozen=True)
+class FlowCacheSettings(KVSettings):
     """FlowCache: per-chunk residual reuse for diffusion-forcing (autoregressive) models (METHODS 3.1)."""
 
     method: ClassVar[str] = "flowcache"
@@ -246,6 +269,7 @@ class FlowCacheSettings(MethodSettings):
         if self.thresh is not None and not isinstance(self.thresh, (int, float)):
             raise ConfigError(f"thresh must be a number, got {self.thresh!r}")
         _check_int("ret_steps", self.ret_steps, 0)
+        self._check_kv()
         if self.coefficients is not None and self.coefficients not in FLOWCACHE_COEFFICIENTS:
             raise ConfigError(
                 f"coefficients must be one of {', '.join(FLOWCACHE_COEFFICIENTS)}, got {self.coefficients!r}"

@@ -121,6 +121,7 @@ def _run_wan(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: ProgressF
 def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: ProgressFn | None):
     """SkyReels-V2 diffusion forcing through the chunked runner, with a chunk cache if the method is one."""
     from accel.cache.flowcache import FlowCache
+    from accel.cache.kv import KVCompression
     from accel.cache.runner import ChunkedRunner, GroupCache
 
     s = cfg.settings
@@ -132,7 +133,10 @@ def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: Progr
         cache = GroupCache()
     else:
         raise ConfigError(f"method {cfg.method!r} does not run on diffusion-forcing models yet; use dense or flowcache")
-    runner = ChunkedRunner(pipe, cache=cache, recorder=recorder)
+    kv = None
+    if getattr(s, "kv_compress", False):
+        kv = KVCompression(s.kv_budget_chunks, s.kv_lambda, s.kv_granularity)
+    runner = ChunkedRunner(pipe, cache=cache, recorder=recorder, kv=kv)
     with torch.inference_mode():
         video = runner.generate(
             cfg.prompt, cfg.negative_prompt, cfg.height, cfg.width, cfg.frames, cfg.steps, cfg.guidance, cfg.seed,
@@ -150,6 +154,8 @@ def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: Progr
         "block_executions_uncached": (uncached + stats["commit_passes"]) * layers,
         "tokens_recomputed": stats.get("tokens_recomputed", 0),
         "schedule_rows": runner.schedule.rows,
+        "kv_compressions": stats.get("kv_compressions", 0),
+        "kv_bytes_final": runner.buffer.nbytes(),
     }
     return video[0], extra
 
