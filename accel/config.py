@@ -276,8 +276,43 @@ class FlowCacheSettings(KVSettings):
             )
 
 
+@dataclass(frozen=True)
+class MotionCacheSettings(KVSettings):
+    """MotionCache: per-token, motion-weighted reuse for diffusion-forcing models (METHODS 4)."""
+
+    method: ClassVar[str] = "motioncache"
+    thresh: float | None = field(
+        default=None,
+        metadata=_help("Per-token accumulator threshold; empty = the model's (0.1 on SkyReels-V2); <= 0: no reuse.",
+                       abbrev="t"),
+    )  # fmt: skip
+    warmup: int = field(default=4, metadata=_help("Steps of each chunk computed fully before reuse starts."))
+    phase1_updates: int = field(
+        default=6, metadata=_help("Updating steps with uniform weights before motion weights apply (3 in the demo).")
+    )
+    floor: float = field(default=0.6, metadata=_help("Lowest motion weight; weights span [floor, 1] per frame."))
+    min_update_ratio: float = field(
+        default=0.4, metadata=_help("Defer (skip, keep accumulators) updates of fewer than this share of tokens.")
+    )
+    vote: float = field(
+        default=0.5, metadata=_help("A position updates in all frames if more than this share need it.")
+    )
+    coefficients: str | None = field(
+        default=None, metadata=_help("Rescale polynomial of the distance: 1.3b, 14b or none; empty = the model's.")
+    )
+
+    def __post_init__(self) -> None:
+        _check_int("warmup", self.warmup, 0)
+        _check_int("phase1_updates", self.phase1_updates, 0)
+        for name in ("floor", "min_update_ratio", "vote"):
+            _check_unit(name, getattr(self, name), open_low=False)
+        if self.coefficients is not None and self.coefficients not in FLOWCACHE_COEFFICIENTS:
+            raise ConfigError(f"coefficients must be one of {', '.join(FLOWCACHE_COEFFICIENTS)}")
+        self._check_kv()
+
+
 METHOD_SETTINGS: dict[str, type[MethodSettings]] = {
-    cls.method: cls for cls in (DenseSettings, XAttentionSettings, SVG2Settings, FlowCacheSettings)
+    cls.method: cls for cls in (DenseSettings, XAttentionSettings, SVG2Settings, FlowCacheSettings, MotionCacheSettings)
 }
 
 

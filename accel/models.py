@@ -45,7 +45,9 @@ class ModelSpec:
     # scheduler shift to sample with; None = the checkpoint's own scheduler config
     flow_shift: float | None = None
     # FlowCache rescale polynomial and threshold presets (fitted on SkyReels-V2 1.3B / 14B)
-    flowcache: dict[str, Any] = field(default_factory=lambda: {"coefficients": "1.3b", "slow": 0.1, "fast": 0.15})
+    flowcache: dict[str, Any] = field(
+        default_factory=lambda: {"coefficients": "1.3b", "slow": 0.1, "fast": 0.15, "motion": 0.1}
+    )
     description: str = ""
 
     @property
@@ -110,7 +112,7 @@ REGISTRY: dict[str, ModelSpec] = {
         svg2_clusters=(20, 40),
         tmr_delta={"xattention": 3.0, "svg2": 3.0},
         # no fitted polynomial for this model: raw relative L1 of e0, which changes ~0.1-0.2 per step here
-        flowcache={"coefficients": "none", "slow": 0.3, "fast": 0.5},
+        flowcache={"coefficients": "none", "slow": 0.3, "fast": 0.5, "motion": 0.3},
         description="embedded random-weight SkyReels-V2 diffusion-forcing model (6 heads x 32, 4 layers, "
         "chunks of 2 latent frames; shares tiny-wan's VAE and text encoder); runs anywhere",
     ),
@@ -140,7 +142,7 @@ REGISTRY: dict[str, ModelSpec] = {
         family="skyreels",
         defaults=SKYREELS_540P,
         flow_shift=SKYREELS_T2V_SHIFT,
-        flowcache={"coefficients": "14b", "slow": 0.1, "fast": 0.15},
+        flowcache={"coefficients": "14b", "slow": 0.1, "fast": 0.15, "motion": 0.1},
         description="SkyReels-V2 diffusion forcing 14B, 540P (40 layers x 40 heads)",
     ),
     "Skywork/SkyReels-V2-DF-14B-720P-Diffusers": ModelSpec(
@@ -149,7 +151,7 @@ REGISTRY: dict[str, ModelSpec] = {
         family="skyreels",
         defaults=SKYREELS_720P,
         flow_shift=SKYREELS_T2V_SHIFT,
-        flowcache={"coefficients": "14b", "slow": 0.1, "fast": 0.15},
+        flowcache={"coefficients": "14b", "slow": 0.1, "fast": 0.15, "motion": 0.1},
         description="SkyReels-V2 diffusion forcing 14B, 720P (40 layers x 40 heads)",
     ),
 }

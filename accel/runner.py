@@ -19,7 +19,7 @@ import torch
 
 from accel import models
 from accel.attention import build_method, installed
-from accel.config import ConfigError, DenseSettings, FlowCacheSettings, RunConfig
+from accel.config import ConfigError, DenseSettings, FlowCacheSettings, MotionCacheSettings, RunConfig
 from accel.runs import Run, RunStore
 from accel.telemetry import Recorder, RecordPolicy
 
@@ -122,6 +122,7 @@ def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: Progr
     """SkyReels-V2 diffusion forcing through the chunked runner, with a chunk cache if the method is one."""
     from accel.cache.flowcache import FlowCache
     from accel.cache.kv import KVCompression
+    from accel.cache.motioncache import MotionCache
     from accel.cache.runner import ChunkedRunner, GroupCache
 
     s = cfg.settings
@@ -129,6 +130,11 @@ def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: Progr
         fc = spec.flowcache
         thresh = s.thresh if s.thresh is not None else fc[s.preset]
         cache: GroupCache = FlowCache(thresh, s.ret_steps, s.coefficients or fc["coefficients"], s.use_ret_steps)
+    elif isinstance(s, MotionCacheSettings):
+        fc = spec.flowcache
+        thresh = s.thresh if s.thresh is not None else fc["motion"]
+        cache = MotionCache(thresh, s.warmup, s.phase1_updates, s.floor, s.min_update_ratio, s.vote,
+                            s.coefficients or fc["coefficients"])  # fmt: skip
     elif isinstance(s, DenseSettings):
         cache = GroupCache()
     else:
@@ -145,16 +151,22 @@ def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: Progr
     stats = runner.stats
     layers = len(pipe.transformer.blocks)
     uncached = stats["group_steps"] * (2 if cfg.guidance > 1.0 else 1)
+    # token-weighted: a partial recompute of a quarter of a chunk's tokens counts a quarter
+    executed = (stats.get("tokens_recomputed", 0) / runner.chunk_tokens + stats["commit_passes"]) * layers
+    possible = (uncached + stats["commit_passes"]) * layers
     extra = {
         "group_steps": stats["group_steps"],
         "chunk_computes": stats.get("chunk_compute", 0),
         "chunk_reuses": stats.get("chunk_reuse", 0),
+        "chunk_partials": stats.get("chunk_partial", 0),
+        "chunk_defers": stats.get("chunk_defer", 0),
         "commit_passes": stats["commit_passes"],
-        "block_executions": (stats.get("chunk_compute", 0) + stats["commit_passes"]) * layers,
-        "block_executions_uncached": (uncached + stats["commit_passes"]) * layers,
+        "block_executions": round(executed, 2),
+        "block_executions_uncached": possible,
         "tokens_recomputed": stats.get("tokens_recomputed", 0),
         "schedule_rows": runner.schedule.rows,
         "kv_compressions": stats.get("kv_compressions", 0),
+        "linear_flops_saved_frac": 1.0 - executed / possible,  # per-token work; attention grows faster
         "kv_bytes_final": runner.buffer.nbytes(),
     }
     return video[0], extra
@@ -169,7 +181,7 @@ def generate(
     """Run one generation and write its folder; returns the stored :class:`Run`."""
     spec = models.resolve(cfg.model)
     cfg = cfg.resolve(spec.defaults)
-    if spec.family != "skyreels" and isinstance(cfg.settings, FlowCacheSettings):
+    if spec.family != "skyreels" and isinstance(cfg.settings, (FlowCacheSettings, MotionCacheSettings)):
         raise ConfigError(f"{cfg.method} is for diffusion-forcing (SkyReels-V2) models, not {spec.name}")
     store = store or RunStore()
     device_name = cfg.device or models.default_device()

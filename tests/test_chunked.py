@@ -149,3 +149,55 @@ def test_skyreels_runs_are_stored_with_chunk_telemetry(sky_pipe, tmp_path):
         generate(RunConfig(prompt=PROMPT, model="tiny-skyreels", method="xattention", **size), store)
     with pytest.raises(ConfigError, match="diffusion-forcing"):
         generate(RunConfig(prompt=PROMPT, model="tiny-wan", method="flowcache", **size), store)
+
+
+def test_motioncache_threshold_zero_reproduces_the_uncached_runner(sky_pipe):
+    from accel.cache.motioncache import MotionCache
+
+    ref, _ = _run(sky_pipe, None)
+    out, runner = _run(sky_pipe, MotionCache(thresh=0.0, warmup=2, coefficients="none"))
+    assert torch.equal(out, ref)
+    assert runner.stats["chunk_compute"] == 3 * 8 * 2 and runner.stats.get("chunk_partial", 0) == 0
+
+
+def test_subset_recompute_of_all_tokens_equals_the_full_forward(sky_pipe):
+    """The gather-subset path is exact: S = every token gives the full block output."""
+    runner = ChunkedRunner(sky_pipe)
+    tr = sky_pipe.transformer
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 16, 2, 8, 8, generator=gen)
+    ctx = torch.randn(1, 512, tr.config.text_dim, generator=gen)
+    t = torch.tensor([[500, 500]])
+    originals = runner._install()
+    try:
+        with torch.inference_mode():
+            emb, enc = runner.model.embed(x, t, ctx, 0)
+            full = runner.model.blocks(emb, enc)
+            runner.call.tokens = torch.arange(emb.tokens.shape[1])
+            subset = runner.model.blocks(emb, enc, tokens=runner.call.tokens)
+    finally:
+        for block, proc in zip(tr.blocks, originals, strict=True):
+            block.attn1.set_processor(proc)
+    torch.testing.assert_close(subset, full, atol=1e-5, rtol=1e-5)
+
+
+def test_motioncache_recomputes_token_subsets_with_motion_weights(sky_pipe):
+    from accel.cache.motioncache import MotionCache
+    from accel.telemetry import Recorder
+
+    rec = Recorder()
+    cache = MotionCache(thresh=0.25, warmup=1, phase1_updates=1, min_update_ratio=0.1, coefficients="none")
+    out, runner = _run(sky_pipe, cache, rec, steps=12)
+    table, arrays = rec.finish()
+    partial = table[table.event == "chunk_partial"]
+    updated = table[(table.event == "tokens_updated") & (table.value > 0)]["value"]
+    assert runner.stats.get("chunk_partial", 0) > 0 and len(partial) > 0
+    full_tokens = 2 * 4 * 4
+    assert (updated <= full_tokens).all() and (updated < full_tokens).any()
+    assert runner.stats["tokens_recomputed"] < 3 * 12 * 2 * full_tokens
+    weights = [k for k in arrays if k.startswith("motion_weights/")]
+    counts = [k for k in arrays if k.startswith("motion_updates/")]
+    assert len(counts) == 6 and weights
+    w = arrays[weights[0]]
+    assert w.min() >= 0.6 - 1e-3 and w.max() <= 1.0 + 1e-3
+    assert torch.isfinite(out).all()

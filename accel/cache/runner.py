@@ -196,6 +196,9 @@ class GroupCache:
     def reset(self) -> None:
         """Forget all state (called at the start of a run)."""
 
+    def export(self, runner: ChunkedRunner) -> None:
+        """Hand any per-token arrays to the run's recorder (called at the end of a run)."""
+
     def predict(self, runner: ChunkedRunner, group: int, branch: str, step: int, emb: Embedded, enc) -> torch.Tensor:
         """The last block output for this group step (computed or reused)."""
         runner.call.tokens = None
@@ -335,6 +338,7 @@ class ChunkedRunner:
                 self.recorder.log("kv_tokens", float(self.buffer.tokens()), threshold=float(self.buffer.nbytes()))
                 if progress is not None:
                     progress(row + 1, schedule.rows)
+            self.cache.export(self)
         finally:
             for block, proc in zip(self.transformer.blocks, originals, strict=True):
                 block.attn1.set_processor(proc)
