@@ -248,7 +248,7 @@ class _Probe(AttentionMethod):
         thr = self.thr.to(q.device)
         state = self.sparse.predict(qs, ks, layer, info.branch, thr, None)
         sparse_out = self.sparse.apply(qs, ks, vs, state, layer, thr, None)  # (1, L, P, D)
-        self.density = self.sparse.state_density(state, qs).reshape(-1)
+        self.density = self.sparse.state_density(state, qs, ks).reshape(-1)
         out[torch.arange(p, device=q.device), :, heads] = sparse_out[0].transpose(0, 1).to(out.dtype)
         return out
 

@@ -233,8 +233,15 @@ class KVSettings(MethodSettings):
     kv_budget_chunks: int = field(default=1, metadata=_help("Clean K/V kept, in chunks' worth of tokens."))
     kv_lambda: float = field(default=0.07, metadata=_help("Weight of importance against redundancy in [0, 1]."))
     kv_granularity: str = field(default="token", metadata=_help("Keep tokens, whole frames or whole chunks."))
+    attention: str = field(
+        default="dense",
+        metadata=_help("Self-attention inside the chunks: dense, xattention or svg2 (their defaults).", abbrev="attn"),
+    )
+    attention_tmr: bool = field(default=False, metadata=_help("Temporal Mask Reuse for that sparse attention."))
 
     def _check_kv(self) -> None:
+        if self.attention not in ("dense", "xattention", "svg2"):
+            raise ConfigError(f"attention must be dense, xattention or svg2, got {self.attention!r}")
         _check_int("kv_budget_chunks", self.kv_budget_chunks, 1)
         _check_unit("kv_lambda", self.kv_lambda, open_low=False)
         if self.kv_granularity not in KV_GRANULARITIES:

@@ -19,7 +19,15 @@ import torch
 
 from accel import models
 from accel.attention import build_method, installed
-from accel.config import ConfigError, DenseSettings, FlowCacheSettings, MotionCacheSettings, RunConfig
+from accel.config import (
+    ConfigError,
+    DenseSettings,
+    FlowCacheSettings,
+    HeadwiseSettings,
+    MotionCacheSettings,
+    RunConfig,
+    settings_for,
+)
 from accel.runs import Run, RunStore
 from accel.telemetry import Recorder, RecordPolicy
 
@@ -135,14 +143,20 @@ def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: Progr
         thresh = s.thresh if s.thresh is not None else fc["motion"]
         cache = MotionCache(thresh, s.warmup, s.phase1_updates, s.floor, s.min_update_ratio, s.vote,
                             s.coefficients or fc["coefficients"])  # fmt: skip
-    elif isinstance(s, DenseSettings):
+    elif isinstance(s, (DenseSettings, HeadwiseSettings)):
         cache = GroupCache()
     else:
-        raise ConfigError(f"method {cfg.method!r} does not run on diffusion-forcing models yet; use dense or flowcache")
+        raise ConfigError(f"method {cfg.method!r} does not run on diffusion-forcing models")
+    attention = None
+    if isinstance(s, HeadwiseSettings):
+        attention = build_method(s, spec, recorder, seed=cfg.seed)
+    elif getattr(s, "attention", "dense") != "dense":
+        sparse = settings_for(s.attention, {"tmr": s.attention_tmr})
+        attention = build_method(sparse, spec, recorder, seed=cfg.seed)
     kv = None
     if getattr(s, "kv_compress", False):
         kv = KVCompression(s.kv_budget_chunks, s.kv_lambda, s.kv_granularity)
-    runner = ChunkedRunner(pipe, cache=cache, recorder=recorder, kv=kv)
+    runner = ChunkedRunner(pipe, cache=cache, recorder=recorder, kv=kv, attention=attention)
     with torch.inference_mode():
         video = runner.generate(
             cfg.prompt, cfg.negative_prompt, cfg.height, cfg.width, cfg.frames, cfg.steps, cfg.guidance, cfg.seed,

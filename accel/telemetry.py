@@ -123,6 +123,7 @@ class Recorder:
         if not self.enabled:
             return
         i = self.info
+        chunk = i.chunk if chunk is None else chunk
         self._rows.append(
             (i.step, i.timestep, i.branch, layer, head, chunk, event, value, threshold, density, mask_ref, seconds)
         )
@@ -186,9 +187,11 @@ class Recorder:
         if not self.wants_mask(layer):
             return None
         i = self.info
-        key = f"mask/s{i.step:03d}/{i.branch}/l{layer:02d}"
+        where = f"{i.branch}/c{i.chunk:02d}" if i.chunk is not None else i.branch
+        key = f"mask/s{i.step:03d}/{where}/l{layer:02d}"
         self._arrays[key] = pack_bits(mask.bool())
-        meta = {"kind": kind, "shape": list(mask.shape), "step": i.step, "branch": i.branch, "layer": layer}
+        meta = {"kind": kind, "shape": list(mask.shape), "step": i.step, "branch": i.branch, "layer": layer,
+                "chunk": i.chunk}  # fmt: skip
         for name, off in (("q_offsets", q_offsets), ("k_offsets", k_offsets)):
             if off is not None:
                 self._arrays[f"{name}/{key}"] = off.to(torch.int32)

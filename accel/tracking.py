@@ -29,6 +29,7 @@ class StepInfo:
     branch: str = "cond"
     grid: tuple[int, int, int] = (0, 0, 0)
     call: int = -1  # transformer calls so far in this run, 0-based
+    chunk: int | None = None  # the group being forwarded, in chunked (autoregressive) runs
 
 
 class _NoState(BaseState):

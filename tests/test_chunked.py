@@ -145,8 +145,6 @@ def test_skyreels_runs_are_stored_with_chunk_telemetry(sky_pipe, tmp_path):
     kv = t[t.event == "kv_tokens"]["value"]
     assert kv.is_monotonic_increasing and kv.iloc[-1] == 6 * 4 * 4  # all latent frames' tokens buffered
     assert fast.frames().shape == dense.frames().shape == (21, 64, 64, 3)
-    with pytest.raises(ConfigError, match="does not run on diffusion-forcing"):
-        generate(RunConfig(prompt=PROMPT, model="tiny-skyreels", method="xattention", **size), store)
     with pytest.raises(ConfigError, match="diffusion-forcing"):
         generate(RunConfig(prompt=PROMPT, model="tiny-wan", method="flowcache", **size), store)
 
@@ -201,3 +199,31 @@ def test_motioncache_recomputes_token_subsets_with_motion_weights(sky_pipe):
     w = arrays[weights[0]]
     assert w.min() >= 0.6 - 1e-3 and w.max() <= 1.0 + 1e-3
     assert torch.isfinite(out).all()
+
+
+def test_sparse_attention_composes_with_the_chunk_caches(sky_pipe, tmp_path):
+    from accel.config import RunConfig
+    from accel.runner import generate
+    from accel.runs import RunStore
+    from accel.telemetry import load_mask
+
+    store = RunStore(tmp_path)
+    size = {"height": 64, "width": 64, "frames": 21, "steps": 6}
+    xa = {"warmup_steps": 1, "block_size": 16, "stride": 4}
+    dense = generate(RunConfig(prompt=PROMPT, model="tiny-skyreels", method="dense", **size), store)
+    full = generate(
+        RunConfig(prompt=PROMPT, model="tiny-skyreels", method="xattention", settings={**xa, "tau": 1.0}, **size), store
+    )
+    assert abs(full.frames().astype(int) - dense.frames().astype(int)).max() <= 1  # tau = 1 is dense attention
+    both = generate(
+        RunConfig(prompt=PROMPT, model="tiny-skyreels", method="flowcache",
+                  settings={"preset": "fast", "ret_steps": 2, "attention": "xattention", "attention_tmr": True},
+                  **size), store)  # fmt: skip
+    t = both.telemetry
+    dens = t[t.event == "density"]
+    assert set(dens["chunk"].dropna()) == {0, 1, 2} and (dens["density"] <= 1).all()
+    assert {"mask_refresh", "drift", "chunk_reuse", "chunk_compute"} <= set(t.event)
+    keys = [k for k in both.arrays if k.startswith("mask/")]
+    assert keys and all("/c0" in k or "/c1" in k or "/c2" in k for k in keys)
+    assert load_mask(both.arrays, keys[-1]).shape[0] == 6  # heads
+    assert both.metrics["chunk_reuses"] > 0

@@ -88,7 +88,7 @@ class HeadwiseSparse(AttentionMethod):
         """Sparse attention with ``state``; logs per-head density."""
         raise NotImplementedError
 
-    def state_density(self, state: Any, q: torch.Tensor) -> torch.Tensor:
+    def state_density(self, state: Any, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Computed fraction ``(B, H)`` of each head's query-key pairs under ``state``."""
         raise NotImplementedError
 

@@ -232,7 +232,7 @@ class SVG2(HeadwiseSparse):
             state.k_offsets.view(b, h, -1),
         )
 
-    def state_density(self, state, q):
+    def state_density(self, state, q, k):
         return mask_density(*self._blocks(state, q))
 
     def apply(self, q, k, v, state, layer, thresholds, mask_ref):

@@ -78,13 +78,17 @@ class XAttention(HeadwiseSparse):
     def record(self, layer, state):
         return self.recorder.record_mask(layer, state[0])
 
-    def state_density(self, state, q):
-        offsets = uniform_offsets(q.shape[1], self.block_size, q.device)
-        return mask_density(state, offsets, offsets)
+    def _offsets(self, q, k):
+        """Block boundaries of the queries and the keys (they differ when Q attends to a longer KV buffer)."""
+        return uniform_offsets(q.shape[1], self.block_size, q.device), uniform_offsets(
+            k.shape[1], self.block_size, q.device
+        )
+
+    def state_density(self, state, q, k):
+        return mask_density(state, *self._offsets(q, k))
 
     def apply(self, q, k, v, state, layer, thresholds, mask_ref):
-        offsets = uniform_offsets(q.shape[1], self.block_size, q.device)
-        out = block_sparse_attention(q, k, v, state, offsets, offsets)
-        density = self.state_density(state, q).mean(0)
+        out = block_sparse_attention(q, k, v, state, *self._offsets(q, k))
+        density = self.state_density(state, q, k).mean(0)
         self.recorder.log("density", density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
         return out

@@ -22,7 +22,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_skyreels_v2 import _get_qkv_projections
 from diffusers.utils.torch_utils import randn_tensor
 
-from accel.attention.base import apply_rotary
+from accel.attention.base import AttentionMethod, apply_rotary
 from accel.cache.kv import KVCompression, gather_heads
 from accel.cache.kv import select as kv_select
 from accel.cache.schedule import COMPUTE, GroupSchedule, build_schedule
@@ -111,8 +111,12 @@ class GroupAttnProcessor:
         c = self.call
         self.buffer.write(c.branch, self.layer, c.group, key, value, c.tokens)
         k_ctx, v_ctx = self.buffer.context(c.branch, self.layer, c.group)
-        out = dispatch_attention_fn(query, k_ctx, v_ctx, attn_mask=None, dropout_p=0.0, is_causal=False,
-                                    backend=self.backend)  # fmt: skip
+        method = self.runner.attention if self.runner is not None else None
+        if method is not None:  # sparse attention over [earlier groups ; this group]
+            out = method.attend(query, k_ctx, v_ctx, self.layer, self.runner.attn_info)
+        else:
+            out = dispatch_attention_fn(query, k_ctx, v_ctx, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                        backend=self.backend)  # fmt: skip
         if c.clean and self.runner is not None and self.runner.kv is not None:
             self.runner.compress(self.layer, query)
         out = attn.to_out[0](out.flatten(2, 3).type_as(query))
@@ -219,9 +223,12 @@ class ChunkedRunner:
         recorder: Recorder | None = None,
         fps: int = 24,
         kv: KVCompression | None = None,
+        attention: AttentionMethod | None = None,
     ):
         self.pipe = pipe
         self.kv = kv
+        self.attention = attention  # a sparse method (XAttention / SVG2, +TMR) composed with the cache
+        self.attn_info = StepInfo()  # what the attention method sees: the group's own step, state per group
         self.transformer = pipe.transformer
         self.model = GroupModel(pipe.transformer, fps)
         self.cache = cache or GroupCache()
@@ -261,6 +268,9 @@ class ChunkedRunner:
     def _forward(self, x_g, t_g, context, group, frame0, branch, step, commit_only=False, clean=()) -> torch.Tensor:
         """Predict the flow of one group (B, C, f, H, W); a commit pass only refreshes its K/V (and compresses)."""
         self.call.branch, self.call.group, self.call.tokens, self.call.clean = branch, group, None, tuple(clean)
+        self.info.chunk = group
+        a = self.attn_info
+        a.step, a.num_steps, a.branch = step, self.schedule.steps if self.schedule else 0, f"{branch}/g{group}"
         emb, enc = self.model.embed(x_g, t_g, context, frame0)
         if commit_only:
             self.model.blocks(emb, enc)
@@ -301,6 +311,8 @@ class ChunkedRunner:
         finished: list[int] = []
         self.info = StepInfo(num_steps=schedule.steps)
         self.recorder.begin(self.info, len(self.transformer.blocks))
+        if self.attention is not None:
+            self.attention.setup(len(self.transformer.blocks), self.transformer.config.num_attention_heads)
         b = latents.shape[0]
         originals = self._install()
         try:
@@ -334,7 +346,7 @@ class ChunkedRunner:
                         x_done = latents[:, :, f0:f1].to(dtype)
                         self._forward(x_done, zero, ctx, g, f0, branch, -1, commit_only=True, clean=finished)
                         self.recorder.log("chunk_done", 1.0, chunk=g)
-                self.info.branch, self.info.timestep = "cond", float("nan")
+                self.info.branch, self.info.timestep, self.info.chunk = "cond", float("nan"), None
                 self.recorder.log("kv_tokens", float(self.buffer.tokens()), threshold=float(self.buffer.nbytes()))
                 if progress is not None:
                     progress(row + 1, schedule.rows)
