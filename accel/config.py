@@ -318,8 +318,38 @@ class MotionCacheSettings(KVSettings):
         self._check_kv()
 
 
+BASELINE_NAMES = ("fbc", "pab", "fastercache", "magcache", "taylorseer")
+
+
+@dataclass(frozen=True)
+class BaselineSettings(MethodSettings):
+    """A diffusers cache hook as a baseline (FirstBlockCache, PAB, FasterCache, MagCache, TaylorSeer; METHODS 5)."""
+
+    method: ClassVar[str] = "baseline"
+    cache: str = field(
+        default="fbc", metadata=_help("fbc, pab, fastercache, magcache or taylorseer (diffusers hooks).", abbrev="")
+    )
+    threshold: float | None = field(
+        default=None, metadata=_help("FBC / MagCache threshold; empty = the baseline's default.", abbrev="t")
+    )
+
+    def __post_init__(self) -> None:
+        if self.cache not in BASELINE_NAMES:
+            raise ConfigError(f"cache must be one of {', '.join(BASELINE_NAMES)}, got {self.cache!r}")
+        if self.threshold is not None and not (isinstance(self.threshold, (int, float)) and self.threshold >= 0):
+            raise ConfigError(f"threshold must be a number >= 0, got {self.threshold!r}")
+
+
 METHOD_SETTINGS: dict[str, type[MethodSettings]] = {
-    cls.method: cls for cls in (DenseSettings, XAttentionSettings, SVG2Settings, FlowCacheSettings, MotionCacheSettings)
+    cls.method: cls
+    for cls in (
+        DenseSettings,
+        XAttentionSettings,
+        SVG2Settings,
+        FlowCacheSettings,
+        MotionCacheSettings,
+        BaselineSettings,
+    )
 }
 
 

@@ -20,6 +20,7 @@ import torch
 from accel import models
 from accel.attention import build_method, installed
 from accel.config import (
+    BaselineSettings,
     ConfigError,
     DenseSettings,
     FlowCacheSettings,
@@ -104,26 +105,52 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
 def _run_wan(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: ProgressFn | None):
     """Wan2.1 text-to-video through diffusers' own pipeline with the attention method installed."""
     method = build_method(cfg.settings, spec, recorder, seed=cfg.seed)
+    with installed(pipe.transformer, method, cfg.steps) as info, torch.inference_mode():
+        out = pipe(**_pipeline_call(pipe, cfg, spec, progress))
+    return out.frames[0], {"transformer_calls": info.call + 1}
+
+
+def _pipeline_call(pipe, cfg: RunConfig, spec, progress: ProgressFn | None) -> dict:
+    """Keyword arguments of one call of diffusers' own pipeline for this run."""
 
     def on_step_end(pipeline, i, t, kwargs):
         if progress is not None:
             progress(i + 1, cfg.steps)
         return {}
 
-    with installed(pipe.transformer, method, cfg.steps) as info, torch.inference_mode():
-        out = pipe(
-            prompt=cfg.prompt,
-            negative_prompt=cfg.negative_prompt,
-            height=cfg.height,
-            width=cfg.width,
-            num_frames=cfg.frames,
-            num_inference_steps=cfg.steps,
-            guidance_scale=cfg.guidance,
-            generator=torch.Generator(device="cpu").manual_seed(cfg.seed),
-            output_type="np",
-            callback_on_step_end=on_step_end,
-        )
-    return out.frames[0], {"transformer_calls": info.call + 1}
+    call = {
+        "prompt": cfg.prompt,
+        "negative_prompt": cfg.negative_prompt,
+        "height": cfg.height,
+        "width": cfg.width,
+        "num_frames": cfg.frames,
+        "num_inference_steps": cfg.steps,
+        "guidance_scale": cfg.guidance,
+        "generator": torch.Generator(device="cpu").manual_seed(cfg.seed),
+        "output_type": "np",
+        "callback_on_step_end": on_step_end,
+    }
+    if spec.family == "skyreels":
+        call.update(ar_step=cfg.ar_step, causal_block_size=cfg.causal_block_size)
+    return call
+
+
+def _run_baseline(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: ProgressFn | None):
+    """A diffusers cache hook on diffusers' own pipeline (Wan or SkyReels), counting the blocks it skipped."""
+    from accel.baselines import baseline_installed, calibrate_mag_ratios
+
+    s = cfg.settings
+    overrides: dict = {} if s.threshold is None else {"threshold": s.threshold}
+    extra: dict = {"baseline": s.cache}
+    if s.cache == "magcache":  # MagCache needs per-model ratios: one dense calibration pass first
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            ratios = calibrate_mag_ratios(pipe, **{**_pipeline_call(pipe, cfg, spec, None), "output_type": "latent"})
+        overrides.update(mag_ratios=ratios, num_inference_steps=len(ratios))
+        extra["magcache_calibration_s"] = time.perf_counter() - t0
+    with baseline_installed(pipe, s.cache, recorder, **overrides) as counter, torch.inference_mode():
+        out = pipe(**_pipeline_call(pipe, cfg, spec, progress))
+    return out.frames[0], {**extra, **counter.summary()}
 
 
 def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: ProgressFn | None):
@@ -205,7 +232,10 @@ def generate(
     device = pipe.transformer.device
     recorder = Recorder(policy)
     times: dict[str, float] = {}
-    run = _run_chunked if spec.family == "skyreels" else _run_wan
+    if isinstance(cfg.settings, BaselineSettings):
+        run = _run_baseline
+    else:
+        run = _run_chunked if spec.family == "skyreels" else _run_wan
     _sync(device)
     t0 = time.perf_counter()
     try:

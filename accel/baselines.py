@@ -1,0 +1,249 @@
+"""diffusers' own cache hooks as baseline acceleration methods, with skip accounting.
+
+Five baselines from ``diffusers.hooks`` are installed on ``pipe.transformer`` through
+``CacheMixin.enable_cache`` and always removed again (``disable_cache``):
+
+- ``fbc``: First Block Cache (whole-step skip of blocks 1..N-1 when block 0's residual barely changes);
+- ``pab``: Pyramid Attention Broadcast (self-/cross-attention outputs reused every few calls);
+- ``fastercache``: FasterCache (self-attention outputs extrapolated from the last two computed ones);
+- ``magcache``: MagCache (whole-step skip driven by calibrated residual-magnitude ratios);
+- ``taylorseer``: TaylorSeer (attention/FFN outputs predicted with a Taylor series between refreshes).
+
+A baseline that silently skips nothing is a bug, so :class:`SkipCounter` measures what really ran: it puts
+plain torch forward hooks on the first ``nn.Linear`` inside every block's ``attn1``/``attn2``/``ffn``
+("units"). diffusers' hooks replace ``module.forward`` and return a cached value without calling the
+original forward, so these inner layers only fire when the unit was computed (a hook on the unit or block
+itself would still fire on a cache hit). Known limitation of diffusers 0.42: the PAB and FasterCache hook
+states are not per ``cache_context``; with Wan's separate cond/uncond transformer calls, a reused attention
+output can come from the other CFG branch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from diffusers.hooks import (
+    FasterCacheConfig,
+    FirstBlockCacheConfig,
+    MagCacheConfig,
+    PyramidAttentionBroadcastConfig,
+    TaylorSeerCacheConfig,
+)
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+from accel.config import BASELINE_NAMES as BASELINES
+
+UNITS = ("attn1", "attn2", "ffn")
+# TaylorSeer uses re.fullmatch on module names; these match Wan/SkyReels blocks (the diffusers default
+# "^blocks.*attn" would not fullmatch "blocks.0.attn1", and it leaves the FFN out).
+TAYLORSEER_IDENTIFIERS = (r"blocks\.\d+\.attn[12]", r"blocks\.\d+\.ffn")
+
+
+def register_skyreels_block() -> None:
+    """Register ``SkyReelsV2TransformerBlock`` for FBC/MagCache like diffusers registers Wan's block (idempotent)."""
+    from diffusers.models.transformers.transformer_skyreels_v2 import SkyReelsV2TransformerBlock
+
+    TransformerBlockRegistry._register()  # the built-in registrations first, so ours is not overwritten later
+    if SkyReelsV2TransformerBlock not in TransformerBlockRegistry._registry:
+        TransformerBlockRegistry.register(
+            model_class=SkyReelsV2TransformerBlock,
+            metadata=TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None),
+        )
+
+
+def _is_skyreels(pipe: Any) -> bool:
+    return type(pipe.transformer).__name__.startswith("SkyReelsV2")
+
+
+def _timestep_callback(pipe: Any):
+    """The current timestep as a scalar (SkyReels DF keeps one timestep per latent frame: take the max)."""
+    if _is_skyreels(pipe):
+        return lambda: pipe.current_timestep.max()
+    return lambda: pipe.current_timestep
+
+
+def baseline_config(name: str, pipe: Any, **overrides: Any) -> Any:
+    """The diffusers cache config for baseline ``name`` on ``pipe``, video defaults updated by ``overrides``.
+
+    Defaults: FBC ``threshold=0.05`` (ParaAttention's video setting); PAB spatial (attn1) every 2nd and cross
+    (attn2) every 6th call within timesteps (100, 800) (the PAB paper's pyramid; Wan has no temporal blocks);
+    FasterCache attn1 every 2nd call in (-1, 681), weight 0.5, ``is_guidance_distilled=True`` (Wan runs CFG as
+    separate calls, so the batched-uncond skip cannot apply); MagCache ``threshold=0.06, max_skip_steps=3,
+    retention_ratio=0.2`` and needs ``mag_ratios`` (see :func:`calibrate_mag_ratios`) and
+    ``num_inference_steps`` (transformer calls per branch); TaylorSeer ``cache_interval=5,
+    disable_cache_before_step=3, max_order=1`` on attn1/attn2/ffn.
+    """
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
+    if _is_skyreels(pipe) and name in ("fbc", "magcache"):
+        register_skyreels_block()
+    if name == "fbc":
+        return FirstBlockCacheConfig(**{"threshold": 0.05, **overrides})
+    if name == "pab":
+        kw = {
+            "spatial_attention_block_skip_range": 2,
+            "spatial_attention_timestep_skip_range": (100, 800),
+            "cross_attention_block_skip_range": 6,
+            "cross_attention_timestep_skip_range": (100, 800),
+            "current_timestep_callback": _timestep_callback(pipe),
+        }
+        return PyramidAttentionBroadcastConfig(**{**kw, **overrides})
+    if name == "fastercache":
+        kw = {
+            "spatial_attention_block_skip_range": 2,
+            "spatial_attention_timestep_skip_range": (-1, 681),
+            "attention_weight_callback": lambda _: 0.5,
+            "is_guidance_distilled": True,
+            "tensor_format": "BCFHW",
+            "current_timestep_callback": _timestep_callback(pipe),
+        }
+        return FasterCacheConfig(**{**kw, **overrides})
+    if name == "magcache":
+        if overrides.get("mag_ratios") is None and not overrides.get("calibrate", False):
+            raise ValueError(
+                "magcache needs mag_ratios=... (per model and schedule): use calibrate_mag_ratios(pipe, ...)"
+            )
+        if "num_inference_steps" not in overrides:
+            raise ValueError("magcache needs num_inference_steps= (transformer calls per CFG branch)")
+        return MagCacheConfig(**{"threshold": 0.06, "max_skip_steps": 3, "retention_ratio": 0.2, **overrides})
+    kw = {
+        "cache_interval": 5,
+        "disable_cache_before_step": 3,
+        "max_order": 1,
+        "cache_identifiers": list(TAYLORSEER_IDENTIFIERS),
+    }
+    return TaylorSeerCacheConfig(**{**kw, **overrides})
+
+
+def _first_linear(module: torch.nn.Module) -> torch.nn.Module:
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Linear):
+            return sub
+    raise ValueError(f"no nn.Linear inside {type(module).__name__}")
+
+
+class SkipCounter:
+    """Counts, per transformer call, which block units (attn1/attn2/ffn) really computed."""
+
+    def __init__(self, transformer: torch.nn.Module, recorder: Any = None) -> None:
+        self.recorder = recorder
+        self.num_blocks = len(transformer.blocks)
+        self.calls = 0
+        self.unit_executions = 0
+        self.block_executions = 0
+        self.per_call: list[int] = []  # executed blocks per transformer call
+        self._ran: set[tuple[int, str]] = set()
+        self._handles: list[torch.utils.hooks.RemovableHandle] = [
+            transformer.register_forward_pre_hook(self._start),
+            transformer.register_forward_hook(self._end),
+        ]
+        for i, block in enumerate(transformer.blocks):
+            for unit in UNITS:
+                self._handles.append(_first_linear(getattr(block, unit)).register_forward_hook(self._marker(i, unit)))
+
+    def _marker(self, i: int, unit: str):
+        def hook(*_: Any) -> None:
+            self._ran.add((i, unit))
+
+        return hook
+
+    def _start(self, *_: Any) -> None:
+        self._ran = set()
+
+    def _end(self, *_: Any) -> None:
+        blocks = len({i for i, _ in self._ran})
+        self.calls += 1
+        self.unit_executions += len(self._ran)
+        self.block_executions += blocks
+        self.per_call.append(blocks)
+        if self.recorder is not None:
+            self.recorder.log("baseline_blocks", blocks)
+            self.recorder.log("baseline_units", len(self._ran))
+
+    def remove(self) -> None:
+        """Detach the counting hooks."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def summary(self) -> dict[str, Any]:
+        """Totals: calls, executed/possible blocks and units, and the skipped fraction of units."""
+        units_possible = self.calls * self.num_blocks * len(UNITS)
+        return {
+            "calls": self.calls,
+            "block_executions": self.block_executions,
+            "block_executions_possible": self.calls * self.num_blocks,
+            "unit_executions": self.unit_executions,
+            "unit_executions_possible": units_possible,
+            "skipped_fraction": 1.0 - self.unit_executions / units_possible if units_possible else 0.0,
+        }
+
+
+@contextmanager
+def baseline_installed(pipe: Any, name: str, recorder: Any = None, **overrides: Any) -> Iterator[SkipCounter]:
+    """Enable baseline ``name`` on ``pipe.transformer`` for the block, yielding its :class:`SkipCounter`.
+
+    The cache and the counting hooks are always removed on exit, leaving the pipeline dense.
+    """
+    transformer = pipe.transformer
+    config = baseline_config(name, pipe, **overrides)
+    counter = SkipCounter(transformer, recorder)
+    try:
+        transformer.enable_cache(config)
+        try:
+            yield counter
+        finally:
+            transformer.disable_cache()
+    finally:
+        counter.remove()
+
+
+def calibrate_mag_ratios(pipe: Any, **call_kwargs: Any) -> list[float]:
+    """MagCache ratios for ``pipe`` from one dense run of ``pipe(**call_kwargs)``.
+
+    Same statistic as diffusers' ``MagCacheConfig(calibrate=True)`` (mean over tokens of
+    ``|r_t| / |r_{t-1}|`` for the residual ``r`` of the whole block stack, 1.0 for the first call), averaged
+    over the CFG branches (told apart by the transformer's ``encoder_hidden_states``). The list length is the number of
+    transformer calls per branch: pass it as ``num_inference_steps``.
+    """
+    blocks = pipe.transformer.blocks
+    inputs: dict[str, torch.Tensor] = {}
+    prev: dict[int, torch.Tensor] = {}
+    ratios: dict[int, list[float]] = {}
+
+    def branch(_: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        ehs = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        inputs["branch"] = ehs.data_ptr() if torch.is_tensor(ehs) else 0
+
+    def pre(_: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        inputs["h"] = kwargs.get("hidden_states", args[0] if args else None)
+
+    def post(_: torch.nn.Module, args: tuple, output: Any) -> None:
+        out = output[0] if isinstance(output, tuple) else output
+        residual = (out - inputs["h"]).float()
+        key = inputs["branch"]
+        if key in prev:
+            cur, old = torch.linalg.norm(residual, dim=-1), torch.linalg.norm(prev[key], dim=-1)
+            ratio = (cur / (old + 1e-8)).mean().item()
+        else:
+            ratio = 1.0
+        ratios.setdefault(key, []).append(ratio)
+        prev[key] = residual
+
+    handles = [
+        pipe.transformer.register_forward_pre_hook(branch, with_kwargs=True),
+        blocks[0].register_forward_pre_hook(pre, with_kwargs=True),
+        blocks[-1].register_forward_hook(post),
+    ]
+    try:
+        with torch.no_grad():
+            pipe(**call_kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    series = list(ratios.values())
+    n = min(len(s) for s in series)
+    return [sum(s[i] for s in series) / len(series) for i in range(n)]
