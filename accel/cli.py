@@ -467,6 +467,12 @@ def _float(value: Any) -> float | None:
         return None
 
 
+def _sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling fields generate and calibrate both pass on (unset ones mean the model's defaults)."""
+    names = ("negative_prompt", "seed", "height", "width", "frames", "steps", "guidance")
+    return {name: getattr(args, name) for name in names}
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """``generate``: validate everything, run the pipeline, print the run folder and a summary."""
     from accel import models
@@ -479,13 +485,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         model=args.model,
         method=args.method,
         settings=settings,
-        negative_prompt=args.negative_prompt,
-        seed=args.seed,
-        height=args.height,
-        width=args.width,
-        frames=args.frames,
-        steps=args.steps,
-        guidance=args.guidance,
+        **_sampling_kwargs(args),
         fps=args.fps,
         ar_step=args.ar_step,
         causal_block_size=args.causal_block_size,
@@ -559,13 +559,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         method=args.method,
         settings=method_settings(args.method, args),
         prompts=tuple(prompts) or DEFAULT_PROMPTS,
-        negative_prompt=args.negative_prompt,
-        seed=args.seed,
-        height=args.height,
-        width=args.width,
-        frames=args.frames,
-        steps=args.steps,
-        guidance=args.guidance,
+        **_sampling_kwargs(args),
         samples_per_prompt=args.samples_per_prompt,
         candidates=args.candidates,
         reference=args.reference,
