@@ -230,7 +230,10 @@ def _defaults_help() -> str:
         text = f"{d['width']}x{d['height']}, {d['frames']} frames, {d['steps']} steps, guidance {d['guidance']}"
         seen.setdefault(text, []).append(name)
     listed = "; ".join(f"{' and '.join(names)}: {text}" for text, names in seen.items())
-    return f"Each option left unset takes the model's default ({listed}; local folders and hub ids: as Wan2.1)."
+    return (
+        f"Each option left unset takes the model's default ({listed}; unregistered local folders and hub ids: "
+        "those of their family, Wan2.1 480p or SkyReels-V2 540p)."
+    )
 
 
 def _prog() -> str:
