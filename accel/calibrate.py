@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -47,29 +48,34 @@ BAND_NAMES = ("LL", "LH", "HL", "HH")  # temporal x spatial
 Progress = Callable[[str], None]
 
 
+def _default_base() -> RunConfig:
+    return RunConfig(prompt=DEFAULT_PROMPTS[0], method="xattention")
+
+
 @dataclass(frozen=True)
 class CalibrationSpec:
-    """What to calibrate and how; the defaults follow METHODS 1.4."""
+    """What to calibrate and how; the defaults follow METHODS 1.4.
 
-    model: str = "tiny-wan"
-    method: str = "xattention"
-    settings: dict[str, Any] = field(default_factory=dict)  # base method settings (stride, block size, ...)
+    ``base`` gives the model, the sparse base method with its settings, and the sampling (sizes, steps,
+    guidance, seed, device); its prompt is replaced by each calibration prompt in turn.
+    """
+
+    base: RunConfig = field(default_factory=_default_base)
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
-    negative_prompt: str = ""
-    seed: int = 0
-    height: int | None = None
-    width: int | None = None
-    frames: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
     samples_per_prompt: int = 4
     candidates: tuple[float, ...] = (0.85, 0.90, 0.95)
     reference: float = 0.90
     band_weights: tuple[float, float, float, float] = (1.0, 0.5, 0.01, 0.01)
     low_freq: float = 0.25
     max_probe_batch: int = 16
-    device: str | None = None
-    dtype: str | None = None
+
+    @property
+    def model(self) -> str:
+        return self.base.model
+
+    @property
+    def method(self) -> str:
+        return self.base.method
 
     def __post_init__(self) -> None:
         if self.method not in PARAMETER:
@@ -89,25 +95,11 @@ class CalibrationSpec:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         object.__setattr__(self, "candidates", cands)
-        self.run_config()  # validates sizes and base settings
 
     def run_config(self, prompt: str | None = None) -> RunConfig:
-        settings = {k: v for k, v in self.settings.items() if k not in ("tmr", "threshold_table")}
-        return RunConfig(
-            prompt=prompt or self.prompts[0],
-            model=self.model,
-            method=self.method,
-            settings=settings,
-            negative_prompt=self.negative_prompt,
-            seed=self.seed,
-            height=self.height,
-            width=self.width,
-            frames=self.frames,
-            steps=self.steps,
-            guidance=self.guidance,
-            device=self.device,
-            dtype=self.dtype,
-        )
+        """The base run for one prompt, with the method's own shared thresholds (no TMR, no table)."""
+        settings = dataclasses.replace(self.base.settings, tmr=False, threshold_table=None)
+        return dataclasses.replace(self.base, prompt=prompt or self.prompts[0], settings=settings)
 
 
 @dataclass
@@ -418,7 +410,7 @@ def calibrate(spec: CalibrationSpec, out_dir: str | Path, progress: Progress | N
             "steps": steps,
             "size": [cfg.width, cfg.height, cfg.frames],
             "num_steps": cfg.steps,
-            "seed": spec.seed,
+            "seed": spec.base.seed,
             "seconds": time.perf_counter() - t0,
         },
         "created": datetime.now().isoformat(timespec="seconds"),

@@ -557,19 +557,23 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     prompts = list(args.prompt or [])
     if args.prompts_file:
         prompts += _read_prompts(args.prompts_file)
-    spec = CalibrationSpec(
+    base = RunConfig(
+        prompt=(prompts or DEFAULT_PROMPTS)[0],
         model=args.model,
         method=args.method,
-        settings=method_settings(args.method, args),
-        prompts=tuple(prompts) or DEFAULT_PROMPTS,
+        settings=settings_for(args.method, method_settings(args.method, args)),
         **_sampling_kwargs(args),
+        device=args.device,
+        dtype=args.dtype,
+    )
+    spec = CalibrationSpec(
+        base=base,
+        prompts=tuple(prompts) or DEFAULT_PROMPTS,
         samples_per_prompt=args.samples_per_prompt,
         candidates=args.candidates,
         reference=args.reference,
         band_weights=args.band_weights,
         max_probe_batch=args.max_probe_batch,
-        device=args.device,
-        dtype=args.dtype,
     )
     mspec = models.resolve(spec.model)
     out = args.out or os.path.join(

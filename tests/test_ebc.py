@@ -21,6 +21,11 @@ SMALL = {"height": 128, "width": 128, "frames": 9, "steps": 4}
 XA = {"warmup_steps": 1, "block_size": 16, "stride": 4}
 
 
+def calibration(**kwargs) -> CalibrationSpec:
+    """XAttention calibration of tiny-wan at test size."""
+    return CalibrationSpec(base=RunConfig(prompt=PROMPT, method="xattention", settings=XA, **SMALL), **kwargs)
+
+
 def test_spectral_error_is_parseval_with_unit_weights():
     gen = torch.Generator().manual_seed(0)
     y = torch.randn(3, 4, 6, 8, generator=gen)
@@ -74,7 +79,7 @@ def test_probe_with_threshold_one_is_the_dense_output(tiny_pipe):
     """Prefix replay and batched probes are exact: a probe at tau = 1 reproduces the dense output."""
     from accel.calibrate import collect_trajectories
 
-    spec = CalibrationSpec(settings=XA, prompts=(PROMPT,), candidates=(0.3, 1.0), reference=1.0, **SMALL)
+    spec = calibration(prompts=(PROMPT,), candidates=(0.3, 1.0), reference=1.0)
     samples = collect_trajectories(tiny_pipe, spec, [2])
     probes = probe_errors(tiny_pipe, spec, samples)
     assert len(probes) == 2 * 4 * 6 * 2  # branches x layers x heads x candidates
@@ -86,7 +91,7 @@ def test_probe_with_threshold_one_is_the_dense_output(tiny_pipe):
 
 @pytest.fixture(scope="module")
 def table_path(tmp_path_factory):
-    spec = CalibrationSpec(settings=XA, prompts=(PROMPT, "a dog runs"), samples_per_prompt=2, **SMALL)
+    spec = calibration(prompts=(PROMPT, "a dog runs"), samples_per_prompt=2)
     return calibrate(spec, tmp_path_factory.mktemp("cal"))
 
 
@@ -151,7 +156,7 @@ def test_calibration_spec_validation():
     with pytest.raises(ConfigError, match="reference threshold"):
         CalibrationSpec(candidates=(0.8, 0.95), reference=0.9)
     with pytest.raises(ConfigError, match="sparse base method"):
-        CalibrationSpec(method="dense")
+        CalibrationSpec(base=RunConfig(prompt=PROMPT, method="dense"))
     with pytest.raises(ConfigError, match="prompt"):
         CalibrationSpec(prompts=())
 
