@@ -346,19 +346,16 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_diffusion_forcing(parser: argparse.ArgumentParser) -> None:
-    df = parser.add_argument_group("diffusion forcing (SkyReels-V2 models)")
-    df.add_argument(
-        "--ar-step",
-        type=int,
-        metavar="N",
-        help="Steps each chunk lags the previous one (0 = synchronous). Default: the model's.",
+    df = parser.add_argument_group("diffusion forcing (SkyReels-V2 models; unset = the model's default)")
+    flags = (
+        ("--ar-step", int, "N", "Steps each chunk lags the previous one (0 = synchronous)."),
+        ("--causal-block-size", int, "N", "Latent frames per chunk; a short last chunk is denoised too."),
+        ("--base-num-frames", int, "N", "Frames of one window; longer videos go in segments with --overlap-history."),
+        ("--overlap-history", int, "N", "Frames each long-video segment takes over from the previous one."),
+        ("--addnoise-condition", float, "T", "Noise level (timestep) added to a segment's prefix, e.g. 20."),
     )
-    df.add_argument(
-        "--causal-block-size",
-        type=int,
-        metavar="N",
-        help="Latent frames per chunk; a short last chunk is denoised too. Default: the model's.",
-    )
+    for flag, kind, metavar, text in flags:
+        df.add_argument(flag, type=kind, metavar=metavar, help=text)
 
 
 def _add_hardware(group) -> None:
@@ -492,6 +489,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         fps=args.fps,
         ar_step=args.ar_step,
         causal_block_size=args.causal_block_size,
+        base_num_frames=args.base_num_frames,
+        overlap_history=args.overlap_history,
+        addnoise_condition=args.addnoise_condition,
         device=args.device,
         dtype=args.dtype,
     )

@@ -59,7 +59,8 @@ class MethodSettings:
         parts = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is None or value is False or ("abbrev" not in f.metadata and value == f.default):
+            shown_by_default = "abbrev" in f.metadata and not f.metadata.get("hide_default")
+            if value is None or value is False or (value == f.default and not shown_by_default):
                 continue
             abbrev = f.metadata.get("abbrev", f.name)
             if value is True or f.metadata.get("flag_only"):
@@ -235,9 +236,15 @@ class KVSettings(MethodSettings):
     kv_granularity: str = field(default="token", metadata=_help("Keep tokens, whole frames or whole chunks."))
     attention: str = field(
         default="dense",
-        metadata=_help("Self-attention inside the chunks: dense, xattention or svg2 (their defaults).", abbrev="attn"),
+        metadata=_help(
+            "Self-attention inside the chunks: dense, xattention or svg2 (their defaults).",
+            abbrev="+",
+            hide_default=True,
+        ),
     )
-    attention_tmr: bool = field(default=False, metadata=_help("Temporal Mask Reuse for that sparse attention."))
+    attention_tmr: bool = field(
+        default=False, metadata=_help("Temporal Mask Reuse for that sparse attention.", abbrev="tmr")
+    )
 
     def _check_kv(self) -> None:
         if self.attention not in ("dense", "xattention", "svg2"):
@@ -384,6 +391,9 @@ class RunConfig:
     fps: int = 16
     ar_step: int | None = None
     causal_block_size: int | None = None
+    base_num_frames: int | None = None
+    overlap_history: int | None = None
+    addnoise_condition: float | None = None
     device: str | None = None
     dtype: str | None = None
 
@@ -420,12 +430,21 @@ class RunConfig:
             _check_int("ar_step", self.ar_step, 0)
         if self.causal_block_size is not None:
             _check_int("causal_block_size", self.causal_block_size, 1)
+        for name in ("base_num_frames", "overlap_history"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        base, overlap = self.base_num_frames, self.overlap_history
+        if base is not None and overlap is not None and overlap >= base:
+            raise ConfigError(f"overlap_history {overlap} must be smaller than base_num_frames {base}")
+        if self.addnoise_condition is not None and not 0 <= self.addnoise_condition < 1000:
+            raise ConfigError(f"addnoise_condition must be in [0, 1000), got {self.addnoise_condition}")
         if self.dtype is not None and self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
     def resolve(self, defaults: dict[str, Any]) -> RunConfig:
         """A copy with every ``None`` sampling field replaced by ``defaults[field]`` (where the model has one)."""
-        names = ("height", "width", "frames", "steps", "guidance", "ar_step", "causal_block_size")
+        names = ("height", "width", "frames", "steps", "guidance", "ar_step", "causal_block_size", "base_num_frames",
+                 "overlap_history", "addnoise_condition")  # fmt: skip
         filled = {k: defaults[k] for k in names if getattr(self, k) is None and k in defaults}
         return dataclasses.replace(self, **filled)
 

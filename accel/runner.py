@@ -131,7 +131,8 @@ def _pipeline_call(pipe, cfg: RunConfig, spec, progress: ProgressFn | None) -> d
         "callback_on_step_end": on_step_end,
     }
     if spec.family == "skyreels":
-        call.update(ar_step=cfg.ar_step, causal_block_size=cfg.causal_block_size)
+        call.update(ar_step=cfg.ar_step, causal_block_size=cfg.causal_block_size, base_num_frames=cfg.base_num_frames,
+                    overlap_history=cfg.overlap_history, addnoise_condition=cfg.addnoise_condition or 0)  # fmt: skip
     return call
 
 
@@ -187,7 +188,8 @@ def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: Progr
     with torch.inference_mode():
         video = runner.generate(
             cfg.prompt, cfg.negative_prompt, cfg.height, cfg.width, cfg.frames, cfg.steps, cfg.guidance, cfg.seed,
-            cfg.ar_step, cfg.causal_block_size, progress=progress,
+            cfg.ar_step, cfg.causal_block_size, progress=progress, base_num_frames=cfg.base_num_frames,
+            overlap_history=cfg.overlap_history, addnoise_condition=cfg.addnoise_condition or 0,
         )  # fmt: skip
     stats = runner.stats
     layers = len(pipe.transformer.blocks)

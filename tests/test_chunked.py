@@ -227,3 +227,37 @@ def test_sparse_attention_composes_with_the_chunk_caches(sky_pipe, tmp_path):
     assert keys and all("/c0" in k or "/c1" in k or "/c2" in k for k in keys)
     assert load_mask(both.arrays, keys[-1]).shape[0] == 6  # heads
     assert both.metrics["chunk_reuses"] > 0
+
+
+def test_long_video_segments_equal_the_diffusers_pipeline(sky_pipe):
+    """frames > base_num_frames with overlap_history: diffusers' segments, each window from a clean prefix."""
+    cbs = sky_pipe.transformer.config.num_frame_per_block
+    assert cbs == 2
+    common = {"height": 64, "width": 64, "num_frames": 29, "num_inference_steps": 3, "guidance_scale": 5.0}
+    long = {"base_num_frames": 13, "overlap_history": 5, "addnoise_condition": 0}  # 8 latent frames, windows of 4
+    with torch.inference_mode():
+        ref = sky_pipe(PROMPT, negative_prompt="", generator=torch.Generator().manual_seed(2), ar_step=1,
+                       causal_block_size=cbs, output_type="latent", **common, **long).frames  # fmt: skip
+    runner = ChunkedRunner(sky_pipe)
+    got = runner.generate(PROMPT, "", 64, 64, 29, 3, 5.0, seed=2, ar_step=1, causal_block_size=cbs,
+                          output_type="latent", **long)  # fmt: skip
+    assert got.shape == ref.shape == (1, 16, 8, 8, 8)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_addnoise_conditions_the_prefix_and_bad_windows_are_refused(sky_pipe):
+    from accel.config import ConfigError, RunConfig
+
+    long = {"base_num_frames": 13, "overlap_history": 5}
+    runner = ChunkedRunner(sky_pipe)
+    args = (PROMPT, "", 64, 64, 29, 3, 5.0)
+    clean = runner.generate(*args, seed=2, ar_step=1, causal_block_size=2, output_type="latent", **long)
+    noised = runner.generate(*args, seed=2, ar_step=1, causal_block_size=2, output_type="latent",
+                             addnoise_condition=20, **long)  # fmt: skip
+    assert torch.isfinite(noised).all()
+    assert torch.equal(noised[:, :, :4], clean[:, :, :4])  # the first window has no prefix
+    assert not torch.equal(noised[:, :, 4:], clean[:, :, 4:])  # later windows see a noised prefix
+    with pytest.raises(ConfigError, match="overlap_history 13 must be smaller"):
+        RunConfig(prompt=PROMPT, base_num_frames=13, overlap_history=13)
+    with pytest.raises(ConfigError, match="addnoise_condition"):
+        RunConfig(prompt=PROMPT, addnoise_condition=1000)

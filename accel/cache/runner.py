@@ -25,7 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from accel.attention.base import AttentionMethod, apply_rotary
 from accel.cache.kv import KVCompression, gather_heads
 from accel.cache.kv import select as kv_select
-from accel.cache.schedule import COMPUTE, GroupSchedule, build_schedule
+from accel.cache.schedule import COMPUTE, DONE, GroupSchedule, build_schedule
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
 
@@ -280,6 +280,22 @@ class ChunkedRunner:
         hidden = self.cache.predict(self, group, branch, step, emb, enc)
         return self.model.head(hidden, emb)
 
+    def _commit(self, latents, group: int, branches, finished: list[int], noise: float = 0.0) -> None:
+        """Freeze a done group's K/V: forward it at timestep 0 (or at ``noise`` * 1000 with that much fresh noise,
+        as diffusers' ``addnoise_condition`` conditions a long video's prefix), both branches."""
+        f0, f1 = self.schedule.frames[group]
+        x = latents[:, :, f0:f1].to(self.transformer.dtype)
+        t_value = 0
+        if noise > 0:  # one noise draw per prefix (diffusers redraws it every row: equal in distribution)
+            gen = torch.Generator("cpu").manual_seed(group)
+            eps = torch.randn(x.shape, generator=gen).to(x)
+            x, t_value = x * (1.0 - noise) + eps * noise, round(noise * 1000)
+        t = torch.full((x.shape[0], f1 - f0), t_value, dtype=torch.long, device=x.device)
+        for branch, ctx in branches:
+            self.info.branch, self.info.timestep = branch, float(t_value)
+            self._forward(x, t, ctx, group, f0, branch, -1, commit_only=True, clean=finished)
+            self.recorder.log("chunk_done", 1.0, chunk=group)
+
     @torch.inference_mode()
     def denoise(
         self,
@@ -289,6 +305,7 @@ class ChunkedRunner:
         schedule: GroupSchedule,
         guidance: float,
         progress: ProgressFn | None = None,
+        prefix_noise: float = 0.0,
     ) -> torch.Tensor:
         """Run the whole schedule on ``latents`` (B, C, F, H, W) fp32; returns the denoised latents."""
         dtype = self.transformer.dtype
@@ -316,6 +333,10 @@ class ChunkedRunner:
         b = latents.shape[0]
         originals = self._install()
         try:
+            for g in range(schedule.groups):  # a long video's clean prefix: done before the first row
+                if schedule.state(0, g) == DONE:
+                    finished.append(g)
+                    self._commit(latents, g, branches, finished, prefix_noise)
             for row in range(schedule.rows):
                 for g in range(schedule.groups):
                     if schedule.state(row, g) != COMPUTE:
@@ -339,13 +360,7 @@ class ChunkedRunner:
                     self.stats["group_steps"] += 1
                 for g in schedule.finishing(row):
                     finished.append(g)
-                    f0, f1 = schedule.frames[g]
-                    zero = torch.zeros(b, f1 - f0, dtype=torch.long, device=latents.device)
-                    for branch, ctx in branches:
-                        self.info.branch, self.info.timestep = branch, 0.0
-                        x_done = latents[:, :, f0:f1].to(dtype)
-                        self._forward(x_done, zero, ctx, g, f0, branch, -1, commit_only=True, clean=finished)
-                        self.recorder.log("chunk_done", 1.0, chunk=g)
+                    self._commit(latents, g, branches, finished)
                 self.info.branch, self.info.timestep, self.info.chunk = "cond", float("nan"), None
                 self.recorder.log("kv_tokens", float(self.buffer.tokens()), threshold=float(self.buffer.nbytes()))
                 if progress is not None:
@@ -370,8 +385,15 @@ class ChunkedRunner:
         causal_block_size: int,
         progress: ProgressFn | None = None,
         output_type: str = "np",
+        base_num_frames: int | None = None,
+        overlap_history: int | None = None,
+        addnoise_condition: float = 0,
     ):
-        """Encode, sample the initial noise as the diffusers pipeline does, denoise, and decode."""
+        """Encode, sample the initial noise as the diffusers pipeline does, denoise, and decode.
+
+        With ``overlap_history`` and ``frames > base_num_frames`` the video is made in diffusers' long-video
+        segments; otherwise it is one diffusion-forcing window over all frames.
+        """
         pipe = self.pipe
         device = self.transformer.device
         pe, ne = pipe.encode_prompt(
@@ -384,14 +406,40 @@ class ChunkedRunner:
         dtype = self.transformer.dtype
         pe = pe.to(dtype)
         ne = ne.to(dtype) if ne is not None else None
-        latent_frames = (frames - 1) // pipe.vae_scale_factor_temporal + 1
-        shape = (1, self.transformer.config.in_channels, latent_frames,
-                 height // pipe.vae_scale_factor_spatial, width // pipe.vae_scale_factor_spatial)  # fmt: skip
-        latents = randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(seed), device=device,
-                               dtype=torch.float32)  # fmt: skip
+        scale_t, scale_s = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
+        latent_frames = (frames - 1) // scale_t + 1
+        channels, h, w = self.transformer.config.in_channels, height // scale_s, width // scale_s
+        gen = torch.Generator("cpu").manual_seed(seed)
         pipe.scheduler.set_timesteps(steps, device=device)
-        schedule = build_schedule(pipe.scheduler.timesteps, latent_frames, causal_block_size, ar_step)
-        latents = self.denoise(pe, ne, latents, schedule, guidance, progress)
+        timesteps = pipe.scheduler.timesteps
+        long_video = overlap_history is not None and base_num_frames is not None and frames > base_num_frames
+        if not long_video:  # one window over the whole video
+            latents = randn_tensor(
+                (1, channels, latent_frames, h, w), generator=gen, device=device, dtype=torch.float32
+            )
+            schedule = build_schedule(timesteps, latent_frames, causal_block_size, ar_step)
+            latents = self.denoise(pe, ne, latents, schedule, guidance, progress)
+        else:  # diffusers' long-video segments: each window starts from the last overlap frames, clean
+            overlap = (overlap_history - 1) // scale_t + 1
+            base = (base_num_frames - 1) // scale_t + 1
+            if base <= overlap:
+                raise ValueError(f"base_num_frames {base_num_frames} must exceed overlap_history {overlap_history}")
+            segments = 1 + (latent_frames - base - 1) // (base - overlap) + 1
+            latents = None
+            for it in range(segments):
+                prefix, window = None, base
+                if latents is not None:
+                    prefix = latents[:, :, -overlap:]
+                    cut = prefix.shape[2] % causal_block_size
+                    prefix = prefix[:, :, : prefix.shape[2] - cut]  # whole groups only, as diffusers truncates
+                    window = min(latent_frames - (it * (base - overlap) + overlap) + overlap, base)
+                seg = randn_tensor((1, channels, window, h, w), generator=gen, device=device, dtype=torch.float32)
+                ready = 0 if prefix is None else prefix.shape[2]
+                if ready:
+                    seg[:, :, :ready] = prefix.to(dtype)
+                schedule = build_schedule(timesteps, window, causal_block_size, ar_step, num_pre_ready=ready)
+                seg = self.denoise(pe, ne, seg, schedule, guidance, progress, prefix_noise=addnoise_condition / 1000)
+                latents = seg if latents is None else torch.cat([latents, seg[:, :, overlap:]], dim=2)
         if output_type == "latent":
             return latents
         return self.decode(latents, output_type)

@@ -55,8 +55,13 @@ class GroupSchedule:
         return [g for g in range(self.groups) if self.update[row, g] and self.step_of(row, g) == self.steps - 1]
 
 
-def build_schedule(timesteps: torch.Tensor, latent_frames: int, causal_block_size: int, ar_step: int) -> GroupSchedule:
-    """Group schedule for ``latent_frames`` frames in groups of ``causal_block_size`` (the last may be short)."""
+def build_schedule(
+    timesteps: torch.Tensor, latent_frames: int, causal_block_size: int, ar_step: int, num_pre_ready: int = 0
+) -> GroupSchedule:
+    """Group schedule for ``latent_frames`` frames in groups of ``causal_block_size`` (the last may be short).
+
+    The first ``num_pre_ready`` frames (a long video's clean prefix, whole groups) start done.
+    """
     from diffusers import SkyReelsV2DiffusionForcingPipeline
 
     if causal_block_size < 1 or ar_step < 0:
@@ -64,7 +69,7 @@ def build_schedule(timesteps: torch.Tensor, latent_frames: int, causal_block_siz
     groups = math.ceil(latent_frames / causal_block_size)
     padded = groups * causal_block_size
     _, index, update, _ = SkyReelsV2DiffusionForcingPipeline.generate_timestep_matrix(
-        None, padded, timesteps.cpu(), padded, ar_step, 0, causal_block_size
+        None, padded, timesteps.cpu(), padded, ar_step, num_pre_ready, causal_block_size
     )
     frames = tuple((g * causal_block_size, min((g + 1) * causal_block_size, latent_frames)) for g in range(groups))
     return GroupSchedule(
