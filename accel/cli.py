@@ -286,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Most megabytes of packed attention masks kept per run (spread evenly over the steps). Default: 120.",
     )
     hw.add_argument("--no-masks", action="store_true", help="Keep no attention masks (telemetry is still recorded).")
+    hw.add_argument(
+        "--profile",
+        action="store_true",
+        help="Profile 2 transformer calls (after 1 wait + 1 warm-up) with torch.profiler: trace.json.gz, tb/, tables.",
+    )
     _add_setting_flags(gen)
     gen.set_defaults(func=cmd_generate)
 
@@ -518,7 +523,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _quiet_loading()
     from accel.runner import generate
 
-    run = generate(cfg, store, policy, progress)
+    run = generate(cfg, store, policy, progress, profile=args.profile)
     m = run.metrics
     stages = m.get("stages", {})
     parts = [f"wall {m.get('wall_s', float('nan')):.2f} s"]

@@ -7,7 +7,9 @@ encoding, denoising, VAE decode) are measured by wrapping the pipeline's own ``e
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +33,8 @@ from accel.config import (
 )
 from accel.runs import Run, RunStore
 from accel.telemetry import Recorder, RecordPolicy
+from profiling.profiler import RunProfiler
+from profiling.ranges import named_range
 
 ProgressFn = Callable[[int, int], None]
 
@@ -48,14 +52,15 @@ def _sync(device: torch.device) -> None:
 def _stage_timers(pipe, device: torch.device, times: dict[str, float]) -> Iterator[None]:
     """Accumulate wall time of ``encode_prompt`` and ``vae.decode`` into ``times``."""
 
-    def wrap(obj, attr: str, key: str):
+    def wrap(obj, attr: str, key: str, range_name: str):
         original = getattr(obj, attr)
 
         def timed(*args, **kwargs):
             _sync(device)
             t0 = time.perf_counter()
             try:
-                return original(*args, **kwargs)
+                with named_range(range_name):
+                    return original(*args, **kwargs)
             finally:
                 _sync(device)
                 times[key] = times.get(key, 0.0) + time.perf_counter() - t0
@@ -64,8 +69,8 @@ def _stage_timers(pipe, device: torch.device, times: dict[str, float]) -> Iterat
         return original
 
     originals = [
-        (pipe, "encode_prompt", wrap(pipe, "encode_prompt", "text_encode_s")),
-        (pipe.vae, "decode", wrap(pipe.vae, "decode", "vae_decode_s")),
+        (pipe, "encode_prompt", wrap(pipe, "encode_prompt", "text_encode_s", "text.encode")),
+        (pipe.vae, "decode", wrap(pipe.vae, "decode", "vae_decode_s", "vae.decode")),
     ]
     try:
         yield
@@ -220,8 +225,13 @@ def generate(
     store: RunStore | None = None,
     policy: RecordPolicy | None = None,
     progress: ProgressFn | None = None,
+    profile: bool = False,
 ) -> Run:
-    """Run one generation and write its folder; returns the stored :class:`Run`."""
+    """Run one generation and write its folder; returns the stored :class:`Run`.
+
+    With ``profile`` a :class:`profiling.profiler.RunProfiler` records a few transformer calls and the
+    folder also gets ``trace.json.gz``, ``tb/`` and the ``profile_*`` tables.
+    """
     spec = models.resolve(cfg.model)
     cfg = cfg.resolve(spec.defaults)
     if spec.family != "skyreels" and isinstance(cfg.settings, (FlowCacheSettings, MotionCacheSettings)):
@@ -240,10 +250,16 @@ def generate(
         run = _run_chunked if spec.family == "skyreels" else _run_wan
     _sync(device)
     t0 = time.perf_counter()
+    profiler = None
+    work = tempfile.TemporaryDirectory(prefix="accel-profile-") if profile else None
     try:
-        with _stage_timers(pipe, device, times):
-            video, extra = run(pipe, cfg, spec, recorder, progress)
-        _sync(device)
+        with contextlib.ExitStack() as stack:
+            if profile:
+                profiler = stack.enter_context(RunProfiler(work.name, run_name=cfg.label()))
+                profiler.attach(pipe.transformer)
+            with _stage_timers(pipe, device, times):
+                video, extra = run(pipe, cfg, spec, recorder, progress)
+            _sync(device)
     except torch.OutOfMemoryError as exc:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -289,6 +305,9 @@ def generate(
         w.write_table("telemetry.parquet", table)
         if arrays:
             w.write_arrays("arrays.npz", arrays)
+        if profiler is not None:
+            metrics["profile"] = profiler.save(w.path, generate_s)
+            work.cleanup()
         metrics["save_s"] = time.perf_counter() - t_save
         w.write_json("metrics.json", metrics)
     return store.load(w.final_path)

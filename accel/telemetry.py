@@ -26,12 +26,14 @@ import pandas as pd
 import torch
 
 from accel.tracking import StepInfo
+from profiling.ranges import named_range
 
 COLUMNS = (
     "step", "timestep", "branch", "layer", "head", "chunk", "event", "value", "threshold", "density",
     "mask_ref", "seconds",
 )  # fmt: skip
 INDEX_KEY = "__index__"
+RANGE_OF = {"mask_predict": "mask.predict", "reuse_check": "mask.reuse_check"}  # timed events -> profiler ranges
 _BIT_WEIGHTS: dict[torch.device, torch.Tensor] = {}
 
 
@@ -133,6 +135,11 @@ class Recorder:
         self, event: str, *, layer: int | None = None, device: torch.device | None = None, value: Any = None
     ) -> Iterator[None]:
         """Log the wall time of the block as ``seconds`` (CUDA events on a GPU: no sync in the loop)."""
+        with named_range(RANGE_OF.get(event, event)), self._timed(event, layer, device, value):
+            yield
+
+    @contextmanager
+    def _timed(self, event: str, layer: int | None, device: torch.device | None, value: Any) -> Iterator[None]:
         if not self.enabled:
             yield
             return

@@ -17,6 +17,7 @@ from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo, attach_tracker, detach_tracker
+from profiling.ranges import named_range
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,8 @@ class AttentionMethod:
 
     def dense(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Full attention exactly as diffusers computes it (same dispatch, same backend)."""
-        return dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, backend=self.backend)
+        with named_range("attn.dense"):
+            return dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, backend=self.backend)
 
     def warmup_dense(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
         """A dense warm-up call of a sparse method: logged as such, with density 1 for every head."""

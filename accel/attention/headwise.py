@@ -19,6 +19,7 @@ from accel.attention.thresholds import PARAMETER, load_table
 from accel.config import ConfigError, HeadwiseSettings
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
+from profiling.ranges import named_range
 
 DEFAULT_BRANCH = "*"
 
@@ -125,4 +126,5 @@ class HeadwiseSparse(AttentionMethod):
             rec.log("mask_refresh", decision.refresh.float(), layer=layer)
         if decision is not None or self.keeps_state:
             self.states[key], self.refs[key] = state, ref
-        return self.apply(q, k, v, state, layer, thr, ref)
+        with named_range("attn.sparse"):
+            return self.apply(q, k, v, state, layer, thr, ref)

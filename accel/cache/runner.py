@@ -28,6 +28,7 @@ from accel.cache.kv import select as kv_select
 from accel.cache.schedule import COMPUTE, DONE, GroupSchedule, build_schedule
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
+from profiling.ranges import named_range
 
 
 @dataclass
@@ -171,6 +172,10 @@ class GroupModel:
 
     def blocks(self, emb: Embedded, enc: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Run every block on the group's tokens (or on the subset ``tokens``); returns the last block output."""
+        with named_range("cache.recompute"):
+            return self._blocks(emb, enc, tokens)
+
+    def _blocks(self, emb: Embedded, enc: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
         hs, tproj, (cos, sin) = emb.tokens, emb.tproj, emb.rotary
         if tokens is not None:
             hs, tproj, cos, sin = hs[:, tokens], tproj[:, :, tokens], cos[:, tokens], sin[:, tokens]
@@ -246,7 +251,8 @@ class ChunkedRunner:
         c = self.call
         keep = self.kv.budget_chunks * self.chunk_tokens
         block = {"token": 1, "frame": self.frame_tokens, "chunk": self.chunk_tokens}[self.kv.granularity]
-        sizes = self.buffer.compress(c.branch, layer, c.clean, query, keep, self.kv, block)
+        with named_range("kv.compress"):
+            sizes = self.buffer.compress(c.branch, layer, c.clean, query, keep, self.kv, block)
         if sizes is not None and layer == 0 and sizes[0] > sizes[1]:
             self.recorder.log("kv_compress", float(sizes[1]), chunk=c.group, threshold=float(sizes[0]))
             self.stats["kv_compressions"] = self.stats.get("kv_compressions", 0) + 1
@@ -277,7 +283,8 @@ class ChunkedRunner:
             self.call.clean = ()
             self.stats["commit_passes"] = self.stats.get("commit_passes", 0) + 1
             return emb.tokens
-        hidden = self.cache.predict(self, group, branch, step, emb, enc)
+        with named_range("cache.decide"):
+            hidden = self.cache.predict(self, group, branch, step, emb, enc)
         return self.model.head(hidden, emb)
 
     def _commit(self, latents, group: int, branches, finished: list[int], noise: float = 0.0) -> None:

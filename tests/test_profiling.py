@@ -1,0 +1,48 @@
+"""Profiled runs: trace, TensorBoard logdir, tables; named ranges in the trace; zero cost when off."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pandas as pd
+import torch
+from conftest import PROMPT
+
+from accel.config import RunConfig
+from accel.runner import generate
+from profiling import ranges
+
+
+def test_named_ranges_cost_nothing_when_profiling_is_off(monkeypatch):
+    assert not ranges.is_active()
+    monkeypatch.setattr(torch.profiler, "record_function", lambda name: (_ for _ in ()).throw(AssertionError(name)))
+    with ranges.named_range("attn.sparse"):  # would raise if it touched record_function
+        pass
+
+
+def test_profiled_run_writes_trace_tensorboard_and_tables(store, tiny_pipe):
+    cfg = RunConfig(prompt=PROMPT, method="xattention", settings={"warmup_steps": 1, "tmr": True, "block_size": 16,
+                    "stride": 4}, height=128, width=128, frames=9, steps=4)  # fmt: skip
+    run = generate(cfg, store, profile=True)
+    assert run.metrics["profile"].startswith("trace.json.gz")
+    with gzip.open(run.path / "trace.json.gz", "rt") as fh:
+        trace = json.load(fh)
+    names = {e.get("name") for e in trace["traceEvents"]}
+    assert {"denoise.step", "layer", "mask.predict", "mask.reuse_check", "attn.sparse"} <= names
+    assert list((run.path / "tb").glob("*/*.pt.trace.json"))  # what torch-tb-profiler reads
+    rng = pd.read_parquet(run.path / "profile_ranges.parquet")
+    assert (rng["total_ms"] / 1e3 <= run.metrics["wall_s"]).all() and rng["share_of_wall"].between(0, 1).all()
+    steps = rng.set_index("name").loc["denoise.step"]
+    assert steps["calls"] == 2  # the active window: 2 transformer calls
+    layer_ms = rng.set_index("name").loc["layer", "total_ms"]
+    assert layer_ms <= steps["total_ms"]  # blocks run inside the transformer call
+    kernels = pd.read_parquet(run.path / "profile_kernels.parquet")
+    assert len(kernels) > 0 and abs(kernels["share"].sum() - 1) < 1e-6
+    assert json.loads((run.path / "profile_memory.json").read_text())["cpu_peak_bytes"] > 0
+    assert not ranges.is_active()
+
+
+def test_too_short_a_run_keeps_its_outputs(store, tiny_pipe):
+    run = generate(RunConfig(prompt=PROMPT, height=64, width=64, frames=5, steps=1, guidance=1.0), store, profile=True)
+    assert run.metrics["profile"].startswith("not captured") and run.video_path is not None
