@@ -46,3 +46,27 @@ def test_profiled_run_writes_trace_tensorboard_and_tables(store, tiny_pipe):
 def test_too_short_a_run_keeps_its_outputs(store, tiny_pipe):
     run = generate(RunConfig(prompt=PROMPT, height=64, width=64, frames=5, steps=1, guidance=1.0), store, profile=True)
     assert run.metrics["profile"].startswith("not captured") and run.video_path is not None
+
+
+def test_tensorboard_started_by_the_project_lists_the_run(store, tiny_pipe):
+    import time
+    import urllib.request
+
+    from profiling import tensorboard
+
+    run = generate(RunConfig(prompt=PROMPT, height=64, width=64, frames=5, steps=2), store, profile=True)
+    port = tensorboard.start(run.path / "tb")
+    try:
+        assert tensorboard.start(run.path / "tb") == port  # one process per app
+        url = f"http://127.0.0.1:{port}/data/plugin/pytorch_profiler/runs"
+        runs: list = []
+        for _ in range(60):
+            runs = json.loads(urllib.request.urlopen(url, timeout=5).read())["runs"]
+            if runs:
+                break
+            time.sleep(1)
+        assert runs == [run.config["label"]]
+    finally:
+        proc = tensorboard._PROC
+        tensorboard.stop()
+    assert proc is not None and proc.poll() is not None  # cleaned up
