@@ -314,6 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp_.set_defaults(func=cmd_compare)
 
+    bd = sub.add_parser(
+        "breakdown",
+        help="where a profiled run's time went, beside a dense reference (Amdahl view)",
+        formatter_class=fmt,
+        description="Per transformer call: mask prediction, sparse attention, dense attention, cache bookkeeping "
+        "and the rest, plus VAE and text encoding, for RUN and the reference REF (both generated with --profile); "
+        "then the attention speedup against the transformer and end-to-end speedups, with Amdahl's bound.",
+        epilog="examples:\n  python -m accel breakdown SPARSE_RUN DENSE_RUN",
+    )
+    bd.add_argument("run", metavar="RUN", help="A profiled run: a run id in the store or a run folder path.")
+    bd.add_argument("ref", metavar="REF", help="The profiled dense reference run.")
+    bd.add_argument("--out-dir", metavar="ROOT", help=store_help)
+    bd.set_defaults(func=cmd_breakdown)
+
     runs = sub.add_parser(
         "runs",
         help="list stored runs, newest first",
@@ -662,6 +676,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print("speedup: unknown (a run has no wall time)")
     else:
         print(f"speedup: {speedup:.2f}x (wall time of reference A / B = {wall_a:.2f} s / {wall_b:.2f} s)")
+    return 0
+
+
+def cmd_breakdown(args: argparse.Namespace) -> int:
+    """``breakdown``: the phase table of RUN vs REF and the Amdahl numbers."""
+    from accel.runs import RunStore
+    from profiling.breakdown import compare
+
+    store = RunStore(args.out_dir)
+    table, amdahl = compare(_load_run(store, args.run), _load_run(store, args.ref))
+    print(f"{'phase':<22} {'reference':>10} {'run':>10}")
+    for name, row in table.iterrows():
+        print(f"{name:<22} {row['reference']:>10.3f} {row['run']:>10.3f}")
+    print()
+    for key, value in amdahl.items():
+        print(f"{key:<26} {value:.3f}")
     return 0
 
 

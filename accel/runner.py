@@ -226,6 +226,7 @@ def generate(
     policy: RecordPolicy | None = None,
     progress: ProgressFn | None = None,
     profile: bool = False,
+    record: bool = True,
 ) -> Run:
     """Run one generation and write its folder; returns the stored :class:`Run`.
 
@@ -242,7 +243,7 @@ def generate(
     pipe = models.load_pipeline(cfg.model, device_name, cfg.dtype)
     load_s = time.perf_counter() - t_start
     device = pipe.transformer.device
-    recorder = Recorder(policy)
+    recorder = Recorder(policy, enabled=record)  # record=False: for measuring what recording costs
     times: dict[str, float] = {}
     if isinstance(cfg.settings, BaselineSettings):
         run = _run_baseline

@@ -53,8 +53,6 @@ class RunProfiler:
 
         def enter(name: str):
             def pre(module, args, kwargs=None):
-                if self.prof is not None and name == "denoise.step":
-                    self.prof.step()
                 rf = torch.profiler.record_function(name)
                 rf.__enter__()
                 self._open.append(rf)
@@ -65,8 +63,12 @@ class RunProfiler:
             if self._open:
                 self._open.pop().__exit__(None, None, None)
 
+        def leave_call(module, args, output):
+            leave(module, args, output)
+            self.prof.step()  # profiler step i == transformer call i
+
         self._hooks.append(transformer.register_forward_pre_hook(enter("denoise.step")))
-        self._hooks.append(transformer.register_forward_hook(leave))
+        self._hooks.append(transformer.register_forward_hook(leave_call))
         for block in getattr(transformer, "blocks", []):
             self._hooks.append(block.register_forward_pre_hook(enter("layer")))
             self._hooks.append(block.register_forward_hook(leave))

@@ -6,6 +6,7 @@ import gzip
 import json
 
 import pandas as pd
+import pytest
 import torch
 from conftest import PROMPT
 
@@ -70,3 +71,22 @@ def test_tensorboard_started_by_the_project_lists_the_run(store, tiny_pipe):
         proc = tensorboard._PROC
         tensorboard.stop()
     assert proc is not None and proc.poll() is not None  # cleaned up
+
+
+def test_breakdown_against_the_dense_reference(store, tiny_pipe):
+    from profiling.breakdown import compare
+
+    size = {"height": 128, "width": 128, "frames": 9, "steps": 4}
+    dense = generate(RunConfig(prompt=PROMPT, **size), store, profile=True)
+    xa = generate(RunConfig(prompt=PROMPT, method="xattention", settings={"warmup_steps": 1, "block_size": 16,
+                            "stride": 4}, **size), store, profile=True)  # fmt: skip
+    table, amdahl = compare(xa, dense)
+    ref, run = table["reference"], table["run"]
+    assert ref["attn_sparse_ms"] == 0 and ref["mask_predict_ms"] == 0 and ref["attn_dense_ms"] > 0
+    assert run["attn_sparse_ms"] > 0 and run["mask_predict_ms"] > 0 and run["attn_dense_ms"] == 0  # calls 2-3: sparse
+    for col in (ref, run):  # the phases add up to the transformer call
+        parts = col[["mask_predict_ms", "attn_sparse_ms", "attn_dense_ms", "cache_bookkeeping_ms", "other_ms"]].sum()
+        assert parts == pytest.approx(col["transformer_call_ms"], rel=1e-6)
+    assert 0 < amdahl["attention_fraction"] < 1
+    f, s = amdahl["attention_fraction"], amdahl["attention_speedup"]
+    assert amdahl["transformer_speedup_bound"] == pytest.approx(1 / ((1 - f) + f / s))
