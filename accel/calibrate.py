@@ -36,6 +36,7 @@ from accel.attention import AttentionMethod, build_method, installed
 from accel.attention.headwise import HeadwiseSparse
 from accel.attention.thresholds import PARAMETER, write_table
 from accel.config import ConfigError, RunConfig
+from accel.runner import pipeline_call
 from accel.tracking import StepInfo
 
 DEFAULT_PROMPTS = (
@@ -139,8 +140,9 @@ def collect_trajectories(
     """Dense runs of every prompt; keep the transformer calls at ``steps`` (both CFG branches)."""
     samples: list[Sample] = []
     keep = set(steps)
+    mspec = models.resolve(spec.model)
     for p_idx, prompt in enumerate(spec.prompts):
-        cfg = spec.run_config(prompt).resolve(models.resolve(spec.model).defaults)
+        cfg = spec.run_config(prompt).resolve(mspec.defaults)
         dense = AttentionMethod()
         with installed(pipe.transformer, dense, cfg.steps) as info:
 
@@ -162,17 +164,7 @@ def collect_trajectories(
             handle = pipe.transformer.register_forward_hook(grab, with_kwargs=True)
             try:
                 with torch.inference_mode():
-                    pipe(
-                        prompt=prompt,
-                        negative_prompt=cfg.negative_prompt,
-                        height=cfg.height,
-                        width=cfg.width,
-                        num_frames=cfg.frames,
-                        num_inference_steps=cfg.steps,
-                        guidance_scale=cfg.guidance,
-                        generator=torch.Generator("cpu").manual_seed(cfg.seed),
-                        output_type="latent",
-                    )
+                    pipe(**{**pipeline_call(cfg, mspec), "output_type": "latent"})
             finally:
                 handle.remove()
         if progress:

@@ -27,6 +27,12 @@ def _check_unit(name: str, value: float, *, open_low: bool = True) -> None:
         raise ConfigError(f"{name} must be in {'(0' if open_low else '[0'}, 1], got {value}")
 
 
+def _check_choice(name: str, value: object, choices: tuple[str, ...], optional: bool = False) -> None:
+    if (value is None and optional) or value in choices:
+        return
+    raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
 def _check_int(name: str, value: int, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -247,14 +253,10 @@ class KVSettings(MethodSettings):
     )
 
     def _check_kv(self) -> None:
-        if self.attention not in ("dense", "xattention", "svg2"):
-            raise ConfigError(f"attention must be dense, xattention or svg2, got {self.attention!r}")
+        _check_choice("attention", self.attention, ("dense", "xattention", "svg2"))
         _check_int("kv_budget_chunks", self.kv_budget_chunks, 1)
         _check_unit("kv_lambda", self.kv_lambda, open_low=False)
-        if self.kv_granularity not in KV_GRANULARITIES:
-            raise ConfigError(
-                f"kv_granularity must be one of {', '.join(KV_GRANULARITIES)}, got {self.kv_granularity!r}"
-            )
+        _check_choice("kv_granularity", self.kv_granularity, KV_GRANULARITIES)
 
 
 @dataclass(frozen=True)
@@ -278,16 +280,12 @@ class FlowCacheSettings(KVSettings):
     use_ret_steps: bool = field(default=True, metadata=_help("Use the ret-steps polynomial (else the non-ret one)."))
 
     def __post_init__(self) -> None:
-        if self.preset not in ("slow", "fast"):
-            raise ConfigError(f"preset must be slow or fast, got {self.preset!r}")
+        _check_choice("preset", self.preset, ("slow", "fast"))
         if self.thresh is not None and not isinstance(self.thresh, (int, float)):
             raise ConfigError(f"thresh must be a number, got {self.thresh!r}")
         _check_int("ret_steps", self.ret_steps, 0)
         self._check_kv()
-        if self.coefficients is not None and self.coefficients not in FLOWCACHE_COEFFICIENTS:
-            raise ConfigError(
-                f"coefficients must be one of {', '.join(FLOWCACHE_COEFFICIENTS)}, got {self.coefficients!r}"
-            )
+        _check_choice("coefficients", self.coefficients, FLOWCACHE_COEFFICIENTS, optional=True)
 
 
 @dataclass(frozen=True)
@@ -320,8 +318,7 @@ class MotionCacheSettings(KVSettings):
         _check_int("phase1_updates", self.phase1_updates, 0)
         for name in ("floor", "min_update_ratio", "vote"):
             _check_unit(name, getattr(self, name), open_low=False)
-        if self.coefficients is not None and self.coefficients not in FLOWCACHE_COEFFICIENTS:
-            raise ConfigError(f"coefficients must be one of {', '.join(FLOWCACHE_COEFFICIENTS)}")
+        _check_choice("coefficients", self.coefficients, FLOWCACHE_COEFFICIENTS, optional=True)
         self._check_kv()
 
 
@@ -341,8 +338,7 @@ class BaselineSettings(MethodSettings):
     )
 
     def __post_init__(self) -> None:
-        if self.cache not in BASELINE_NAMES:
-            raise ConfigError(f"cache must be one of {', '.join(BASELINE_NAMES)}, got {self.cache!r}")
+        _check_choice("cache", self.cache, BASELINE_NAMES)
         if self.threshold is not None and not (isinstance(self.threshold, (int, float)) and self.threshold >= 0):
             raise ConfigError(f"threshold must be a number >= 0, got {self.threshold!r}")
 

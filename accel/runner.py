@@ -111,11 +111,11 @@ def _run_wan(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: ProgressF
     """Wan2.1 text-to-video through diffusers' own pipeline with the attention method installed."""
     method = build_method(cfg.settings, spec, recorder, seed=cfg.seed)
     with installed(pipe.transformer, method, cfg.steps) as info, torch.inference_mode():
-        out = pipe(**_pipeline_call(pipe, cfg, spec, progress))
+        out = pipe(**pipeline_call(cfg, spec, progress))
     return out.frames[0], {"transformer_calls": info.call + 1}
 
 
-def _pipeline_call(pipe, cfg: RunConfig, spec, progress: ProgressFn | None) -> dict:
+def pipeline_call(cfg: RunConfig, spec, progress: ProgressFn | None = None) -> dict:
     """Keyword arguments of one call of diffusers' own pipeline for this run."""
 
     def on_step_end(pipeline, i, t, kwargs):
@@ -151,11 +151,11 @@ def _run_baseline(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: Prog
     if s.cache == "magcache":  # MagCache needs per-model ratios: one dense calibration pass first
         t0 = time.perf_counter()
         with torch.inference_mode():
-            ratios = calibrate_mag_ratios(pipe, **{**_pipeline_call(pipe, cfg, spec, None), "output_type": "latent"})
+            ratios = calibrate_mag_ratios(pipe, **{**pipeline_call(cfg, spec), "output_type": "latent"})
         overrides.update(mag_ratios=ratios, num_inference_steps=len(ratios))
         extra["magcache_calibration_s"] = time.perf_counter() - t0
     with baseline_installed(pipe, s.cache, recorder, **overrides) as counter, torch.inference_mode():
-        out = pipe(**_pipeline_call(pipe, cfg, spec, progress))
+        out = pipe(**pipeline_call(cfg, spec, progress))
     return out.frames[0], {**extra, **counter.summary()}
 
 
