@@ -1,10 +1,14 @@
 """Attention kernels: one block-sparse attention entry point and the XAttention estimator.
 
-Every function here has a pure-torch reference implementation (this package's ``reference``
-module) that runs anywhere and is what the tests pin the semantics to.
+Each public function dispatches between a Triton kernel (CUDA, or CPU under ``TRITON_INTERPRET=1``)
+and a pure-torch reference that runs anywhere and pins the semantics. Choose with the environment
+variable ``ACCEL_KERNELS=auto|triton|torch``, the :func:`use_backend` context manager, or the
+``backend=`` argument (see :mod:`kernels.dispatch`). Triton is optional at import time.
 """
 
 from kernels.block_sparse import block_sparse_attention, block_token_ids, mask_density, uniform_offsets
+from kernels.dispatch import resolve as resolve_backend
+from kernels.dispatch import triton_available, use_backend
 from kernels.estimate import antidiagonal_block_scores
 
 __all__ = [
@@ -12,5 +16,8 @@ __all__ = [
     "block_sparse_attention",
     "block_token_ids",
     "mask_density",
+    "resolve_backend",
+    "triton_available",
     "uniform_offsets",
+    "use_backend",
 ]

@@ -6,6 +6,10 @@ boundaries are given as offsets ``(B, H, n + 1)`` (or anything broadcastable to 
 so both fixed blocks (XAttention: :func:`uniform_offsets`) and per-head cluster sizes (SVG2, after
 its permutation) use the same call. Query rows whose block selects no key get a zero output,
 as FlashAttention-style kernels return.
+
+:func:`block_sparse_attention` dispatches (see :mod:`kernels.dispatch`): the Triton kernels of
+:mod:`kernels.triton_attention` (fixed blocks when both offsets are uniform, the variable-size kernel
+otherwise) or the pure-torch :func:`_reference`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from kernels import dispatch
 
 
 def uniform_offsets(length: int, block_size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -68,12 +74,15 @@ def block_sparse_attention(
     q_offsets: torch.Tensor | None = None,
     k_offsets: torch.Tensor | None = None,
     scale: float | None = None,
+    *,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Attention of ``q`` over ``k, v`` restricted to the selected blocks; returns ``(B, Lq, H, D)``.
 
     ``mask`` is bool ``(B, H, nq, nk)`` (a ``(H, nq, nk)`` mask is broadcast over the batch).
     A mask that selects every block takes the exact dense path (``scaled_dot_product_attention``
-    without a mask), so a fully dense setting reproduces dense attention bit for bit.
+    without a mask), so a fully dense setting reproduces dense attention bit for bit. ``backend``
+    (``auto``/``triton``/``torch``) overrides :func:`kernels.dispatch.use_backend` and ``ACCEL_KERNELS``.
     """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError("q, k, v must be (B, L, H, D)")
@@ -84,11 +93,47 @@ def block_sparse_attention(
     mask = mask.to(device=q.device, dtype=torch.bool).expand(batch, heads, *mask.shape[-2:])
     nq, nk = mask.shape[-2:]
     if bool(mask.all()):
+        dispatch.record("block_sparse_attention", "dense")
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
         return out.transpose(1, 2)
     q_off = _full_offsets(q_offsets, batch, heads, lq, nq, q.device)
     k_off = _full_offsets(k_offsets, batch, heads, lk, nk, q.device)
-    return _reference(q, k, v, mask, q_off, k_off, scale)
+    chosen = dispatch.resolve(q.device, backend)
+    if chosen == "triton" and not _triton_supports(q, k, v):
+        if dispatch.requested_backend(backend) == "triton":
+            raise NotImplementedError(
+                f"triton block-sparse attention: unsupported dtype {q.dtype} or head dim {q.shape[-1]}"
+            )
+        chosen = "torch"
+    dispatch.record("block_sparse_attention", chosen)
+    if chosen == "torch":
+        return _reference(q, k, v, mask, q_off, k_off, scale)
+    from kernels import triton_attention
+
+    bq, bk = _uniform_block(q_off, lq), _uniform_block(k_off, lk)
+    if bq is not None and bk is not None:
+        return triton_attention.fixed_block_sparse_attention(q, k, v, mask, bq, bk, scale)
+    return triton_attention.varlen_block_sparse_attention(q, k, v, mask, q_off, k_off, scale)
+
+
+def _triton_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    dtypes = (torch.float16, torch.bfloat16, torch.float32)
+    same = q.dtype == k.dtype == v.dtype and q.shape[-1] == k.shape[-1] == v.shape[-1]
+    return same and q.dtype in dtypes and q.shape[-1] <= 256
+
+
+def _uniform_block(off: torch.Tensor, length: int) -> int | None:
+    """The block size when ``off`` (``(B, H, n + 1)``, possibly expanded) is :func:`uniform_offsets` for every head."""
+    n = off.shape[-1] - 1
+    if n < 1:
+        return None
+    flat = off.reshape(-1, n + 1)
+    if all(s == 0 for s in off.stride()[:-1]):
+        flat = flat[:1]  # one set of offsets broadcast to every (batch, head)
+    size = int(flat[0, 1])
+    if size <= 0 or math.ceil(length / size) != n:
+        return None
+    return size if torch.equal(flat, uniform_offsets(length, size, off.device).expand_as(flat)) else None
 
 
 def _reference(q, k, v, mask, q_off, k_off, scale):

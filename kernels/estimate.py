@@ -7,6 +7,9 @@ For stride ``S`` and block size ``B`` (a multiple of ``S``): keys are regrouped 
 all reduced keys of a reduced query row, and summed into ``B x B`` blocks. The sequence is
 zero-padded to a multiple of ``B``; reduced keys made only of padding are excluded from the softmax
 and padded reduced queries contribute nothing. Cost: about ``1/S`` of a dense ``Q K^T``.
+
+:func:`antidiagonal_block_scores` dispatches (see :mod:`kernels.dispatch`) to the Triton kernel of
+:mod:`kernels.triton_estimate` or to the chunked torch reference below.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import math
 
 import torch
 
+from kernels import dispatch
+
 _MAX_LOGIT_ELEMS = 1 << 26
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _regroup(x: torch.Tensor, stride: int, padded: int, reverse: bool) -> torch.Tensor:
@@ -29,14 +35,39 @@ def _regroup(x: torch.Tensor, stride: int, padded: int, reverse: bool) -> torch.
 
 
 def antidiagonal_block_scores(
-    q: torch.Tensor, k: torch.Tensor, stride: int, block_size: int, scale: float | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    stride: int,
+    block_size: int,
+    scale: float | None = None,
+    *,
+    backend: str | None = None,
 ) -> torch.Tensor:
-    """Block scores ``(B, H, ceil(Lq/B), ceil(Lk/B))`` from ``q, k`` of shape ``(B, L, H, D)``.
+    """Block scores ``(B, H, ceil(Lq/B), ceil(Lk/B))`` fp32 from ``q, k`` of shape ``(B, L, H, D)``.
 
     Each reduced query row sums to one over the keys, so a block row sums to (at most) ``B/S``.
+    ``backend`` (``auto``/``triton``/``torch``) overrides :func:`kernels.dispatch.use_backend` and ``ACCEL_KERNELS``.
     """
     if block_size % stride:
         raise ValueError(f"block_size {block_size} must be a multiple of stride {stride}")
+    chosen = dispatch.resolve(q.device, backend)
+    if chosen == "triton":
+        from kernels import triton_estimate
+
+        if triton_estimate.supports(stride, block_size, q.shape[-1]) and q.dtype in _TRITON_DTYPES:
+            dispatch.record("antidiagonal_block_scores", "triton")
+            return triton_estimate.antidiagonal_block_scores_triton(q, k, stride, block_size, scale)
+        if dispatch.requested_backend(backend) == "triton":
+            raise NotImplementedError(
+                f"triton estimation: block/stride {block_size}/{stride} must be a power of two, head dim <= 256, "
+                f"dtype fp16/bf16/fp32 (got {q.dtype})"
+            )
+    dispatch.record("antidiagonal_block_scores", "torch")
+    return _reference(q, k, stride, block_size, scale)
+
+
+def _reference(q: torch.Tensor, k: torch.Tensor, stride: int, block_size: int, scale: float | None) -> torch.Tensor:
+    """Chunked pure-torch scoring (fp32); never materialises more than ``_MAX_LOGIT_ELEMS`` logits at once."""
     b, lq, h, d = q.shape
     lk = k.shape[1]
     nq, nk = math.ceil(lq / block_size), math.ceil(lk / block_size)

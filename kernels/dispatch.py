@@ -1,0 +1,117 @@
+"""Backend choice for the kernels: Triton or the pure-torch reference.
+
+Order of precedence: an explicit ``backend=`` argument, then :func:`use_backend` (a context
+manager), then the environment variable ``ACCEL_KERNELS`` (``auto`` | ``triton`` | ``torch``,
+default ``auto``). ``auto`` picks Triton for CUDA tensors, and for CPU tensors only when
+``TRITON_INTERPRET=1``; everything else uses torch. On CPU, Triton can only run in its interpreter,
+which Triton fixes when it is imported: ``TRITON_INTERPRET=1`` must be in the environment before
+anything imports ``triton`` (``import torch, diffusers`` does). Triton is optional: without it (macOS,
+no wheel) ``auto`` is always torch and forcing ``triton`` raises.
+
+Every dispatched call is counted in :data:`calls` (``(op, backend) -> n``), so tests and
+benchmarks can check which code path actually ran.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+ENV_VAR = "ACCEL_KERNELS"
+
+_forced: ContextVar[str | None] = ContextVar("accel_kernels_backend", default=None)
+calls: Counter[tuple[str, str]] = Counter()
+_triton_ok: bool | None = None
+
+
+def triton_available() -> bool:
+    """Whether ``triton`` can be imported (checked once, without importing it twice)."""
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            _triton_ok = importlib.util.find_spec("triton") is not None
+            if _triton_ok:
+                import triton  # noqa: F401
+        except Exception:
+            _triton_ok = False
+    return _triton_ok
+
+
+def interpret_requested() -> bool:
+    """Whether ``TRITON_INTERPRET`` is set to a true value right now."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def _check(name: str) -> str:
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"kernel backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+@contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force ``auto``/``triton``/``torch`` for the kernel calls inside the ``with`` block."""
+    token = _forced.set(_check(name))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def requested_backend(backend: str | None = None) -> str:
+    """The backend setting in effect: argument, else context manager, else ``ACCEL_KERNELS``, else ``auto``."""
+    if backend is not None:
+        return _check(backend)
+    forced = _forced.get()
+    if forced is not None:
+        return forced
+    return _check(os.environ.get(ENV_VAR, "auto") or "auto")
+
+
+def triton_interprets() -> bool:
+    """Whether the imported Triton runs kernels in its interpreter (``TRITON_INTERPRET=1`` when it was imported)."""
+    from kernels._jit import triton_interprets as check
+
+    return check()
+
+
+_CPU_HINT = "Triton on CPU tensors needs its interpreter: set TRITON_INTERPRET=1 before triton is first imported"
+_warned = False
+
+
+def resolve(device: torch.device, backend: str | None = None) -> str:
+    """``"triton"`` or ``"torch"`` for tensors on ``device``; raises when ``triton`` is forced but cannot run."""
+    global _warned
+    want = requested_backend(backend)
+    if want == "torch":
+        return "torch"
+    if not triton_available():
+        if want == "triton":
+            raise RuntimeError(f"{ENV_VAR}=triton but triton cannot be imported on this machine")
+        return "torch"
+    if device.type == "cuda":
+        return "triton"
+    if want == "auto" and not interpret_requested():
+        return "torch"
+    if triton_interprets():
+        return "triton"
+    if want == "triton":
+        raise RuntimeError(_CPU_HINT)
+    if not _warned:
+        _warned = True
+        warnings.warn(f"{_CPU_HINT}; using the torch reference", stacklevel=3)
+    return "torch"
+
+
+def record(op: str, backend: str) -> None:
+    """Count one call of ``op`` on ``backend``."""
+    calls[(op, backend)] += 1

@@ -1,0 +1,429 @@
+"""Block-sparse FlashAttention forward in Triton: fixed blocks (XAttention) and variable-size clusters (SVG2).
+
+Both kernels take ``q, k, v`` as ``(B, L, H, D)`` (any strides with a unit last stride) and keep an
+online softmax over the key tiles they visit, accumulating in fp32. What to visit comes as a
+compact lookup built from the bool block mask (:func:`build_lookup`): for each ``(batch*head,
+query block)`` the ascending list of selected key blocks and their count. Rows whose block selects
+nothing get zeros.
+
+* :func:`fixed_block_sparse_attention`: blocks of ``block_q`` / ``block_k`` tokens (the last one may
+  be short). One program per ``(query tile, batch*head)``; the key loop is flat over
+  ``count * tiles_per_block`` tiles so the compiler can pipeline it.
+* :func:`varlen_block_sparse_attention`: per-(B, H) offsets ``(B, H, n + 1)``. Query clusters are cut
+  into tiles of ``BLOCK_M`` rows (a table built on the host side of the launch); each visits its
+  selected key clusters tile by tile, partial tiles masked. Empty clusters are skipped.
+
+On CUDA the dot operands stay bf16/fp16 (fp32 inputs use IEEE fp32 dots); under the interpreter
+(CPU) everything is fp32 and the operands of ``tl.dot`` are cast to fp32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._jit import jitted, triton_interprets
+
+LOG2E = 1.4426950408889634
+MAX_HEAD_DIM = 256
+
+
+def _fixed_fwd(
+    Q,
+    K,
+    V,
+    Out,
+    LUT,
+    CNT,
+    stride_qb,
+    stride_ql,
+    stride_qh,
+    stride_kb,
+    stride_kl,
+    stride_kh,
+    stride_vb,
+    stride_vl,
+    stride_vh,
+    stride_ob,
+    stride_ol,
+    stride_oh,
+    stride_lut_bh,
+    stride_lut_q,
+    stride_cnt_bh,
+    H,
+    LQ,
+    LK,
+    D,
+    qk_scale,
+    BS_Q: tl.constexpr,
+    BS_K: tl.constexpr,
+    TILES_Q: tl.constexpr,
+    TILES_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    qblk = pid_m // TILES_Q
+    q_lo = qblk * BS_Q + (pid_m % TILES_Q) * BLOCK_M
+    q_hi = tl.minimum(qblk * BS_Q + BS_Q, LQ)
+    offs_m = q_lo + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < q_hi
+    d_ok = offs_d < D
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+        mask=m_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    if DOT_FP32:
+        q = q.to(tl.float32)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    lut = LUT + bh * stride_lut_bh + qblk * stride_lut_q
+    cnt = tl.load(CNT + bh * stride_cnt_bh + qblk)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for t in range(0, cnt * TILES_K):
+        kblk = tl.load(lut + t // TILES_K)
+        k_lo = kblk * BS_K + (t % TILES_K) * BLOCK_N
+        k_hi = tl.minimum(kblk * BS_K + BS_K, LK)
+        offs_n = k_lo + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < k_hi
+        kt = tl.load(
+            k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0
+        )
+        if DOT_FP32:
+            kt = kt.to(tl.float32)
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_sub)
+        p = tl.exp2(s - m_sub[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(
+            v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0
+        )
+        if DOT_FP32:
+            acc = tl.dot(p, v.to(tl.float32), acc * alpha[:, None], input_precision=PRECISION)
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+        m_i = m_new
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    tl.store(
+        Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
+        out.to(Out.dtype.element_ty),
+        mask=m_ok[:, None] & d_ok[None, :],
+    )
+
+
+def _varlen_fwd(
+    Q,
+    K,
+    V,
+    Out,
+    QOFF,
+    KOFF,
+    TILE_C,
+    TILE_S,
+    LUT,
+    CNT,
+    stride_qb,
+    stride_ql,
+    stride_qh,
+    stride_kb,
+    stride_kl,
+    stride_kh,
+    stride_vb,
+    stride_vl,
+    stride_vh,
+    stride_ob,
+    stride_ol,
+    stride_oh,
+    stride_qoff_bh,
+    stride_koff_bh,
+    stride_tile_bh,
+    stride_lut_bh,
+    stride_lut_q,
+    stride_cnt_bh,
+    H,
+    D,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    cluster = tl.load(TILE_C + bh * stride_tile_bh + pid_m)
+    valid = cluster >= 0
+    cluster = tl.maximum(cluster, 0)
+    q_lo = tl.load(TILE_S + bh * stride_tile_bh + pid_m)
+    q_end = tl.load(QOFF + bh * stride_qoff_bh + cluster + 1)
+    q_hi = tl.where(valid, tl.minimum(q_end, q_lo + BLOCK_M), q_lo)
+    cnt = tl.where(valid, tl.load(CNT + bh * stride_cnt_bh + cluster), 0)
+    offs_m = q_lo + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < q_hi
+    d_ok = offs_d < D
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+        mask=m_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    if DOT_FP32:
+        q = q.to(tl.float32)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    koff = KOFF + bh * stride_koff_bh
+    lut = LUT + bh * stride_lut_bh + cluster * stride_lut_q
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for jj in range(0, cnt):
+        kblk = tl.load(lut + jj)
+        k_lo = tl.load(koff + kblk)
+        k_hi = tl.load(koff + kblk + 1)
+        for start_n in range(k_lo, k_hi, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < k_hi
+            kt = tl.load(
+                k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0
+            )
+            if DOT_FP32:
+                kt = kt.to(tl.float32)
+            s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+            s = tl.where(n_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_sub)
+            p = tl.exp2(s - m_sub[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(
+                v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0
+            )
+            if DOT_FP32:
+                acc = tl.dot(p, v.to(tl.float32), acc * alpha[:, None], input_precision=PRECISION)
+            else:
+                acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+            m_i = m_new
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    tl.store(
+        Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
+        out.to(Out.dtype.element_ty),
+        mask=m_ok[:, None] & d_ok[None, :],
+    )
+
+
+# -- host side ----------------------------------------------------------------------------------------
+
+
+def build_lookup(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compact visit lists of a block mask ``(B, H, nq, nk)``.
+
+    Returns ``lut`` int32 ``(B*H, nq, max_count)``: per query block the selected key block indices in
+    ascending order (padded with arbitrary valid indices), and ``count`` int32 ``(B*H, nq)``.
+    """
+    b, h, nq, nk = mask.shape
+    m = mask.reshape(b * h, nq, nk)
+    count = m.sum(-1, dtype=torch.int32)
+    width = max(1, int(count.max())) if count.numel() else 1
+    order = torch.sort((~m).to(torch.int8), dim=-1, stable=True).indices[..., :width]
+    return order.to(torch.int32).contiguous(), count.contiguous()
+
+
+def query_tiles(q_off: torch.Tensor, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut variable-size query blocks into tiles of at most ``block_m`` rows.
+
+    ``q_off``: ``(G, n + 1)`` offsets. Returns ``(cluster, start)`` int32 ``(G, T)`` where ``T`` is the most
+    tiles any group needs; padding tiles have ``cluster == -1``.
+    """
+    g, n1 = q_off.shape
+    n = n1 - 1
+    sizes = q_off.diff(dim=-1)
+    per = (sizes + block_m - 1) // block_m
+    cum = per.cumsum(-1)
+    total = max(1, int(cum[:, -1].max())) if n > 0 else 1
+    t = torch.arange(total, device=q_off.device, dtype=cum.dtype).expand(g, total).contiguous()
+    cl = torch.searchsorted(cum.contiguous(), t, right=True)
+    valid = cl < n
+    clc = cl.clamp_max(max(n - 1, 0))
+    first = cum.gather(1, clc) - per.gather(1, clc)
+    start = q_off.gather(1, clc) + (t - first) * block_m
+    cluster = torch.where(valid, cl, torch.full_like(cl, -1))
+    start = torch.where(valid, start, torch.zeros_like(start))
+    return cluster.to(torch.int32).contiguous(), start.to(torch.int32).contiguous()
+
+
+def _pow2(x: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(int(x)))
+
+
+def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, interpret: bool):
+    """Unit last stride; fp32 under the interpreter. Returns tensors, dot flags and the output dtype."""
+    d = q.shape[-1]
+    if d > MAX_HEAD_DIM or k.shape[-1] != d or v.shape[-1] != d:
+        raise NotImplementedError(f"triton block-sparse attention needs equal head dims <= {MAX_HEAD_DIM}")
+    out_dtype = q.dtype
+    if interpret:
+        q, k, v = q.float(), k.float(), v.float()
+    elif q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or not (q.dtype == k.dtype == v.dtype):
+        raise NotImplementedError(f"triton block-sparse attention needs one of fp16/bf16/fp32, got {q.dtype}")
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    fp32 = q.dtype == torch.float32
+    return q, k, v, fp32, ("ieee" if fp32 else "tf32"), out_dtype
+
+
+def default_config(head_dim: int, interpret: bool) -> dict[str, int]:
+    """Tile sizes and launch settings: small under the interpreter, FlashAttention-2-like on GPU."""
+    if interpret:
+        return {"block_m": 16, "block_n": 16, "num_warps": 4, "num_stages": 1}
+    if head_dim <= 64:
+        return {"block_m": 128, "block_n": 64, "num_warps": 4, "num_stages": 3}
+    return {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3}
+
+
+def _strides(*xs: torch.Tensor) -> list[int]:
+    return [s for x in xs for s in (x.stride(0), x.stride(1), x.stride(2))]
+
+
+def fixed_block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    block_q: int,
+    block_k: int,
+    scale: float | None = None,
+    interpret: bool | None = None,
+    lookup: tuple[torch.Tensor, torch.Tensor] | None = None,
+    **config: int,
+) -> torch.Tensor:
+    """Block-sparse attention over fixed blocks; ``mask`` bool ``(B, H, ceil(Lq/block_q), ceil(Lk/block_k))``.
+
+    No dense shortcut: an all-true mask runs the kernel too. ``lookup`` (from :func:`build_lookup`)
+    skips rebuilding the visit lists; ``config`` overrides :func:`default_config`.
+    """
+    interpret = triton_interprets() if interpret is None else interpret
+    batch, lq, heads, d = q.shape
+    lk = k.shape[1]
+    nq, nk = math.ceil(lq / block_q), math.ceil(lk / block_k)
+    if mask.shape != (batch, heads, nq, nk):
+        raise ValueError(f"mask {tuple(mask.shape)} does not match {(batch, heads, nq, nk)}")
+    q, k, v, fp32, precision, out_dtype = _prepare(q, k, v, interpret)
+    cfg = {**default_config(d, interpret), **config}
+    # tiles: a power-of-two block is split into tiles that divide it; any other block gets one padded tile
+    bm = min(cfg["block_m"], block_q) if block_q & (block_q - 1) == 0 else cfg["block_m"]
+    bn = min(cfg["block_n"], block_k) if block_k & (block_k - 1) == 0 else cfg["block_n"]
+    bm, bn = max(16, bm), max(16, bn)
+    if block_q > bm and block_q % bm:
+        bm = _pow2(block_q)
+    if block_k > bn and block_k % bn:
+        bn = _pow2(block_k)
+    tiles_q, tiles_k = max(1, block_q // bm), max(1, block_k // bn)
+    lut, count = lookup if lookup is not None else build_lookup(mask)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    kernel = jitted(_fixed_fwd)
+    kernel[(nq * tiles_q, batch * heads)](
+        q,
+        k,
+        v,
+        out,
+        lut,
+        count,
+        *_strides(q, k, v, out),
+        lut.stride(0),
+        lut.stride(1),
+        count.stride(0),
+        heads,
+        lq,
+        lk,
+        d,
+        scale * LOG2E,
+        BS_Q=block_q,
+        BS_K=block_k,
+        TILES_Q=tiles_q,
+        TILES_K=tiles_k,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_D=_pow2(d),
+        DOT_FP32=interpret or fp32,
+        PRECISION=precision,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
+    return out.to(out_dtype)
+
+
+def varlen_block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    q_offsets: torch.Tensor,
+    k_offsets: torch.Tensor,
+    scale: float | None = None,
+    interpret: bool | None = None,
+    **config: int,
+) -> torch.Tensor:
+    """Block-sparse attention over variable-size blocks; offsets ``(B, H, n + 1)`` (broadcastable) as the reference."""
+    interpret = triton_interprets() if interpret is None else interpret
+    batch, _, heads, d = q.shape
+    nq, nk = mask.shape[-2:]
+    q, k, v, fp32, precision, out_dtype = _prepare(q, k, v, interpret)
+    cfg = {**default_config(d, interpret), **config}
+    g = batch * heads
+    q_off = q_offsets.to(device=q.device, dtype=torch.long).expand(batch, heads, nq + 1).reshape(g, nq + 1)
+    k_off = k_offsets.to(device=q.device, dtype=torch.long).expand(batch, heads, nk + 1).reshape(g, nk + 1)
+    nonempty = (k_off.diff(dim=-1) > 0).view(batch, heads, 1, nk)
+    lut, count = build_lookup(mask & nonempty)
+    cluster, start = query_tiles(q_off, cfg["block_m"])
+    q_off32, k_off32 = q_off.to(torch.int32).contiguous(), k_off.to(torch.int32).contiguous()
+    out = torch.zeros(q.shape, device=q.device, dtype=q.dtype)
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    kernel = jitted(_varlen_fwd)
+    kernel[(cluster.shape[1], g)](
+        q,
+        k,
+        v,
+        out,
+        q_off32,
+        k_off32,
+        cluster,
+        start,
+        lut,
+        count,
+        *_strides(q, k, v, out),
+        q_off32.stride(0),
+        k_off32.stride(0),
+        cluster.stride(0),
+        lut.stride(0),
+        lut.stride(1),
+        count.stride(0),
+        heads,
+        d,
+        scale * LOG2E,
+        BLOCK_M=cfg["block_m"],
+        BLOCK_N=cfg["block_n"],
+        BLOCK_D=_pow2(d),
+        DOT_FP32=interpret or fp32,
+        PRECISION=precision,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
+    return out.to(out_dtype)
