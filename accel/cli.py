@@ -17,6 +17,7 @@ import textwrap
 import types
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from accel.config import METHOD_SETTINGS, RunConfig, settings_for
@@ -327,6 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("ref", metavar="REF", help="The profiled dense reference run.")
     bd.add_argument("--out-dir", metavar="ROOT", help=store_help)
     bd.set_defaults(func=cmd_breakdown)
+
+    rep = sub.add_parser(
+        "report",
+        help="write one HTML file with a run's video and every figure of the app",
+        formatter_class=fmt,
+        description="Write a self-contained HTML report of RUN (opens offline): the video, headline numbers, "
+        "motion overlay and the figures of the app's tabs that apply to the run (sparsity, mask reuse, chunk "
+        "cache, motion, quality and speed against the store's dense run of the same prompt and seed, profile).",
+        epilog="examples:\n  python -m accel report RUN_ID\n  python -m accel report RUN_ID --out report.html",
+    )
+    rep.add_argument("run", metavar="RUN", help="A run id in the store or a run folder path.")
+    rep.add_argument("--out", metavar="FILE", help="HTML file to write. Default: ROOT/reports/<run id>.html.")
+    rep.add_argument("--out-dir", metavar="ROOT", help=store_help)
+    rep.set_defaults(func=cmd_report)
 
     runs = sub.add_parser(
         "runs",
@@ -692,6 +707,20 @@ def cmd_breakdown(args: argparse.Namespace) -> int:
     print()
     for key, value in amdahl.items():
         print(f"{key:<26} {value:.3f}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``report``: one HTML file with the run's video and figures."""
+    from accel.runs import RunStore
+    from viz.report import write_report
+
+    store = RunStore(args.out_dir)
+    run = _load_run(store, args.run)
+    out = Path(args.out) if args.out else store.root / "reports" / f"{run.run_id}.html"
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"--out must name an .html file, got {out}")
+    print(write_report(run, out, store))
     return 0
 
 

@@ -228,6 +228,9 @@ FLOWCACHE_COEFFICIENTS = ("1.3b", "14b", "none")
 
 
 KV_GRANULARITIES = ("token", "frame", "chunk")
+CHUNK_ATTENTIONS = ("dense", "xattention", "svg2")
+BASELINE_NAMES = ("fbc", "pab", "fastercache", "magcache", "taylorseer")
+PRESETS = ("slow", "fast")
 
 
 @dataclass(frozen=True)
@@ -239,11 +242,14 @@ class KVSettings(MethodSettings):
     )
     kv_budget_chunks: int = field(default=1, metadata=_help("Clean K/V kept, in chunks' worth of tokens."))
     kv_lambda: float = field(default=0.07, metadata=_help("Weight of importance against redundancy in [0, 1]."))
-    kv_granularity: str = field(default="token", metadata=_help("Keep tokens, whole frames or whole chunks."))
+    kv_granularity: str = field(
+        default="token", metadata=_help("Keep tokens, whole frames or whole chunks.", choices=KV_GRANULARITIES)
+    )
     attention: str = field(
         default="dense",
         metadata=_help(
             "Self-attention inside the chunks: dense, xattention or svg2 (their defaults).",
+            choices=CHUNK_ATTENTIONS,
             abbrev="+",
             hide_default=True,
         ),
@@ -253,7 +259,7 @@ class KVSettings(MethodSettings):
     )
 
     def _check_kv(self) -> None:
-        _check_choice("attention", self.attention, ("dense", "xattention", "svg2"))
+        _check_choice("attention", self.attention, CHUNK_ATTENTIONS)
         _check_int("kv_budget_chunks", self.kv_budget_chunks, 1)
         _check_unit("kv_lambda", self.kv_lambda, open_low=False)
         _check_choice("kv_granularity", self.kv_granularity, KV_GRANULARITIES)
@@ -265,7 +271,8 @@ class FlowCacheSettings(KVSettings):
 
     method: ClassVar[str] = "flowcache"
     preset: str = field(
-        default="slow", metadata=_help("Threshold preset, slow or fast (0.1 / 0.15 on SkyReels-V2).", abbrev="")
+        default="slow",
+        metadata=_help("Threshold preset, slow or fast (0.1 / 0.15 on SkyReels-V2).", abbrev="", choices=PRESETS),
     )
     thresh: float | None = field(
         default=None,
@@ -275,12 +282,15 @@ class FlowCacheSettings(KVSettings):
     ret_steps: int = field(default=5, metadata=_help("Leading steps of each chunk always computed (warm-up)."))
     coefficients: str | None = field(
         default=None,
-        metadata=_help("Rescale polynomial: 1.3b, 14b or none (raw relative L1); empty = the model's."),
+        metadata=_help(
+            "Rescale polynomial: 1.3b, 14b or none (raw relative L1); empty = the model's.",
+            choices=FLOWCACHE_COEFFICIENTS,
+        ),
     )
     use_ret_steps: bool = field(default=True, metadata=_help("Use the ret-steps polynomial (else the non-ret one)."))
 
     def __post_init__(self) -> None:
-        _check_choice("preset", self.preset, ("slow", "fast"))
+        _check_choice("preset", self.preset, PRESETS)
         if self.thresh is not None and not isinstance(self.thresh, (int, float)):
             raise ConfigError(f"thresh must be a number, got {self.thresh!r}")
         _check_int("ret_steps", self.ret_steps, 0)
@@ -310,7 +320,11 @@ class MotionCacheSettings(KVSettings):
         default=0.5, metadata=_help("A position updates in all frames if more than this share need it.")
     )
     coefficients: str | None = field(
-        default=None, metadata=_help("Rescale polynomial of the distance: 1.3b, 14b or none; empty = the model's.")
+        default=None,
+        metadata=_help(
+            "Rescale polynomial of the distance: 1.3b, 14b or none; empty = the model's.",
+            choices=FLOWCACHE_COEFFICIENTS,
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -322,16 +336,16 @@ class MotionCacheSettings(KVSettings):
         self._check_kv()
 
 
-BASELINE_NAMES = ("fbc", "pab", "fastercache", "magcache", "taylorseer")
-
-
 @dataclass(frozen=True)
 class BaselineSettings(MethodSettings):
     """A diffusers cache hook as a baseline (FirstBlockCache, PAB, FasterCache, MagCache, TaylorSeer; METHODS 5)."""
 
     method: ClassVar[str] = "baseline"
     cache: str = field(
-        default="fbc", metadata=_help("fbc, pab, fastercache, magcache or taylorseer (diffusers hooks).", abbrev="")
+        default="fbc",
+        metadata=_help(
+            "fbc, pab, fastercache, magcache or taylorseer (diffusers hooks).", abbrev="", choices=BASELINE_NAMES
+        ),
     )
     threshold: float | None = field(
         default=None, metadata=_help("FBC / MagCache threshold; empty = the baseline's default.", abbrev="t")

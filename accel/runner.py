@@ -8,6 +8,7 @@ encoding, denoising, VAE decode) are measured by wrapping the pipeline's own ``e
 from __future__ import annotations
 
 import contextlib
+import math
 import platform
 import tempfile
 import time
@@ -29,6 +30,8 @@ from accel.config import (
     HeadwiseSettings,
     MotionCacheSettings,
     RunConfig,
+    SVG2Settings,
+    XAttentionSettings,
     settings_for,
 )
 from accel.runs import Run, RunStore
@@ -220,6 +223,26 @@ def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: Progr
     return video[0], extra
 
 
+def first_sparse_step(cfg: RunConfig) -> int:
+    """First denoising step a sparse method computes sparsely (0 for methods without dense warm-up)."""
+    s = cfg.settings
+    if isinstance(s, XAttentionSettings):
+        return s.warmup_steps
+    if isinstance(s, SVG2Settings):
+        return math.ceil(s.first_times_fp * cfg.steps - 1e-9)
+    return 0
+
+
+def profile_wait(cfg: RunConfig) -> int:
+    """Transformer calls the profiler skips so that it records a steady sparse step: the method's dense
+    warm-up and its first sparse step (mask prediction from scratch) are skipped, and the profiler's one
+    warm-up call is the last call before the recorded step. Short runs record their last calls instead."""
+    calls = 2 if (cfg.guidance or 0) > 1.0 else 1  # diffusers runs cond and uncond as separate calls
+    total = cfg.steps * calls
+    wait = (first_sparse_step(cfg) + 1) * calls - 1
+    return max(0, min(wait, total - 3))
+
+
 def generate(
     cfg: RunConfig,
     store: RunStore | None = None,
@@ -256,7 +279,8 @@ def generate(
     try:
         with contextlib.ExitStack() as stack:
             if profile:
-                profiler = stack.enter_context(RunProfiler(work.name, run_name=cfg.label()))
+                wait = profile_wait(cfg)
+                profiler = stack.enter_context(RunProfiler(work.name, wait=wait, run_name=cfg.label()))
                 profiler.attach(pipe.transformer)
             with _stage_timers(pipe, device, times):
                 video, extra = run(pipe, cfg, spec, recorder, progress)

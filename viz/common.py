@@ -1,0 +1,48 @@
+"""Shared helpers of the figure modules: opening runs, event rows, empty figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from accel.runs import Run
+from accel.telemetry import COLUMNS
+
+RunLike = Run | str | Path
+SEQUENTIAL = "Viridis"
+
+
+def as_run(run: RunLike) -> Run:
+    """A :class:`Run` from a run or the path of a complete run folder."""
+    return run if isinstance(run, Run) else Run(run)
+
+
+def events(run: RunLike, *names: str) -> pd.DataFrame:
+    """Telemetry rows of the given events (all rows if none given)."""
+    t = as_run(run).telemetry
+    if t.empty or "event" not in t:
+        return pd.DataFrame(columns=list(COLUMNS))
+    return t[t["event"].isin(names)] if names else t
+
+
+def branches(run: RunLike, *names: str) -> list[str]:
+    """CFG branches (``cond``, ``uncond``, or ``cond/g0`` ... inside chunks) that logged these events."""
+    rows = events(run, *names)
+    return sorted(rows["branch"].dropna().unique().tolist(), key=lambda b: (b.split("/")[0] != "cond", b))
+
+
+def empty_figure(message: str, height: int = 240) -> go.Figure:
+    """A blank figure that says why there is nothing to plot."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 14})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(height=height, margin={"l": 20, "r": 20, "t": 20, "b": 20})
+    return fig
+
+
+def title(run: RunLike, what: str) -> str:
+    r = as_run(run)
+    return f"{what} · {r.config.get('method', '?')} · {r.run_id}"

@@ -1,0 +1,192 @@
+"""Compare runs of one prompt and seed: side-by-side and difference videos, per-frame quality, Pareto."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from accel.metrics import compare_videos
+from accel.runs import Run, RunInfo, RunStore
+from viz.common import RunLike, as_run, empty_figure
+
+# config keys that must agree for two runs to show the same video (method and its settings may differ)
+SAME_VIDEO_KEYS = (
+    "model", "prompt", "negative_prompt", "seed", "height", "width", "frames", "steps", "guidance", "ar_step",
+    "causal_block_size", "base_num_frames", "overlap_history", "addnoise_condition",
+)  # fmt: skip
+PSNR_CAP = 100.0  # identical frames have infinite PSNR; plotted and tabled at this value
+
+
+def video_key(config: dict) -> tuple:
+    """What makes two runs comparable frame by frame."""
+    return tuple(str(config.get(k)) for k in SAME_VIDEO_KEYS)
+
+
+def comparable_runs(store: RunStore, run: RunLike) -> list[RunInfo]:
+    """Runs of the store (newest first) with the same prompt, seed, model and sampling as ``run``."""
+    key = video_key(as_run(run).config)
+    return [info for info in store.list() if video_key(info.config) == key]
+
+
+def dense_reference(store: RunStore, run: RunLike) -> RunInfo | None:
+    """The newest dense run comparable to ``run`` (None if there is none, or ``run`` is itself dense)."""
+    r = as_run(run)
+    for info in comparable_runs(store, r):
+        if info.config.get("method") == "dense" and info.run_id != r.run_id:
+            return info
+    return None
+
+
+def speedup(reference: RunLike, run: RunLike, stage: str = "wall") -> float | None:
+    """``reference`` time / ``run`` time for ``wall`` (whole run) or ``denoise`` (the transformer loop)."""
+
+    def seconds(r: Run) -> float | None:
+        m = r.metrics
+        return m.get("wall_s") if stage == "wall" else m.get("stages", {}).get("denoise_s")
+
+    a, b = seconds(as_run(reference)), seconds(as_run(run))
+    return a / b if a and b else None
+
+
+def _label(frame: np.ndarray, text: str) -> np.ndarray:
+    out = frame.copy()
+    scale = max(0.35, frame.shape[1] / 640)
+    cv2.putText(out, text, (6, int(18 * scale + 6)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(out, text, (6, int(18 * scale + 6)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def _same_shape(runs: Sequence[Run]) -> list[np.ndarray]:
+    videos = [r.frames() for r in runs]
+    shapes = {v.shape for v in videos}
+    if len(shapes) > 1:
+        raise ValueError(f"runs have different video shapes {sorted(shapes)}: compare runs of one prompt and size")
+    return videos
+
+
+def side_by_side(runs: Sequence[RunLike]) -> np.ndarray:
+    """Frames of all runs next to each other, each labelled with its method: ``(F, H, W * n, 3)``."""
+    rs = [as_run(r) for r in runs]
+    if len(rs) < 2:
+        raise ValueError("pick at least two runs to compare")
+    videos = _same_shape(rs)
+    labelled = [
+        np.stack([_label(f, r.config.get("label") or r.config.get("method", "")) for f in v])
+        for r, v in zip(rs, videos, strict=True)
+    ]
+    return np.concatenate(labelled, axis=2)
+
+
+def difference_video(reference: RunLike, run: RunLike, gain: float = 4.0) -> np.ndarray:
+    """``|run - reference|`` per pixel, amplified by ``gain`` and coloured (opencv INFERNO)."""
+    a, b = _same_shape([as_run(reference), as_run(run)])
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=-1).astype(np.float32)
+    diff = np.clip(diff * gain, 0, 255).astype(np.uint8)
+    return np.stack([cv2.cvtColor(cv2.applyColorMap(d, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB) for d in diff])
+
+
+def quality(reference: RunLike, runs: Sequence[RunLike]) -> pd.DataFrame:
+    """One row per run: method, label, wall and denoise time, speedups and mean PSNR/SSIM against ``reference``."""
+    ref = as_run(reference)
+    ref_frames = ref.frames()
+    rows = []
+    for r in map(as_run, runs):
+        q = compare_videos(ref_frames, r.frames())
+        rows.append(
+            {
+                "run": r.run_id,
+                "method": r.config.get("method"),
+                "label": r.config.get("label"),
+                "wall_s": r.metrics.get("wall_s"),
+                "denoise_s": r.metrics.get("stages", {}).get("denoise_s"),
+                "speedup_wall": speedup(ref, r, "wall"),
+                "speedup_denoise": speedup(ref, r, "denoise"),
+                "psnr_db": min(q["psnr_mean"], PSNR_CAP),
+                "ssim": q["ssim_mean"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def quality_curves(reference: RunLike, runs: Sequence[RunLike]) -> go.Figure:
+    """Per-frame PSNR and SSIM of each run against ``reference``."""
+    ref = as_run(reference)
+    ref_frames = ref.frames()
+    others = [r for r in map(as_run, runs) if r.run_id != ref.run_id]
+    if not others:
+        return empty_figure("pick a second run to compare against the reference")
+    fig = make_subplots(1, 2, subplot_titles=["PSNR (dB)", "SSIM"])
+    for r in others:
+        q = compare_videos(ref_frames, r.frames())
+        name = r.config.get("label") or r.run_id
+        psnr = [min(v, PSNR_CAP) for v in q["psnr"]]
+        fig.add_trace(go.Scatter(y=psnr, mode="lines+markers", name=name, legendgroup=name), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(y=q["ssim"], mode="lines+markers", name=name, legendgroup=name, showlegend=False), row=1, col=2
+        )
+    fig.update_xaxes(title_text="frame")
+    fig.update_layout(
+        title=f"per-frame quality against {ref.config.get('label') or ref.run_id}",
+        height=360,
+        margin={"l": 50, "r": 20, "t": 70, "b": 40},
+    )
+    return fig
+
+
+def pareto(store: RunStore, run: RunLike) -> go.Figure:
+    """Speedup vs PSNR of every stored run comparable to ``run``, against their dense reference; the frontier
+    (no other run both faster and better) is drawn as a line."""
+    ref = dense_reference(store, run)
+    r = as_run(run)
+    if ref is None and r.config.get("method") == "dense":
+        ref = r.info()
+    if ref is None:
+        return empty_figure("no dense reference for this prompt and seed yet: run one")
+    runs = [info.path for info in comparable_runs(store, r) if info.run_id != ref.run_id]
+    if not runs:
+        return empty_figure("only the dense reference exists: generate with a method to compare")
+    table = quality(ref.path, runs)
+    table = table.dropna(subset=["speedup_wall"])
+    fig = go.Figure()
+    for method, sel in table.groupby("method"):
+        fig.add_trace(
+            go.Scatter(
+                x=sel["speedup_wall"],
+                y=sel["psnr_db"],
+                mode="markers",
+                name=method,
+                marker={"size": 11},
+                customdata=np.stack([sel["label"].astype(str), sel["ssim"]], axis=-1),
+                hovertemplate="%{customdata[0]}<br>speedup %{x:.2f}x · PSNR %{y:.1f} dB · SSIM %{customdata[1]:.3f}",
+            )
+        )
+    front = _frontier(table)
+    fig.add_trace(
+        go.Scatter(x=front["speedup_wall"], y=front["psnr_db"], mode="lines", name="Pareto front", line={"dash": "dot"})
+    )
+    fig.add_vline(x=1.0, line_color="#999999")
+    fig.update_layout(
+        title=f"speed vs quality over {len(table)} runs of this prompt and seed (dense = 1x)",
+        xaxis_title="speedup over dense (wall time)",
+        yaxis_title=f"PSNR vs dense (dB, identical = {PSNR_CAP:g})",
+        height=420,
+        margin={"l": 50, "r": 20, "t": 60, "b": 40},
+    )
+    return fig
+
+
+def _frontier(table: pd.DataFrame) -> pd.DataFrame:
+    """Runs not dominated in (speedup, PSNR), sorted by speedup."""
+    rows = table.sort_values(["speedup_wall", "psnr_db"], ascending=[False, False])
+    best, keep = -math.inf, []
+    for i, row in rows.iterrows():
+        if row["psnr_db"] > best:
+            keep.append(i)
+            best = row["psnr_db"]
+    return table.loc[keep].sort_values("speedup_wall")

@@ -1,0 +1,129 @@
+"""Motion views: per-pixel motion heatmaps over the output frames, and MotionCache's per-token update counts.
+
+Two sources of motion: the run's own MotionCache weights (per token, upsampled to pixels; present in
+MotionCache runs) and dense optical flow of the output video (opencv Farneback; any run).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from functools import lru_cache
+
+import cv2
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from accel.telemetry import INDEX_KEY
+from viz.common import RunLike, as_run, empty_figure, title
+
+SOURCES = ("method", "flow")
+_GROUP_KEY = re.compile(r"motion_(weights|updates)/g(\d+)/(.+)")
+
+
+def latent_frame(frame: int, temporal: int = 4) -> int:
+    """Latent frame of video frame ``frame`` under Wan's causal VAE (first frame alone, then ``temporal`` each)."""
+    return 0 if frame == 0 else (frame - 1) // temporal + 1
+
+
+def token_maps(run: RunLike, kind: str = "weights", branch: str = "cond") -> np.ndarray | None:
+    """MotionCache ``weights`` (last value) or ``updates`` per latent frame as ``(F, h, w)``; None if absent."""
+    r = as_run(run)
+    if INDEX_KEY not in r.arrays:
+        return None
+    index = json.loads(str(r.arrays[INDEX_KEY]))
+    groups = []
+    for key in index:
+        m = _GROUP_KEY.fullmatch(key)
+        if m and m.group(1) == kind and m.group(3) == branch:
+            groups.append((int(m.group(2)), key))
+    if not groups:
+        return None
+    _, h, w = r.metrics["grid"]
+    maps = []
+    for _, key in sorted(groups):
+        a = np.asarray(r.arrays[key], dtype=np.float32)
+        maps.append(a[-1] if kind == "weights" else a)  # weights: (history, frames, tokens) -> the last
+    return np.concatenate(maps, axis=0).reshape(-1, h, w)
+
+
+@lru_cache(maxsize=8)
+def _flow_magnitudes(path: str) -> np.ndarray:
+    frames = as_run(path).frames()
+    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    mags = [np.zeros(gray[0].shape, np.float32)]
+    for a, b in itertools.pairwise(gray):
+        flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        mags.append(np.linalg.norm(flow, axis=-1))
+    return np.stack(mags)
+
+
+def motion_map(run: RunLike, frame: int, source: str = "method", branch: str = "cond") -> np.ndarray | None:
+    """Motion of video frame ``frame`` as float ``(H, W)`` in [0, 1], or None when the source is absent."""
+    r = as_run(run)
+    frames = r.frames()
+    if not 0 <= frame < len(frames):
+        raise ValueError(f"frame must be in [0, {len(frames) - 1}], got {frame}")
+    height, width = frames.shape[1:3]
+    if source == "flow":
+        m = _flow_magnitudes(str(r.path))[frame]
+    elif source == "method":
+        maps = token_maps(r, "weights", branch)
+        if maps is None:
+            return None
+        m = maps[min(latent_frame(frame), len(maps) - 1)]
+    else:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    m = cv2.resize(np.asarray(m, np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+    lo, hi = float(m.min()), float(m.max())
+    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+
+
+def motion_overlay(
+    run: RunLike, frame: int, source: str = "method", alpha: float = 0.5, branch: str = "cond"
+) -> np.ndarray:
+    """RGB uint8 frame with the motion heatmap (opencv TURBO colormap) blended over it."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    rgb = as_run(run).frames()[frame]
+    m = motion_map(run, frame, source, branch)
+    if m is None:
+        return rgb
+    heat = cv2.cvtColor(cv2.applyColorMap((m * 255).astype(np.uint8), cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(rgb, 1 - alpha, heat, alpha, 0)
+
+
+def update_counts(run: RunLike, branch: str = "cond") -> go.Figure:
+    """How often MotionCache recomputed each token, one panel per latent frame."""
+    counts = token_maps(run, "updates", branch)
+    if counts is None:
+        return empty_figure("no per-token update counts (a MotionCache run has them)")
+    n = len(counts)
+    cols = min(n, 6)
+    rows = math.ceil(n / cols)
+    fig = make_subplots(rows, cols, subplot_titles=[f"latent frame {i}" for i in range(n)])
+    for i, c in enumerate(counts):
+        fig.add_trace(
+            go.Heatmap(
+                z=c,
+                zmin=0,
+                zmax=float(counts.max()),
+                colorscale="Turbo",
+                showscale=i == 0,
+                colorbar={"title": "updates"},
+                hovertemplate="row %{y} · col %{x}: %{z:.0f} updates<extra></extra>",
+            ),
+            row=i // cols + 1,
+            col=i % cols + 1,
+        )
+    fig.update_yaxes(autorange="reversed", showticklabels=False)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_layout(
+        title=title(run, f"token updates per latent frame, {branch}"),
+        height=220 * rows + 80,
+        margin={"l": 10, "r": 10, "t": 80, "b": 10},
+    )
+    return fig

@@ -1,0 +1,107 @@
+"""Profile views of a profiled run: time per named range, top kernels, memory, and the phase breakdown
+beside the dense reference with Amdahl's bound."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from profiling import breakdown
+from viz.common import RunLike, as_run, empty_figure, title
+
+PHASES = ("mask_predict_ms", "attn_sparse_ms", "attn_dense_ms", "cache_bookkeeping_ms", "other_ms")
+
+
+def is_profiled(run: RunLike) -> bool:
+    return (as_run(run).path / "profile_ranges.parquet").is_file()
+
+
+def profile_tables(run: RunLike) -> dict[str, pd.DataFrame]:
+    """``ranges``, ``kernels`` and ``memory`` tables of a profiled run (empty tables if not profiled)."""
+    p = as_run(run).path
+    if not is_profiled(run):
+        return {"ranges": pd.DataFrame(), "kernels": pd.DataFrame(), "memory": pd.DataFrame()}
+    memory = json.loads((p / "profile_memory.json").read_text())
+    return {
+        "ranges": pd.read_parquet(p / "profile_ranges.parquet"),
+        "kernels": pd.read_parquet(p / "profile_kernels.parquet"),
+        "memory": pd.DataFrame([{"what": k, "MB": v / 2**20} for k, v in memory.items()]),
+    }
+
+
+def range_chart(run: RunLike) -> go.Figure:
+    """Total milliseconds per named range over the profiled calls."""
+    ranges = profile_tables(run)["ranges"]
+    if ranges.empty:
+        return empty_figure("this run was not profiled: tick 'profile' (or --profile) and generate again")
+    ranges = ranges.sort_values("total_ms")
+    fig = go.Figure(
+        go.Bar(
+            x=ranges["total_ms"],
+            y=ranges["name"],
+            orientation="h",
+            customdata=ranges[["calls"]],
+            hovertemplate="%{y}: %{x:.1f} ms in %{customdata[0]} calls<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title(run, "time per named range (profiled calls)"),
+        xaxis_title="total ms (device time where present, else CPU)",
+        height=140 + 28 * len(ranges),
+        margin={"l": 130, "r": 20, "t": 60, "b": 40},
+    )
+    return fig
+
+
+def kernel_chart(run: RunLike, top: int = 15) -> go.Figure:
+    """The ``top`` kernels (GPU) or operators (CPU) by self time."""
+    kernels = profile_tables(run)["kernels"]
+    if kernels.empty:
+        return empty_figure("this run was not profiled")
+    time_col = "self_device_ms" if kernels["self_device_ms"].sum() > 0 else "self_cpu_ms"
+    k = kernels.nlargest(top, time_col).iloc[::-1]
+    fig = go.Figure(
+        go.Bar(
+            x=k[time_col],
+            y=[n if len(n) <= 60 else n[:57] + "..." for n in k["name"]],
+            orientation="h",
+            customdata=k[["calls", "share"]],
+            hovertemplate="%{y}: %{x:.2f} ms, %{customdata[0]} calls, %{customdata[1]:.1%}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title(run, f"top {len(k)} {'kernels' if time_col == 'self_device_ms' else 'operators'} by self time"),
+        xaxis_title=time_col.replace("_", " "),
+        height=140 + 26 * len(k),
+        margin={"l": 330, "r": 20, "t": 60, "b": 40},
+    )
+    return fig
+
+
+def breakdown_chart(run: RunLike, reference: RunLike) -> tuple[go.Figure, pd.DataFrame, dict[str, float]]:
+    """Stacked phases per transformer call of ``run`` beside ``reference`` (dense), with the Amdahl numbers."""
+    r, ref = as_run(run), as_run(reference)
+    table, amdahl = breakdown.compare(r, ref)
+    fig = go.Figure()
+    for phase in PHASES:
+        fig.add_trace(
+            go.Bar(
+                x=["dense reference", r.config.get("label") or r.run_id],
+                y=[table.loc[phase, "reference"], table.loc[phase, "run"]],
+                name=phase.removesuffix("_ms").replace("_", " "),
+            )
+        )
+    fig.update_layout(
+        barmode="stack",
+        title=(
+            f"per transformer call: attention {amdahl['attention_speedup']:.2f}x faster, "
+            f"{amdahl['attention_fraction']:.0%} of the dense call → bound {amdahl['transformer_speedup_bound']:.2f}x, "
+            f"measured {amdahl['transformer_speedup']:.2f}x (end to end {amdahl['end_to_end_speedup']:.2f}x)"
+        ),
+        yaxis_title="ms per transformer call",
+        height=420,
+        margin={"l": 50, "r": 20, "t": 60, "b": 40},
+    )
+    return fig, table.reset_index(names="phase"), amdahl

@@ -1,0 +1,99 @@
+"""One self-contained HTML report of a run: video, headline numbers and every figure that applies.
+
+``python -m accel report RUN`` writes it; plotly.js is embedded once, so the file opens offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import cv2
+import plotly.graph_objects as go
+
+from accel.runs import RunStore
+from viz import chunks, compare, motion, profile, reuse, sparsity
+from viz.common import RunLike, as_run, branches
+
+HEADLINE = ("wall_s", "density_mean_sparse", "mask_skip_frac", "chunk_computes", "chunk_reuses", "tokens", "device")
+
+
+def all_figures(run: RunLike, store: RunStore | None = None) -> dict[str, go.Figure]:
+    """Every figure that has data for this run, by section title (the app's tabs, in order)."""
+    r = as_run(run)
+    figs: dict[str, go.Figure] = {}
+    if sparsity.density_table(r).size:
+        figs["Sparsity: density per head"] = sparsity.density_heatmaps(r)
+        idx = sparsity.mask_index(r)
+        if len(idx):
+            first = idx.iloc[0]
+            figs["Sparsity: masks"] = sparsity.head_masks(r, int(first["step"]), int(first["layer"]), first["branch"])
+    if not reuse.reuse_matrix(r).empty:
+        figs["Mask reuse: refresh grid"] = reuse.reuse_grid(r)
+        figs["Mask reuse: drift"] = reuse.drift_curves(r)
+    if not chunks.chunk_states(r).empty:
+        figs["Chunk cache: timeline"] = chunks.chunk_timeline(r)
+        figs["Chunk cache: accumulators"] = chunks.accumulators(r)
+        figs["Chunk cache: KV buffer"] = chunks.kv_buffer(r)
+    if motion.token_maps(r, "updates") is not None:
+        figs["Motion: token updates"] = motion.update_counts(r)
+    if store is not None:
+        ref = compare.dense_reference(store, r)
+        if ref is not None:
+            figs["Compare: quality vs dense"] = compare.quality_curves(ref.path, [r])
+            figs["Compare: speed vs quality"] = compare.pareto(store, r)
+            if profile.is_profiled(r) and profile.is_profiled(ref.path):
+                figs["Profile: breakdown vs dense"] = profile.breakdown_chart(r, ref.path)[0]
+    if profile.is_profiled(r):
+        figs["Profile: named ranges"] = profile.range_chart(r)
+        figs["Profile: kernels"] = profile.kernel_chart(r)
+    return figs
+
+
+def _png(rgb) -> str:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("could not encode an image as PNG")
+    return base64.b64encode(buf.tobytes()).decode()
+
+
+def write_report(run: RunLike, out: str | Path, store: RunStore | None = None) -> Path:
+    """Write the HTML report of ``run`` to ``out`` (a file path); returns it."""
+    r = as_run(run)
+    out = Path(out)
+    parts = [
+        f"<h1>{html.escape(r.config.get('label') or r.run_id)}</h1>",
+        f"<p><b>prompt</b>: {html.escape(str(r.config.get('prompt', '')))} · <b>model</b>: "
+        f"{html.escape(str(r.config.get('model')))} · <b>run</b>: {html.escape(r.run_id)}</p>",
+    ]
+    if r.video_path is not None:
+        video = base64.b64encode(r.video_path.read_bytes()).decode()
+        parts.append(f'<video controls loop autoplay muted src="data:video/mp4;base64,{video}"></video>')
+    headline = {k: r.metrics[k] for k in HEADLINE if k in r.metrics}
+    parts.append(f"<pre>{html.escape(json.dumps(headline, indent=2, default=str))}</pre>")
+    if motion.token_maps(r, "weights") is not None or r.video_path is not None:
+        frame = len(r.frames()) // 2
+        source = "method" if motion.token_maps(r, "weights") is not None else "flow"
+        img = _png(motion.motion_overlay(r, frame, source))
+        parts.append(f"<h2>Motion ({source}) at frame {frame}</h2><img src='data:image/png;base64,{img}'>")
+    first = True
+    for name, fig in all_figures(r, store).items():
+        parts.append(f"<h2>{html.escape(name)}</h2>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=first))
+        first = False
+    body = "\n".join(parts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(r.run_id)}</title>"
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}video,img{max-width:100%}</style>"
+        f"</head><body>{body}</body></html>",
+        encoding="utf-8",
+    )
+    return out
+
+
+def branch_choices(run: RunLike) -> list[str]:
+    """Branches with attention decisions, for the app's pickers."""
+    return branches(run, "density") or ["cond"]

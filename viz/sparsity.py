@@ -1,0 +1,193 @@
+"""Sparsity views: per-head block masks of one step and layer, and density over step x layer per head."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from accel.telemetry import INDEX_KEY, load_mask
+from viz.common import SEQUENTIAL, RunLike, as_run, empty_figure, events, title
+
+MASK_KINDS = ("block_mask", "cluster_mask")
+MAX_MASK_PIXELS = 192  # cluster masks are drawn at token scale, downsampled to at most this many pixels a side
+
+
+def mask_index(run: RunLike) -> pd.DataFrame:
+    """One row per recorded mask: ``key, step, branch, layer, chunk, heads, nq, nk, q_offsets, k_offsets``."""
+    arrays = as_run(run).arrays
+    if INDEX_KEY not in arrays:
+        return pd.DataFrame(columns=["key", "step", "branch", "layer", "chunk", "heads", "nq", "nk"])
+    index = json.loads(str(arrays[INDEX_KEY]))
+    rows = [
+        {
+            "key": key,
+            "step": m["step"],
+            "branch": m["branch"],
+            "layer": m["layer"],
+            "chunk": m.get("chunk"),
+            "heads": m["shape"][0],
+            "nq": m["shape"][1],
+            "nk": m["shape"][2],
+            "q_offsets": m.get("q_offsets"),
+            "k_offsets": m.get("k_offsets"),
+        }
+        for key, m in index.items()
+        if m.get("kind") in MASK_KINDS
+    ]
+    if not rows:
+        return pd.DataFrame(columns=["key", "step", "branch", "layer", "chunk", "heads", "nq", "nk"])
+    return pd.DataFrame(rows).sort_values(["step", "branch", "layer"]).reset_index(drop=True)
+
+
+def mask_image(run: RunLike, key: str, head: int) -> np.ndarray:
+    """Head ``head`` of mask ``key`` as a float image (1 = computed).
+
+    Fixed blocks give the ``(nq, nk)`` block mask; cluster masks (SVG2, with offsets) are drawn at token
+    scale in the permuted order, so a large cluster takes a large share of the picture.
+    """
+    r = as_run(run)
+    mask = load_mask(r.arrays, key)[head]
+    meta = json.loads(str(r.arrays[INDEX_KEY]))[key]
+    if "q_offsets" not in meta:
+        return mask.astype(np.float32)
+    rows = _cluster_of_pixels(np.asarray(r.arrays[meta["q_offsets"]]), head)
+    cols = _cluster_of_pixels(np.asarray(r.arrays[meta["k_offsets"]]), head)
+    return mask[np.ix_(rows, cols)].astype(np.float32)
+
+
+def _cluster_of_pixels(offsets: np.ndarray, head: int) -> np.ndarray:
+    """Cluster index of evenly spaced tokens (one per pixel) for the head's offsets ``(..., H, n + 1)``."""
+    off = offsets.reshape(-1, offsets.shape[-2], offsets.shape[-1])[0, head]
+    length = int(off[-1])
+    tokens = np.linspace(0, length - 1, min(length, MAX_MASK_PIXELS)).round().astype(np.int64)
+    return np.searchsorted(off[1:], tokens, side="right")
+
+
+def head_masks(run: RunLike, step: int, layer: int, branch: str = "cond") -> go.Figure:
+    """A grid of every head's mask at ``(step, layer, branch)``, titled with each head's density."""
+    idx = mask_index(run)
+    sel = idx[(idx["step"] == step) & (idx["layer"] == layer) & (idx["branch"] == branch)]
+    if sel.empty:
+        return empty_figure(f"no mask recorded at step {step}, layer {layer}, {branch}")
+    row = sel.iloc[0]
+    heads = int(row["heads"])
+    dens = events(run, "density")
+    dens = dens[(dens["step"] == step) & (dens["layer"] == layer) & (dens["branch"] == branch)]
+    by_head = dict(zip(dens["head"].astype(int), dens["density"], strict=False))
+    cols = min(heads, 6)
+    nrows = math.ceil(heads / cols)
+    fig = make_subplots(
+        nrows,
+        cols,
+        subplot_titles=[f"head {h} · {by_head.get(h, float('nan')):.2f}" for h in range(heads)],
+        horizontal_spacing=0.02,
+        vertical_spacing=0.08 / max(1, nrows - 1) if nrows > 1 else 0.0,
+    )
+    for h in range(heads):
+        fig.add_trace(
+            go.Heatmap(
+                z=mask_image(run, row["key"], h),
+                colorscale=[[0, "#f4f4f4"], [1, "#1f4e9c"]],
+                zmin=0,
+                zmax=1,
+                showscale=False,
+                hovertemplate="q %{y} · k %{x}: %{z}<extra>head " + str(h) + "</extra>",
+            ),
+            row=h // cols + 1,
+            col=h % cols + 1,
+        )
+    fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor=None)
+    fig.update_xaxes(showticklabels=False)
+    kind = "clusters, permuted" if row["q_offsets"] else "blocks"
+    fig.update_layout(
+        title=title(run, f"masks at step {step}, layer {layer}, {branch} ({kind}; head · density)"),
+        height=max(260, 200 * nrows + 80),
+        margin={"l": 10, "r": 10, "t": 70, "b": 10},
+    )
+    return fig
+
+
+def warmup_steps(run: RunLike, branch: str | None = None) -> list[int]:
+    """Steps computed densely as warm-up (every layer or some: the steps that logged ``dense_warmup``)."""
+    rows = events(run, "dense_warmup")
+    if branch is not None:
+        rows = rows[rows["branch"] == branch]
+    return sorted(int(s) for s in rows["step"].dropna().unique())
+
+
+def density_table(run: RunLike, branch: str = "cond") -> pd.DataFrame:
+    """Mean density per ``(head, layer, step)`` of one branch."""
+    rows = events(run, "density")
+    rows = rows[(rows["branch"] == branch) & rows["head"].notna()]
+    return rows.groupby(["head", "layer", "step"], as_index=False)["density"].mean()
+
+
+def density_heatmaps(run: RunLike, branch: str = "cond") -> go.Figure:
+    """Density over step x layer, one panel per head; dense warm-up steps are shaded."""
+    table = density_table(run, branch)
+    if table.empty:
+        return empty_figure("no attention densities recorded (a dense or cache-only run)")
+    heads = sorted(table["head"].astype(int).unique())
+    steps = sorted(table["step"].astype(int).unique())
+    layers = sorted(table["layer"].astype(int).unique())
+    cols = min(len(heads), 4)
+    nrows = math.ceil(len(heads) / cols)
+    fig = make_subplots(nrows, cols, subplot_titles=[f"head {h}" for h in heads], shared_xaxes=True, shared_yaxes=True)
+    warm = set(warmup_steps(run, branch))
+    for i, h in enumerate(heads):
+        grid = table[table["head"] == h].pivot(index="layer", columns="step", values="density")
+        grid = grid.reindex(index=layers, columns=steps)
+        fig.add_trace(
+            go.Heatmap(
+                z=grid.to_numpy(),
+                x=steps,
+                y=layers,
+                zmin=0,
+                zmax=1,
+                colorscale=SEQUENTIAL,
+                showscale=i == 0,
+                colorbar={"title": "density"},
+                hovertemplate="step %{x} · layer %{y}: %{z:.3f}<extra>head " + str(h) + "</extra>",
+            ),
+            row=i // cols + 1,
+            col=i % cols + 1,
+        )
+    shapes = []  # built directly: add_vrect(row="all") is quadratic in the number of panels
+    for i in range(len(heads)):
+        axis = "" if i == 0 else str(i + 1)
+        for a, b in _spans(sorted(warm)):
+            shapes.append(
+                {"type": "rect", "xref": f"x{axis}", "yref": f"y{axis} domain", "x0": a - 0.5, "x1": b + 0.5,
+                 "y0": 0, "y1": 1, "fillcolor": "white", "opacity": 0.3, "line": {"width": 0}}
+            )  # fmt: skip
+    fig.update_layout(shapes=shapes)
+    note = f" · dense warm-up steps: {_ranges(sorted(warm))}" if warm else ""
+    fig.update_xaxes(title_text="step", row=nrows)
+    fig.update_yaxes(title_text="layer", col=1)
+    fig.update_layout(
+        title=title(run, f"density per head, {branch}{note}"),
+        height=max(300, 220 * nrows + 90),
+        margin={"l": 50, "r": 20, "t": 80, "b": 40},
+    )
+    return fig
+
+
+def _spans(values: list[int]) -> list[tuple[int, int]]:
+    """Sorted integers as contiguous ``(first, last)`` spans: ``[0, 1, 2, 5]`` -> ``[(0, 2), (5, 5)]``."""
+    spans: list[tuple[int, int]] = []
+    for v in values:
+        if spans and spans[-1][1] == v - 1:
+            spans[-1] = (spans[-1][0], v)
+        else:
+            spans.append((v, v))
+    return spans
+
+
+def _ranges(values: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in _spans(values))
