@@ -1,0 +1,131 @@
+"""Backend selection for the kernels (no kernel launches here: see test_kernels_triton.py for those)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernels
+from kernels import block_sparse, dispatch
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+@pytest.fixture()
+def clean_env(monkeypatch):
+    monkeypatch.delenv("ACCEL_KERNELS", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    return monkeypatch
+
+
+def test_env_switch_and_precedence(clean_env):
+    assert dispatch.requested_backend() == "auto"
+    clean_env.setenv("ACCEL_KERNELS", "torch")
+    assert kernels.resolve_backend(CPU) == "torch"
+    clean_env.setenv("ACCEL_KERNELS", "TRITON ")
+    assert dispatch.requested_backend() == "triton"
+    with kernels.use_backend("torch"):
+        assert dispatch.requested_backend() == "torch"  # context manager beats the environment
+        with kernels.use_backend("auto"):
+            assert dispatch.requested_backend() == "auto"
+        assert dispatch.requested_backend("triton") == "triton"  # the argument beats both
+        assert dispatch.requested_backend() == "torch"
+    assert dispatch.requested_backend() == "triton"
+    clean_env.setenv("ACCEL_KERNELS", "cuda")
+    with pytest.raises(ValueError, match="one of"):
+        dispatch.requested_backend()
+    with pytest.raises(ValueError):
+        kernels.use_backend("fast").__enter__()
+
+
+def test_auto_on_cpu_is_torch_without_interpreter(clean_env):
+    assert kernels.resolve_backend(CPU) == "torch"
+    q = torch.randn(1, 16, 2, 8)
+    mask = torch.tensor([[True, False], [False, True]])[None].expand(2, 2, 2)
+    before = dispatch.calls[("block_sparse_attention", "torch")]
+    kernels.block_sparse_attention(q, q, q, mask)
+    assert dispatch.calls[("block_sparse_attention", "torch")] == before + 1
+
+
+def test_without_triton(clean_env):
+    clean_env.setattr(dispatch, "_triton_ok", False)
+    assert kernels.resolve_backend(torch.device("cuda")) == "torch"
+    clean_env.setenv("TRITON_INTERPRET", "1")
+    assert kernels.resolve_backend(CPU) == "torch"
+    with pytest.raises(RuntimeError, match="cannot be imported"), kernels.use_backend("triton"):
+        kernels.resolve_backend(CPU)
+
+
+@pytest.mark.skipif(not dispatch.triton_available(), reason="triton is not installed")
+def test_forced_triton_on_cpu_needs_the_interpreter(clean_env):
+    if dispatch.triton_interprets():
+        pytest.skip("this process runs Triton interpreted")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        kernels.resolve_backend(CPU, "triton")
+    clean_env.setenv("TRITON_INTERPRET", "1")  # too late for this process: warn and keep torch
+    clean_env.setattr(dispatch, "_warned", False)
+    with pytest.warns(UserWarning, match="TRITON_INTERPRET"):
+        assert kernels.resolve_backend(CPU) == "torch"
+
+
+def test_dense_mask_keeps_the_exact_sdpa_shortcut(clean_env):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 40, 2, 16, generator=gen) for _ in range(3))
+    before = dispatch.calls[("block_sparse_attention", "dense")]
+    out = kernels.block_sparse_attention(q, k, v, torch.ones(1, 2, 5, 5, dtype=torch.bool), backend="triton")
+    ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    assert torch.equal(out, ref.transpose(1, 2))
+    assert dispatch.calls[("block_sparse_attention", "dense")] == before + 1
+
+
+def test_uniform_offsets_are_recognised():
+    u = kernels.uniform_offsets(37, 8)
+    assert block_sparse._uniform_block(u.expand(2, 3, 6), 37) == 8
+    assert block_sparse._uniform_block(u.expand(2, 3, 6).clone(), 37) == 8
+    other = u.expand(2, 3, 6).clone()
+    other[1, 2, 1:-1] -= 1
+    assert block_sparse._uniform_block(other, 37) is None
+    assert block_sparse._uniform_block(torch.tensor([0, 8, 20, 37]).expand(1, 1, 4), 37) is None
+    assert block_sparse._uniform_block(torch.tensor([0, 37]).expand(1, 1, 2), 37) == 37
+
+
+@pytest.mark.skipif(not dispatch.triton_available(), reason="triton is not installed")
+def test_lookup_and_query_tiles():
+    from kernels.triton_attention import build_lookup, query_tiles
+
+    mask = torch.tensor([[[[False, True, False, True], [False, False, False, False], [True, True, True, True]]]])
+    lut, count = build_lookup(mask)
+    assert count.tolist() == [[2, 0, 4]]
+    assert lut.shape == (1, 3, 4)
+    assert lut[0, 0, :2].tolist() == [1, 3]
+    assert lut[0, 2].tolist() == [0, 1, 2, 3]
+    off = torch.tensor([[0, 3, 3, 40, 47], [0, 16, 32, 33, 47]])
+    cluster, start = query_tiles(off, 16)
+    # group 0: cluster 0 -> 1 tile, cluster 1 empty, cluster 2 (37 rows) -> 3 tiles, cluster 3 -> 1 tile
+    assert cluster[0].tolist() == [0, 2, 2, 2, 3]
+    assert start[0].tolist() == [0, 3, 19, 35, 40]
+    assert cluster[1].tolist() == [0, 1, 2, 3, -1]
+    assert start[1].tolist()[:4] == [0, 16, 32, 33]
+
+
+def test_kernels_import_and_run_without_triton():
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, kernels\n"
+        "assert not kernels.triton_available()\n"
+        "q = torch.randn(1, 16, 1, 8)\n"
+        "m = torch.tensor([[[[True, False], [False, True]]]])\n"
+        "kernels.block_sparse_attention(q, q, q, m)\n"
+        "kernels.antidiagonal_block_scores(q, q, 2, 8)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("ok")
