@@ -25,13 +25,19 @@ def reuse_matrix(run: RunLike, branch: str = "cond") -> pd.DataFrame:
     return grid.reindex(index=steps)
 
 
+def reuse_rate(grid: pd.DataFrame) -> float:
+    """Share of decisions that reused the mask (NaN = no decision, not counted)."""
+    z = grid.to_numpy(dtype=float)
+    return 1.0 - float(np.nanmean(z)) if np.isfinite(z).any() else 0.0
+
+
 def reuse_grid(run: RunLike, branch: str = "cond") -> go.Figure:
     """Heatmap of refresh (1) / reuse (0) decisions; grey where no decision was made."""
     grid = reuse_matrix(run, branch)
     if grid.empty:
         return empty_figure("no Temporal Mask Reuse decisions in this run (enable TMR)")
     labels = [f"l{int(layer)}h{int(head)}" for layer, head in grid.columns]
-    rate = 1.0 - float(np.nanmean(grid.to_numpy()))
+    rate = reuse_rate(grid)
     fig = go.Figure(
         go.Heatmap(
             z=grid.to_numpy(),

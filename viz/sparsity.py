@@ -166,7 +166,7 @@ def density_heatmaps(run: RunLike, branch: str = "cond") -> go.Figure:
                  "y0": 0, "y1": 1, "fillcolor": "white", "opacity": 0.3, "line": {"width": 0}}
             )  # fmt: skip
     fig.update_layout(shapes=shapes)
-    note = f" · dense warm-up steps: {_ranges(sorted(warm))}" if warm else ""
+    note = f" · dense warm-up steps: {step_ranges(sorted(warm))}" if warm else ""
     fig.update_xaxes(title_text="step", row=nrows)
     fig.update_yaxes(title_text="layer", col=1)
     fig.update_layout(
@@ -188,6 +188,6 @@ def _spans(values: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def _ranges(values: list[int]) -> str:
+def step_ranges(values: list[int]) -> str:
     """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
     return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in _spans(values))
