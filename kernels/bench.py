@@ -1,0 +1,266 @@
+"""Kernel benchmark at real Wan2.1 attention shapes: ``python -m kernels.bench [--quick] [--interpret]``.
+
+For each shape (Wan2.1-1.3B: 12 heads x 128; 14B: 40 heads x 128; 480p L = 32,760, 720p L = 75,600)
+and each input kind, prints the time and TFLOP/s of dense SDPA (flash backend) and of our
+block-sparse kernel with masks of density 1.0 / 0.5 / 0.25 / 0.1 (the kernel itself, never the
+dense shortcut; the lookup build is included), the speedup against our density-1.0 run and against
+SDPA, and the XAttention estimation kernel's time (stride 16, block 128) as a fraction of dense.
+
+Inputs: ``uniform`` (i.i.d. normal Q/K/V, random block masks) and ``structured`` (Q/K correlated
+between nearby tokens of the (frame, h, w) grid; masks from the real XAttention selection,
+``accel.attention.xattention.select_blocks``, at the tau that gives the density).
+
+Without CUDA it prints a message and exits 0; ``--interpret`` runs tiny shapes through the Triton
+interpreter on CPU to smoke-test the script (timings there mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kernels.block_sparse import mask_density, uniform_offsets
+
+DENSITIES = (1.0, 0.5, 0.25, 0.1)
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    heads: int
+    head_dim: int
+    grid: tuple[int, int, int]  # latent tokens (frames, h, w) after patching
+
+    @property
+    def length(self) -> int:
+        return math.prod(self.grid)
+
+
+SHAPES = {
+    "1.3b-480p": Shape("Wan2.1-1.3B 480p", 12, 128, (21, 30, 52)),
+    "1.3b-720p": Shape("Wan2.1-1.3B 720p", 12, 128, (21, 45, 80)),
+    "14b-480p": Shape("Wan2.1-14B 480p", 40, 128, (21, 30, 52)),
+    "14b-720p": Shape("Wan2.1-14B 720p", 40, 128, (21, 45, 80)),
+}
+TINY = {"tiny": Shape("tiny (interpreter)", 2, 64, (2, 4, 6))}
+
+
+def reexec_interpreted(module: str) -> None:
+    """Make sure Triton runs interpreted in this process; re-run ``module`` in a subprocess if it is too late."""
+    if os.environ.get("TRITON_INTERPRET") == "1" and "triton" not in sys.modules:
+        return
+    if "triton" not in sys.modules:
+        os.environ["TRITON_INTERPRET"] = "1"
+        return
+    from kernels.dispatch import triton_interprets
+
+    if triton_interprets():
+        return
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    raise SystemExit(subprocess.call([sys.executable, "-m", module, *sys.argv[1:]], env=env))
+
+
+def timeit(fn: Callable[[], object], warmup: int, iters: int) -> float:
+    """Median seconds per call: CUDA events on GPU, wall clock on CPU."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def structured_qkv(
+    shape: Shape, device: torch.device, dtype: torch.dtype, seed: int = 0, sharpness: float = 6.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q/K that correlate between nearby tokens of the (frame, h, w) grid; ``(1, L, H, D)``.
+
+    Per head, random Fourier features of the token position ``phi(x) = [cos(W x), sin(W x)]`` (so
+    ``phi(x).phi(y)`` is a shift-invariant kernel peaking at ``x = y``); frequency scales differ per
+    head, from local (short-range) to global heads. Q and K are the features plus independent noise.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    f, h, w = shape.grid
+    pos = torch.stack(torch.meshgrid(torch.arange(f), torch.arange(h), torch.arange(w), indexing="ij"), dim=-1).reshape(
+        -1, 3
+    )
+    pos = pos.to(device=device, dtype=torch.float32)
+    half = shape.head_dim // 2
+    scales = torch.logspace(math.log10(0.05), math.log10(0.8), shape.heads)  # radians per grid cell
+    freqs = torch.randn(shape.heads, 3, half, generator=gen) * scales[:, None, None]
+    amp = math.sqrt(sharpness * math.sqrt(shape.head_dim) / half)  # peak logit ~ sharpness
+    q = torch.empty(1, shape.length, shape.heads, shape.head_dim, device=device, dtype=dtype)
+    k = torch.empty_like(q)
+    for i in range(shape.heads):
+        ang = pos @ freqs[i].to(device)
+        phi = torch.cat([ang.cos(), ang.sin()], dim=-1) * amp
+        noise = torch.randn(2, *phi.shape, generator=gen).to(device) * 0.5
+        q[0, :, i] = (phi + noise[0]).to(dtype)
+        k[0, :, i] = (phi + noise[1]).to(dtype)
+    v = torch.randn(q.shape, generator=gen).to(device=device, dtype=dtype)
+    return q, k, v
+
+
+def random_mask(heads: int, n: int, density: float, device: torch.device, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    if density >= 1.0:
+        return torch.ones(1, heads, n, n, dtype=torch.bool, device=device)
+    return (torch.rand(1, heads, n, n, generator=gen) < density).to(device)
+
+
+def xattention_mask(scores: torch.Tensor, density: float, offsets: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The XAttention selection at the tau (bisection) whose mean density is closest to ``density``."""
+    from accel.attention.xattention import select_blocks
+
+    if density >= 1.0:
+        return torch.ones_like(scores, dtype=torch.bool), 1.0
+    lo, hi = 0.0, 1.0
+    best = None
+    for _ in range(20):
+        tau = (lo + hi) / 2
+        mask = select_blocks(scores, tau)
+        got = float(mask_density(mask, offsets, offsets).mean())
+        if best is None or abs(got - density) < abs(best[1] - density):
+            best = (mask, got, tau)
+        if got > density:
+            hi = tau
+        else:
+            lo = tau
+    return best[0], best[2]
+
+
+def dense_flops(shape: Shape) -> float:
+    return 4.0 * shape.heads * shape.length**2 * shape.head_dim
+
+
+def sdpa_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Dense attention on (B, H, L, D) copies, flash backend on CUDA."""
+    qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+    if q.is_cuda:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def run() -> torch.Tensor:
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+
+        return run
+    return lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+
+
+def bench_shape(shape: Shape, kind: str, args: argparse.Namespace, device: torch.device) -> None:
+    from kernels.triton_attention import fixed_block_sparse_attention
+    from kernels.triton_estimate import antidiagonal_block_scores_triton
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    length, bs = shape.length, args.block
+    n = math.ceil(length / bs)
+    if kind == "structured":
+        q, k, v = structured_qkv(shape, device, dtype)
+    else:
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        q, k, v = (torch.randn(1, length, shape.heads, shape.head_dim, generator=gen).to(device, dtype) for _ in "qkv")
+    off = uniform_offsets(length, bs, device)
+    cfg = {key: val for key in ("block_m", "block_n", "num_warps", "num_stages") if (val := getattr(args, key))}
+    w, it = args.warmup, args.iters
+
+    t_sdpa = timeit(sdpa_fn(q, k, v), w, it)
+    est = lambda: antidiagonal_block_scores_triton(q, k, args.stride, bs)  # noqa: E731
+    t_est = timeit(est, w, it)
+    scores = est() if kind == "structured" else None
+    flops = dense_flops(shape)
+    print(f"\n{shape.name}: L={length}, {shape.heads} heads x {shape.head_dim}, block {bs}, {kind} inputs, {dtype}")
+    label = "SDPA (flash)" if device.type == "cuda" else "SDPA (CPU)"
+    print(f"  {label:<21} {t_sdpa * 1e3:9.2f} ms   {flops / t_sdpa / 1e12:7.1f} TFLOP/s")
+    print(
+        f"  estimation (S={args.stride}, B={bs}) {t_est * 1e3:9.2f} ms   "
+        f"= {t_est / t_sdpa:6.1%} of dense SDPA (ideal 1/S = {1 / args.stride:.1%})"
+    )
+    header = f"  {'density':>8} {'actual':>7} {'tau':>6} {'ms':>9} {'TFLOP/s':>8} {'vs ours@1':>10} {'vs SDPA':>8}"
+    print(header)
+    t_full = None
+    for density in args.densities:
+        if kind == "structured":
+            mask, tau = xattention_mask(scores, density, off)
+        else:
+            mask, tau = random_mask(shape.heads, n, density, device, seed=int(density * 1000)), float("nan")
+        actual = float(mask_density(mask, off, off).mean())
+        run = lambda m=mask: fixed_block_sparse_attention(q, k, v, m, bs, bs, **cfg)  # noqa: E731
+        t = timeit(run, w, it)
+        if density >= 1.0:
+            t_full = t
+        rel = f"{t_full / t:9.2f}x" if t_full else f"{'-':>10}"
+        print(
+            f"  {density:8.2f} {actual:7.3f} {tau:6.3f} {t * 1e3:9.2f} {flops * actual / t / 1e12:8.1f} "
+            f"{rel} {t_sdpa / t:7.2f}x"
+        )
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 1.3B 480p only, few iterations")
+    p.add_argument("--interpret", action="store_true", help="tiny shapes on CPU through the Triton interpreter")
+    p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=None, help="shapes to run (default: all)")
+    p.add_argument("--inputs", nargs="+", choices=["uniform", "structured"], default=["uniform", "structured"])
+    p.add_argument("--densities", nargs="+", type=float, default=list(DENSITIES))
+    p.add_argument("--block", type=int, default=128, help="mask block size (XAttention: 128)")
+    p.add_argument("--stride", type=int, default=16, help="estimation stride")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    for key in ("block_m", "block_n", "num_warps", "num_stages"):
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None, help="kernel config override")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.interpret:
+        reexec_interpreted("kernels.bench")
+        shapes = list(TINY.values())
+        args.block, args.stride, args.warmup, args.iters = 8, 4, 0, 1
+        device = torch.device("cpu")
+    else:
+        if not torch.cuda.is_available():
+            print("kernels.bench: no CUDA device, nothing to benchmark (try --interpret for a tiny CPU smoke run).")
+            return 0
+        from kernels.dispatch import triton_available
+
+        if not triton_available():
+            print("kernels.bench: triton is not installed, nothing to benchmark.")
+            return 0
+        names = args.shapes or (["1.3b-480p"] if args.quick else list(SHAPES))
+        shapes = [SHAPES[n] for n in names]
+        if args.quick:
+            args.warmup, args.iters = 1, 3
+        device = torch.device("cuda")
+        torch.cuda.init()
+        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    for shape in shapes:
+        for kind in args.inputs:
+            bench_shape(shape, kind, args, device)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
