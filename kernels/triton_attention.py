@@ -70,7 +70,7 @@ def _fixed_fwd(
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # 64-bit batch offsets: B*L*H*D may exceed 2**31
     h = bh % H
     qblk = pid_m // TILES_Q
     q_lo = qblk * BS_Q + (pid_m % TILES_Q) * BLOCK_M
@@ -167,7 +167,7 @@ def _varlen_fwd(
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # 64-bit batch offsets: B*L*H*D may exceed 2**31
     h = bh % H
     cluster = tl.load(TILE_C + bh * stride_tile_bh + pid_m)
     valid = cluster >= 0

@@ -52,7 +52,7 @@ def _estimate_stats(
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # 64-bit batch offsets: B*L*H*D may exceed 2**31
     h = bh % H
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -125,7 +125,7 @@ def _estimate_blocks(
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # 64-bit batch offsets: B*L*H*D may exceed 2**31
     h = bh % H
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)

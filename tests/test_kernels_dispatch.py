@@ -129,3 +129,30 @@ def test_kernels_import_and_run_without_triton():
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("ok")
+
+
+def _module(*args: str, interpret: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("TRITON_INTERPRET", None)
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180, check=False
+    )
+
+
+def test_benchmarks_exit_cleanly_without_cuda():
+    for module in ("kernels.bench", "kernels.bench_e2e"):
+        proc = _module(module, "--quick")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "no CUDA device" in proc.stdout
+
+
+@pytest.mark.skipif(not dispatch.triton_available(), reason="triton is not installed")
+def test_benchmarks_smoke_under_the_interpreter():
+    proc = _module("kernels.bench", "--interpret", "--inputs", "structured", "--densities", "0.5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "estimation" in proc.stdout and "0.50" in proc.stdout
+    proc = _module("kernels.bench_e2e", "--interpret", "--kinds", "xattention", "--densities", "0.5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "xattention" in proc.stdout and "Amdahl" in proc.stdout
