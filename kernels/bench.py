@@ -184,7 +184,10 @@ def bench_shape(shape: Shape, kind: str, args: argparse.Namespace, device: torch
     w, it = args.warmup, args.iters
 
     t_sdpa = timeit(sdpa_fn(q, k, v), w, it)
-    est = lambda: antidiagonal_block_scores_triton(q, k, args.stride, bs)  # noqa: E731
+    est_cfg = {"block_m": args.est_tile, "block_n": args.est_tile} if args.est_tile else {}
+    if args.est_warps:
+        est_cfg["num_warps"] = args.est_warps
+    est = lambda: antidiagonal_block_scores_triton(q, k, args.stride, bs, **est_cfg)  # noqa: E731
     t_est = timeit(est, w, it)
     scores = est() if kind == "structured" else None
     flops = dense_flops(shape)
@@ -228,6 +231,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=10)
     for key in ("block_m", "block_n", "num_warps", "num_stages"):
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None, help="kernel config override")
+    p.add_argument("--est-tile", type=int, default=None, help="estimation tile (reduced rows = reduced keys)")
+    p.add_argument("--est-warps", type=int, default=None, help="estimation num_warps override")
     return p.parse_args(argv)
 
 

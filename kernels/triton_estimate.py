@@ -171,8 +171,8 @@ def estimate_config(interpret: bool, r: int) -> dict[str, int]:
     if interpret:
         t = max(16, r)
         return {"block_m": t, "block_n": t, "num_warps": 4, "num_stages": 1}
-    t = max(64, r)
-    return {"block_m": t, "block_n": t, "num_warps": 4, "num_stages": 2}
+    t = max(128, r)  # wide tiles: each (query chunk, key chunk) pair is reloaded once per tile of the other side
+    return {"block_m": t, "block_n": t, "num_warps": 8, "num_stages": 2}
 
 
 def supports(stride: int, block_size: int, head_dim: int) -> bool:
