@@ -257,6 +257,8 @@ def run_choices() -> list[tuple[str, str]]:
 def _open(run_id: str | None):
     if not run_id:
         raise gr.Error("no run selected: generate one or open one in the Runs tab")
+    if Path(run_id).name != run_id:  # the app opens runs of its own store only, never a user's path
+        raise gr.Error(f"invalid run id {run_id!r}: pick a run of the store")
     try:
         return _store().load(run_id)
     except (ValueError, FileNotFoundError) as exc:
@@ -378,8 +380,7 @@ def compare_runs(run_ids: list[str] | None):
     """Side-by-side and difference videos, per-frame quality and the table; the first run is the reference."""
     if not run_ids or len(run_ids) < 2:
         raise gr.Error("pick at least two runs (the first is the reference)")
-    store = _store()
-    runs = [store.load(r) for r in run_ids]
+    runs = [_open(r) for r in run_ids]
     try:
         both = compare.side_by_side(runs)
         diff = compare.difference_video(runs[0], runs[1])
@@ -479,7 +480,9 @@ def build_app() -> gr.Blocks:
     with gr.Blocks(title="Video DiT acceleration bench") as demo:
         gr.Markdown("# Video DiT acceleration bench\nGenerate with a method, then see why it is fast or ugly.")
         with gr.Row():
-            run_pick = gr.Dropdown(run_choices(), value=None, label="Run shown in the views", scale=4)
+            run_pick = gr.Dropdown(
+                run_choices(), value=None, label="Run shown in the views", scale=4, allow_custom_value=True
+            )
             refresh = gr.Button("Refresh list", scale=0)
             report_btn = gr.Button("HTML report", scale=0)
             report_file = gr.File(label="Report", scale=1, visible=True)
@@ -552,7 +555,9 @@ def build_app() -> gr.Blocks:
                 mo_counts = gr.Plot(label="Token updates")
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
-                    cmp_runs = gr.Dropdown([], multiselect=True, label="Runs (first = reference)", scale=4)
+                    cmp_runs = gr.Dropdown(
+                        [], multiselect=True, label="Runs (first = reference)", scale=4, allow_custom_value=True
+                    )
                     cmp_btn = gr.Button("Compare", variant="primary", scale=0)
                     dense_btn = gr.Button("Run dense reference", scale=0)
                 cmp_note = gr.Markdown()

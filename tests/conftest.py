@@ -38,3 +38,35 @@ def run_pipe(pipe, seed: int = 0, **overrides):
             PROMPT, negative_prompt="blurry", generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs
         )
     return out.frames
+
+
+WAN = {"height": 128, "width": 128, "frames": 9, "steps": 6}
+SKY = {"height": 64, "width": 64, "frames": 21, "steps": 6}
+
+
+@pytest.fixture(scope="session")
+def stored_runs(tmp_path_factory):
+    """A small store: dense, XAttention+TMR (profiled) and SVG2 on tiny-wan; dense and MotionCache on SkyReels."""
+    from accel.config import RunConfig
+    from accel.runner import generate
+    from accel.runs import RunStore
+
+    store = RunStore(tmp_path_factory.mktemp("viz") / "runs")
+    xa = {"warmup_steps": 2, "tmr": True, "tmr_delta": 3.0}
+    out = {
+        "dense": generate(RunConfig(prompt=PROMPT, method="dense", **WAN), store, profile=True),
+        "xattention": generate(RunConfig(prompt=PROMPT, method="xattention", settings=xa, **WAN), store, profile=True),
+        "svg2": generate(RunConfig(prompt=PROMPT, method="svg2", settings={"first_times_fp": 0.3}, **WAN), store),
+        "sky_dense": generate(RunConfig(prompt=PROMPT, model="tiny-skyreels", method="dense", **SKY), store),
+        "motion": generate(
+            RunConfig(
+                prompt=PROMPT,
+                model="tiny-skyreels",
+                method="motioncache",
+                settings={"warmup": 1, "phase1_updates": 1},
+                **SKY,
+            ),
+            store,
+        ),
+    }
+    return store, out

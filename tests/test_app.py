@@ -1,8 +1,8 @@
-"""The app serves on localhost and runs a generation on the embedded model through its API."""
+"""The app serves on localhost; through its API a generation on the embedded model returns the video and
+every view's figures, bad input is a message, and the app keeps serving."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,31 +11,96 @@ gradio_client = pytest.importorskip("gradio_client")
 
 
 @pytest.fixture()
-def served_app(tmp_path, monkeypatch):
-    monkeypatch.setenv("ACCEL_RUNS_DIR", str(tmp_path / "runs"))
+def served(stored_runs, monkeypatch):
+    store, runs = stored_runs
+    monkeypatch.setenv("ACCEL_RUNS_DIR", str(store.root))
     import app
 
     demo = app.build_app().queue(default_concurrency_limit=1)
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     try:
-        yield demo
+        yield app, demo, gradio_client.Client(demo.local_url, verbose=False), store, runs
     finally:
         demo.close()
 
 
-def test_generate_through_the_api(served_app, tmp_path):
-    assert served_app.local_url.startswith("http://127.0.0.1:")
-    client = gradio_client.Client(served_app.local_url, verbose=False)
-    args = ("tiny-wan", "xattention", "a red circle moves left", "", 0, 8, 0.8, 0.9, True, 3.0, "none")
-    video, summary = client.predict(*args, api_name="/run_generation")
-    info = json.loads(summary)
-    assert Path(video).suffix == ".mp4" and Path(video).stat().st_size > 0
-    assert (tmp_path / "runs" / info["run"] / "COMPLETE").exists()
-    assert 0 < info["density_mean_sparse"] < 1
-    assert 0 < info["mask_skip_frac"] < 1  # TMR reused some masks
-    # bad input is an error message, and the app keeps serving
+def test_generate_then_every_view_through_the_api(served):
+    app, demo, client, store, runs = served
+    assert demo.local_url.startswith("http://127.0.0.1:")
+    before = {i.run_id for i in store.list()}
+    values = app.form_values(
+        method="xattention",
+        sampling={"height": 128, "width": 128, "frames": 9, "steps": 6},
+        settings={"tau": 0.8, "tmr": True, "tmr_delta": 3.0, "warmup_steps": 2},
+    )
+    video, summary, picked = client.predict(*values, api_name="/generate")
+    new = {i.run_id for i in store.list()} - before
+    assert len(new) == 1 and Path(video).suffix == ".mp4" and Path(video).stat().st_size > 0
+    run_id = new.pop()
+    assert picked == run_id or picked.get("value") == run_id
+    assert "speedup vs dense" in summary and "mean density" in summary and "mask reuse rate" in summary
+    *_, masks, density, note = client.predict(run_id, api_name="/sparsity")
+    assert masks["type"] == "plotly" and density["type"] == "plotly" and "Dense warm-up steps: 0-1" in note
+    _, grid, _, drift, _ = client.predict(run_id, api_name="/reuse")
+    assert Path(grid).is_file() and drift["type"] == "plotly"
+    chunk_views = client.predict(runs["motion"].run_id, api_name="/chunks")
+    assert all(v["type"] == "plotly" for v in chunk_views[1:])
+    _, _, overlay, counts = client.predict(runs["motion"].run_id, api_name="/motion")
+    assert Path(overlay).is_file() and counts["type"] == "plotly"
+    _, pareto, _ = client.predict(run_id, api_name="/compare_choices")
+    assert pareto["type"] == "plotly"
+    side, _, _, table = client.predict([runs["dense"].run_id, run_id], api_name="/compare")
+    assert Path(side["video"] if isinstance(side, dict) else side).is_file()
+    assert table["headers"][:2] == ["run", "method"]
+    profile = client.predict(runs["xattention"].run_id, api_name="/profile")
+    assert profile[0]["type"] == "plotly" and Path(profile[-1]).name == "trace.json.gz"
+    assert Path(client.predict(run_id, api_name="/report")).suffix == ".html"
+
+
+def test_bad_input_is_a_message_and_the_app_keeps_serving(served):
+    app, _, client, _, runs = served
     with pytest.raises(Exception, match="prompt"):
-        client.predict("tiny-wan", "dense", "   ", "", 0, 2, 0.9, 0.9, False, None, "none", api_name="/run_generation")
-    dense = ("tiny-wan", "dense", "a blue square", "", 1, 2, 0.9, 0.9, False, None, "none")
-    _, again = client.predict(*dense, api_name="/run_generation")
-    assert json.loads(again)["run"] != info["run"]
+        client.predict(*app.form_values(prompt="   ", sampling={"steps": 2}), api_name="/generate")
+    with pytest.raises(Exception, match="tau"):
+        client.predict(*app.form_values(settings={"tau": 1.5}, sampling={"steps": 2}), api_name="/generate")
+    with pytest.raises(Exception, match=r"diffusion-forcing"):
+        client.predict(*app.form_values(method="flowcache", sampling={"steps": 2}), api_name="/generate")
+    with pytest.raises(Exception, match=r"not found|no model|local"):
+        client.predict(*app.form_values(model="/nonexistent/model", sampling={"steps": 2}), api_name="/generate")
+    for bad in ("../../etc", "/etc"):
+        with pytest.raises(Exception, match="invalid run id"):
+            client.predict(bad, api_name="/sparsity")
+    with pytest.raises(Exception, match="at least two"):
+        client.predict([runs["dense"].run_id], api_name="/compare")
+    assert client.predict(runs["svg2"].run_id, api_name="/sparsity")[3]["type"] == "plotly"  # still serving
+
+
+def test_settings_form_reads_every_method(stored_runs):
+    import app
+    from accel.config import METHOD_SETTINGS, settings_for
+
+    for method in METHOD_SETTINGS:
+        values = app.form_values(method=method)[4 + len(app.SAMPLING) + len(app.FORCING) + 1 :]
+        assert settings_for(method, app.read_settings(method, values)) == settings_for(method, {})
+    xa = app.form_values(method="xattention", settings={"tau": (0.8, 0.9)})
+    fields = xa[4 + len(app.SAMPLING) + len(app.FORCING) + 1 :]
+    assert app.read_settings("xattention", fields)["tau"] == (0.8, 0.9)
+
+
+def test_delete_needs_confirmation(stored_runs, monkeypatch, tmp_path):
+    import shutil
+
+    import gradio as gr
+
+    import app
+    from accel.runs import RunStore
+
+    _, runs = stored_runs
+    root = tmp_path / "runs"
+    shutil.copytree(runs["svg2"].path, root / runs["svg2"].run_id)
+    monkeypatch.setenv("ACCEL_RUNS_DIR", str(root))
+    with pytest.raises(gr.Error, match="confirm"):
+        app.delete_run(runs["svg2"].run_id, False)
+    assert len(RunStore(root).list()) == 1
+    table, *_ = app.delete_run(runs["svg2"].run_id, True)
+    assert RunStore(root).list() == [] and table.empty

@@ -1,0 +1,141 @@
+"""Figures of run folders (viz): each view shows what the run's telemetry says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def test_masks_and_densities_follow_the_telemetry(stored_runs):
+    from viz import sparsity
+
+    _, r = stored_runs
+    run = r["xattention"]
+    idx = sparsity.mask_index(run)
+    assert len(idx) and set(idx["branch"]) == {"cond", "uncond"} and idx["step"].min() == 2
+    first = idx.iloc[0]
+    img = sparsity.mask_image(run, first["key"], 0)
+    assert img.shape == (first["nq"], first["nk"]) and set(np.unique(img)) <= {0.0, 1.0}
+    fig = sparsity.head_masks(run, int(first["step"]), int(first["layer"]), "cond")
+    assert len(fig.data) == run.metrics["heads"]
+    # titles carry each head's density as logged
+    t = run.telemetry
+    d = t[(t.event == "density") & (t.step == first["step"]) & (t.layer == first["layer"]) & (t.branch == "cond")]
+    assert fig.layout.annotations[0].text == f"head 0 · {float(d[d['head'] == 0]['density'].iloc[0]):.2f}"
+    assert sparsity.warmup_steps(run) == [0, 1]
+    dens = sparsity.density_heatmaps(run)
+    assert len(dens.data) == run.metrics["heads"] and len(dens.layout.shapes) == run.metrics["heads"]
+    z = np.asarray(dens.data[0].z, dtype=float)
+    assert z.shape == (run.metrics["layers"], run.config["steps"]) and np.allclose(z[:, :2], 1.0)
+    # SVG2 cluster masks are drawn at token scale
+    svg = r["svg2"]
+    sidx = sparsity.mask_index(svg)
+    assert sidx["q_offsets"].notna().all()
+    assert sparsity.mask_image(svg, sidx.iloc[0]["key"], 1).shape == (192, 192)
+    assert "no mask recorded" in sparsity.head_masks(svg, 99, 0).layout.annotations[0].text
+
+
+def test_reuse_grid_cells_map_back_to_their_heads(stored_runs):
+    from viz import reuse
+
+    _, r = stored_runs
+    run = r["xattention"]
+    grid = reuse.reuse_matrix(run, "cond")
+    t = run.telemetry
+    refresh = t[(t.event == "mask_refresh") & (t.branch == "cond")]
+    assert grid.notna().sum().sum() == len(refresh)
+    assert grid.loc[0].isna().all()  # warm-up steps made no decision
+    img = reuse.reuse_grid_image(run, "cond", cell=8)
+    assert img.shape == (len(grid) * 8, grid.shape[1] * 8, 3)
+    step, layer, head = reuse.cell_at(run, x=8 * 7 + 3, y=8 * 4 + 3, branch="cond", cell=8)
+    assert (step, layer, head) == (int(grid.index[4]), *map(int, grid.columns[7]))
+    assert reuse.cell_at(run, 10_000, 0, "cond", 8) is None
+    key = reuse.mask_in_effect(run, step, layer, head, "cond")
+    assert key is not None and key.startswith("mask/s") and int(key[6:9]) <= step
+    fig = reuse.drift_curves(run, [(0, 0), (1, 2)])
+    assert [tr.name for tr in fig.data if tr.showlegend is not False] == ["l0h0", "l1h2"]
+    assert any(s.y0 == 3.0 for s in fig.layout.shapes)  # the delta line
+    assert "no Temporal Mask Reuse" in reuse.reuse_grid(r["svg2"]).layout.annotations[0].text
+
+
+def test_chunk_timeline_states_and_kv(stored_runs):
+    from viz import chunks
+
+    _, r = stored_runs
+    run = r["motion"]
+    states = chunks.chunk_states(run, "cond")
+    t = run.telemetry
+    decided = t[t.event.isin(list(chunks.EVENT_STATE)) & (t.branch == "cond")]
+    assert states.isin(["compute", "partial", "reuse"]).sum().sum() == len(decided)
+    assert states.iloc[0, -1] == "waiting" and states.iloc[-1, 0] == "done"
+    assert set(states.stack()) <= set(chunks.STATES)
+    fig = chunks.chunk_timeline(run)
+    assert np.asarray(fig.data[0].z).shape == (states.shape[1], states.shape[0])
+    assert len(chunks.kv_buffer(run).data[0].x) == len(t[t.event == "kv_tokens"])
+    assert "no chunk cache" in chunks.chunk_timeline(r["dense"]).layout.annotations[0].text
+
+
+def test_motion_heatmaps_over_frames(stored_runs):
+    from viz import motion
+
+    _, r = stored_runs
+    run = r["motion"]
+    assert motion.token_maps(run, "weights").shape == (6, 4, 4)
+    maps = motion.token_maps(run, "updates")
+    assert maps.shape == (6, 4, 4) and maps.max() >= 1
+    frame = run.frames()[9]
+    over = motion.motion_overlay(run, 9, "method")
+    assert over.shape == frame.shape and over.dtype == np.uint8 and not np.array_equal(over, frame)
+    assert motion.latent_frame(0) == 0 and motion.latent_frame(4) == 1 and motion.latent_frame(5) == 2
+    flow = motion.motion_map(r["dense"], 3, "flow")
+    assert flow.shape == r["dense"].frames().shape[1:3] and flow.min() >= 0 and flow.max() <= 1
+    assert motion.motion_map(r["dense"], 3, "method") is None
+    with pytest.raises(ValueError, match="frame"):
+        motion.motion_map(run, 999)
+    assert len(motion.update_counts(run).data) == 6
+
+
+def test_compare_quality_and_pareto(stored_runs):
+    from accel.metrics import compare_videos
+    from viz import compare
+
+    store, r = stored_runs
+    ref = compare.dense_reference(store, r["xattention"])
+    assert ref is not None and ref.run_id == r["dense"].run_id
+    assert compare.dense_reference(store, r["motion"]).run_id == r["sky_dense"].run_id
+    both = compare.side_by_side([r["dense"], r["xattention"], r["svg2"]])
+    assert both.shape == (9, 128, 384, 3)
+    diff = compare.difference_video(r["dense"], r["dense"])
+    assert diff.shape == (9, 128, 128, 3)
+    table = compare.quality(r["dense"], [r["dense"], r["svg2"]])
+    assert table.loc[0, "psnr_db"] == compare.PSNR_CAP and table.loc[0, "speedup_wall"] == pytest.approx(1.0)
+    q = compare_videos(r["dense"].frames(), r["svg2"].frames())
+    assert table.loc[1, "psnr_db"] == min(q["psnr_mean"], compare.PSNR_CAP)
+    assert table.loc[1, "ssim"] == pytest.approx(q["ssim_mean"])
+    wall = r["dense"].metrics["wall_s"] / r["svg2"].metrics["wall_s"]
+    assert table.loc[1, "speedup_wall"] == pytest.approx(wall)
+    with pytest.raises(ValueError, match="different video shapes"):
+        compare.side_by_side([r["dense"], r["motion"]])
+    fig = compare.pareto(store, r["xattention"])
+    points = sum(len(tr.x) for tr in fig.data if tr.mode == "markers")
+    assert points == 2  # xattention and svg2 against the dense run
+
+
+def test_profile_views_and_report(stored_runs, tmp_path):
+    from viz import profile
+    from viz.report import all_figures, write_report
+
+    store, r = stored_runs
+    assert profile.is_profiled(r["xattention"]) and not profile.is_profiled(r["svg2"])
+    assert len(profile.range_chart(r["xattention"]).data[0].y) > 3
+    fig, phases, amdahl = profile.breakdown_chart(r["xattention"], r["dense"])
+    assert len(fig.data) == len(profile.PHASES) and amdahl["attention_fraction"] > 0
+    # the profiler records sparse steps of a method with dense warm-up
+    assert phases.set_index("phase").loc["attn_sparse_ms", "run"] > 0
+    figs = all_figures(r["xattention"], store)
+    assert {"Sparsity: masks", "Mask reuse: refresh grid", "Compare: speed vs quality",
+            "Profile: breakdown vs dense"} <= set(figs)  # fmt: skip
+    out = write_report(r["motion"], tmp_path / "report.html", store)
+    text = out.read_text()
+    assert "data:video/mp4;base64," in text and "Chunk cache: timeline" in text and "Motion: token updates" in text
+    assert '<script src="http' not in text and "plotly" in text  # plotly.js embedded: the report opens offline
