@@ -35,7 +35,7 @@ DEFAULT_PROMPT = "a red circle moves left over a blue background"
 GENERATE_QUEUE = "generate"  # generations (and dense references) share one queue: one at a time
 SAMPLING = ("seed", "height", "width", "frames", "steps", "guidance")
 FORCING = ("ar_step", "causal_block_size", "base_num_frames", "overlap_history", "addnoise_condition")
-CELL = 8  # pixels per decision in the clickable reuse grid
+CELL = 16  # pixels per decision in the clickable reuse grid
 
 
 # -- settings form -----------------------------------------------------------------------------
@@ -118,6 +118,12 @@ def _component(f: SettingField) -> gr.components.Component:
     return gr.Textbox(str(value), label=label, info=info, placeholder=shown)
 
 
+def _optional_number(label: str, info: str) -> gr.Textbox:
+    """A number that may be left empty (= the model's default); gr.Number cannot stay empty in the browser."""
+    elem_id = "in-" + label.lower().replace(" ", "-")
+    return gr.Textbox("", label=label, info=info, placeholder="model default", elem_id=elem_id)
+
+
 def read_settings(method: str, values: list[Any]) -> dict[str, Any]:
     """The settings dict of ``method`` from the values of every field's component (``FIELDS`` order)."""
     out = {}
@@ -158,11 +164,16 @@ def _store() -> RunStore:
 
 
 def _num(value: Any, name: str, integer: bool = True) -> Any:
-    if value is None or value == "":
+    """A form number: empty = None (the model's default); anything else must parse."""
+    if value is None or str(value).strip() == "":
         return None
-    if integer and float(value) != int(float(value)):
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if integer and number != int(number):
         raise ConfigError(f"{name} must be an integer, got {value}")
-    return int(float(value)) if integer else float(value)
+    return int(number) if integer else number
 
 
 def headline(run_id: str) -> str:
@@ -170,7 +181,7 @@ def headline(run_id: str) -> str:
     store = _store()
     run = store.load(run_id)
     m = run.metrics
-    lines = [f"**{run.config.get('label')}** · run `{run.run_id}`", "", "| | |", "|---|---|"]
+    lines = [f"**{run.config.get('label')}** · run `{run.run_id}`", "", "| metric | value |", "|---|---|"]
     lines.append(
         f"| wall time | {m.get('wall_s', 0):.2f} s (denoise {m.get('stages', {}).get('denoise_s', 0):.2f} s) |"
     )
@@ -383,14 +394,15 @@ def compare_runs(run_ids: list[str] | None):
     runs = [_open(r) for r in run_ids]
     try:
         both = compare.side_by_side(runs)
-        diff = compare.difference_video(runs[0], runs[1])
+        diff, gain = compare.difference_video(runs[0], runs[1])
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
     out = Path(tempfile.mkdtemp(prefix="accel-compare-"))
     write_h264(both, out / "side_by_side.mp4", fps=int(runs[0].config.get("fps") or 16))
     write_h264(diff, out / "difference.mp4", fps=int(runs[0].config.get("fps") or 16))
     table = compare.quality(runs[0], runs[1:]).round(3)
-    return str(out / "side_by_side.mp4"), str(out / "difference.mp4"), compare.quality_curves(runs[0], runs[1:]), table
+    diff_video = gr.update(value=str(out / "difference.mp4"), label=f"|second - first| x{gain:.0f}")
+    return str(out / "side_by_side.mp4"), diff_video, compare.quality_curves(runs[0], runs[1:]), table
 
 
 def profile_view(run_id: str | None):
@@ -464,10 +476,10 @@ def delete_run(run_id: str, confirm: bool):
     return runs_table(), "", False, gr.update(choices=run_choices(), value=None), f"Deleted {run_id}."
 
 
-def export_report(run_id: str | None) -> str:
+def export_report(run_id: str | None):
     run = _open(run_id)
     out = Path(tempfile.mkdtemp(prefix="accel-report-")) / f"{run.run_id}.html"
-    return str(write_report(run, out, _store()))
+    return gr.update(value=str(write_report(run, out, _store())), visible=True)
 
 
 def show_method(method: str):
@@ -485,7 +497,7 @@ def build_app() -> gr.Blocks:
             )
             refresh = gr.Button("Refresh list", scale=0)
             report_btn = gr.Button("HTML report", scale=0)
-            report_file = gr.File(label="Report", scale=1, visible=True)
+            report_file = gr.File(label="Report", scale=1, visible=False)
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"), gr.Row():
                 with gr.Column(scale=1):
@@ -498,16 +510,14 @@ def build_app() -> gr.Blocks:
                     negative = gr.Textbox("", label="Negative prompt")
                     with gr.Row():
                         seed = gr.Number(0, label="Seed", precision=0)
-                        steps = gr.Number(None, label="Steps", precision=0, info="empty = model default")
-                        guidance = gr.Number(None, label="Guidance", info="empty = model default")
+                        steps = _optional_number("Steps", "empty = model default")
+                        guidance = _optional_number("Guidance", "empty = model default")
                     with gr.Row():
-                        height = gr.Number(None, label="Height", precision=0, info="px; empty = default")
-                        width = gr.Number(None, label="Width", precision=0, info="px; empty = default")
-                        frames = gr.Number(None, label="Frames", precision=0, info="4k+1; empty = default")
+                        height = _optional_number("Height", "px; empty = default")
+                        width = _optional_number("Width", "px; empty = default")
+                        frames = _optional_number("Frames", "4k+1; empty = default")
                     with gr.Accordion("Diffusion forcing (SkyReels-V2)", open=False):
-                        forcing = [
-                            gr.Number(None, label=k.replace("_", " "), info="empty = model default") for k in FORCING
-                        ]
+                        forcing = [_optional_number(k.replace("_", " "), "empty = model default") for k in FORCING]
                     profile_box = gr.Checkbox(False, label="Profile (torch.profiler trace + tables)")
                     groups, field_inputs = [], []
                     for m in METHODS:
@@ -533,7 +543,9 @@ def build_app() -> gr.Blocks:
                     ru_heads = gr.Dropdown([], multiselect=True, label="Heads for drift curves")
                 ru_note = gr.Markdown()
                 with gr.Row():
-                    ru_grid = gr.Image(label="Refresh / reuse grid (click a cell)", interactive=False, type="numpy")
+                    ru_grid = gr.Image(
+                        label="Refresh / reuse grid (click a cell)", interactive=False, type="numpy", height=420
+                    )
                     ru_mask = gr.Plot(label="Mask of the clicked head")
                 ru_pick = gr.Markdown()
                 ru_drift = gr.Plot(label="Drift")
@@ -551,7 +563,7 @@ def build_app() -> gr.Blocks:
                         info="method: MotionCache's token weights; flow: optical flow of the video",
                     )
                     mo_frame = gr.Slider(0, 1, value=0, step=1, label="Frame")
-                mo_image = gr.Image(label="Motion heatmap over the frame", interactive=False, type="numpy")
+                mo_image = gr.Image(label="Motion heatmap over the frame", interactive=False, type="numpy", height=420)
                 mo_counts = gr.Plot(label="Token updates")
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
@@ -563,7 +575,7 @@ def build_app() -> gr.Blocks:
                 cmp_note = gr.Markdown()
                 with gr.Row():
                     cmp_video = gr.Video(label="Side by side")
-                    cmp_diff = gr.Video(label="Difference (x4) of the second run")
+                    cmp_diff = gr.Video(label="Difference of the second run")
                 cmp_table = gr.Dataframe(label="Quality and speed against the first run")
                 cmp_curves = gr.Plot(label="Per-frame PSNR / SSIM")
                 cmp_pareto = gr.Plot(label="Speed vs quality")

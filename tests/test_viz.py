@@ -105,8 +105,9 @@ def test_compare_quality_and_pareto(stored_runs):
     assert compare.dense_reference(store, r["motion"]).run_id == r["sky_dense"].run_id
     both = compare.side_by_side([r["dense"], r["xattention"], r["svg2"]])
     assert both.shape == (9, 128, 384, 3)
-    diff = compare.difference_video(r["dense"], r["dense"])
-    assert diff.shape == (9, 128, 128, 3)
+    diff, gain = compare.difference_video(r["dense"], r["dense"])
+    assert diff.shape == (9, 128, 128, 3) and gain == 64.0
+    assert compare.difference_video(r["dense"], r["svg2"], gain=2.0)[1] == 2.0
     table = compare.quality(r["dense"], [r["dense"], r["svg2"]])
     assert table.loc[0, "psnr_db"] == compare.PSNR_CAP and table.loc[0, "speedup_wall"] == pytest.approx(1.0)
     q = compare_videos(r["dense"].frames(), r["svg2"].frames())

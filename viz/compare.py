@@ -83,12 +83,19 @@ def side_by_side(runs: Sequence[RunLike]) -> np.ndarray:
     return np.concatenate(labelled, axis=2)
 
 
-def difference_video(reference: RunLike, run: RunLike, gain: float = 4.0) -> np.ndarray:
-    """``|run - reference|`` per pixel, amplified by ``gain`` and coloured (opencv INFERNO)."""
+def difference_video(reference: RunLike, run: RunLike, gain: float | None = None) -> tuple[np.ndarray, float]:
+    """``|run - reference|`` per pixel (max over RGB), times ``gain``, coloured with opencv INFERNO.
+
+    ``gain=None`` picks one for the whole video so that its 99.9th-percentile difference is bright (at most 64x,
+    at least 1x); returns the frames and the gain used.
+    """
     a, b = _same_shape([as_run(reference), as_run(run)])
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=-1).astype(np.float32)
+    if gain is None:
+        gain = float(np.clip(200.0 / max(float(np.percentile(diff, 99.9)), 1.0), 1.0, 64.0))
     diff = np.clip(diff * gain, 0, 255).astype(np.uint8)
-    return np.stack([cv2.cvtColor(cv2.applyColorMap(d, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB) for d in diff])
+    frames = np.stack([cv2.cvtColor(cv2.applyColorMap(d, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB) for d in diff])
+    return frames, gain
 
 
 def quality(reference: RunLike, runs: Sequence[RunLike]) -> pd.DataFrame:

@@ -1,0 +1,115 @@
+"""A real headless Chromium drives the app: generate on the embedded model, then open every tab.
+
+Needs Debian's ``chromium`` (installed by ``.ci/run``) and the ``playwright`` package (driver only; it never
+downloads a browser). Screenshots go to ``$ACCEL_SCREENSHOTS`` when set, else to the test's temp folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+TABS = {  # tab -> what must be on it after a run
+    "Sparsity": ".js-plotly-plot",
+    "Mask reuse": "img",
+    "Compare": ".js-plotly-plot",
+    "Profile": ".js-plotly-plot",
+    "Runs": "table",
+    "Chunk cache": ".js-plotly-plot",  # after reopening the stored MotionCache run from the Runs tab
+    "Motion": "img",
+}
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def _need_browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if sync_playwright is None or CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have chromium and playwright (.ci/run installs them)")
+        pytest.skip("needs chromium and the playwright package")
+    return sync_playwright
+
+
+@pytest.fixture()
+def app_url(stored_runs, monkeypatch):
+    store, runs = stored_runs
+    monkeypatch.setenv("ACCEL_RUNS_DIR", str(store.root))
+    import app
+
+    demo = app.build_app().queue(default_concurrency_limit=1)
+    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        yield demo.local_url, runs
+    finally:
+        demo.close()
+
+
+def test_every_tab_in_headless_chromium(app_url, tmp_path):
+    sync_playwright = _need_browser()
+    url, runs = app_url
+    shots = Path(os.environ.get("ACCEL_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            click_to_video = _drive(page, url, shots, runs["motion"].run_id)
+        except Exception:
+            page.screenshot(path=str(shots / "failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+    (shots / "click_to_video_s.txt").write_text(f"{click_to_video:.2f}\n")
+    bad = [e for e in errors if "favicon" not in e]
+    assert not bad, f"browser console errors: {bad}"
+
+
+def _drive(page, url: str, shots: Path, motion_run: str) -> float:
+    """Generate a small XAttention + TMR run with profiling, then visit every tab; returns seconds from the
+    Generate click to the video."""
+    from playwright.sync_api import expect
+
+    page.goto(url, wait_until="networkidle")
+    for name, value in (("Steps", "6"), ("Height", "128"), ("Width", "128"), ("Frames", "9")):
+        page.locator(f"#in-{name.lower()} textarea, #in-{name.lower()} input").first.fill(value)
+    page.get_by_role("spinbutton", name="warmup steps", exact=True).filter(visible=True).fill("2")
+    page.get_by_role("checkbox", name="tmr", exact=True).filter(visible=True).check()
+    page.get_by_role("checkbox", name="Profile (torch.profiler trace + tables)").check()
+    t0 = time.perf_counter()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.locator("video[src]").first.wait_for(timeout=180_000)
+    click_to_video = time.perf_counter() - t0
+    page.get_by_text("speedup vs dense").wait_for(timeout=30_000)
+    page.screenshot(path=str(shots / "generate.png"), full_page=True)
+    for tab, needle in TABS.items():
+        page.get_by_role("tab", name=tab).click()
+        panel = page.locator("[role=tabpanel]:visible")
+        panel.locator(needle).first.wait_for(timeout=30_000)
+        if tab == "Mask reuse":  # click a cell of the grid: that head's mask appears
+            panel.locator("img").first.click()  # the centre of the grid
+            panel.get_by_text(re.compile(r"layer \d+, head \d+: ")).wait_for(timeout=30_000)
+        if tab == "Compare":
+            panel.get_by_text("dense ·").first.wait_for(timeout=30_000)  # the dense reference is preselected
+            panel.get_by_role("button", name="Compare", exact=True).click()
+            panel.locator("video[src]").first.wait_for(timeout=60_000)
+        if tab == "Runs":  # reopen a stored SkyReels-V2 MotionCache run, no model needed
+            panel.get_by_text(motion_run).last.click()
+            panel.get_by_role("button", name="Open", exact=True).click()
+            expect(page.get_by_label("Run shown in the views")).to_have_value(re.compile("motioncache"), timeout=30_000)
+        if tab == "Chunk cache":
+            panel.get_by_text("chunk timeline").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(shots / f"{tab.lower().replace(' ', '_')}.png"), full_page=True)
+    return click_to_video
