@@ -313,6 +313,7 @@ def generate(
         "wall_s": generate_s,
         "stages": stages,
         "record_s": record_s,
+        "record_loop_s": recorder.loop_s,
         "tokens": int(np.prod(grid)),
         "grid": list(grid),
         "layers": len(pipe.transformer.blocks),

@@ -101,6 +101,7 @@ class Recorder:
         self._events: list[tuple[int, torch.cuda.Event, torch.cuda.Event]] = []
         self._mask_steps: set[int] | None = None
         self._planned = False
+        self.loop_s = 0.0  # wall time spent inside the recorder during the run (rows, mask packing, arrays)
 
     def begin(self, info: StepInfo, num_layers: int) -> None:
         """Bind the live :class:`StepInfo` of the run's tracker and the model's layer count."""
@@ -124,11 +125,13 @@ class Recorder:
         """One row, or one row per head when ``value``/``threshold``/``density`` is a 1-D tensor."""
         if not self.enabled:
             return
+        t0 = time.perf_counter()
         i = self.info
         chunk = i.chunk if chunk is None else chunk
         self._rows.append(
             (i.step, i.timestep, i.branch, layer, head, chunk, event, value, threshold, density, mask_ref, seconds)
         )
+        self.loop_s += time.perf_counter() - t0
 
     @contextmanager
     def timed(
@@ -193,6 +196,7 @@ class Recorder:
             self._plan_mask_steps(mask.shape[0] * mask.shape[1] * math.ceil(mask.shape[2] / 8))
         if not self.wants_mask(layer):
             return None
+        t0 = time.perf_counter()
         i = self.info
         where = f"{i.branch}/c{i.chunk:02d}" if i.chunk is not None else i.branch
         key = f"mask/s{i.step:03d}/{where}/l{layer:02d}"
@@ -204,6 +208,7 @@ class Recorder:
                 self._arrays[f"{name}/{key}"] = off.to(torch.int32)
                 meta[name] = f"{name}/{key}"
         self._index[key] = meta
+        self.loop_s += time.perf_counter() - t0
         return key
 
     def add_array(self, key: str, array: Any, **meta: Any) -> None:

@@ -54,7 +54,8 @@ def test_generate_then_every_view_through_the_api(served):
     assert table["headers"][:2] == ["run", "method"]
     profile = client.predict(runs["xattention"].run_id, api_name="/profile")
     assert profile[0]["type"] == "plotly" and Path(profile[-1]).name == "trace.json.gz"
-    assert Path(client.predict(run_id, api_name="/report")).suffix == ".html"
+    report = client.predict(run_id, api_name="/report")
+    assert Path(report["value"] if isinstance(report, dict) else report).suffix == ".html"
 
 
 def test_bad_input_is_a_message_and_the_app_keeps_serving(served):

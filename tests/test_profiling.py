@@ -23,14 +23,15 @@ def test_named_ranges_cost_nothing_when_profiling_is_off(monkeypatch):
 
 
 def test_profiled_run_writes_trace_tensorboard_and_tables(store, tiny_pipe):
-    cfg = RunConfig(prompt=PROMPT, method="xattention", settings={"warmup_steps": 1, "tmr": True, "block_size": 16,
-                    "stride": 4}, height=128, width=128, frames=9, steps=4)  # fmt: skip
+    cfg = RunConfig(prompt=PROMPT, method="xattention", settings={"warmup_steps": 1, "tmr": True, "tmr_delta": 0.0,
+                    "block_size": 16, "stride": 4}, height=128, width=128, frames=9, steps=4)  # fmt: skip
     run = generate(cfg, store, profile=True)
     assert run.metrics["profile"].startswith("trace.json.gz")
     with gzip.open(run.path / "trace.json.gz", "rt") as fh:
         trace = json.load(fh)
     names = {e.get("name") for e in trace["traceEvents"]}
     assert {"denoise.step", "layer", "mask.predict", "mask.reuse_check", "attn.sparse"} <= names
+    assert "attn.dense" not in names  # the window skips the dense warm-up: it records a sparse step
     assert list((run.path / "tb").glob("*/*.pt.trace.json"))  # what torch-tb-profiler reads
     rng = pd.read_parquet(run.path / "profile_ranges.parquet")
     assert (rng["total_ms"] / 1e3 <= run.metrics["wall_s"]).all() and rng["share_of_wall"].between(0, 1).all()
@@ -46,7 +47,10 @@ def test_profiled_run_writes_trace_tensorboard_and_tables(store, tiny_pipe):
 
 def test_too_short_a_run_keeps_its_outputs(store, tiny_pipe):
     run = generate(RunConfig(prompt=PROMPT, height=64, width=64, frames=5, steps=1, guidance=1.0), store, profile=True)
-    assert run.metrics["profile"].startswith("not captured") and run.video_path is not None
+    # one transformer call: the profiler is still warming up when the run ends; what it has (or a note) is kept
+    msg = run.metrics["profile"]
+    assert run.video_path is not None
+    assert msg.startswith("not captured") or (run.path / "trace.json.gz").is_file()
 
 
 def test_tensorboard_started_by_the_project_lists_the_run(store, tiny_pipe):
