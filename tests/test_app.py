@@ -107,3 +107,22 @@ def test_delete_needs_confirmation(stored_runs, monkeypatch, tmp_path):
     assert len(RunStore(root).list()) == 1
     table, *_ = app.delete_run(runs["svg2"].run_id, True)
     assert RunStore(root).list() == [] and table.empty
+
+
+def test_dense_reference_and_tensorboard_buttons(served):
+    app, _, client, store, runs = served
+    before = {i.run_id for i in store.list()}
+    values = app.form_values(method="svg2", sampling={"seed": 7, "height": 64, "width": 64, "frames": 5, "steps": 3})
+    _, summary, _ = client.predict(*values, api_name="/generate")
+    assert "no dense run of this prompt and seed yet" in summary
+    sparse = ({i.run_id for i in store.list()} - before).pop()
+    _, _, note = client.predict(sparse, api_name="/dense_reference")  # one click: the matching dense run
+    dense = [i for i in store.list() if i.config["method"] == "dense" and i.config["seed"] == 7]
+    assert len(dense) == 1 and dense[0].config["steps"] == 3 and not note
+    from viz import compare
+
+    assert compare.dense_reference(store, store.load(sparse)).run_id == dense[0].run_id
+    msg = client.predict(runs["xattention"].run_id, api_name="/tensorboard")
+    assert "http://127.0.0.1:" in msg
+    with pytest.raises(Exception, match="no TensorBoard logdir"):
+        client.predict(runs["svg2"].run_id, api_name="/tensorboard")  # not profiled: a message
