@@ -1,0 +1,139 @@
+"""Synthetic-truth quality benchmark: every method at its defaults on held-out procedural prompts.
+
+For each variant (a method with its default settings, or an add-on such as +TMR / +EBC) and each
+(prompt, seed), a run is generated and stored, its video is scored against the prompt alone by
+:mod:`accel.scoring` (colour, direction, object count, flicker), and compared with the dense run of the
+same prompt and seed (PSNR / SSIM, speedup). ``python -m accel bench-quality`` prints one row per variant.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from accel import models
+from accel.config import BASELINE_NAMES, RunConfig
+from accel.metrics import compare_videos
+from accel.procedural import BASIC_DIRECTIONS, BASIC_SHAPES, held_out_prompts
+from accel.runs import RunStore
+from accel.scoring import score_video
+
+TABLES = Path(__file__).resolve().parent.parent / "assets" / "tables"
+Variant = tuple[str, dict[str, Any]]
+
+
+def variants(model: str) -> dict[str, Variant]:
+    """Every variant that applies to ``model``'s family, dense first; +EBC only where a table ships."""
+    spec = models.resolve(model)
+    out: dict[str, Variant] = {"dense": ("dense", {})}
+    if spec.family == "skyreels":
+        out |= {
+            "flowcache-slow": ("flowcache", {"preset": "slow"}),
+            "flowcache-fast": ("flowcache", {"preset": "fast"}),
+            "motioncache": ("motioncache", {}),
+        }
+    for method in ("xattention", "svg2"):
+        out[method] = (method, {})
+        out[f"{method}+tmr"] = (method, {"tmr": True})
+        table = TABLES / f"{spec.name}-{method}.json"
+        if table.is_file():
+            out[f"{method}+ebc"] = (method, {"threshold_table": str(table)})
+            out[f"{method}+tmr+ebc"] = (method, {"tmr": True, "threshold_table": str(table)})
+    for name in BASELINE_NAMES:
+        out[name] = ("baseline", {"cache": name})
+    return out
+
+
+def run_benchmark(
+    model: str,
+    names: Sequence[str] | None = None,
+    prompts: int = 8,
+    seeds: Sequence[int] = (0,),
+    store: RunStore | None = None,
+    sampling: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """One row per (variant, prompt, seed): scores, quality against dense, timings."""
+    table = variants(model)
+    names = list(names or table)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)} for {model}; known: {', '.join(table)}")
+    if prompts < 1:
+        raise ValueError(f"prompts must be >= 1, got {prompts}")
+    names = ["dense", *[n for n in names if n != "dense"]]  # dense first: the reference of every comparison
+    store = store or RunStore()
+    from accel.runner import generate  # heavy import, only when the benchmark runs
+
+    rows, dense = [], {}
+    texts = held_out_prompts(prompts, shapes=BASIC_SHAPES, directions=BASIC_DIRECTIONS)
+    for name in names:
+        method, settings = table[name]
+        for prompt in texts:
+            for seed in seeds:
+                cfg = RunConfig(prompt=prompt, model=model, method=method, settings=settings, seed=seed,
+                                **(sampling or {}))  # fmt: skip
+                run = generate(cfg, store)
+                frames = run.frames()
+                score = score_video(frames, prompt)
+                if name == "dense":
+                    dense[(prompt, seed)] = (frames, run.metrics["wall_s"])
+                ref_frames, ref_wall = dense[(prompt, seed)]
+                q = compare_videos(ref_frames, frames)
+                rows.append(
+                    {
+                        "variant": name, "prompt": prompt, "seed": seed, "run": run.run_id,
+                        "colour_ok": score.colour_ok, "direction_ok": score.direction_ok, "count_ok": score.count_ok,
+                        "all_ok": score.colour_ok and score.direction_ok and score.count_ok,
+                        "flicker": score.flicker, "psnr_db": min(q["psnr_mean"], 100.0), "ssim": q["ssim_mean"],
+                        "wall_s": run.metrics["wall_s"], "speedup": ref_wall / run.metrics["wall_s"],
+                        "density": run.metrics.get("density_mean_sparse"),
+                    }
+                )  # fmt: skip
+                log(f"{name:<16} seed {seed} {prompt!r}: {'ok' if rows[-1]['all_ok'] else 'miss'}")
+    return pd.DataFrame(rows)
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant: accuracies, accuracy retained against dense, quality, time and speedup."""
+    agg = df.groupby("variant", sort=False).agg(
+        colour=("colour_ok", "mean"),
+        direction=("direction_ok", "mean"),
+        count=("count_ok", "mean"),
+        all_ok=("all_ok", "mean"),
+        flicker=("flicker", "mean"),
+        psnr_db=("psnr_db", "mean"),
+        ssim=("ssim", "mean"),
+        density=("density", "mean"),
+        wall_s=("wall_s", "mean"),
+        speedup=("speedup", lambda s: statistics.geometric_mean(s.tolist())),
+    )
+    base = agg.loc["dense", "all_ok"] if "dense" in agg.index else float("nan")
+    agg.insert(4, "retained", agg["all_ok"] / base if base else float("nan"))
+    return agg
+
+
+def format_table(summary: pd.DataFrame) -> str:
+    """The summary as a fixed-width text table (percentages for accuracies)."""
+    cols = ["colour", "direction", "count", "all_ok", "retained", "flicker", "psnr_db", "ssim", "density", "wall_s",
+            "speedup"]  # fmt: skip
+    head = f"{'variant':<16}" + "".join(f"{c:>10}" for c in cols)
+    lines = [head]
+    for name, row in summary.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            if pd.isna(v):
+                cells.append(f"{'-':>10}")
+            elif c in ("colour", "direction", "count", "all_ok", "retained"):
+                cells.append(f"{v:>10.0%}")
+            elif c == "speedup":
+                cells.append(f"{v:>9.2f}x")
+            else:
+                cells.append(f"{v:>10.3f}" if c in ("ssim", "density", "flicker") else f"{v:>10.2f}")
+        lines.append(f"{name:<16}" + "".join(cells))
+    return "\n".join(lines)
