@@ -1,0 +1,120 @@
+"""Train the pocket video VAE (Wan's ``AutoencoderKLWan``, 4x8x8 compression) on procedural clips.
+
+``python -m accel.train_vae --out assets/pocket-vae --steps 2000`` trains from scratch, seeded, on clips
+streamed from :mod:`accel.procedural` (nothing is downloaded), and writes the model in diffusers format
+(safetensors) plus ``loss.csv`` (step, reconstruction L1, KL, seconds). The loss is L1 reconstruction plus
+``--kl`` times the KL of the diagonal-Gaussian posterior (a small weight: the latents need to be smooth enough
+for a diffusion model, not a good generative prior by themselves). The latent mean/std written into the
+config are measured on held-out training clips, as diffusers' Wan pipelines expect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from accel.procedural import dataset
+
+Z_DIM = 16
+
+
+def build_vae(base_dim: int = 16, z_dim: int = Z_DIM):
+    """A small ``AutoencoderKLWan`` with Wan2.1's 4x temporal and 8x spatial compression."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(
+        base_dim=base_dim,
+        z_dim=z_dim,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * z_dim,
+        latents_std=[1.0] * z_dim,
+    )
+
+
+def clips_as_batch(clips) -> torch.Tensor:
+    """uint8 ``(F, H, W, 3)`` clips as a float ``(B, 3, F, H, W)`` batch in [-1, 1]."""
+    video = np.stack([c.frames for c in clips]).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(video).permute(0, 4, 1, 2, 3).contiguous()
+
+
+def train(
+    out: Path,
+    steps: int,
+    batch: int = 2,
+    size: int = 64,
+    frames: int = 9,
+    lr: float = 3e-4,
+    kl: float = 1e-6,
+    seed: int = 0,
+    base_dim: int = 16,
+    log_every: int = 10,
+) -> dict[str, float]:
+    """Train for ``steps`` and save; returns the last logged losses."""
+    if size % 8 or (frames - 1) % 4:
+        raise ValueError(f"size must be a multiple of 8 and frames of the form 4k+1, got {size} and {frames}")
+    torch.manual_seed(seed)
+    vae = build_vae(base_dim).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    stream = dataset(steps * batch, seed, height=size, width=size, frames=frames)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0, last = time.perf_counter(), {}
+    with open(out / "loss.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "l1", "kl", "seconds"])
+        for step in range(1, steps + 1):
+            x = clips_as_batch([next(stream) for _ in range(batch)])
+            posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.sample()).sample
+            l1 = (recon - x).abs().mean()
+            kl_term = posterior.kl().mean()  # summed over the latent, averaged over the batch
+            loss = l1 + kl * kl_term
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            if step % log_every == 0 or step == steps:
+                last = {"l1": float(l1.detach()), "kl": float(kl_term.detach()), "seconds": time.perf_counter() - t0}
+                writer.writerow([step, f"{last['l1']:.5f}", f"{last['kl']:.5f}", f"{last['seconds']:.1f}"])
+                fh.flush()
+    vae.eval()
+    _set_latent_stats(vae, seed, size, frames)
+    vae.save_pretrained(out, safe_serialization=True)
+    return last
+
+
+@torch.no_grad()
+def _set_latent_stats(vae, seed: int, size: int, frames: int, n: int = 16) -> None:
+    """Per-channel latent mean/std over ``n`` clips not seen in training (another seed)."""
+    x = clips_as_batch(list(dataset(n, seed + 10_000, height=size, width=size, frames=frames)))
+    z = vae.encode(x).latent_dist.mean
+    vae.register_to_config(
+        latents_mean=z.mean(dim=(0, 2, 3, 4)).tolist(), latents_std=z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3).tolist()
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the diffusers VAE and loss.csv")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=64, help="square clip side in pixels (multiple of 8)")
+    parser.add_argument("--frames", type=int, default=9, help="frames per clip, 4k+1")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--kl", type=float, default=1e-6, help="weight of the KL term")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-dim", type=int, default=16)
+    args = parser.parse_args(argv)
+    last = train(args.out, args.steps, args.batch, args.size, args.frames, args.lr, args.kl, args.seed, args.base_dim)
+    print(f"saved {args.out}: last L1 {last['l1']:.4f}, KL {last['kl']:.4f}, {last['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Train the pocket Wan T2V transformer by flow matching on latents of procedural clips.
+
+``python -m accel.train_wan --vae DIR --out assets/pocket-wan --clips 2000 --steps 4000`` encodes ``--clips``
+training clips of :mod:`accel.procedural` once with the (trained) VAE, embeds their prompts with the embedded
+text encoder (frozen: its word-level tokens already tell the prompts apart), and trains a small
+``WanTransformer3DModel`` to predict ``noise - x0`` at ``x_sigma = (1 - sigma) x0 + sigma noise`` (the flow
+convention of diffusers' Wan schedulers), dropping the prompt 10% of the time for classifier-free guidance.
+The result is a complete diffusers ``WanPipeline`` folder (safetensors) plus ``loss.csv``; it loads through
+the same path as a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from accel.procedural import dataset
+from accel.train_vae import clips_as_batch
+
+TEXT_TOKENS = 512  # WanPipeline pads prompt embeddings to this many tokens (zeros after the prompt)
+
+
+def build_transformer(text_dim: int, z_dim: int = 16, layers: int = 4, heads: int = 6, head_dim: int = 32):
+    """A small Wan2.1-style T2V transformer (patch 1x2x2)."""
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=z_dim,
+        out_channels=z_dim,
+        text_dim=text_dim,
+        freq_dim=64,
+        ffn_dim=heads * head_dim * 2,
+        num_layers=layers,
+        rope_max_seq_len=1024,
+    )
+
+
+@torch.no_grad()
+def encode_latents(vae, clips, batch: int = 4) -> torch.Tensor:
+    """Normalised latent means ``(N, C, f, h, w)``: ``(mu - mean) / std`` as the Wan pipeline decodes them."""
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    out = []
+    for i in range(0, len(clips), batch):
+        mu = vae.encode(clips_as_batch(clips[i : i + batch])).latent_dist.mean
+        out.append((mu - mean) / std)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_texts(pipe, prompts: list[str]) -> list[torch.Tensor]:
+    """Per prompt, its token embeddings without the padding ``(n_tokens, D)``."""
+    out = []
+    for p in prompts:
+        ids = pipe.tokenizer(p, return_tensors="pt", truncation=True, max_length=TEXT_TOKENS)
+        emb = pipe.text_encoder(ids.input_ids, ids.attention_mask).last_hidden_state[0]
+        out.append(emb[: int(ids.attention_mask.sum())])
+    return out
+
+
+def pad_texts(embs: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """Zero-padded ``(B, TEXT_TOKENS, D)`` batch, as the pipeline builds it."""
+    batch = torch.zeros(len(embs), TEXT_TOKENS, dim)
+    for i, e in enumerate(embs):
+        batch[i, : len(e)] = e
+    return batch
+
+
+def sample_sigmas(n: int, shift: float, generator: torch.Generator) -> torch.Tensor:
+    """Logit-normal sigmas, shifted like the sampler's ``flow_shift`` so training matches sampling."""
+    s = torch.sigmoid(torch.randn(n, generator=generator))
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def train(
+    base: Path,
+    vae_dir: Path,
+    out: Path,
+    clips: int = 2000,
+    steps: int = 4000,
+    batch: int = 8,
+    size: int = 128,
+    frames: int = 17,
+    lr: float = 5e-4,
+    seed: int = 0,
+    drop: float = 0.1,
+    shift: float = 3.0,
+    log_every: int = 20,
+) -> dict[str, float]:
+    """Train and save a full pipeline folder to ``out``; returns the last logged loss."""
+    from diffusers import AutoencoderKLWan, WanPipeline
+
+    torch.manual_seed(seed)
+    pipe = WanPipeline.from_pretrained(base, torch_dtype=torch.float32)
+    vae = AutoencoderKLWan.from_pretrained(vae_dir).eval()
+    data = list(dataset(clips, seed, height=size, width=size, frames=frames))
+    t0 = time.perf_counter()
+    latents = encode_latents(vae, data)
+    texts = encode_texts(pipe, [c.prompt for c in data])
+    empty = encode_texts(pipe, [""])[0]  # the unconditional branch sees the empty prompt, as at sampling
+    dim = texts[0].shape[-1]
+    prep_s = time.perf_counter() - t0
+    model = build_transformer(dim).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, s / 200) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
+    gen = torch.Generator().manual_seed(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    last: dict[str, float] = {}
+    with open(out / "loss.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "loss", "seconds"])
+        running = 0.0
+        for step in range(1, steps + 1):
+            idx = torch.randint(len(data), (batch,), generator=gen)
+            x0 = latents[idx]
+            keep = torch.rand(batch, generator=gen) >= drop
+            pairs = zip(idx.tolist(), keep.tolist(), strict=True)
+            ctx = pad_texts([texts[i] if k else empty for i, k in pairs], dim)
+            sigma = sample_sigmas(batch, shift, gen).view(-1, 1, 1, 1, 1)
+            noise = torch.randn(x0.shape, generator=gen)
+            xt = (1 - sigma) * x0 + sigma * noise
+            pred = model(xt, (sigma.flatten() * 1000), ctx, return_dict=False)[0]
+            loss = F.mse_loss(pred, noise - x0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            running += float(loss.detach())
+            if step % log_every == 0 or step == steps:
+                last = {"loss": running / log_every, "seconds": time.perf_counter() - t0, "prep_s": prep_s}
+                writer.writerow([step, f"{last['loss']:.5f}", f"{last['seconds']:.1f}"])
+                fh.flush()
+                running = 0.0
+    pipe = WanPipeline(
+        tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=vae, scheduler=pipe.scheduler,
+        transformer=model.eval(),
+    )  # fmt: skip
+    pipe.save_pretrained(out, safe_serialization=True)
+    return last
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, default=Path(__file__).resolve().parent.parent / "assets" / "tiny-wan",
+                        help="pipeline folder whose tokenizer, text encoder and scheduler are reused")  # fmt: skip
+    parser.add_argument("--vae", type=Path, required=True, help="trained VAE folder (python -m accel.train_vae)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--clips", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--frames", type=int, default=17)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    last = train(args.base, args.vae, args.out, args.clips, args.steps, args.batch, args.size, args.frames, args.lr,
+                 args.seed)  # fmt: skip
+    print(f"saved {args.out}: last loss {last['loss']:.4f}, {last['seconds']:.0f} s (data {last['prep_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
