@@ -69,6 +69,7 @@ def train(
     with open(out / "loss.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["step", "l1", "kl", "seconds"])
+        sums = [0.0, 0.0]  # running L1 and KL since the last log line
         for step in range(1, steps + 1):
             x = clips_as_batch([next(stream) for _ in range(batch)])
             posterior = vae.encode(x).latent_dist
@@ -80,8 +81,12 @@ def train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
             opt.step()
+            sums[0] += float(l1.detach())
+            sums[1] += float(kl_term.detach())
             if step % log_every == 0 or step == steps:
-                last = {"l1": float(l1.detach()), "kl": float(kl_term.detach()), "seconds": time.perf_counter() - t0}
+                n = step - (step - 1) // log_every * log_every
+                last = {"l1": sums[0] / n, "kl": sums[1] / n, "seconds": time.perf_counter() - t0}
+                sums = [0.0, 0.0]
                 writer.writerow([step, f"{last['l1']:.5f}", f"{last['kl']:.5f}", f"{last['seconds']:.1f}"])
                 fh.flush()
     vae.eval()
