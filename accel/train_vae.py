@@ -4,8 +4,10 @@
 streamed from :mod:`accel.procedural` (nothing is downloaded), and writes the model in diffusers format
 (safetensors) plus ``loss.csv`` (step, reconstruction L1, KL, seconds). The loss is L1 reconstruction plus
 ``--kl`` times the KL of the diagonal-Gaussian posterior (a small weight: the latents need to be smooth enough
-for a diffusion model, not a good generative prior by themselves). The latent mean/std written into the
-config are measured on held-out training clips, as diffusers' Wan pipelines expect.
+for a diffusion model, not a good generative prior by themselves). By default the decoder sees the posterior
+mean (``sample_posterior=False``): at initialisation the posterior's std is ~1, so sampled latents are mostly
+noise; the KL term still regularises the posterior. The latent mean/std written into the config are measured
+on clips not used in training, as diffusers' Wan pipelines expect.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def clips_as_batch(clips) -> torch.Tensor:
 def train(
     out: Path,
     steps: int,
-    batch: int = 2,
+    batch: int = 4,
     size: int = 64,
     frames: int = 9,
     lr: float = 3e-4,
@@ -55,6 +57,7 @@ def train(
     seed: int = 0,
     base_dim: int = 16,
     log_every: int = 10,
+    sample_posterior: bool = False,
 ) -> dict[str, float]:
     """Train for ``steps`` and save; returns the last logged losses."""
     if size % 8 or (frames - 1) % 4:
@@ -73,7 +76,8 @@ def train(
         for step in range(1, steps + 1):
             x = clips_as_batch([next(stream) for _ in range(batch)])
             posterior = vae.encode(x).latent_dist
-            recon = vae.decode(posterior.sample()).sample
+            z = posterior.sample() if sample_posterior else posterior.mode()
+            recon = vae.decode(z).sample
             l1 = (recon - x).abs().mean()
             kl_term = posterior.kl().mean()  # summed over the latent, averaged over the batch
             loss = l1 + kl * kl_term
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the diffusers VAE and loss.csv")
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=64, help="square clip side in pixels (multiple of 8)")
     parser.add_argument("--frames", type=int, default=9, help="frames per clip, 4k+1")
     parser.add_argument("--lr", type=float, default=3e-4)
