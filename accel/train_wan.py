@@ -5,8 +5,10 @@ training clips of :mod:`accel.procedural` once with the (trained) VAE, embeds th
 text encoder (frozen: its word-level tokens already tell the prompts apart), and trains a small
 ``WanTransformer3DModel`` to predict ``noise - x0`` at ``x_sigma = (1 - sigma) x0 + sigma noise`` (the flow
 convention of diffusers' Wan schedulers), dropping the prompt 10% of the time for classifier-free guidance.
-The result is a complete diffusers ``WanPipeline`` folder (safetensors) plus ``loss.csv``; it loads through
-the same path as a real checkpoint.
+With ``--family skyreels`` (and ``--base assets/tiny-skyreels``) it trains a SkyReels-V2 diffusion-forcing
+transformer instead: every chunk of latent frames gets its own noise level, so chunked autoregressive sampling
+works. The result is a complete diffusers pipeline folder (safetensors) plus ``loss.csv``; it loads through the
+same path as a real checkpoint.
 """
 
 from __future__ import annotations
@@ -24,24 +26,26 @@ from accel.procedural import dataset
 from accel.train_vae import clips_as_batch
 
 TEXT_TOKENS = 512  # WanPipeline pads prompt embeddings to this many tokens (zeros after the prompt)
+CHUNK_FRAMES = 2  # latent frames per diffusion-forcing chunk (the embedded SkyReels model's causal block)
 
 
-def build_transformer(text_dim: int, z_dim: int = 16, layers: int = 4, heads: int = 6, head_dim: int = 32):
-    """A small Wan2.1-style T2V transformer (patch 1x2x2)."""
-    from diffusers import WanTransformer3DModel
+def build_transformer(family: str, text_dim: int, z_dim: int = 16, layers: int = 4, heads: int = 6,
+                      head_dim: int = 32):  # fmt: skip
+    """A small Wan2.1-style T2V transformer (patch 1x2x2), or its SkyReels-V2 diffusion-forcing twin (per-frame
+    timesteps, block-causal attention over chunks)."""
+    from diffusers import SkyReelsV2Transformer3DModel, WanTransformer3DModel
 
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=heads,
-        attention_head_dim=head_dim,
-        in_channels=z_dim,
-        out_channels=z_dim,
-        text_dim=text_dim,
-        freq_dim=64,
-        ffn_dim=heads * head_dim * 2,
-        num_layers=layers,
-        rope_max_seq_len=1024,
-    )
+    common = {
+        "patch_size": (1, 2, 2), "num_attention_heads": heads, "attention_head_dim": head_dim, "in_channels": z_dim,
+        "out_channels": z_dim, "text_dim": text_dim, "freq_dim": 64, "ffn_dim": heads * head_dim * 2,
+        "num_layers": layers, "rope_max_seq_len": 1024,
+    }  # fmt: skip
+    if family == "wan":
+        return WanTransformer3DModel(**common)
+    if family == "skyreels":
+        # no fps embedding: diffusers adds it correctly only for batch 1 under diffusion forcing (training batches)
+        return SkyReelsV2Transformer3DModel(**common, inject_sample_info=False, num_frame_per_block=CHUNK_FRAMES)
+    raise ValueError(f"family must be wan or skyreels, got {family!r}")
 
 
 @torch.no_grad()
@@ -93,14 +97,20 @@ def train(
     lr: float = 5e-4,
     seed: int = 0,
     drop: float = 0.1,
-    shift: float = 3.0,
+    shift: float | None = None,
     log_every: int = 20,
+    family: str = "wan",
 ) -> dict[str, float]:
     """Train and save a full pipeline folder to ``out``; returns the last logged loss."""
-    from diffusers import AutoencoderKLWan, WanPipeline
+    from diffusers import AutoencoderKLWan, DiffusionPipeline, SkyReelsV2DiffusionForcingPipeline, WanPipeline
 
+    latent_frames = (frames - 1) // 4 + 1
+    if family == "skyreels" and latent_frames % CHUNK_FRAMES:
+        raise ValueError(f"diffusion forcing needs whole chunks: {frames} frames give {latent_frames} latent frames, "
+                         f"not a multiple of {CHUNK_FRAMES} (use 5, 13, 21, ...)")  # fmt: skip
     torch.manual_seed(seed)
-    pipe = WanPipeline.from_pretrained(base, torch_dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=torch.float32)
+    shift = float(pipe.scheduler.config.get("flow_shift", 3.0)) if shift is None else shift  # the sampler's
     vae = AutoencoderKLWan.from_pretrained(vae_dir).eval()
     data = list(dataset(clips, seed, height=size, width=size, frames=frames))
     t0 = time.perf_counter()
@@ -109,7 +119,7 @@ def train(
     empty = encode_texts(pipe, [""])[0]  # the unconditional branch sees the empty prompt, as at sampling
     dim = texts[0].shape[-1]
     prep_s = time.perf_counter() - t0
-    model = build_transformer(dim).train()
+    model = build_transformer(family, dim).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, s / 200) * 0.5 * (1 + math.cos(math.pi * s / steps))
@@ -128,10 +138,18 @@ def train(
             keep = torch.rand(batch, generator=gen) >= drop
             pairs = zip(idx.tolist(), keep.tolist(), strict=True)
             ctx = pad_texts([texts[i] if k else empty for i, k in pairs], dim)
-            sigma = sample_sigmas(batch, shift, gen).view(-1, 1, 1, 1, 1)
+            if family == "wan":
+                sigma = sample_sigmas(batch, shift, gen).view(-1, 1, 1, 1, 1)
+                kwargs = {}
+            else:  # diffusion forcing: an independent noise level per chunk of latent frames
+                chunks = math.ceil(x0.shape[2] / CHUNK_FRAMES)
+                per_chunk = sample_sigmas(batch * chunks, shift, gen).view(batch, chunks)
+                sigma = per_chunk.repeat_interleave(CHUNK_FRAMES, dim=1)[:, : x0.shape[2]].view(batch, 1, -1, 1, 1)
+                kwargs = {"enable_diffusion_forcing": True}
+            timestep = sigma.flatten(1) * 1000 if family == "skyreels" else sigma.flatten() * 1000
             noise = torch.randn(x0.shape, generator=gen)
             xt = (1 - sigma) * x0 + sigma * noise
-            pred = model(xt, (sigma.flatten() * 1000), ctx, return_dict=False)[0]
+            pred = model(xt, timestep, ctx, return_dict=False, **kwargs)[0]
             loss = F.mse_loss(pred, noise - x0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -144,7 +162,8 @@ def train(
                 writer.writerow([step, f"{last['loss']:.5f}", f"{last['seconds']:.1f}"])
                 fh.flush()
                 running = 0.0
-    pipe = WanPipeline(
+    cls = WanPipeline if family == "wan" else SkyReelsV2DiffusionForcingPipeline
+    pipe = cls(
         tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=vae, scheduler=pipe.scheduler,
         transformer=model.eval(),
     )  # fmt: skip
@@ -165,9 +184,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--family",
+        choices=("wan", "skyreels"),
+        default="wan",
+        help="wan: T2V; skyreels: diffusion forcing (per-chunk noise levels; use --base tiny-skyreels)",
+    )
     args = parser.parse_args(argv)
     last = train(args.base, args.vae, args.out, args.clips, args.steps, args.batch, args.size, args.frames, args.lr,
-                 args.seed)  # fmt: skip
+                 args.seed, family=args.family)  # fmt: skip
     print(f"saved {args.out}: last loss {last['loss']:.4f}, {last['seconds']:.0f} s (data {last['prep_s']:.0f} s)")
 
 
