@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -98,13 +99,19 @@ def difference_video(reference: RunLike, run: RunLike, gain: float | None = None
     return frames, gain
 
 
+@lru_cache(maxsize=64)
+def _compared(reference: str, run: str) -> dict:
+    """Per-frame PSNR/SSIM of the run folder ``run`` against ``reference``; a run folder never changes once
+    complete, so the table, the curves and the Pareto plot of one comparison share a single computation."""
+    return compare_videos(Run(reference).frames(), Run(run).frames())
+
+
 def quality(reference: RunLike, runs: Sequence[RunLike]) -> pd.DataFrame:
     """One row per run: method, label, wall and denoise time, speedups and mean PSNR/SSIM against ``reference``."""
     ref = as_run(reference)
-    ref_frames = ref.frames()
     rows = []
     for r in map(as_run, runs):
-        q = compare_videos(ref_frames, r.frames())
+        q = _compared(str(ref.path), str(r.path))
         rows.append(
             {
                 "run": r.run_id,
@@ -124,13 +131,12 @@ def quality(reference: RunLike, runs: Sequence[RunLike]) -> pd.DataFrame:
 def quality_curves(reference: RunLike, runs: Sequence[RunLike]) -> go.Figure:
     """Per-frame PSNR and SSIM of each run against ``reference``."""
     ref = as_run(reference)
-    ref_frames = ref.frames()
     others = [r for r in map(as_run, runs) if r.run_id != ref.run_id]
     if not others:
         return empty_figure("pick a second run to compare against the reference")
     fig = make_subplots(1, 2, subplot_titles=["PSNR (dB)", "SSIM"])
     for r in others:
-        q = compare_videos(ref_frames, r.frames())
+        q = _compared(str(ref.path), str(r.path))
         name = r.config.get("label") or r.run_id
         psnr = [min(v, PSNR_CAP) for v in q["psnr"]]
         fig.add_trace(go.Scatter(y=psnr, mode="lines+markers", name=name, legendgroup=name), row=1, col=1)
