@@ -20,7 +20,7 @@ import gradio as gr
 import pandas as pd
 
 from accel import models
-from accel.config import METHOD_SETTINGS, ConfigError, RunConfig, settings_for
+from accel.config import DEFAULT_MODEL, METHOD_SETTINGS, ConfigError, RunConfig, settings_for
 from accel.models import ModelLoadError
 from accel.runs import RunStore
 from accel.video import write_h264
@@ -138,7 +138,7 @@ def read_settings(method: str, values: list[Any]) -> dict[str, Any]:
 
 
 def form_values(
-    model: str = "tiny-wan",
+    model: str = DEFAULT_MODEL,
     method: str = "xattention",
     prompt: str = DEFAULT_PROMPT,
     negative: str = "",
@@ -502,7 +502,7 @@ def build_app() -> gr.Blocks:
             with gr.Tab("Generate", id="generate"), gr.Row():
                 with gr.Column(scale=1):
                     model = gr.Dropdown(
-                        [*models.REGISTRY], value="tiny-wan", label="Model", allow_custom_value=True,
+                        [*models.REGISTRY], value=DEFAULT_MODEL, label="Model", allow_custom_value=True,
                         info="registered name, hub id (from the local cache), or a local diffusers folder",
                     )  # fmt: skip
                     method = gr.Radio(METHODS, value="xattention", label="Method")

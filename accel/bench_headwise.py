@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from accel import models
-from accel.config import RunConfig
+from accel.config import DEFAULT_MODEL, RunConfig
 from accel.metrics import compare_videos
 from accel.runner import generate
 from accel.runs import Run, RunStore
@@ -59,7 +59,7 @@ def row(name: str, run: Run, dense: Run) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny-wan")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--methods", nargs="+", default=["xattention", "svg2"], choices=["xattention", "svg2"])
     parser.add_argument("--prompt", default="a red circle moves left over a blue background")
     parser.add_argument("--seed", type=int, default=0)

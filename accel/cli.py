@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from accel.config import METHOD_SETTINGS, RunConfig, settings_for
+from accel.config import DEFAULT_MODEL, METHOD_SETTINGS, RunConfig, settings_for
 
 if TYPE_CHECKING:
     from accel.runs import Run, RunInfo, RunStore
@@ -218,7 +218,7 @@ def _model_help() -> str:
     return (
         f"Model: a registered name ({'; '.join(names)}), a local diffusers folder holding model_index.json, "
         "or a hub id org/name (taken from the local cache, downloaded unless HF_HUB_OFFLINE=1). "
-        "Default: tiny-wan, the embedded random-weight model that runs anywhere."
+        f"Default: {DEFAULT_MODEL}, the embedded pocket model trained on procedural clips (runs anywhere)."
     )
 
 
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(config, metrics, video, frames, telemetry, masks). Sizes left unset use the model's defaults.",
         epilog=GENERATE_EXAMPLES,
     )
-    gen.add_argument("--model", default="tiny-wan", metavar="NAME|PATH", help=_model_help())
+    gen.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH", help=_model_help())
     gen.add_argument(
         "--method", default="dense", choices=list(METHOD_SETTINGS), help="Self-attention method. Default: dense."
     )
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  python -m accel bench-quality --prompts 4 --seeds 0,1\n"
         "  python -m accel bench-quality --model tiny-skyreels --variants dense,flowcache-slow,motioncache",
     )
-    bq.add_argument("--model", default="tiny-wan", metavar="NAME|PATH", help="Model. Default: tiny-wan.")
+    bq.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH", help=f"Model. Default: {DEFAULT_MODEL}.")
     bq.add_argument("--variants", metavar="A,B,...", help="Variants to run (dense is always run). Default: all "
                     "that apply to the model.")  # fmt: skip
     bq.add_argument("--prompts", type=int, default=8, metavar="N", help="Held-out prompts. Default: 8.")
@@ -454,7 +454,7 @@ def _add_calibrate(sub) -> None:
         "that of the uniform reference threshold', per CFG branch.",
         epilog=CALIBRATE_EXAMPLES,
     )
-    cal.add_argument("--model", default="tiny-wan", metavar="NAME|PATH", help=_model_help())
+    cal.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH", help=_model_help())
     cal.add_argument("--method", default="xattention", choices=["xattention", "svg2"], help="Base sparse method.")
     cal.add_argument(
         "--prompt", action="append", metavar="TEXT", help="A calibration prompt (repeatable). Default: 4 built-in."

@@ -12,6 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+# The app's and CLI's model when none is named: the trained pocket model under assets/ (accel.train_wan).
+DEFAULT_MODEL = "pocket-wan"
+
 
 class ConfigError(ValueError):
     """A setting is out of range or inconsistent; the message is meant for the user as is."""
@@ -388,7 +391,7 @@ class RunConfig:
     """
 
     prompt: str
-    model: str = "tiny-wan"
+    model: str = DEFAULT_MODEL
     method: str = "dense"
     settings: MethodSettings | None = None  # None = the method's defaults
     negative_prompt: str = ""

@@ -42,6 +42,8 @@ class ModelSpec:
     svg2_clusters: tuple[int, int] = (300, 1000)
     # TMR refresh thresholds on raw pooled-Q/K drift (model-scale dependent); Wan2.1 values are secondhand.
     tmr_delta: dict[str, float] = field(default_factory=lambda: {"xattention": 30.0, "svg2": 8.0})
+    # prompt embeddings are padded to this many tokens (the pipelines' max_sequence_length; 512 for Wan2.1)
+    text_tokens: int = 512
     # scheduler shift to sample with; None = the checkpoint's own scheduler config
     flow_shift: float | None = None
     # FlowCache rescale polynomial and threshold presets (fitted on SkyReels-V2 1.3B / 14B)
@@ -55,6 +57,8 @@ class ModelSpec:
         return Path(self.source).is_dir()
 
 
+# The pocket models were trained with prompts padded to 32 tokens (the grammar's prompts are shorter).
+POCKET_TEXT_TOKENS = 32
 WAN_480P = {"height": 480, "width": 832, "frames": 81, "steps": 50, "guidance": 5.0}
 # SkyReels-V2 DF text-to-video. Beyond the RunConfig sizes, the diffusion-forcing arguments of the
 # pipeline call: ``causal_block_size`` latent frames per chunk, chunk g starts ``ar_step`` steps after
@@ -115,6 +119,45 @@ REGISTRY: dict[str, ModelSpec] = {
         flowcache={"coefficients": "none", "slow": 0.3, "fast": 0.5, "motion": 0.3},
         description="embedded random-weight SkyReels-V2 diffusion-forcing model (6 heads x 32, 4 layers, "
         "chunks of 2 latent frames; shares tiny-wan's VAE and text encoder); runs anywhere",
+    ),
+    "pocket-wan": ModelSpec(
+        name="pocket-wan",
+        source=str(ASSETS / "pocket-wan"),
+        embedded=True,
+        # the training size: 17 frames = 5 latent frames of 8x8 patches, 320 tokens
+        defaults={"height": 128, "width": 128, "frames": 17, "steps": 20, "guidance": 5.0},
+        block_size=16,
+        svg2_clusters=(10, 20),
+        tmr_delta={"xattention": 3.0, "svg2": 3.0},
+        text_tokens=POCKET_TEXT_TOKENS,
+        description="embedded pocket Wan2.1-style T2V model trained on procedural clips of moving shapes "
+        "(python -m accel.train_wan; 6 heads x 32, 4 layers); the default",
+    ),
+    "pocket-skyreels": ModelSpec(
+        name="pocket-skyreels",
+        source=str(ASSETS / "pocket-skyreels"),
+        family="skyreels",
+        embedded=True,
+        # 21 frames = 6 latent frames = 3 chunks of 2, as trained
+        defaults={
+            "height": 128,
+            "width": 128,
+            "frames": 21,
+            "steps": 20,
+            "guidance": 5.0,
+            "ar_step": 2,
+            "causal_block_size": 2,
+            "base_num_frames": 21,
+            "overlap_history": None,
+            "addnoise_condition": 0,
+        },
+        block_size=16,
+        svg2_clusters=(10, 20),
+        tmr_delta={"xattention": 3.0, "svg2": 3.0},
+        flowcache={"coefficients": "none", "slow": 0.3, "fast": 0.5, "motion": 0.3},
+        text_tokens=POCKET_TEXT_TOKENS,
+        description="embedded pocket SkyReels-V2 diffusion-forcing model fine-tuned from pocket-wan with a noise "
+        "level per chunk of 2 latent frames; shares pocket-wan's VAE and text encoder",
     ),
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": ModelSpec(
         name="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",

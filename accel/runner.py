@@ -137,6 +137,7 @@ def pipeline_call(cfg: RunConfig, spec, progress: ProgressFn | None = None) -> d
         "generator": torch.Generator(device="cpu").manual_seed(cfg.seed),
         "output_type": "np",
         "callback_on_step_end": on_step_end,
+        "max_sequence_length": spec.text_tokens,
     }
     if spec.family == "skyreels":
         call.update(ar_step=cfg.ar_step, causal_block_size=cfg.causal_block_size, base_num_frames=cfg.base_num_frames,
@@ -198,6 +199,7 @@ def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: Progr
             cfg.prompt, cfg.negative_prompt, cfg.height, cfg.width, cfg.frames, cfg.steps, cfg.guidance, cfg.seed,
             cfg.ar_step, cfg.causal_block_size, progress=progress, base_num_frames=cfg.base_num_frames,
             overlap_history=cfg.overlap_history, addnoise_condition=cfg.addnoise_condition or 0,
+            text_tokens=spec.text_tokens,
         )  # fmt: skip
     stats = runner.stats
     layers = len(pipe.transformer.blocks)

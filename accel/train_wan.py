@@ -1,8 +1,9 @@
 """Train the pocket Wan T2V transformer by flow matching on latents of procedural clips.
 
-``python -m accel.train_wan --vae DIR --out assets/pocket-wan --clips 2000 --steps 4000`` encodes ``--clips``
-training clips of :mod:`accel.procedural` once with the (trained) VAE, embeds their prompts with the embedded
-text encoder (frozen: its word-level tokens already tell the prompts apart), and trains a small
+``python -m accel.train_wan --vae DIR --latents F.safetensors --out assets/pocket-wan --steps 4000`` encodes
+``--clips`` training clips of :mod:`accel.procedural` once with the (trained) VAE into a latent cache, embeds
+their prompts with the embedded text encoder (frozen: its word-level tokens already tell the prompts apart),
+and trains a small
 ``WanTransformer3DModel`` to predict ``noise - x0`` at ``x_sigma = (1 - sigma) x0 + sigma noise`` (the flow
 convention of diffusers' Wan schedulers), dropping the prompt 10% of the time for classifier-free guidance.
 With ``--family skyreels`` (and ``--base assets/tiny-skyreels``) it trains a SkyReels-V2 diffusion-forcing
@@ -15,17 +16,22 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
+import shutil
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from accel.models import POCKET_TEXT_TOKENS
 from accel.procedural import dataset
 from accel.train_vae import clips_as_batch
 
-TEXT_TOKENS = 512  # WanPipeline pads prompt embeddings to this many tokens (zeros after the prompt)
+# Prompt embeddings are zero-padded to TEXT_TOKENS, as the pipeline does with max_sequence_length (the
+# pocket models' ModelSpec.text_tokens; Wan2.1 uses 512, the grammar's prompts need fewer than 32).
+TEXT_TOKENS = POCKET_TEXT_TOKENS
 CHUNK_FRAMES = 2  # latent frames per diffusion-forcing chunk (the embedded SkyReels model's causal block)
 
 
@@ -71,6 +77,39 @@ def encode_texts(pipe, prompts: list[str]) -> list[torch.Tensor]:
     return out
 
 
+def load_vae(vae_dir: Path):
+    """The trained VAE, built from its config and a strict safetensors state dict (no load path in its config)."""
+    from diffusers import AutoencoderKLWan
+    from safetensors.torch import load_file
+
+    vae = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(vae_dir)).eval()
+    vae.load_state_dict(load_file(Path(vae_dir) / "diffusion_pytorch_model.safetensors"), strict=True)
+    return vae
+
+
+def cache_latents(vae_dir: Path, path: Path, clips: int, size: int, frames: int, seed: int) -> None:
+    """Encode ``clips`` training clips once into a safetensors file (latents) with their prompts as metadata.
+
+    The Wan VAE is causal in time, so the first ``k`` latent frames of a long clip equal the latents of its
+    first ``4(k - 1) + 1`` frames: one cache of 21-frame clips serves a 17-frame model too.
+    """
+    from safetensors.torch import save_file
+
+    vae = load_vae(vae_dir)
+    data = list(dataset(clips, seed, height=size, width=size, frames=frames))
+    latents = encode_latents(vae, data)
+    meta = {"prompts": json.dumps([c.prompt for c in data]), "size": str(size), "frames": str(frames)}
+    save_file({"latents": latents.contiguous()}, str(path), metadata=meta)
+
+
+def read_latents(path: Path) -> tuple[torch.Tensor, list[str]]:
+    """Latents and prompts written by :func:`cache_latents`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return fh.get_tensor("latents"), json.loads(fh.metadata()["prompts"])
+
+
 def pad_texts(embs: list[torch.Tensor], dim: int) -> torch.Tensor:
     """Zero-padded ``(B, TEXT_TOKENS, D)`` batch, as the pipeline builds it."""
     batch = torch.zeros(len(embs), TEXT_TOKENS, dim)
@@ -89,10 +128,9 @@ def train(
     base: Path,
     vae_dir: Path,
     out: Path,
-    clips: int = 2000,
+    latents_file: Path,
     steps: int = 4000,
     batch: int = 8,
-    size: int = 128,
     frames: int = 17,
     lr: float = 5e-4,
     seed: int = 0,
@@ -100,9 +138,16 @@ def train(
     shift: float | None = None,
     log_every: int = 20,
     family: str = "wan",
+    init: Path | None = None,
+    warmup: int = 200,
 ) -> dict[str, float]:
-    """Train and save a full pipeline folder to ``out``; returns the last logged loss."""
-    from diffusers import AutoencoderKLWan, DiffusionPipeline, SkyReelsV2DiffusionForcingPipeline, WanPipeline
+    """Train on the cached latents (first latent frames of each clip for ``frames``) and save a pipeline folder.
+
+    ``init`` warm-starts from another pocket pipeline's transformer (SkyReels-V2's DF models are fine-tuned from
+    Wan2.1 the same way; both classes share one state-dict layout).
+    """
+    from diffusers import DiffusionPipeline, SkyReelsV2DiffusionForcingPipeline, WanPipeline
+    from safetensors.torch import load_file
 
     latent_frames = (frames - 1) // 4 + 1
     if family == "skyreels" and latent_frames % CHUNK_FRAMES:
@@ -111,18 +156,23 @@ def train(
     torch.manual_seed(seed)
     pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=torch.float32)
     shift = float(pipe.scheduler.config.get("flow_shift", 3.0)) if shift is None else shift  # the sampler's
-    vae = AutoencoderKLWan.from_pretrained(vae_dir).eval()
-    data = list(dataset(clips, seed, height=size, width=size, frames=frames))
+    vae = load_vae(vae_dir)
     t0 = time.perf_counter()
-    latents = encode_latents(vae, data)
-    texts = encode_texts(pipe, [c.prompt for c in data])
+    latents, prompts = read_latents(latents_file)
+    if latents.shape[2] < latent_frames:
+        raise ValueError(f"{latents_file} holds {latents.shape[2]} latent frames, {frames} frames need {latent_frames}")
+    latents = latents[:, :, :latent_frames].contiguous()
+    texts = encode_texts(pipe, prompts)
     empty = encode_texts(pipe, [""])[0]  # the unconditional branch sees the empty prompt, as at sampling
     dim = texts[0].shape[-1]
     prep_s = time.perf_counter() - t0
-    model = build_transformer(family, dim).train()
+    model = build_transformer(family, dim)
+    if init is not None:
+        model.load_state_dict(load_file(Path(init) / "transformer" / "diffusion_pytorch_model.safetensors"))
+    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, s / 200) * 0.5 * (1 + math.cos(math.pi * s / steps))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * s / steps))
     )
     gen = torch.Generator().manual_seed(seed)
     out = Path(out)
@@ -133,7 +183,7 @@ def train(
         writer.writerow(["step", "loss", "seconds"])
         running = 0.0
         for step in range(1, steps + 1):
-            idx = torch.randint(len(data), (batch,), generator=gen)
+            idx = torch.randint(len(latents), (batch,), generator=gen)
             x0 = latents[idx]
             keep = torch.rand(batch, generator=gen) >= drop
             pairs = zip(idx.tolist(), keep.tolist(), strict=True)
@@ -168,6 +218,9 @@ def train(
         transformer=model.eval(),
     )  # fmt: skip
     pipe.save_pretrained(out, safe_serialization=True)
+    # the tokenizer files verbatim: a re-saved tokenizer would record where it was loaded from
+    for src in (Path(base) / "tokenizer").iterdir():
+        shutil.copyfile(src, out / "tokenizer" / src.name)
     return last
 
 
@@ -177,13 +230,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="pipeline folder whose tokenizer, text encoder and scheduler are reused")  # fmt: skip
     parser.add_argument("--vae", type=Path, required=True, help="trained VAE folder (python -m accel.train_vae)")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--clips", type=int, default=2000)
+    parser.add_argument("--latents", type=Path, required=True,
+                        help="latent cache (safetensors); written first when missing")  # fmt: skip
+    parser.add_argument("--clips", type=int, default=800, help="clips encoded into a new latent cache")
+    parser.add_argument("--cache-frames", type=int, default=21, help="frames per cached clip (4k+1)")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", type=Path, default=None, help="pocket pipeline whose transformer starts training")
     parser.add_argument(
         "--family",
         choices=("wan", "skyreels"),
@@ -191,8 +248,12 @@ def main(argv: list[str] | None = None) -> None:
         help="wan: T2V; skyreels: diffusion forcing (per-chunk noise levels; use --base tiny-skyreels)",
     )
     args = parser.parse_args(argv)
-    last = train(args.base, args.vae, args.out, args.clips, args.steps, args.batch, args.size, args.frames, args.lr,
-                 args.seed, family=args.family)  # fmt: skip
+    if not args.latents.is_file():
+        t0 = time.perf_counter()
+        cache_latents(args.vae, args.latents, args.clips, args.size, args.cache_frames, args.seed)
+        print(f"cached {args.clips} clips in {time.perf_counter() - t0:.0f} s")
+    last = train(args.base, args.vae, args.out, args.latents, args.steps, args.batch, args.frames, args.lr,
+                 args.seed, family=args.family, init=args.init)  # fmt: skip
     print(f"saved {args.out}: last loss {last['loss']:.4f}, {last['seconds']:.0f} s (data {last['prep_s']:.0f} s)")
 
 

@@ -14,8 +14,9 @@ from accel import models
 from accel.models import ModelLoadError, load_pipeline, resolve
 
 
-def test_embedded_model_is_safetensors_only_and_meets_block_size():
-    spec = resolve("tiny-wan")
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-skyreels", "pocket-wan", "pocket-skyreels"])
+def test_embedded_model_is_safetensors_only_and_meets_block_size(name):
+    spec = resolve(name)
     files = [p.name for p in __import__("pathlib").Path(spec.source).rglob("*") if p.is_file()]
     assert any(f.endswith(".safetensors") for f in files)
     assert not any(f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")) for f in files)
@@ -23,6 +24,27 @@ def test_embedded_model_is_safetensors_only_and_meets_block_size():
     tokens = (d["frames"] - 1) // 4 + 1
     tokens *= (d["height"] // 16) * (d["width"] // 16)
     assert -(-tokens // spec.block_size) >= 16  # every head's block mask is at least 16 x 16
+
+
+def test_pocket_models_are_the_default_and_fit_the_budget():
+    from pathlib import Path
+
+    from accel.config import DEFAULT_MODEL, RunConfig
+
+    assert DEFAULT_MODEL == "pocket-wan" == RunConfig(prompt="x").model
+    folders = [Path(resolve(n).source) for n in ("pocket-wan", "pocket-skyreels")]
+    weights = sum(f.stat().st_size for d in folders for f in d.rglob("*.safetensors"))
+    assert weights <= 40 * 2**20
+    for d in folders:
+        assert (d / "loss.csv").read_text().startswith("step,loss")  # the training curve ships beside it
+        assert "name_or_path" not in (d / "vae" / "config.json").read_text()  # no training machine's path
+    wan = load_pipeline("pocket-wan", "cpu", "float32")
+    sky = load_pipeline("pocket-skyreels", "cpu", "float32")
+    assert type(sky).__name__ == "SkyReelsV2DiffusionForcingPipeline" and type(wan).__name__ == "WanPipeline"
+    # one VAE and text encoder shared by both
+    for part in ("vae", "text_encoder"):
+        a, b = getattr(wan, part).state_dict(), getattr(sky, part).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_pipeline_is_loaded_once_per_device_dtype(tiny_pipe):

@@ -11,17 +11,22 @@ import pytest
 def test_vae_then_transformer_train_save_and_load(tmp_path):
     from accel.models import load_pipeline
     from accel.train_vae import train as train_vae
+    from accel.train_wan import cache_latents, read_latents
     from accel.train_wan import train as train_wan
 
     vae_dir = tmp_path / "vae"
-    last = train_vae(vae_dir, steps=2, batch=1, size=32, frames=5, log_every=1)
+    last = train_vae(vae_dir, steps=2, batch=1, size=32, crop=16, frames=5, log_every=1)
     assert last["l1"] > 0 and (vae_dir / "diffusion_pytorch_model.safetensors").is_file()
     assert (vae_dir / "loss.csv").read_text().splitlines()[0] == "step,l1,kl,seconds"
     stats = json.loads((vae_dir / "config.json").read_text())
     assert stats["latents_std"] != [1.0] * 16  # measured on held-out clips
     base = Path(__file__).resolve().parent.parent / "assets" / "tiny-wan"
     out = tmp_path / "pocket"
-    last = train_wan(base, vae_dir, out, clips=3, steps=2, batch=2, size=32, frames=5, log_every=1)
+    cache = tmp_path / "latents.safetensors"
+    cache_latents(vae_dir, cache, clips=3, size=32, frames=9, seed=0)
+    latents, prompts = read_latents(cache)
+    assert latents.shape == (3, 16, 3, 4, 4) and len(prompts) == 3
+    last = train_wan(base, vae_dir, out, cache, steps=2, batch=2, frames=5, log_every=1)
     assert last["loss"] > 0 and len((out / "loss.csv").read_text().splitlines()) == 3
     assert not list(out.rglob("*.bin")) and list(out.rglob("*.safetensors"))
     pipe = load_pipeline(str(out), "cpu", "float32")  # the same path as a real checkpoint
@@ -33,19 +38,47 @@ def test_vae_then_transformer_train_save_and_load(tmp_path):
 def test_diffusion_forcing_transformer_trains_and_samples_in_chunks(tmp_path):
     from accel.models import load_pipeline
     from accel.train_vae import train as train_vae
+    from accel.train_wan import cache_latents
     from accel.train_wan import train as train_wan
 
     vae_dir = tmp_path / "vae"
-    train_vae(vae_dir, steps=1, batch=1, size=32, frames=5, log_every=1)
+    train_vae(vae_dir, steps=1, batch=1, size=32, crop=32, frames=5, log_every=1)
     base = Path(__file__).resolve().parent.parent / "assets" / "tiny-skyreels"
+    cache = tmp_path / "latents.safetensors"
+    cache_latents(vae_dir, cache, clips=2, size=32, frames=13, seed=0)
+    wan = tmp_path / "pocket-wan"
+    train_wan(base.parent / "tiny-wan", vae_dir, wan, cache, steps=1, batch=2, frames=13, log_every=1)
     out = tmp_path / "pocket-df"
-    last = train_wan(base, vae_dir, out, clips=2, steps=2, batch=2, size=32, frames=13, log_every=1, family="skyreels")
+    last = train_wan(base, vae_dir, out, cache, steps=2, batch=2, frames=13, log_every=1, family="skyreels", init=wan)
     assert last["loss"] > 0
     with pytest.raises(ValueError, match="whole chunks"):
-        train_wan(base, vae_dir, tmp_path / "x", clips=1, steps=1, size=32, frames=9, family="skyreels")
+        train_wan(base, vae_dir, tmp_path / "x", cache, steps=1, frames=9, family="skyreels")
+    with pytest.raises(ValueError, match="latent frames"):
+        train_wan(base, vae_dir, tmp_path / "x", cache, steps=1, frames=17)
     pipe = load_pipeline(str(out), "cpu", "float32")
     assert type(pipe).__name__ == "SkyReelsV2DiffusionForcingPipeline"
     assert pipe.transformer.config.num_frame_per_block == 2 and pipe.scheduler.config.flow_shift == 8.0
     video = pipe("a red circle moves left", height=32, width=32, num_frames=13, num_inference_steps=2, ar_step=1,
                  causal_block_size=2, output_type="np").frames  # fmt: skip
     assert video.shape == (1, 13, 32, 32, 3)
+
+
+def test_identity_init_starts_every_residual_branch_at_zero_and_crops_stay_in_bounds():
+    import torch
+
+    from accel.train_vae import build_vae, identity_init, random_crops
+
+    vae = build_vae()
+    identity_init(vae)
+    convs = {n: m for n, m in vae.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))}
+    branch_ends = [m for n, m in convs.items() if n.endswith(("conv2", "proj"))]
+    assert branch_ends and all(not m.weight.any() for m in branch_ends)
+    conv_in = vae.decoder.conv_in.weight
+    assert abs(float(conv_in.std()) * conv_in[0].numel() ** 0.5 - 1.0) < 0.1  # variance preserving
+    assert vae.encoder.conv_in.bias.abs().sum() > 0 and not vae.decoder.conv_in.bias.any()
+    x = torch.arange(2 * 3 * 5 * 16 * 16, dtype=torch.float32).view(2, 3, 5, 16, 16)
+    crops = random_crops(x, 8, torch.Generator().manual_seed(0))
+    assert crops.shape == (2, 3, 5, 8, 8)
+    for clip, crop in zip(x, crops, strict=True):  # each crop is a contiguous window of its own clip
+        top, left = divmod(int(crop[0, 0, 0, 0]) % 256, 16)
+        assert torch.equal(crop, clip[..., top : top + 8, left : left + 8])

@@ -395,6 +395,7 @@ class ChunkedRunner:
         base_num_frames: int | None = None,
         overlap_history: int | None = None,
         addnoise_condition: float = 0,
+        text_tokens: int = 512,
     ):
         """Encode, sample the initial noise as the diffusers pipeline does, denoise, and decode.
 
@@ -407,7 +408,7 @@ class ChunkedRunner:
             prompt=prompt,
             negative_prompt=negative_prompt,
             do_classifier_free_guidance=guidance > 1.0,
-            max_sequence_length=512,  # what the pipeline's __call__ uses
+            max_sequence_length=text_tokens,  # the model's prompt length, as the pipeline's __call__ gets it
             device=device,
         )
         dtype = self.transformer.dtype
