@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 # The app's and CLI's model when none is named: the trained pocket model under assets/ (accel.train_wan).
-DEFAULT_MODEL = "tiny-wan"
+DEFAULT_MODEL = "pocket-wan"
 
 
 class ConfigError(ValueError):

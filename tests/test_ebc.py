@@ -17,7 +17,7 @@ from accel.calibrate import CalibrationSpec, calibrate, probe_errors, sample_ste
 from accel.config import ConfigError, RunConfig
 from accel.models import load_pipeline
 
-SMALL = {"height": 128, "width": 128, "frames": 9, "steps": 4}
+SMALL = {"model": "tiny-wan", "height": 128, "width": 128, "frames": 9, "steps": 4}
 XA = {"warmup_steps": 1, "block_size": 16, "stride": 4}
 
 

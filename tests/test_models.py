@@ -14,13 +14,8 @@ from accel import models
 from accel.models import ModelLoadError, load_pipeline, resolve
 
 
-POCKET_SHIPPED = (models.ASSETS / "pocket-wan" / "model_index.json").is_file()  # TEMP until the weights land
-
-
 @pytest.mark.parametrize("name", ["tiny-wan", "tiny-skyreels", "pocket-wan", "pocket-skyreels"])
 def test_embedded_model_is_safetensors_only_and_meets_block_size(name):
-    if name.startswith("pocket") and not POCKET_SHIPPED:
-        pytest.skip("pocket weights not shipped yet")
     spec = resolve(name)
     files = [p.name for p in __import__("pathlib").Path(spec.source).rglob("*") if p.is_file()]
     assert any(f.endswith(".safetensors") for f in files)
@@ -31,7 +26,6 @@ def test_embedded_model_is_safetensors_only_and_meets_block_size(name):
     assert -(-tokens // spec.block_size) >= 16  # every head's block mask is at least 16 x 16
 
 
-@pytest.mark.skipif(not POCKET_SHIPPED, reason="pocket weights not shipped yet")
 def test_pocket_models_are_the_default_and_fit_the_budget():
     from pathlib import Path
 

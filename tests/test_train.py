@@ -74,7 +74,7 @@ def test_identity_init_starts_every_residual_branch_at_zero_and_crops_stay_in_bo
     branch_ends = [m for n, m in convs.items() if n.endswith(("conv2", "proj"))]
     assert branch_ends and all(not m.weight.any() for m in branch_ends)
     conv_in = vae.decoder.conv_in.weight
-    assert abs(float(conv_in.std()) * conv_in[0].numel() ** 0.5 - 1.0) < 0.1  # variance preserving
+    assert abs(float(conv_in.detach().std()) * conv_in[0].numel() ** 0.5 - 1.0) < 0.1  # variance preserving
     assert vae.encoder.conv_in.bias.abs().sum() > 0 and not vae.decoder.conv_in.bias.any()
     x = torch.arange(2 * 3 * 5 * 16 * 16, dtype=torch.float32).view(2, 3, 5, 16, 16)
     crops = random_crops(x, 8, torch.Generator().manual_seed(0))
