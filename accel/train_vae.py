@@ -9,6 +9,10 @@ for a diffusion model, not a good generative prior by themselves). By default th
 mean (``sample_posterior=False``): at initialisation the posterior's std is ~1, so sampled latents are mostly
 noise; the KL term still regularises the posterior. The latent mean/std written into the config are measured
 on clips not used in training, as diffusers' Wan pipelines expect.
+
+Five-frame clips (one latent frame for frame 0, one for frames 1-4) never exercise the causal cache's steady
+state (a chunk that follows another 4-frame chunk), so decoding frames 5+ of a longer clip goes wrong; the
+shipped VAE continues with ``--resume DIR --frames 9`` for a second stage (see the README's commands).
 """
 
 from __future__ import annotations
