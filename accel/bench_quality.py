@@ -3,7 +3,8 @@
 For each variant (a method with its default settings, or an add-on such as +TMR / +EBC) and each
 (prompt, seed), a run is generated and stored, its video is scored against the prompt alone by
 :mod:`accel.scoring` (colour, direction, object count, flicker), and compared with the dense run of the
-same prompt and seed (PSNR / SSIM, speedup). ``python -m accel bench-quality`` prints one row per variant.
+same prompt and seed (PSNR / SSIM, speedup). ``python -m accel bench-quality`` prints one row per variant;
+``col_obj`` / ``dir_obj`` are the per-object rates, which still tell partly right videos apart.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def run_benchmark(
                         "variant": name, "prompt": prompt, "seed": seed, "run": run.run_id,
                         "colour_ok": score.colour_ok, "direction_ok": score.direction_ok, "count_ok": score.count_ok,
                         "all_ok": score.colour_ok and score.direction_ok and score.count_ok,
+                        "colour_obj": score.colour_frac, "direction_obj": score.direction_frac,
                         "flicker": score.flicker, "psnr_db": min(q["psnr_mean"], 100.0), "ssim": q["ssim_mean"],
                         "wall_s": run.metrics["wall_s"], "speedup": ref_wall / run.metrics["wall_s"],
                         "density": run.metrics.get("density_mean_sparse"),
@@ -105,6 +107,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         direction=("direction_ok", "mean"),
         count=("count_ok", "mean"),
         all_ok=("all_ok", "mean"),
+        colour_obj=("colour_obj", "mean"),
+        direction_obj=("direction_obj", "mean"),
         flicker=("flicker", "mean"),
         psnr_db=("psnr_db", "mean"),
         ssim=("ssim", "mean"),
@@ -119,9 +123,10 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 def format_table(summary: pd.DataFrame) -> str:
     """The summary as a fixed-width text table (percentages for accuracies)."""
-    cols = ["colour", "direction", "count", "all_ok", "retained", "flicker", "psnr_db", "ssim", "density", "wall_s",
-            "speedup"]  # fmt: skip
-    head = f"{'variant':<16}" + "".join(f"{c:>10}" for c in cols)
+    cols = ["colour", "direction", "count", "all_ok", "retained", "colour_obj", "direction_obj", "flicker", "psnr_db",
+            "ssim", "density", "wall_s", "speedup"]  # fmt: skip
+    short = {"colour_obj": "col_obj", "direction_obj": "dir_obj"}
+    head = f"{'variant':<16}" + "".join(f"{short.get(c, c):>10}" for c in cols)
     lines = [head]
     for name, row in summary.iterrows():
         cells = []
@@ -129,7 +134,7 @@ def format_table(summary: pd.DataFrame) -> str:
             v = row[c]
             if pd.isna(v):
                 cells.append(f"{'-':>10}")
-            elif c in ("colour", "direction", "count", "all_ok", "retained"):
+            elif c in ("colour", "direction", "count", "all_ok", "retained", "colour_obj", "direction_obj"):
                 cells.append(f"{v:>10.0%}")
             elif c == "speedup":
                 cells.append(f"{v:>9.2f}x")

@@ -29,8 +29,10 @@ def test_benchmark_rows_and_table(tmp_path):
     summary = summarize(rows)
     assert list(summary.index) == ["dense", "xattention+tmr"]
     assert summary.loc["dense", "all_ok"] == rows[rows["variant"] == "dense"]["all_ok"].mean()
+    assert rows["colour_obj"].between(0, 1).all() and (rows["colour_obj"] >= rows["colour_ok"]).all()
     text = format_table(summary)
     assert text.splitlines()[0].split()[:4] == ["variant", "colour", "direction", "count"]
+    assert {"col_obj", "dir_obj"} <= set(text.splitlines()[0].split())
     assert "xattention+tmr" in text
     with pytest.raises(ValueError, match="unknown variant"):
         run_benchmark("tiny-wan", ["flowcache-slow"], 1, (0,), store, size)
