@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         args.base_dim,
         crop=args.crop,
         init=not args.default_init,
+        resume=args.resume,
     )
     print(f"saved {args.out}: last L1 {last['l1']:.4f}, KL {last['kl']:.4f}, {last['seconds']:.0f} s")
 

@@ -82,3 +82,17 @@ def test_identity_init_starts_every_residual_branch_at_zero_and_crops_stay_in_bo
     for clip, crop in zip(x, crops, strict=True):  # each crop is a contiguous window of its own clip
         top, left = divmod(int(crop[0, 0, 0, 0]) % 256, 16)
         assert torch.equal(crop, clip[..., top : top + 8, left : left + 8])
+
+
+def test_vae_cli_resume_continues_from_the_saved_weights(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from accel.train_vae import main
+
+    small = ["--steps", "1", "--batch", "1", "--size", "16", "--crop", "16", "--frames", "5"]
+    main(["--out", str(tmp_path / "a"), *small])
+    main(["--out", str(tmp_path / "b"), "--resume", str(tmp_path / "a"), "--lr", "0", "--seed", "1", *small])
+    first, second = (load_file(tmp_path / d / "diffusion_pytorch_model.safetensors") for d in "ab")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)  # lr 0: a resumed run keeps every weight
