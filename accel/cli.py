@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--prompts", type=int, default=8, metavar="N", help="Held-out prompts. Default: 8.")
     bq.add_argument("--seeds", default="0", metavar="S,S,...", help="Seeds per prompt. Default: 0.")
     for flag, kind, what in (("--height", int, "PX"), ("--width", int, "PX"), ("--frames", int, "N"),
-                             ("--steps", int, "N")):  # fmt: skip
+                             ("--steps", int, "N"), ("--guidance", float, "G")):  # fmt: skip
         bq.add_argument(flag, type=kind, metavar=what, help="Default: the model's.")
     bq.add_argument("--csv", metavar="FILE", help="Also write every (variant, prompt, seed) row to this CSV.")
     bq.add_argument("--out-dir", metavar="ROOT", help=store_help)
@@ -743,7 +743,9 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--seeds must be integers separated by commas, got {args.seeds!r}") from None
-    sampling = {k: getattr(args, k) for k in ("height", "width", "frames", "steps") if getattr(args, k) is not None}
+    sampling = {
+        k: getattr(args, k) for k in ("height", "width", "frames", "steps", "guidance") if getattr(args, k) is not None
+    }
     names = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     rows = run_benchmark(args.model, names, args.prompts, seeds or [0], RunStore(args.out_dir), sampling,
                          log=lambda line: print(line, file=sys.stderr))  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 
@@ -20,12 +22,14 @@ def test_benchmark_rows_and_table(tmp_path):
     from accel.runs import RunStore
 
     store = RunStore(tmp_path / "runs")
-    size = {"height": 64, "width": 64, "frames": 5, "steps": 3}
+    size = {"height": 64, "width": 64, "frames": 5, "steps": 3, "guidance": 0.0}  # guidance 0: CFG off
     rows = run_benchmark("tiny-wan", ["xattention+tmr"], 1, (0, 1), store, size, log=lambda _: None)
     assert len(rows) == 4 and list(rows["variant"].unique()) == ["dense", "xattention+tmr"]  # dense added first
     dense = rows[rows["variant"] == "dense"]
     assert (dense["psnr_db"] == 100.0).all() and (dense["speedup"] == 1.0).all()
     assert len(store.list()) == 4 and rows["run"].nunique() == 4
+    configs = [json.loads((store.root / r / "config.json").read_text()) for r in rows["run"]]
+    assert all(c["guidance"] == 0.0 for c in configs)  # sampling settings reach every run
     summary = summarize(rows)
     assert list(summary.index) == ["dense", "xattention+tmr"]
     assert summary.loc["dense", "all_ok"] == rows[rows["variant"] == "dense"]["all_ok"].mean()
