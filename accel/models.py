@@ -82,6 +82,21 @@ SKYREELS_540P = {
 SKYREELS_720P = {**SKYREELS_540P, "height": 720, "width": 1280, "frames": 117, "base_num_frames": 117}
 SKYREELS_T2V_SHIFT = 8.0  # the diffusers docs set flow_shift 8.0 for T2V (5.0 for I2V) over the shipped config
 
+# The embedded SkyReels models' sampling: 21 frames = 6 latent frames = 3 chunks of 2 (their transformers'
+# num_frame_per_block), each chunk starting 2 steps after the previous one.
+EMBEDDED_DF = {
+    "frames": 21,
+    "steps": 20,
+    "guidance": 5.0,
+    "ar_step": 2,
+    "causal_block_size": 2,
+    "base_num_frames": 21,
+    "overlap_history": None,
+    "addnoise_condition": 0,
+}
+# No fitted polynomial for the embedded models: raw relative L1 of e0, which changes ~0.1-0.2 per step there.
+EMBEDDED_FLOWCACHE = {"coefficients": "none", "slow": 0.3, "fast": 0.5, "motion": 0.3}
+
 REGISTRY: dict[str, ModelSpec] = {
     "tiny-wan": ModelSpec(
         name="tiny-wan",
@@ -99,24 +114,12 @@ REGISTRY: dict[str, ModelSpec] = {
         source=str(ASSETS / "tiny-skyreels"),
         family="skyreels",
         embedded=True,
-        # 21 frames = 6 latent frames = 3 chunks of 2 (the transformer's num_frame_per_block); 1536 tokens
-        defaults={
-            "height": 256,
-            "width": 256,
-            "frames": 21,
-            "steps": 20,
-            "guidance": 5.0,
-            "ar_step": 2,
-            "causal_block_size": 2,
-            "base_num_frames": 21,
-            "overlap_history": None,
-            "addnoise_condition": 0,
-        },
+        # 1536 tokens
+        defaults={**EMBEDDED_DF, "height": 256, "width": 256},
         block_size=64,
         svg2_clusters=(20, 40),
         tmr_delta={"xattention": 3.0, "svg2": 3.0},
-        # no fitted polynomial for this model: raw relative L1 of e0, which changes ~0.1-0.2 per step here
-        flowcache={"coefficients": "none", "slow": 0.3, "fast": 0.5, "motion": 0.3},
+        flowcache=EMBEDDED_FLOWCACHE,
         description="embedded random-weight SkyReels-V2 diffusion-forcing model (6 heads x 32, 4 layers, "
         "chunks of 2 latent frames; shares tiny-wan's VAE and text encoder); runs anywhere",
     ),
@@ -138,23 +141,12 @@ REGISTRY: dict[str, ModelSpec] = {
         source=str(ASSETS / "pocket-skyreels"),
         family="skyreels",
         embedded=True,
-        # 21 frames = 6 latent frames = 3 chunks of 2, as trained
-        defaults={
-            "height": 128,
-            "width": 128,
-            "frames": 21,
-            "steps": 20,
-            "guidance": 5.0,
-            "ar_step": 2,
-            "causal_block_size": 2,
-            "base_num_frames": 21,
-            "overlap_history": None,
-            "addnoise_condition": 0,
-        },
+        # 320 tokens per window, as trained
+        defaults={**EMBEDDED_DF, "height": 128, "width": 128},
         block_size=16,
         svg2_clusters=(10, 20),
         tmr_delta={"xattention": 3.0, "svg2": 3.0},
-        flowcache={"coefficients": "none", "slow": 0.3, "fast": 0.5, "motion": 0.3},
+        flowcache=EMBEDDED_FLOWCACHE,
         text_tokens=POCKET_TEXT_TOKENS,
         description="embedded pocket SkyReels-V2 diffusion-forcing model fine-tuned from pocket-wan with a noise "
         "level per chunk of 2 latent frames; shares pocket-wan's VAE and text encoder",

@@ -70,6 +70,22 @@ def identity_init(vae, encoder_bias: float = 1.0, seed: int = 0) -> None:
         vae.encoder.conv_in.bias.copy_(torch.randn(vae.encoder.conv_in.bias.shape, generator=gen) * encoder_bias)
 
 
+def load_vae(vae_dir: Path):
+    """A saved VAE, built from its config and a strict safetensors state dict (no load path in its config)."""
+    from diffusers import AutoencoderKLWan
+    from safetensors.torch import load_file
+
+    vae = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(vae_dir)).eval()
+    vae.load_state_dict(load_file(Path(vae_dir) / "diffusion_pytorch_model.safetensors"), strict=True)
+    return vae
+
+
+def lr_factor(step: int, steps: int, warmup: int = 0) -> float:
+    """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then a cosine from 1 to 0.1 at ``steps``."""
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return warm * (0.55 + 0.45 * math.cos(math.pi * min(step / steps, 1.0)))
+
+
 def random_crops(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     """One random ``size`` x ``size`` spatial crop per clip of a ``(B, C, F, H, W)`` batch."""
     h, w = x.shape[-2:]
@@ -114,15 +130,14 @@ def train(
         )
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    vae = build_vae(base_dim).train()
     if resume is not None:  # continue from a saved VAE (e.g. a second stage on longer clips)
-        from safetensors.torch import load_file
-
-        vae.load_state_dict(load_file(Path(resume) / "diffusion_pytorch_model.safetensors"))
-    elif init:
-        identity_init(vae, seed=seed)
+        vae = load_vae(resume).train()
+    else:
+        vae = build_vae(base_dim).train()
+        if init:
+            identity_init(vae, seed=seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.55 + 0.45 * math.cos(math.pi * min(i / steps, 1.0)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, steps))
     stream = dataset(steps * batch, seed, height=size, width=size, frames=frames)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +198,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--default-init", action="store_true", help="keep PyTorch's init (no identity_init)")
     parser.add_argument("--resume", type=Path, default=None, help="start from this saved VAE folder")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     last = train(
         args.out,
         args.steps,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from accel.models import POCKET_TEXT_TOKENS
 from accel.procedural import dataset
-from accel.train_vae import clips_as_batch
+from accel.train_vae import clips_as_batch, load_vae, lr_factor
 
 # Prompt embeddings are zero-padded to TEXT_TOKENS, as the pipeline does with max_sequence_length (the
 # pocket models' ModelSpec.text_tokens; Wan2.1 uses 512, the grammar's prompts need fewer than 32).
@@ -75,16 +75,6 @@ def encode_texts(pipe, prompts: list[str]) -> list[torch.Tensor]:
         emb = pipe.text_encoder(ids.input_ids, ids.attention_mask).last_hidden_state[0]
         out.append(emb[: int(ids.attention_mask.sum())])
     return out
-
-
-def load_vae(vae_dir: Path):
-    """The trained VAE, built from its config and a strict safetensors state dict (no load path in its config)."""
-    from diffusers import AutoencoderKLWan
-    from safetensors.torch import load_file
-
-    vae = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(vae_dir)).eval()
-    vae.load_state_dict(load_file(Path(vae_dir) / "diffusion_pytorch_model.safetensors"), strict=True)
-    return vae
 
 
 def cache_latents(vae_dir: Path, path: Path, clips: int, size: int, frames: int, seed: int) -> None:
@@ -171,9 +161,7 @@ def train(
         model.load_state_dict(load_file(Path(init) / "transformer" / "diffusion_pytorch_model.safetensors"))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * s / steps))
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
     gen = torch.Generator().manual_seed(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
