@@ -312,9 +312,11 @@ class MotionCacheSettings(KVSettings):
                        abbrev="t"),
     )  # fmt: skip
     warmup: int = field(default=4, metadata=_help("Steps of each chunk computed fully before reuse starts."))
-    phase1_updates: int = field(
-        default=6, metadata=_help("Updating steps with uniform weights before motion weights apply (3 in the demo).")
-    )
+    phase1_updates: int | None = field(
+        default=None,
+        metadata=_help("Updating steps with uniform weights before motion weights apply; empty = the model's "
+                       "(6 of 50 steps on SkyReels-V2, 3 in the demo; 2 of 20 on the embedded models)."),
+    )  # fmt: skip
     floor: float = field(default=0.6, metadata=_help("Lowest motion weight; weights span [floor, 1] per frame."))
     min_update_ratio: float = field(
         default=0.4, metadata=_help("Defer (skip, keep accumulators) updates of fewer than this share of tokens.")
@@ -332,7 +334,8 @@ class MotionCacheSettings(KVSettings):
 
     def __post_init__(self) -> None:
         _check_int("warmup", self.warmup, 0)
-        _check_int("phase1_updates", self.phase1_updates, 0)
+        if self.phase1_updates is not None:
+            _check_int("phase1_updates", self.phase1_updates, 0)
         for name in ("floor", "min_update_ratio", "vote"):
             _check_unit(name, getattr(self, name), open_low=False)
         _check_choice("coefficients", self.coefficients, FLOWCACHE_COEFFICIENTS, optional=True)

@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,7 @@ from accel.config import (
     DenseSettings,
     FlowCacheSettings,
     HeadwiseSettings,
+    MethodSettings,
     MotionCacheSettings,
     RunConfig,
     SVG2Settings,
@@ -38,6 +39,10 @@ from accel.runs import Run, RunStore
 from accel.telemetry import Recorder, RecordPolicy
 from profiling.profiler import RunProfiler
 from profiling.ranges import named_range
+
+if TYPE_CHECKING:
+    from accel.cache.runner import GroupCache
+    from accel.models import ModelSpec
 
 ProgressFn = Callable[[int, int], None]
 
@@ -163,27 +168,33 @@ def _run_baseline(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: Prog
     return out.frames[0], {**extra, **counter.summary()}
 
 
+def chunk_cache(s: MethodSettings, spec: ModelSpec) -> GroupCache:
+    """The group cache a chunked run uses: FlowCache / MotionCache with the model's defaults filled in, else none."""
+    from accel.cache.flowcache import FlowCache
+    from accel.cache.motioncache import MotionCache
+    from accel.cache.runner import GroupCache
+
+    fc = spec.flowcache
+    if isinstance(s, FlowCacheSettings):
+        thresh = s.thresh if s.thresh is not None else fc[s.preset]
+        return FlowCache(thresh, s.ret_steps, s.coefficients or fc["coefficients"], s.use_ret_steps)
+    if isinstance(s, MotionCacheSettings):
+        thresh = s.thresh if s.thresh is not None else fc["motion"]
+        phase1 = s.phase1_updates if s.phase1_updates is not None else fc["phase1_updates"]
+        return MotionCache(thresh, s.warmup, phase1, s.floor, s.min_update_ratio, s.vote,
+                           s.coefficients or fc["coefficients"])  # fmt: skip
+    if isinstance(s, (DenseSettings, HeadwiseSettings)):
+        return GroupCache()
+    raise ConfigError(f"method {s.method!r} does not run on diffusion-forcing models")
+
+
 def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: ProgressFn | None):
     """SkyReels-V2 diffusion forcing through the chunked runner, with a chunk cache if the method is one."""
-    from accel.cache.flowcache import FlowCache
     from accel.cache.kv import KVCompression
-    from accel.cache.motioncache import MotionCache
-    from accel.cache.runner import ChunkedRunner, GroupCache
+    from accel.cache.runner import ChunkedRunner
 
     s = cfg.settings
-    if isinstance(s, FlowCacheSettings):
-        fc = spec.flowcache
-        thresh = s.thresh if s.thresh is not None else fc[s.preset]
-        cache: GroupCache = FlowCache(thresh, s.ret_steps, s.coefficients or fc["coefficients"], s.use_ret_steps)
-    elif isinstance(s, MotionCacheSettings):
-        fc = spec.flowcache
-        thresh = s.thresh if s.thresh is not None else fc["motion"]
-        cache = MotionCache(thresh, s.warmup, s.phase1_updates, s.floor, s.min_update_ratio, s.vote,
-                            s.coefficients or fc["coefficients"])  # fmt: skip
-    elif isinstance(s, (DenseSettings, HeadwiseSettings)):
-        cache = GroupCache()
-    else:
-        raise ConfigError(f"method {cfg.method!r} does not run on diffusion-forcing models")
+    cache = chunk_cache(s, spec)
     attention = None
     if isinstance(s, HeadwiseSettings):
         attention = build_method(s, spec, recorder, seed=cfg.seed)

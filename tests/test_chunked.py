@@ -7,6 +7,7 @@ import torch
 
 from accel.cache.runner import ChunkedRunner, GroupModel, KVBuffer
 from accel.cache.schedule import COMPUTE, DONE, WAITING, build_schedule
+from accel.config import ConfigError
 
 PROMPT = "a red circle moves left over a blue background"
 
@@ -261,3 +262,19 @@ def test_addnoise_conditions_the_prefix_and_bad_windows_are_refused(sky_pipe):
         RunConfig(prompt=PROMPT, base_num_frames=13, overlap_history=13)
     with pytest.raises(ConfigError, match="addnoise_condition"):
         RunConfig(prompt=PROMPT, addnoise_condition=1000)
+
+
+def test_chunk_cache_fills_in_the_models_motioncache_and_flowcache_defaults():
+    from accel import models
+    from accel.config import settings_for
+    from accel.runner import chunk_cache
+
+    pocket, real = models.resolve("pocket-skyreels"), models.resolve("skyreels-v2-df-1.3b")
+    mc = settings_for("motioncache", {})
+    assert chunk_cache(mc, pocket).phase1_updates == 2  # 6 of 50 steps, scaled to the embedded 20
+    assert chunk_cache(mc, real).phase1_updates == 6
+    assert chunk_cache(settings_for("motioncache", {"phase1_updates": 4}), pocket).phase1_updates == 4
+    assert chunk_cache(mc, real).thresh == real.flowcache["motion"]
+    assert chunk_cache(settings_for("flowcache", {"preset": "fast"}), pocket).thresh == pocket.flowcache["fast"]
+    with pytest.raises(ConfigError, match="does not run on diffusion-forcing"):
+        chunk_cache(settings_for("baseline", {}), pocket)
