@@ -330,10 +330,8 @@ def reuse_pick(run_id: str | None, branch: str, evt: gr.SelectData):
     cell = reuse.cell_at(run, int(x), int(y), branch, CELL)
     if cell is None:
         return empty_figure("click inside the grid"), ""
-    step, layer, head = cell
+    step, layer, head, refreshed = cell
     key = reuse.mask_in_effect(run, step, layer, head, branch)
-    grid = reuse.reuse_matrix(run, branch)
-    refreshed = grid.loc[step, (layer, head)] if step in grid.index else float("nan")
     what = "refreshed" if refreshed == 1 else "reused" if refreshed == 0 else "no decision"
     text = f"step {step}, layer {layer}, head {head}: {what}; mask `{key or 'not recorded'}`"
     if key is None:

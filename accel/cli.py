@@ -345,9 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "that apply to the model.")  # fmt: skip
     bq.add_argument("--prompts", type=int, default=8, metavar="N", help="Held-out prompts. Default: 8.")
     bq.add_argument("--seeds", default="0", metavar="S,S,...", help="Seeds per prompt. Default: 0.")
-    for flag, kind, what in (("--height", int, "PX"), ("--width", int, "PX"), ("--frames", int, "N"),
-                             ("--steps", int, "N"), ("--guidance", float, "G")):  # fmt: skip
-        bq.add_argument(flag, type=kind, metavar=what, help="Default: the model's.")
+    _add_sizes(bq)
     bq.add_argument("--csv", metavar="FILE", help="Also write every (variant, prompt, seed) row to this CSV.")
     bq.add_argument("--out-dir", metavar="ROOT", help=store_help)
     bq.set_defaults(func=cmd_bench_quality)
@@ -378,11 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_sampling(parser: argparse.ArgumentParser) -> None:
-    """Seed and the sampling sizes shared by generate and calibrate (unset = the model's defaults)."""
-    parser.add_argument(
-        "--seed", type=int, default=0, metavar="INT", help="Random seed of the initial noise. Default: 0."
-    )
+SIZE_FIELDS = ("height", "width", "frames", "steps", "guidance")
+
+
+def _add_sizes(parser: argparse.ArgumentParser) -> None:
+    """The sampling sizes (unset = the model's defaults): generate, calibrate and bench-quality."""
     size = parser.add_argument_group("sampling", _defaults_help())
     size.add_argument(
         "--height", type=int, metavar="PX", help="Height in pixels, a multiple of 16. Default: the model's."
@@ -400,6 +398,14 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
         metavar="SCALE",
         help="Classifier-free guidance scale (0 = off). Default: the model's.",
     )
+
+
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    """Seed and the sampling sizes shared by generate and calibrate (unset = the model's defaults)."""
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="INT", help="Random seed of the initial noise. Default: 0."
+    )
+    _add_sizes(parser)
 
 
 def _add_diffusion_forcing(parser: argparse.ArgumentParser) -> None:
@@ -526,8 +532,7 @@ def _float(value: Any) -> float | None:
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The sampling fields generate and calibrate both pass on (unset ones mean the model's defaults)."""
-    names = ("negative_prompt", "seed", "height", "width", "frames", "steps", "guidance")
-    return {name: getattr(args, name) for name in names}
+    return {name: getattr(args, name) for name in ("negative_prompt", "seed", *SIZE_FIELDS)}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -743,9 +748,7 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--seeds must be integers separated by commas, got {args.seeds!r}") from None
-    sampling = {
-        k: getattr(args, k) for k in ("height", "width", "frames", "steps", "guidance") if getattr(args, k) is not None
-    }
+    sampling = {k: getattr(args, k) for k in SIZE_FIELDS if getattr(args, k) is not None}
     names = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     rows = run_benchmark(args.model, names, args.prompts, seeds or [0], RunStore(args.out_dir), sampling,
                          log=lambda line: print(line, file=sys.stderr))  # fmt: skip

@@ -249,14 +249,24 @@ class Run:
         return p if p.is_file() else None
 
     def frames(self) -> np.ndarray:
-        """uint8 (F, H, W, 3) frames: lossless frames.npz if stored, else decoded from video.mp4."""
+        """uint8 (F, H, W, 3) frames: lossless frames.npz if stored, else decoded from video.mp4.
+
+        Loaded once per Run and returned read-only (views call it several times per update); copy to modify.
+        """
+        return self._frames
+
+    @cached_property
+    def _frames(self) -> np.ndarray:
         lossless = self.path / "frames.npz"
         if lossless.is_file():
             with np.load(lossless, allow_pickle=False) as data:
-                return np.asarray(data["frames"], dtype=np.uint8)
-        if self.video_path is not None:
-            return read_video(self.video_path)
-        raise FileNotFoundError(f"run {self.run_id} has neither frames.npz nor video.mp4")
+                frames = np.asarray(data["frames"], dtype=np.uint8)
+        elif self.video_path is not None:
+            frames = read_video(self.video_path)
+        else:
+            raise FileNotFoundError(f"run {self.run_id} has neither frames.npz nor video.mp4")
+        frames.flags.writeable = False
+        return frames
 
     def info(self) -> RunInfo:
         """This run as a :class:`RunInfo`."""

@@ -95,6 +95,7 @@ def test_frames_decoded_from_video_without_lossless_copy(store: RunStore) -> Non
     decoded = run.frames()
     assert decoded.shape == frames.shape and decoded.dtype == np.uint8
     assert np.abs(decoded.astype(int) - frames).mean() < 6.0
+    assert run.frames() is decoded and not decoded.flags.writeable  # decoded once, shared read-only
 
 
 def test_optional_artifacts_absent(store: RunStore) -> None:

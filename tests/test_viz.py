@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -47,8 +49,9 @@ def test_reuse_grid_cells_map_back_to_their_heads(stored_runs):
     assert grid.loc[0].isna().all()  # warm-up steps made no decision
     img = reuse.reuse_grid_image(run, "cond", cell=8)
     assert img.shape == (len(grid) * 8, grid.shape[1] * 8, 3)
-    step, layer, head = reuse.cell_at(run, x=8 * 7 + 3, y=8 * 4 + 3, branch="cond", cell=8)
+    step, layer, head, decision = reuse.cell_at(run, x=8 * 7 + 3, y=8 * 4 + 3, branch="cond", cell=8)
     assert (step, layer, head) == (int(grid.index[4]), *map(int, grid.columns[7]))
+    assert decision == grid.iat[4, 7] or (math.isnan(decision) and math.isnan(grid.iat[4, 7]))
     assert reuse.cell_at(run, 10_000, 0, "cond", 8) is None
     key = reuse.mask_in_effect(run, step, layer, head, "cond")
     assert key is not None and key.startswith("mask/s") and int(key[6:9]) <= step

@@ -80,14 +80,15 @@ def reuse_grid_image(run: RunLike, branch: str = "cond", cell: int = 8) -> np.nd
     return img
 
 
-def cell_at(run: RunLike, x: int, y: int, branch: str = "cond", cell: int = 8) -> tuple[int, int, int] | None:
-    """``(step, layer, head)`` under pixel ``(x, y)`` of :func:`reuse_grid_image`, or None off the grid."""
+def cell_at(run: RunLike, x: int, y: int, branch: str = "cond", cell: int = 8) -> tuple[int, int, int, float] | None:
+    """``(step, layer, head, decision)`` under pixel ``(x, y)`` of :func:`reuse_grid_image`, or None off the grid;
+    ``decision`` is the :func:`reuse_matrix` cell (1 refreshed, 0 reused, NaN no decision)."""
     grid = reuse_matrix(run, branch)
     row, col = y // cell, x // cell
     if grid.empty or not (0 <= row < len(grid.index) and 0 <= col < len(grid.columns)):
         return None
     layer, head = grid.columns[col]
-    return int(grid.index[row]), int(layer), int(head)
+    return int(grid.index[row]), int(layer), int(head), float(grid.iat[row, col])
 
 
 def mask_in_effect(run: RunLike, step: int, layer: int, head: int, branch: str = "cond") -> str | None:
