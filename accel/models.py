@@ -98,6 +98,8 @@ EMBEDDED_DF = {
 # MotionCache's phase 1 scaled from 6 of 50 steps to the embedded models' 20: with 6 it spans nearly the whole
 # schedule at threshold 0.3, so the motion weights never act and MotionCache reduces to FlowCache slow.
 EMBEDDED_FLOWCACHE = {"coefficients": "none", "slow": 0.3, "fast": 0.5, "motion": 0.3, "phase1_updates": 2}
+# Measured step-to-step drift of a head on tiny-wan is ~1.4 (0.9-2.1): refresh the masks after about two steps.
+EMBEDDED_TMR_DELTA = {"xattention": 3.0, "svg2": 3.0}
 
 REGISTRY: dict[str, ModelSpec] = {
     "tiny-wan": ModelSpec(
@@ -107,8 +109,7 @@ REGISTRY: dict[str, ModelSpec] = {
         defaults={"height": 256, "width": 256, "frames": 17, "steps": 20, "guidance": 5.0},
         block_size=64,
         svg2_clusters=(20, 40),
-        # measured step-to-step drift of a head here is ~1.4 (0.9-2.1): refresh after about two steps
-        tmr_delta={"xattention": 3.0, "svg2": 3.0},
+        tmr_delta=EMBEDDED_TMR_DELTA,
         description="embedded random-weight Wan2.1-style model (6 heads x 32, 4 layers); runs anywhere",
     ),
     "tiny-skyreels": ModelSpec(
@@ -120,7 +121,7 @@ REGISTRY: dict[str, ModelSpec] = {
         defaults={**EMBEDDED_DF, "height": 256, "width": 256},
         block_size=64,
         svg2_clusters=(20, 40),
-        tmr_delta={"xattention": 3.0, "svg2": 3.0},
+        tmr_delta=EMBEDDED_TMR_DELTA,
         flowcache=EMBEDDED_FLOWCACHE,
         description="embedded random-weight SkyReels-V2 diffusion-forcing model (6 heads x 32, 4 layers, "
         "chunks of 2 latent frames; shares tiny-wan's VAE and text encoder); runs anywhere",
@@ -133,7 +134,7 @@ REGISTRY: dict[str, ModelSpec] = {
         defaults={"height": 128, "width": 128, "frames": 17, "steps": 20, "guidance": 5.0},
         block_size=16,
         svg2_clusters=(10, 20),
-        tmr_delta={"xattention": 3.0, "svg2": 3.0},
+        tmr_delta=EMBEDDED_TMR_DELTA,
         text_tokens=POCKET_TEXT_TOKENS,
         description="embedded pocket Wan2.1-style T2V model trained on procedural clips of moving shapes "
         "(python -m accel.train_wan; 6 heads x 32, 4 layers); the default",
@@ -147,7 +148,7 @@ REGISTRY: dict[str, ModelSpec] = {
         defaults={**EMBEDDED_DF, "height": 128, "width": 128},
         block_size=16,
         svg2_clusters=(10, 20),
-        tmr_delta={"xattention": 3.0, "svg2": 3.0},
+        tmr_delta=EMBEDDED_TMR_DELTA,
         flowcache=EMBEDDED_FLOWCACHE,
         text_tokens=POCKET_TEXT_TOKENS,
         description="embedded pocket SkyReels-V2 diffusion-forcing model fine-tuned from pocket-wan with a noise "
