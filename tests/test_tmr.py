@@ -160,4 +160,4 @@ def test_svg2_partial_refresh_reclusters_only_the_drifting_heads():
     assert not torch.equal(before.q_perm[2], after.q_perm[2])
     # the reused heads' output is the cached partition applied to the current tokens
     reference = method.apply(q2, k, v, before, 0, torch.full((3,), 0.8), None)
-    assert torch.allclose(out[:, :, :2], reference[:, :, :2])
+    assert torch.allclose(out[:, :, :2], reference[:, :, :2], atol=1e-6)  # fp32 summation order only
