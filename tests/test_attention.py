@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import MEDIUM, run_pipe
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
@@ -15,7 +16,7 @@ from accel.attention.svg2 import _gather_tokens, _scatter_tokens, kmeans
 from accel.config import ConfigError, SVG2Settings, XAttentionSettings
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
-from kernels import antidiagonal_block_scores, mask_density, uniform_offsets
+from kernels import antidiagonal_block_scores, block_token_ids, mask_density, uniform_offsets
 
 
 def structured_qk(length=256, heads=4, dim=16, seed=0):
@@ -138,6 +139,59 @@ def test_svg2_top_p_one_equals_dense():
     info = StepInfo(step=0, num_steps=10)
     out = _svg2(1.0).attend(q, k, v, 0, info)
     torch.testing.assert_close(out, AttentionMethod().dense(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def _token_mask(method: SVG2, lq: int, lk: int) -> torch.Tensor:
+    """The last partition's cluster-pair mask at token level, in the original order: ``(B*H, Lq, Lk)``."""
+    state = method.states[(0, "cond")]
+    qid, kid = block_token_ids(state.q_offsets, lq), block_token_ids(state.k_offsets, lk)
+    rows = torch.arange(qid.shape[0])[:, None, None]
+    permuted = state.mask[rows, qid[:, :, None], kid[:, None, :]]  # (G, Lq, Lk) over permuted tokens
+    token = torch.zeros_like(permuted)
+    token[rows, state.q_perm[:, :, None], state.k_perm[:, None, :]] = permuted
+    return token
+
+
+def test_svg2_keys_longer_than_queries():
+    """Chunked generation: a group's queries attend to [cached context ; itself], so Lk > Lq."""
+    q, k, v = structured_qk(length=256)
+    q = q[:, 128:]  # the current chunk: the last 128 of the 256 context tokens
+    info = StepInfo(step=0, num_steps=10)
+    sdpa = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    out = _svg2(1.0).attend(q, k, v, 0, info)
+    assert out.shape == q.shape
+    torch.testing.assert_close(out, sdpa, atol=1e-5, rtol=1e-5)
+    # sparse: (qc x kc) pair map over each side's own tokens, and exactly masked attention over them
+    method = _svg2(0.5)
+    out = method.attend(q, k, v, 0, info)
+    state = method.states[(0, "cond")]
+    assert state.mask.shape == (4, 8, 16) and state.q_perm.shape == (4, 128) and state.k_perm.shape == (4, 256)
+    token = _token_mask(method, 128, 256)
+    assert 0 < token.float().mean() < 1
+    bias = token.view(1, 4, 128, 256)
+    expected = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias
+    ).transpose(1, 2)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["xattention", "svg2"])
+def test_reused_mask_is_dropped_when_the_context_length_changes(name):
+    """TMR keeps a state per (layer, branch); a chunk whose KV context changed length predicts anew."""
+    if name == "svg2":
+        method = SVG2(SVG2Settings(first_times_fp=0, first_layers_fp=0, tmr=True, tmr_delta=1e9), (8, 16), Recorder())
+    else:
+        method = XAttention(
+            XAttentionSettings(warmup_steps=0, block_size=16, stride=4, tmr=True, tmr_delta=1e9), 16, Recorder()
+        )
+    method.setup(num_layers=1, num_heads=4)
+    q, k, v = structured_qk(length=256)
+    q = q[:, 192:]
+    for step, context in enumerate((256, 160, 160)):  # e.g. KV compression shortened the context
+        out = method.attend(q, k[:, -context:], v[:, -context:], 0, StepInfo(step=step, num_steps=10))
+        assert out.shape == q.shape and torch.isfinite(out).all()
+    table, _ = method.recorder.finish()
+    assert table[table.event == "mask_refresh"]["value"].tolist() == [1.0] * 8 + [0.0] * 4
 
 
 def test_svg2_error_shrinks_as_top_p_grows():

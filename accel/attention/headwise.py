@@ -9,6 +9,7 @@ prediction work. With every head refreshing it takes exactly the base path (delt
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -89,6 +90,10 @@ class HeadwiseSparse(AttentionMethod):
         """Sparse attention with ``state``; logs per-head density."""
         raise NotImplementedError
 
+    def fits(self, state: Any, q: torch.Tensor, k: torch.Tensor) -> bool:
+        """Whether a cached ``state`` applies to ``q, k`` (the same batch, heads and query/key lengths)."""
+        raise NotImplementedError
+
     def state_density(self, state: Any, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Computed fraction ``(B, H)`` of each head's query-key pairs under ``state``."""
         raise NotImplementedError
@@ -104,10 +109,14 @@ class HeadwiseSparse(AttentionMethod):
         rec, key, heads_n = self.recorder, (layer, info.branch), q.shape[2]
         thr = self.threshold(layer, info.branch, q.device)
         cached = self.states.get(key)
+        if cached is not None and not self.fits(cached, q, k):
+            cached = None  # e.g. a chunk's KV context changed length: no mask to reuse, every head predicts
         decision = None
         if self.reuse is not None:
             with rec.timed("reuse_check", layer=layer, device=q.device):
                 decision = self.reuse.decide(layer, info.branch, q, k, thr)
+                if cached is None:
+                    decision = replace(decision, refresh=torch.ones_like(decision.refresh))
                 heads = decision.heads
         if decision is None or cached is None or len(heads) == heads_n:
             with rec.timed("mask_predict", layer=layer, device=q.device, value=heads_n):

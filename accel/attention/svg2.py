@@ -7,6 +7,8 @@ this layer's previous centroids with ``kmeans_warm_iters`` afterwards). The clus
 query cluster at ``top_p`` (keeping the crossing element and at least ``floor(min_kc_ratio * kc)``
 clusters). Q is permuted by query labels and K/V by key labels so clusters are contiguous,
 attention runs over the (query cluster, key cluster) tiles, and the output is permuted back.
+Queries and keys are clustered with their own lengths: in chunked generation (METHODS 2) a group's
+keys are its cached context plus itself, longer than its queries.
 
 Dense warm-up: steps ``< ceil(first_times_fp * steps)`` and layers ``< ceil(first_layers_fp * layers)``
 (0.03 of 30 layers -> 1 layer, as the reference reports). The rounding is our reading.
@@ -102,8 +104,8 @@ def cluster_pair_mask(
 class Partition:
     """One head group's semantic layout: what a mask-reuse step needs to re-gather current tokens."""
 
-    q_perm: torch.Tensor  # (G, L) token order that makes query clusters contiguous
-    k_perm: torch.Tensor  # (G, L)
+    q_perm: torch.Tensor  # (G, Lq) token order that makes query clusters contiguous
+    k_perm: torch.Tensor  # (G, Lk); Lk > Lq when the keys include cached context
     q_offsets: torch.Tensor  # (G, qc + 1)
     k_offsets: torch.Tensor  # (G, kc + 1)
     mask: torch.Tensor  # (G, qc, kc) bool
@@ -183,16 +185,21 @@ class SVG2(HeadwiseSparse):
         return torch.Generator(device=gen_device).manual_seed(seed)
 
     def predict(self, q, k, layer, branch, thresholds, heads):
-        """Cluster Q and K of ``heads`` (all when None), warm-started from this layer's last partition."""
-        b, length, h, d = q.shape
+        """Cluster Q and K of ``heads`` (all when None), warm-started from this layer's last partition.
+
+        ``q`` is ``(B, Lq, H, D)`` and ``k`` ``(B, Lk, H, D)``; each is clustered over its own tokens, so the
+        pair map is ``(qc, kc)`` with ``qc <= Lq`` and ``kc <= Lk``.
+        """
+        b, lq, h, d = q.shape
+        lk = k.shape[1]
         if heads is not None:
             q, k, thresholds = q[:, :, heads], k[:, :, heads], thresholds[heads]
         hs = q.shape[2]
-        xq = q.permute(0, 2, 1, 3).reshape(b * hs, length, d)
-        xk = k.permute(0, 2, 1, 3).reshape(b * hs, length, d)
-        qc, kc = min(self.qc, length), min(self.kc, length)
+        xq = q.permute(0, 2, 1, 3).reshape(b * hs, lq, d)
+        xk = k.permute(0, 2, 1, 3).reshape(b * hs, lk, d)
+        qc, kc = min(self.qc, lq), min(self.kc, lk)
         prev = self.states.get((layer, branch))
-        if prev is not None and prev.q_centroids.shape[0] == b * h:
+        if prev is not None and prev.q_centroids.shape[:2] == (b * h, qc) and prev.k_centroids.shape[1] == kc:
             if heads is not None:
                 prev = prev.rows(_group_rows(b, h, heads, q.device))
             iters, init_q, init_k, gen = self.settings.kmeans_warm_iters, prev.q_centroids, prev.k_centroids, None
@@ -212,6 +219,10 @@ class SVG2(HeadwiseSparse):
             q_centroids=cq,
             k_centroids=ck,
         )
+
+    def fits(self, state, q, k):
+        b, lq, h, _ = q.shape
+        return state.q_perm.shape == (b * h, lq) and state.k_perm.shape[1] == k.shape[1]
 
     def merge(self, cached, heads, fresh):
         b = cached.mask.shape[0] // self.num_heads

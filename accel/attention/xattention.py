@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from accel.attention.headwise import HeadwiseSparse
@@ -69,6 +71,11 @@ class XAttention(HeadwiseSparse):
             q, k, thresholds = q[:, :, heads], k[:, :, heads], thresholds[heads]
         scores = antidiagonal_block_scores(q, k, self.stride, self.block_size)
         return select_blocks(scores, thresholds)
+
+    def fits(self, state, q, k):
+        b, lq, h, _ = q.shape
+        blocks = (math.ceil(lq / self.block_size), math.ceil(k.shape[1] / self.block_size))
+        return state.shape == (b, h, *blocks)
 
     def merge(self, cached, heads, fresh):
         mask = cached.clone()
