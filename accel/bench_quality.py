@@ -116,9 +116,30 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         wall_s=("wall_s", "mean"),
         speedup=("speedup", lambda s: statistics.geometric_mean(s.tolist())),
     )
-    base = agg.loc["dense", "all_ok"] if "dense" in agg.index else float("nan")
-    agg.insert(4, "retained", agg["all_ok"] / base if base else float("nan"))
+    agg.insert(4, "retained", retained(df))
     return agg
+
+
+RETAINED_CHECKS = ("colour_ok", "direction_ok", "count_ok")
+
+
+def retained(df: pd.DataFrame) -> pd.Series:
+    """Accuracy retained per variant: of the checks (colour, direction, count of each prompt and seed) that the
+    dense run passes, the fraction the variant passes too; NaN without a dense run or when dense passes none.
+
+    A ratio of all-correct rates would be undefined whenever dense gets few videos fully right; this keeps
+    every check dense passes and counts what the variant loses (a check dense fails is not counted either way).
+    """
+    keys = ["prompt", "seed"]
+    checks = list(RETAINED_CHECKS)
+    dense = df[df["variant"] == "dense"].set_index(keys)[checks].astype(float)
+    out = {}
+    for name, rows in df.groupby("variant", sort=False):
+        ref = dense.reindex(pd.MultiIndex.from_frame(rows[keys])).fillna(0.0).to_numpy()
+        got = rows[checks].to_numpy(dtype=float)
+        passed = ref.sum() if len(dense) else 0.0
+        out[name] = float((ref * got).sum() / passed) if passed else float("nan")
+    return pd.Series(out)
 
 
 def format_table(summary: pd.DataFrame) -> str:
@@ -126,7 +147,8 @@ def format_table(summary: pd.DataFrame) -> str:
     cols = ["colour", "direction", "count", "all_ok", "retained", "colour_obj", "direction_obj", "flicker", "psnr_db",
             "ssim", "density", "wall_s", "speedup"]  # fmt: skip
     short = {"colour_obj": "col_obj", "direction_obj": "dir_obj"}
-    head = f"{'variant':<16}" + "".join(f"{short.get(c, c):>10}" for c in cols)
+    width = max([16, *(len(str(n)) + 1 for n in summary.index)])
+    head = f"{'variant':<{width}}" + "".join(f"{short.get(c, c):>10}" for c in cols)
     lines = [head]
     for name, row in summary.iterrows():
         cells = []
@@ -140,5 +162,5 @@ def format_table(summary: pd.DataFrame) -> str:
                 cells.append(f"{v:>9.2f}x")
             else:
                 cells.append(f"{v:>10.3f}" if c in ("ssim", "density", "flicker") else f"{v:>10.2f}")
-        lines.append(f"{name:<16}" + "".join(cells))
+        lines.append(f"{name:<{width}}" + "".join(cells))
     return "\n".join(lines)

@@ -40,3 +40,31 @@ def test_benchmark_rows_and_table(tmp_path):
     assert "xattention+tmr" in text
     with pytest.raises(ValueError, match="unknown variant"):
         run_benchmark("tiny-wan", ["flowcache-slow"], 1, (0,), store, size)
+
+
+def test_retained_counts_the_checks_dense_passes():
+    import math
+
+    import pandas as pd
+
+    from accel.bench_quality import retained
+
+    def row(variant, prompt, colour, direction, count):
+        return {"variant": variant, "prompt": prompt, "seed": 0, "colour_ok": colour, "direction_ok": direction,
+                "count_ok": count}  # fmt: skip
+
+    df = pd.DataFrame(
+        [
+            row("dense", "a", True, False, True),  # dense passes 3 checks in all
+            row("dense", "b", True, False, False),
+            row("fast", "a", True, True, False),  # keeps colour of a (its direction pass is not counted)
+            row("fast", "b", False, False, True),  # loses colour of b
+            row("same", "a", True, False, True),
+            row("same", "b", True, False, False),
+        ]
+    )
+    out = retained(df)
+    assert out["dense"] == 1.0 and out["same"] == 1.0
+    assert out["fast"] == pytest.approx(1 / 3)
+    none = df.assign(colour_ok=False, count_ok=False)
+    assert math.isnan(retained(none)["fast"])  # dense passes nothing: undefined, not 0 or 100%
