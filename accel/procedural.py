@@ -541,13 +541,24 @@ def dataset(
     split: str = "train",
     shapes: Sequence[str] = SHAPES,
     directions: Sequence[str] = tuple(DIRECTIONS),
+    start: int = 0,
 ) -> Iterator[Clip]:
-    """Yield ``n`` clips; clip ``i`` depends only on ``(seed, i, split)``, not on ``n``."""
+    """Yield clips ``start .. start + n``; clip ``i`` depends only on ``(seed, i, split)``, not on ``n``."""
+    for i in range(start, start + n):
+        yield render(spec_at(i, seed, split, shapes=shapes, directions=directions), height, width, frames)
+
+
+def spec_at(
+    i: int,
+    seed: int = 0,
+    split: str = "train",
+    *,
+    shapes: Sequence[str] = SHAPES,
+    directions: Sequence[str] = tuple(DIRECTIONS),
+) -> ClipSpec:
+    """The spec of clip ``i`` of :func:`dataset` (without rendering it)."""
     tag = {"train": 0, "held_out": 1, "any": 2}[split]
-    for i in range(n):
-        rng = np.random.default_rng([seed, i, tag])
-        spec = sample_spec(rng, split=split, shapes=shapes, directions=directions)
-        yield render(spec, height, width, frames)
+    return sample_spec(np.random.default_rng([seed, i, tag]), split=split, shapes=shapes, directions=directions)
 
 
 def held_out_prompts(

@@ -94,10 +94,15 @@ def random_crops(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tens
     return torch.stack([c[..., t : t + size, left : left + size] for c, t, left in zip(x, tops, lefts, strict=True)])
 
 
+def frames_as_batch(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 frames ``(B, F, H, W, 3)`` as a float ``(B, 3, F, H, W)`` batch in [-1, 1]."""
+    video = pixels.astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(video).permute(0, 4, 1, 2, 3).contiguous()
+
+
 def clips_as_batch(clips) -> torch.Tensor:
     """uint8 ``(F, H, W, 3)`` clips as a float ``(B, 3, F, H, W)`` batch in [-1, 1]."""
-    video = np.stack([c.frames for c in clips]).astype(np.float32) / 127.5 - 1.0
-    return torch.from_numpy(video).permute(0, 4, 1, 2, 3).contiguous()
+    return frames_as_batch(np.stack([c.frames for c in clips]))
 
 
 def train(

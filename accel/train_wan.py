@@ -22,12 +22,13 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from accel.models import POCKET_TEXT_TOKENS
-from accel.procedural import dataset
-from accel.train_vae import clips_as_batch, load_vae, lr_factor
+from accel.procedural import dataset, spec_at
+from accel.train_vae import frames_as_batch, load_vae, lr_factor
 
 # Prompt embeddings are zero-padded to TEXT_TOKENS, as the pipeline does with max_sequence_length (the
 # pocket models' ModelSpec.text_tokens; Wan2.1 uses 512, the grammar's prompts need fewer than 32).
@@ -55,13 +56,14 @@ def build_transformer(family: str, text_dim: int, z_dim: int = 16, layers: int =
 
 
 @torch.no_grad()
-def encode_latents(vae, clips, batch: int = 4) -> torch.Tensor:
-    """Normalised latent means ``(N, C, f, h, w)``: ``(mu - mean) / std`` as the Wan pipeline decodes them."""
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+def encode_latents(vae, pixels: np.ndarray, batch: int = 16, device: str = "cpu") -> torch.Tensor:
+    """Normalised latent means ``(N, C, f, h, w)`` of uint8 clips ``(N, F, H, W, 3)``: ``(mu - mean) / std`` as
+    the Wan pipeline decodes them."""
+    mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
     out = []
-    for i in range(0, len(clips), batch):
-        mu = vae.encode(clips_as_batch(clips[i : i + batch])).latent_dist.mean
+    for i in range(0, len(pixels), batch):
+        mu = vae.encode(frames_as_batch(pixels[i : i + batch]).to(device)).latent_dist.mean
         out.append((mu - mean) / std)
     return torch.cat(out)
 
@@ -77,19 +79,38 @@ def encode_texts(pipe, prompts: list[str]) -> list[torch.Tensor]:
     return out
 
 
-def cache_latents(vae_dir: Path, path: Path, clips: int, size: int, frames: int, seed: int) -> None:
+def _render(job: tuple[int, int, int, int, int]) -> np.ndarray:
+    """Frames ``(n, F, H, W, 3)`` of training clips ``start .. start + n`` (a worker's share of the cache)."""
+    start, n, seed, size, frames = job
+    return np.stack([c.frames for c in dataset(n, seed, height=size, width=size, frames=frames, start=start)])
+
+
+def _prompts(n: int, seed: int) -> list[str]:
+    """The prompts of the first ``n`` training clips (their specs only, nothing rendered)."""
+    return [spec_at(i, seed).prompt for i in range(n)]
+
+
+def cache_latents(vae_dir: Path, path: Path, clips: int, size: int, frames: int, seed: int, device: str = "cpu",
+                  workers: int = 1, chunk: int = 256) -> None:  # fmt: skip
     """Encode ``clips`` training clips once into a safetensors file (latents) with their prompts as metadata.
 
-    The Wan VAE is causal in time, so the first ``k`` latent frames of a long clip equal the latents of its
-    first ``4(k - 1) + 1`` frames: one cache of 21-frame clips serves a 17-frame model too.
+    Clips are rendered ``chunk`` at a time (by ``workers`` processes) and encoded on ``device``, so the cache can
+    hold far more clips than fit in memory as pixels. The Wan VAE is causal in time, so the first ``k`` latent
+    frames of a long clip equal the latents of its first ``4(k - 1) + 1`` frames: one cache of 21-frame clips
+    serves a 17-frame model too.
     """
+    from concurrent.futures import ProcessPoolExecutor
+
     from safetensors.torch import save_file
 
-    vae = load_vae(vae_dir)
-    data = list(dataset(clips, seed, height=size, width=size, frames=frames))
-    latents = encode_latents(vae, data)
-    meta = {"prompts": json.dumps([c.prompt for c in data]), "size": str(size), "frames": str(frames)}
-    save_file({"latents": latents.contiguous()}, str(path), metadata=meta)
+    vae = load_vae(vae_dir).to(device)
+    jobs = [(s, min(chunk, clips - s), seed, size, frames) for s in range(0, clips, chunk)]
+    out = []
+    with ProcessPoolExecutor(max(1, workers)) as pool:
+        for pixels in pool.map(_render, jobs):
+            out.append(encode_latents(vae, pixels, device=device).cpu())
+    meta = {"prompts": json.dumps(_prompts(clips, seed)), "size": str(size), "frames": str(frames)}
+    save_file({"latents": torch.cat(out).contiguous()}, str(path), metadata=meta)
 
 
 def read_latents(path: Path) -> tuple[torch.Tensor, list[str]]:
@@ -110,7 +131,7 @@ def pad_texts(embs: list[torch.Tensor], dim: int) -> torch.Tensor:
 
 def sample_sigmas(n: int, shift: float, generator: torch.Generator) -> torch.Tensor:
     """Logit-normal sigmas, shifted like the sampler's ``flow_shift`` so training matches sampling."""
-    s = torch.sigmoid(torch.randn(n, generator=generator))
+    s = torch.sigmoid(torch.randn(n, generator=generator, device=generator.device))
     return shift * s / (1 + (shift - 1) * s)
 
 
@@ -130,11 +151,14 @@ def train(
     family: str = "wan",
     init: Path | None = None,
     warmup: int = 200,
+    device: str = "cpu",
+    layers: int = 4,
 ) -> dict[str, float]:
     """Train on the cached latents (first latent frames of each clip for ``frames``) and save a pipeline folder.
 
     ``init`` warm-starts from another pocket pipeline's transformer (SkyReels-V2's DF models are fine-tuned from
-    Wan2.1 the same way; both classes share one state-dict layout).
+    Wan2.1 the same way; both classes share one state-dict layout). On ``device`` ``cuda`` the data, the random
+    draws and the model all live on the GPU (seeded there, so a GPU run does not repeat a CPU run bit for bit).
     """
     from diffusers import DiffusionPipeline, SkyReelsV2DiffusionForcingPipeline, WanPipeline
     from safetensors.torch import load_file
@@ -151,31 +175,30 @@ def train(
     latents, prompts = read_latents(latents_file)
     if latents.shape[2] < latent_frames:
         raise ValueError(f"{latents_file} holds {latents.shape[2]} latent frames, {frames} frames need {latent_frames}")
-    latents = latents[:, :, :latent_frames].contiguous()
+    latents = latents[:, :, :latent_frames].to(device).contiguous()
     texts = encode_texts(pipe, prompts)
-    empty = encode_texts(pipe, [""])[0]  # the unconditional branch sees the empty prompt, as at sampling
-    dim = texts[0].shape[-1]
+    # the unconditional branch (last row) sees the empty prompt, as at sampling
+    contexts = pad_texts([*texts, encode_texts(pipe, [""])[0]], texts[0].shape[-1]).to(device)
     prep_s = time.perf_counter() - t0
-    model = build_transformer(family, dim)
+    model = build_transformer(family, contexts.shape[-1], layers=layers)
     if init is not None:
         model.load_state_dict(load_file(Path(init) / "transformer" / "diffusion_pytorch_model.safetensors"))
-    model.train()
+    model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     last: dict[str, float] = {}
     with open(out / "loss.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["step", "loss", "seconds"])
-        running = 0.0
+        running = torch.zeros((), device=device)
         for step in range(1, steps + 1):
-            idx = torch.randint(len(latents), (batch,), generator=gen)
+            idx = torch.randint(len(latents), (batch,), generator=gen, device=device)
             x0 = latents[idx]
-            keep = torch.rand(batch, generator=gen) >= drop
-            pairs = zip(idx.tolist(), keep.tolist(), strict=True)
-            ctx = pad_texts([texts[i] if k else empty for i, k in pairs], dim)
+            keep = torch.rand(batch, generator=gen, device=device) >= drop
+            ctx = contexts[torch.where(keep, idx, len(texts))]
             if family == "wan":
                 sigma = sample_sigmas(batch, shift, gen).view(-1, 1, 1, 1, 1)
                 kwargs = {}
@@ -185,7 +208,7 @@ def train(
                 sigma = per_chunk.repeat_interleave(CHUNK_FRAMES, dim=1)[:, : x0.shape[2]].view(batch, 1, -1, 1, 1)
                 kwargs = {"enable_diffusion_forcing": True}
             timestep = sigma.flatten(1) * 1000 if family == "skyreels" else sigma.flatten() * 1000
-            noise = torch.randn(x0.shape, generator=gen)
+            noise = torch.randn(x0.shape, generator=gen, device=device)
             xt = (1 - sigma) * x0 + sigma * noise
             pred = model(xt, timestep, ctx, return_dict=False, **kwargs)[0]
             loss = F.mse_loss(pred, noise - x0)
@@ -194,12 +217,13 @@ def train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            running += float(loss.detach())
+            running += loss.detach()
             if step % log_every == 0 or step == steps:
-                last = {"loss": running / log_every, "seconds": time.perf_counter() - t0, "prep_s": prep_s}
+                last = {"loss": float(running) / log_every, "seconds": time.perf_counter() - t0, "prep_s": prep_s}
                 writer.writerow([step, f"{last['loss']:.5f}", f"{last['seconds']:.1f}"])
                 fh.flush()
-                running = 0.0
+                running.zero_()
+    model.cpu()
     cls = WanPipeline if family == "wan" else SkyReelsV2DiffusionForcingPipeline
     pipe = cls(
         tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=vae, scheduler=pipe.scheduler,
@@ -229,6 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", type=Path, default=None, help="pocket pipeline whose transformer starts training")
+    parser.add_argument("--layers", type=int, default=4, help="transformer blocks")
+    parser.add_argument("--device", default="cpu", help="where to encode the cache and train (cpu, cuda)")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering clips for a new cache")
+    parser.add_argument("--log-every", type=int, default=20, help="steps per row of loss.csv")
     parser.add_argument(
         "--family",
         choices=("wan", "skyreels"),
@@ -238,10 +266,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.latents.is_file():
         t0 = time.perf_counter()
-        cache_latents(args.vae, args.latents, args.clips, args.size, args.cache_frames, args.seed)
+        cache_latents(args.vae, args.latents, args.clips, args.size, args.cache_frames, args.seed, args.device,
+                      args.workers)  # fmt: skip
         print(f"cached {args.clips} clips in {time.perf_counter() - t0:.0f} s")
     last = train(args.base, args.vae, args.out, args.latents, args.steps, args.batch, args.frames, args.lr,
-                 args.seed, family=args.family, init=args.init)  # fmt: skip
+                 args.seed, log_every=args.log_every, family=args.family, init=args.init, device=args.device,
+                 layers=args.layers)  # fmt: skip
     print(f"saved {args.out}: last loss {last['loss']:.4f}, {last['seconds']:.0f} s (data {last['prep_s']:.0f} s)")
 
 
