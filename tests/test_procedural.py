@@ -66,6 +66,9 @@ def test_dataset_is_deterministic_and_seeded() -> None:
         np.testing.assert_array_equal(x.truth.objects[0].centers, y.truth.objects[0].centers)
     assert [x.prompt for x in a[:2]] != [x.prompt for x in c]
     assert a[0].frames.dtype == np.uint8 and a[0].frames.shape == (9, 64, 64, 3)
+    tail = list(P.dataset(2, seed=5, height=64, width=64, frames=9, start=1))  # a worker's share: clips 1, 2
+    assert [x.prompt for x in tail] == [x.prompt for x in a[1:]] == [P.spec_at(i, 5).prompt for i in (1, 2)]
+    np.testing.assert_array_equal(tail[1].frames, a[2].frames)
 
 
 @pytest.mark.parametrize(("height", "width", "frames"), [(64, 64, 17), (128, 128, 17), (256, 256, 5), (64, 96, 9)])
