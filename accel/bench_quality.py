@@ -137,7 +137,7 @@ def retained(df: pd.DataFrame) -> pd.Series:
     for name, rows in df.groupby("variant", sort=False):
         ref = dense.reindex(pd.MultiIndex.from_frame(rows[keys])).fillna(0.0).to_numpy()
         got = rows[checks].to_numpy(dtype=float)
-        passed = ref.sum() if len(dense) else 0.0
+        passed = ref.sum()  # 0 without a dense run too: its checks reindex to zeros
         out[name] = float((ref * got).sum() / passed) if passed else float("nan")
     return pd.Series(out)
 

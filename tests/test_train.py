@@ -30,7 +30,8 @@ def test_vae_then_transformer_train_save_and_load(tmp_path):
     assert latents.shape == (3, 16, 3, 4, 4) and len(prompts) == 3
     parallel = tmp_path / "parallel.safetensors"  # rendered by 2 processes in chunks of 2: the same cache
     cache_latents(vae_dir, parallel, clips=3, size=32, frames=9, seed=0, workers=2, chunk=2)
-    assert read_latents(parallel)[1] == prompts and torch.allclose(read_latents(parallel)[0], latents, atol=1e-5)
+    parallel_latents, parallel_prompts = read_latents(parallel)
+    assert parallel_prompts == prompts and torch.allclose(parallel_latents, latents, atol=1e-5)
     last = train_wan(base, vae_dir, out, cache, steps=2, batch=2, frames=5, log_every=1)
     assert last["loss"] > 0 and len((out / "loss.csv").read_text().splitlines()) == 3
     assert not list(out.rglob("*.bin")) and list(out.rglob("*.safetensors"))
