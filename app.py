@@ -23,6 +23,7 @@ from accel import models
 from accel.config import DEFAULT_MODEL, METHOD_SETTINGS, ConfigError, RunConfig, settings_for
 from accel.models import ModelLoadError
 from accel.runs import RunStore
+from accel.schema import Event
 from accel.video import write_h264
 from viz import chunks, compare, motion, profile, reuse, sparsity
 from viz.common import branches, empty_figure
@@ -279,7 +280,7 @@ def _open(run_id: str | None):
 def sparsity_view(run_id: str | None, branch: str | None = None, step: Any = None, layer: Any = None):
     """Masks of one step and layer, density heatmaps and the dense warm-up steps."""
     run = _open(run_id)
-    names = branches(run, "density") or ["cond"]
+    names = branches(run, Event.DENSITY) or ["cond"]
     branch = branch if branch in names else names[0]
     idx = sparsity.mask_index(run)
     idx = idx[idx["branch"] == branch] if len(idx) else idx
@@ -307,7 +308,7 @@ def sparsity_view(run_id: str | None, branch: str | None = None, step: Any = Non
 def reuse_view(run_id: str | None, branch: str | None = None, heads: list[str] | None = None):
     """Refresh/reuse grid (clickable image) and drift curves of the chosen heads."""
     run = _open(run_id)
-    names = branches(run, "mask_refresh") or ["cond"]
+    names = branches(run, Event.MASK_REFRESH) or ["cond"]
     branch = branch if branch in names else names[0]
     grid = reuse.reuse_matrix(run, branch)
     options = [f"l{int(layer)}h{int(h)}" for layer, h in grid.columns] if not grid.empty else []

@@ -35,6 +35,7 @@ from diffusers.hooks import (
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
 from accel.config import BASELINE_NAMES as BASELINES
+from accel.schema import Event
 
 UNITS = ("attn1", "attn2", "ffn")
 # TaylorSeer uses re.fullmatch on module names; these match Wan/SkyReels blocks (the diffusers default
@@ -160,8 +161,8 @@ class SkipCounter:
         self.block_executions += blocks
         self.per_call.append(blocks)
         if self.recorder is not None:
-            self.recorder.log("baseline_blocks", blocks)
-            self.recorder.log("baseline_units", len(self._ran))
+            self.recorder.log(Event.BASELINE_BLOCKS, blocks)
+            self.recorder.log(Event.BASELINE_UNITS, len(self._ran))
 
     def remove(self) -> None:
         """Detach the counting hooks."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from accel.runs import RunStore
+from accel.schema import Event
 from accel.telemetry import Recorder, RecordPolicy
 from accel.tracking import StepInfo
 
@@ -46,10 +47,10 @@ def synthetic_run(
         for branch in ("cond", "uncond"):
             info.step, info.branch, info.timestep = step, branch, 1000.0 * (1 - step / steps)
             for layer in range(layers):
-                with rec.timed("mask_predict", layer=layer):
+                with rec.timed(Event.MASK_PREDICT, layer=layer):
                     pass
                 ref = rec.record_mask(layer, mask)
-                rec.log("density", dens, layer=layer, threshold=tau, density=dens, mask_ref=ref)
+                rec.log(Event.DENSITY, dens, layer=layer, threshold=tau, density=dens, mask_ref=ref)
     table, arrays = rec.finish()
     record_s = time.perf_counter() - t0
     t1 = time.perf_counter()

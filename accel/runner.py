@@ -36,6 +36,7 @@ from accel.config import (
     settings_for,
 )
 from accel.runs import Run, RunStore
+from accel.schema import Event
 from accel.telemetry import Recorder, RecordPolicy
 from profiling.profiler import RunProfiler
 from profiling.ranges import named_range
@@ -93,23 +94,23 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if table.empty:
         return out
-    dens = table[table["event"] == "density"]
+    dens = table[table["event"] == Event.DENSITY]
     if not dens.empty:
         out["density_mean"] = float(dens["density"].mean())
-        warm = table[table["event"] == "dense_warmup"][["step", "branch", "layer"]].drop_duplicates()
+        warm = table[table["event"] == Event.DENSE_WARMUP][["step", "branch", "layer"]].drop_duplicates()
         sparse = dens.merge(warm, on=["step", "branch", "layer"], how="left", indicator=True)
         sparse = sparse[sparse["_merge"] == "left_only"]
         out["density_mean_sparse"] = float(sparse["density"].mean()) if not sparse.empty else 1.0
         per_call = dens.groupby(["step", "branch", "layer"]).size()
         out["attn_calls"] = len(per_call)
         out["attn_calls_dense"] = len(warm)
-    pred = table[table["event"] == "mask_predict"]
+    pred = table[table["event"] == Event.MASK_PREDICT]
     out["mask_predict_s"] = float(pred["seconds"].sum()) if not pred.empty else 0.0
     out["mask_predictions"] = len(pred)
     out["mask_predicted_heads"] = int(pred["value"].sum()) if not pred.empty else 0
-    check = table[table["event"] == "reuse_check"]
+    check = table[table["event"] == Event.REUSE_CHECK]
     if not check.empty:
-        refresh = table[table["event"] == "mask_refresh"]["value"]
+        refresh = table[table["event"] == Event.MASK_REFRESH]["value"]
         out["reuse_check_s"] = float(check["seconds"].sum())
         out["mask_skip_frac"] = float(1.0 - refresh.mean()) if len(refresh) else 0.0
     return out

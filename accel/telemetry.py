@@ -25,15 +25,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from accel.schema import COLUMNS, INDEX_KEY, ArrayKind, Event, check_events, mask_key, offsets_key
 from accel.tracking import StepInfo
 from profiling.ranges import named_range
 
-COLUMNS = (
-    "step", "timestep", "branch", "layer", "head", "chunk", "event", "value", "threshold", "density",
-    "mask_ref", "seconds",
-)  # fmt: skip
-INDEX_KEY = "__index__"
-RANGE_OF = {"mask_predict": "mask.predict", "reuse_check": "mask.reuse_check"}  # timed events -> profiler ranges
+RANGE_OF = {Event.MASK_PREDICT: "mask.predict", Event.REUSE_CHECK: "mask.reuse_check"}  # timed events -> ranges
 _BIT_WEIGHTS: dict[torch.device, torch.Tensor] = {}
 
 
@@ -64,18 +60,6 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
             [128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=m.device
         )
     return (m.view(*m.shape[:-1], -1, 8) * weights).sum(-1, dtype=torch.uint8)
-
-
-def unpack_bits(packed: np.ndarray, n: int) -> np.ndarray:
-    """Inverse of :func:`pack_bits` for the last axis of length ``n``."""
-    return np.unpackbits(packed, axis=-1, count=n).astype(bool)
-
-
-def load_mask(arrays: Any, key: str) -> np.ndarray:
-    """A recorded mask as bool ``(heads, nq, nk)`` from a run's ``arrays.npz``."""
-    index = json.loads(str(arrays[INDEX_KEY]))
-    shape = index[key]["shape"]
-    return unpack_bits(np.asarray(arrays[key]), shape[-1]).reshape(shape)
 
 
 def even_steps(num_steps: int, count: int) -> tuple[int, ...]:
@@ -111,7 +95,7 @@ class Recorder:
     # -- rows --------------------------------------------------------------------------------
     def log(
         self,
-        event: str,
+        event: Event,
         value: Any = None,
         *,
         layer: int | None = None,
@@ -135,14 +119,14 @@ class Recorder:
 
     @contextmanager
     def timed(
-        self, event: str, *, layer: int | None = None, device: torch.device | None = None, value: Any = None
+        self, event: Event, *, layer: int | None = None, device: torch.device | None = None, value: Any = None
     ) -> Iterator[None]:
         """Log the wall time of the block as ``seconds`` (CUDA events on a GPU: no sync in the loop)."""
         with named_range(RANGE_OF.get(event, event)), self._timed(event, layer, device, value):
             yield
 
     @contextmanager
-    def _timed(self, event: str, layer: int | None, device: torch.device | None, value: Any) -> Iterator[None]:
+    def _timed(self, event: Event, layer: int | None, device: torch.device | None, value: Any) -> Iterator[None]:
         if not self.enabled:
             yield
             return
@@ -189,7 +173,7 @@ class Recorder:
         mask: torch.Tensor,
         q_offsets: torch.Tensor | None = None,
         k_offsets: torch.Tensor | None = None,
-        kind: str = "block_mask",
+        kind: ArrayKind = ArrayKind.BLOCK_MASK,
     ) -> str | None:
         """Keep a bool ``(heads, nq, nk)`` mask (and variable block offsets) if the policy wants it."""
         if not self._planned:
@@ -198,28 +182,29 @@ class Recorder:
             return None
         t0 = time.perf_counter()
         i = self.info
-        where = f"{i.branch}/c{i.chunk:02d}" if i.chunk is not None else i.branch
-        key = f"mask/s{i.step:03d}/{where}/l{layer:02d}"
+        key = mask_key(i.step, i.branch, layer, i.chunk)
         self._arrays[key] = pack_bits(mask.bool())
         meta = {"kind": kind, "shape": list(mask.shape), "step": i.step, "branch": i.branch, "layer": layer,
                 "chunk": i.chunk}  # fmt: skip
         for name, off in (("q_offsets", q_offsets), ("k_offsets", k_offsets)):
             if off is not None:
-                self._arrays[f"{name}/{key}"] = off.to(torch.int32)
-                meta[name] = f"{name}/{key}"
+                meta[name] = offsets_key(name, key)
+                self._arrays[meta[name]] = off.to(torch.int32)
         self._index[key] = meta
         self.loop_s += time.perf_counter() - t0
         return key
 
-    def add_array(self, key: str, array: Any, **meta: Any) -> None:
-        """Any other array (motion maps, ...), kept on its device until :meth:`finish`."""
+    def add_array(self, key: str, array: Any, kind: ArrayKind = ArrayKind.ARRAY, **meta: Any) -> None:
+        """Any other array (motion maps, ...), kept on its device until :meth:`finish`; ``meta`` goes in its
+        index entry (e.g. ``group`` and ``branch``, which readers match on)."""
         if self.enabled:
             self._arrays[key] = array
-            self._index[key] = {"kind": meta.pop("kind", "array"), "shape": list(array.shape), **meta}
+            self._index[key] = {"kind": str(kind), "shape": list(array.shape), **meta}
 
     # -- output ------------------------------------------------------------------------------
     def finish(self) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-        """The telemetry table and the arrays, copied to the host in one pass."""
+        """The telemetry table and the arrays, copied to the host in one pass; an unknown event name raises."""
+        check_events({row[6] for row in self._rows})
         if self._events:
             torch.cuda.synchronize()
             for row, start, stop in self._events:

@@ -206,7 +206,7 @@ def test_sparse_attention_composes_with_the_chunk_caches(sky_pipe, tmp_path):
     from accel.config import RunConfig
     from accel.runner import generate
     from accel.runs import RunStore
-    from accel.telemetry import load_mask
+    from accel.schema import load_mask
 
     store = RunStore(tmp_path)
     size = {"height": 64, "width": 64, "frames": 21, "steps": 6}

@@ -11,7 +11,7 @@ from accel import runner
 from accel.attention.xattention import XAttention
 from accel.config import RunConfig
 from accel.runs import RunStore
-from accel.telemetry import load_mask
+from accel.schema import load_mask
 from accel.video import video_codec
 
 SIZE = {"height": 128, "width": 128, "frames": 9, "steps": 4}  # 3 x 8 x 8 = 192 tokens

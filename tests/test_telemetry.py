@@ -8,7 +8,8 @@ import torch
 from conftest import run_pipe
 
 from accel.bench_recorder import synthetic_run
-from accel.telemetry import COLUMNS, Recorder, RecordPolicy, even_steps, load_mask, pack_bits, unpack_bits
+from accel.schema import COLUMNS, load_mask, unpack_bits
+from accel.telemetry import Recorder, RecordPolicy, even_steps, pack_bits
 from accel.tracking import StepInfo, attach_tracker, detach_tracker
 
 

@@ -6,12 +6,18 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from accel.schema import Event
 from viz.common import RunLike, empty_figure, events, title
 
 # state codes of the timeline, in legend order
 STATES = ("waiting", "compute", "partial", "reuse", "done")
 COLORS = ("#eeeeee", "#d6604d", "#f4a582", "#4393c3", "#7fbf7b")
-EVENT_STATE = {"chunk_compute": "compute", "chunk_partial": "partial", "chunk_reuse": "reuse", "chunk_defer": "reuse"}
+EVENT_STATE = {
+    Event.CHUNK_COMPUTE: "compute",
+    Event.CHUNK_PARTIAL: "partial",
+    Event.CHUNK_REUSE: "reuse",
+    Event.CHUNK_DEFER: "reuse",
+}
 
 
 def chunk_states(run: RunLike, branch: str = "cond") -> pd.DataFrame:
@@ -111,7 +117,7 @@ def accumulators(run: RunLike, branch: str = "cond") -> go.Figure:
 
 def kv_buffer(run: RunLike) -> go.Figure:
     """Tokens (and MB) held in the clean-chunk KV buffer per iteration, with compressions marked."""
-    rows = events(run, "kv_tokens").sort_values("step")
+    rows = events(run, Event.KV_TOKENS).sort_values("step")
     if rows.empty:
         return empty_figure("no KV buffer in this run")
     fig = go.Figure(
@@ -124,7 +130,7 @@ def kv_buffer(run: RunLike) -> go.Figure:
             hovertemplate="iteration %{x}: %{y:.0f} tokens, %{customdata:.1f} MB<extra></extra>",
         )
     )
-    comp = events(run, "kv_compress")
+    comp = events(run, Event.KV_COMPRESS)
     for _, r in comp.iterrows():
         fig.add_vline(x=int(r["step"]), line_dash="dot", line_color="#7f7f7f")
     note = f" · {len(comp)} compressions (dotted)" if len(comp) else ""

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from accel.runs import Run
-from accel.telemetry import COLUMNS
+from accel.schema import COLUMNS, check_events
 
 RunLike = Run | str | Path
 SEQUENTIAL = "Viridis"
@@ -20,7 +20,8 @@ def as_run(run: RunLike) -> Run:
 
 
 def events(run: RunLike, *names: str) -> pd.DataFrame:
-    """Telemetry rows of the given events (all rows if none given)."""
+    """Telemetry rows of the given events (all rows if none given); a name that is not an event raises."""
+    check_events(names)
     t = as_run(run).telemetry
     if t.empty or "event" not in t:
         return pd.DataFrame(columns=list(COLUMNS))

@@ -7,9 +7,7 @@ MotionCache runs) and dense optical flow of the output video (opencv Farneback; 
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import re
 from functools import lru_cache
 
 import cv2
@@ -17,11 +15,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from accel.telemetry import INDEX_KEY
+from accel.schema import ArrayKind, find_arrays, read_index
 from viz.common import RunLike, as_run, empty_figure, title
 
 SOURCES = ("method", "flow")
-_GROUP_KEY = re.compile(r"motion_(weights|updates)/g(\d+)/(.+)")
+TOKEN_MAPS = {"weights": ArrayKind.MOTION_WEIGHTS, "updates": ArrayKind.TOKEN_COUNTS}
 
 
 def latent_frame(frame: int, temporal: int = 4) -> int:
@@ -32,19 +30,13 @@ def latent_frame(frame: int, temporal: int = 4) -> int:
 def token_maps(run: RunLike, kind: str = "weights", branch: str = "cond") -> np.ndarray | None:
     """MotionCache ``weights`` (last value) or ``updates`` per latent frame as ``(F, h, w)``; None if absent."""
     r = as_run(run)
-    if INDEX_KEY not in r.arrays:
-        return None
-    index = json.loads(str(r.arrays[INDEX_KEY]))
-    groups = []
-    for key in index:
-        m = _GROUP_KEY.fullmatch(key)
-        if m and m.group(1) == kind and m.group(3) == branch:
-            groups.append((int(m.group(2)), key))
-    if not groups:
+    index = read_index(r.arrays)
+    keys = sorted(find_arrays(index, TOKEN_MAPS[kind], branch=branch), key=lambda k: index[k]["group"])
+    if not keys:
         return None
     _, h, w = r.metrics["grid"]
     maps = []
-    for _, key in sorted(groups):
+    for key in keys:
         a = np.asarray(r.arrays[key], dtype=np.float32)
         maps.append(a[-1] if kind == "weights" else a)  # weights: (history, frames, tokens) -> the last
     return np.concatenate(maps, axis=0).reshape(-1, h, w)

@@ -14,6 +14,7 @@ import cv2
 import plotly.graph_objects as go
 
 from accel.runs import RunStore
+from accel.schema import Event
 from viz import chunks, compare, motion, profile, reuse, sparsity
 from viz.common import RunLike, as_run, branches
 
@@ -96,4 +97,4 @@ def write_report(run: RunLike, out: str | Path, store: RunStore | None = None) -
 
 def branch_choices(run: RunLike) -> list[str]:
     """Branches with attention decisions, for the app's pickers."""
-    return branches(run, "density") or ["cond"]
+    return branches(run, Event.DENSITY) or ["cond"]

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from accel.schema import Event
 from viz.common import RunLike, empty_figure, events, title
 
 # grid colours (RGB): refreshed, reused, no decision (dense warm-up or layer without TMR)
@@ -15,11 +16,11 @@ REFRESH, REUSE, NONE = (214, 96, 77), (67, 147, 195), (235, 235, 235)
 
 def reuse_matrix(run: RunLike, branch: str = "cond") -> pd.DataFrame:
     """``mask_refresh`` as a step x (layer, head) table: 1 refreshed, 0 reused, NaN no decision."""
-    rows = events(run, "mask_refresh")
+    rows = events(run, Event.MASK_REFRESH)
     rows = rows[(rows["branch"] == branch) & rows["head"].notna()]
     if rows.empty:
         return pd.DataFrame()
-    dens = events(run, "density")
+    dens = events(run, Event.DENSITY)
     steps = sorted(set(dens.loc[dens["branch"] == branch, "step"].astype(int)) | set(rows["step"].astype(int)))
     grid = rows.pivot_table(index="step", columns=["layer", "head"], values="value", aggfunc="mean")
     return grid.reindex(index=steps)
@@ -93,7 +94,7 @@ def cell_at(run: RunLike, x: int, y: int, branch: str = "cond", cell: int = 8) -
 
 def mask_in_effect(run: RunLike, step: int, layer: int, head: int, branch: str = "cond") -> str | None:
     """Key of the mask a head used at ``(step, layer)`` (the one it reused, or a fresh one)."""
-    dens = events(run, "density")
+    dens = events(run, Event.DENSITY)
     hit = dens[(dens["step"] == step) & (dens["layer"] == layer) & (dens["head"] == head) & (dens["branch"] == branch)]
     refs = hit["mask_ref"].dropna()
     return str(refs.iloc[0]) if len(refs) else None
@@ -101,13 +102,13 @@ def mask_in_effect(run: RunLike, step: int, layer: int, head: int, branch: str =
 
 def drift_curves(run: RunLike, heads: list[tuple[int, int]] | None = None, branch: str = "cond") -> go.Figure:
     """Query-key drift per step for the chosen ``(layer, head)`` pairs, with the delta line and refresh marks."""
-    rows = events(run, "drift")
+    rows = events(run, Event.DRIFT)
     rows = rows[(rows["branch"] == branch) & rows["head"].notna()]
     if rows.empty:
         return empty_figure("no drift recorded in this run (enable TMR)")
     if not heads:
         heads = [(int(rows["layer"].min()), h) for h in sorted(rows["head"].astype(int).unique())[:4]]
-    refresh = events(run, "mask_refresh")
+    refresh = events(run, Event.MASK_REFRESH)
     refresh = refresh[refresh["branch"] == branch]
     fig = go.Figure()
     for layer, head in heads:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -10,19 +9,15 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from accel.telemetry import INDEX_KEY, load_mask
+from accel.schema import MASK_KINDS, Event, find_arrays, load_mask, read_index
 from viz.common import SEQUENTIAL, RunLike, as_run, empty_figure, events, title
 
-MASK_KINDS = ("block_mask", "cluster_mask")
 MAX_MASK_PIXELS = 192  # cluster masks are drawn at token scale, downsampled to at most this many pixels a side
 
 
 def mask_index(run: RunLike) -> pd.DataFrame:
     """One row per recorded mask: ``key, step, branch, layer, chunk, heads, nq, nk, q_offsets, k_offsets``."""
-    arrays = as_run(run).arrays
-    if INDEX_KEY not in arrays:
-        return pd.DataFrame(columns=["key", "step", "branch", "layer", "chunk", "heads", "nq", "nk"])
-    index = json.loads(str(arrays[INDEX_KEY]))
+    index = read_index(as_run(run).arrays)
     rows = [
         {
             "key": key,
@@ -36,8 +31,7 @@ def mask_index(run: RunLike) -> pd.DataFrame:
             "q_offsets": m.get("q_offsets"),
             "k_offsets": m.get("k_offsets"),
         }
-        for key, m in index.items()
-        if m.get("kind") in MASK_KINDS
+        for key, m in ((key, index[key]) for key in find_arrays(index, MASK_KINDS))
     ]
     if not rows:
         return pd.DataFrame(columns=["key", "step", "branch", "layer", "chunk", "heads", "nq", "nk"])
@@ -52,7 +46,7 @@ def mask_image(run: RunLike, key: str, head: int) -> np.ndarray:
     """
     r = as_run(run)
     mask = load_mask(r.arrays, key)[head]
-    meta = json.loads(str(r.arrays[INDEX_KEY]))[key]
+    meta = read_index(r.arrays)[key]
     if "q_offsets" not in meta:
         return mask.astype(np.float32)
     rows = _cluster_of_pixels(np.asarray(r.arrays[meta["q_offsets"]]), head)
@@ -76,7 +70,7 @@ def head_masks(run: RunLike, step: int, layer: int, branch: str = "cond") -> go.
         return empty_figure(f"no mask recorded at step {step}, layer {layer}, {branch}")
     row = sel.iloc[0]
     heads = int(row["heads"])
-    dens = events(run, "density")
+    dens = events(run, Event.DENSITY)
     dens = dens[(dens["step"] == step) & (dens["layer"] == layer) & (dens["branch"] == branch)]
     by_head = dict(zip(dens["head"].astype(int), dens["density"], strict=False))
     cols = min(heads, 6)
@@ -114,7 +108,7 @@ def head_masks(run: RunLike, step: int, layer: int, branch: str = "cond") -> go.
 
 def warmup_steps(run: RunLike, branch: str | None = None) -> list[int]:
     """Steps computed densely as warm-up (every layer or some: the steps that logged ``dense_warmup``)."""
-    rows = events(run, "dense_warmup")
+    rows = events(run, Event.DENSE_WARMUP)
     if branch is not None:
         rows = rows[rows["branch"] == branch]
     return sorted(int(s) for s in rows["step"].dropna().unique())
@@ -122,7 +116,7 @@ def warmup_steps(run: RunLike, branch: str | None = None) -> list[int]:
 
 def density_table(run: RunLike, branch: str = "cond") -> pd.DataFrame:
     """Mean density per ``(head, layer, step)`` of one branch."""
-    rows = events(run, "density")
+    rows = events(run, Event.DENSITY)
     rows = rows[(rows["branch"] == branch) & rows["head"].notna()]
     return rows.groupby(["head", "layer", "step"], as_index=False)["density"].mean()
 

@@ -15,6 +15,7 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
+from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo, attach_tracker, detach_tracker
 from profiling.ranges import named_range
@@ -54,8 +55,8 @@ class AttentionMethod:
     def warmup_dense(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
         """A dense warm-up call of a sparse method: logged as such, with density 1 for every head."""
         ones = torch.ones(q.shape[2])
-        self.recorder.log("dense_warmup", 1.0, layer=layer)
-        self.recorder.log("density", ones, layer=layer, density=ones)
+        self.recorder.log(Event.DENSE_WARMUP, 1.0, layer=layer)
+        self.recorder.log(Event.DENSITY, ones, layer=layer, density=ones)
         return self.dense(q, k, v)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, info: StepInfo) -> torch.Tensor:

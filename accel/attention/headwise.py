@@ -18,6 +18,7 @@ from accel.attention.base import AttentionMethod
 from accel.attention.reuse import MaskReuse
 from accel.attention.thresholds import PARAMETER, load_table
 from accel.config import ConfigError, HeadwiseSettings
+from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
 from profiling.ranges import named_range
@@ -113,17 +114,17 @@ class HeadwiseSparse(AttentionMethod):
             cached = None  # e.g. a chunk's KV context changed length: no mask to reuse, every head predicts
         decision = None
         if self.reuse is not None:
-            with rec.timed("reuse_check", layer=layer, device=q.device):
+            with rec.timed(Event.REUSE_CHECK, layer=layer, device=q.device):
                 decision = self.reuse.decide(layer, info.branch, q, k, thr)
                 if cached is None:
                     decision = replace(decision, refresh=torch.ones_like(decision.refresh))
                 heads = decision.heads
         if decision is None or cached is None or len(heads) == heads_n:
-            with rec.timed("mask_predict", layer=layer, device=q.device, value=heads_n):
+            with rec.timed(Event.MASK_PREDICT, layer=layer, device=q.device, value=heads_n):
                 state = self.predict(q, k, layer, info.branch, thr, None)
             ref = self.record(layer, state)
         elif heads:
-            with rec.timed("mask_predict", layer=layer, device=q.device, value=len(heads)):
+            with rec.timed(Event.MASK_PREDICT, layer=layer, device=q.device, value=len(heads)):
                 fresh = self.predict(q, k, layer, info.branch, thr, heads)
             state = self.merge(cached, heads, fresh)
             ref = self.record(layer, state)
@@ -131,8 +132,8 @@ class HeadwiseSparse(AttentionMethod):
             state, ref = cached, self.refs.get(key)
         if decision is not None:
             self.reuse.commit(layer, info.branch, decision, thr)
-            rec.log("drift", decision.drift, layer=layer, threshold=self.reuse.delta)
-            rec.log("mask_refresh", decision.refresh.float(), layer=layer)
+            rec.log(Event.DRIFT, decision.drift, layer=layer, threshold=self.reuse.delta)
+            rec.log(Event.MASK_REFRESH, decision.refresh.float(), layer=layer)
         if decision is not None or self.keeps_state:
             self.states[key], self.refs[key] = state, ref
         with named_range("attn.sparse"):

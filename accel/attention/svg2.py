@@ -24,6 +24,7 @@ import torch
 
 from accel.attention.headwise import HeadwiseSparse
 from accel.config import SVG2Settings
+from accel.schema import ArrayKind, Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
 from kernels import block_sparse_attention, mask_density
@@ -231,7 +232,7 @@ class SVG2(HeadwiseSparse):
     def record(self, layer, state):
         h = self.num_heads
         return self.recorder.record_mask(
-            layer, state.mask[:h], state.q_offsets[:h], state.k_offsets[:h], kind="cluster_mask"
+            layer, state.mask[:h], state.q_offsets[:h], state.k_offsets[:h], kind=ArrayKind.CLUSTER_MASK
         )
 
     @staticmethod
@@ -253,5 +254,5 @@ class SVG2(HeadwiseSparse):
         mask, q_off, k_off = self._blocks(state, q)
         out = block_sparse_attention(qp, kp, vp, mask, q_off, k_off)
         density = mask_density(mask, q_off, k_off).mean(0)
-        self.recorder.log("density", density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
+        self.recorder.log(Event.DENSITY, density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
         return _scatter_tokens(out, state.q_perm)

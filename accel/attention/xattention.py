@@ -8,6 +8,7 @@ import torch
 
 from accel.attention.headwise import HeadwiseSparse
 from accel.config import ConfigError, XAttentionSettings
+from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
 from kernels import antidiagonal_block_scores, block_sparse_attention, mask_density, uniform_offsets
@@ -97,5 +98,5 @@ class XAttention(HeadwiseSparse):
     def apply(self, q, k, v, state, layer, thresholds, mask_ref):
         out = block_sparse_attention(q, k, v, state, *self._offsets(q, k))
         density = self.state_density(state, q, k).mean(0)
-        self.recorder.log("density", density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
+        self.recorder.log(Event.DENSITY, density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
         return out

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from accel.cache.runner import ChunkedRunner, Embedded, GroupCache
+from accel.schema import Event
 
 # Rescale polynomials, highest degree first (METHODS 3.1).
 COEFFICIENTS: dict[tuple[str, bool], tuple[float, ...]] = {
@@ -74,7 +75,7 @@ class FlowCache(GroupCache):
             runner.call.tokens = None
             out = runner.model.blocks(emb, enc)
             st.residual = out - emb.tokens
-            runner.log_chunk("chunk_compute", group, acc, self.thresh, tokens=emb.tokens.shape[1])
+            runner.log_chunk(Event.CHUNK_COMPUTE, group, acc, self.thresh, tokens=emb.tokens.shape[1])
             return out
-        runner.log_chunk("chunk_reuse", group, acc, self.thresh, tokens=0)
+        runner.log_chunk(Event.CHUNK_REUSE, group, acc, self.thresh, tokens=0)
         return emb.tokens + st.residual

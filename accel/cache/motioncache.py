@@ -24,6 +24,7 @@ import torch
 
 from accel.cache.flowcache import FlowCache
 from accel.cache.runner import ChunkedRunner, Embedded, GroupCache
+from accel.schema import ArrayKind, Event, group_key
 
 
 @dataclass
@@ -104,7 +105,7 @@ class MotionCache(GroupCache):
             st.updates = torch.zeros(fh, hh * wh, dtype=torch.int32)
         e0 = emb.e0.float()
         if self.thresh <= 0 or step <= self.warmup or st.residual is None or st.e0_prev is None:
-            out = self._full(runner, st, group, emb, enc, "chunk_compute")
+            out = self._full(runner, st, group, emb, enc, Event.CHUNK_COMPUTE)
             if step >= self.warmup or self.thresh <= 0:
                 st.acc = torch.zeros(b, length, device=out.device)
             st.updates += 1
@@ -117,12 +118,12 @@ class MotionCache(GroupCache):
             need_n = int(need[0].sum())
             ratio = need_n / length
             if need_n == 0 or ratio < self.min_update_ratio:
-                event = "chunk_reuse" if need_n == 0 else "chunk_defer"
+                event = Event.CHUNK_REUSE if need_n == 0 else Event.CHUNK_DEFER
                 runner.log_chunk(event, group, float(st.acc.mean()), self.thresh, tokens=0)
                 out = emb.tokens + st.residual
                 need_n = 0  # deferred: nothing updated, accumulators kept
             elif need_n == length:
-                out = self._full(runner, st, group, emb, enc, "chunk_compute")
+                out = self._full(runner, st, group, emb, enc, Event.CHUNK_COMPUTE)
                 st.acc = torch.zeros_like(st.acc)
                 st.updates += 1
             else:
@@ -135,7 +136,7 @@ class MotionCache(GroupCache):
                 st.residual[:, sel] = fresh - emb.tokens[:, sel]
                 st.acc[:, sel] = 0.0
                 st.updates.view(-1)[sel.cpu()] += 1
-                runner.log_chunk("chunk_partial", group, float(st.acc.mean()), self.thresh, tokens=need_n)
+                runner.log_chunk(Event.CHUNK_PARTIAL, group, float(st.acc.mean()), self.thresh, tokens=need_n)
         st.e0_prev = e0
         if step > self.warmup and need_n > 0 and st.weights is None:
             st.phase1_done += 1
@@ -149,9 +150,10 @@ class MotionCache(GroupCache):
     def export(self, runner: ChunkedRunner) -> None:
         """Per-token update counts and motion-weight history as run arrays (for the app's motion views)."""
         for (group, branch), st in self.state.items():
-            if st.updates is not None:
-                runner.recorder.add_array(f"motion_updates/g{group:02d}/{branch}", st.updates, kind="token_counts")
+            maps = {ArrayKind.TOKEN_COUNTS: st.updates}
             if st.weight_history:
-                runner.recorder.add_array(
-                    f"motion_weights/g{group:02d}/{branch}", torch.stack(st.weight_history), kind="motion_weights"
-                )
+                maps[ArrayKind.MOTION_WEIGHTS] = torch.stack(st.weight_history)
+            for kind, array in maps.items():
+                if array is not None:
+                    key = group_key(kind, group, branch)
+                    runner.recorder.add_array(key, array, kind=kind, group=group, branch=branch)

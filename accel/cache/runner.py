@@ -26,6 +26,7 @@ from accel.attention.base import AttentionMethod, apply_rotary
 from accel.cache.kv import KVCompression, gather_heads
 from accel.cache.kv import select as kv_select
 from accel.cache.schedule import COMPUTE, DONE, GroupSchedule, build_schedule
+from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
 from profiling.ranges import named_range
@@ -211,7 +212,7 @@ class GroupCache:
     def predict(self, runner: ChunkedRunner, group: int, branch: str, step: int, emb: Embedded, enc) -> torch.Tensor:
         """The last block output for this group step (computed or reused)."""
         runner.call.tokens = None
-        runner.log_chunk("chunk_compute", group, None, None, tokens=emb.tokens.shape[1])
+        runner.log_chunk(Event.CHUNK_COMPUTE, group, None, None, tokens=emb.tokens.shape[1])
         return runner.model.blocks(emb, enc)
 
 
@@ -254,13 +255,13 @@ class ChunkedRunner:
         with named_range("kv.compress"):
             sizes = self.buffer.compress(c.branch, layer, c.clean, query, keep, self.kv, block)
         if sizes is not None and layer == 0 and sizes[0] > sizes[1]:
-            self.recorder.log("kv_compress", float(sizes[1]), chunk=c.group, threshold=float(sizes[0]))
+            self.recorder.log(Event.KV_COMPRESS, float(sizes[1]), chunk=c.group, threshold=float(sizes[0]))
             self.stats["kv_compressions"] = self.stats.get("kv_compressions", 0) + 1
 
     def log_chunk(self, event: str, group: int, value: float | None, threshold: float | None, tokens: int) -> None:
         """One cache decision for (row, group, branch); counts recomputed tokens for the metrics."""
         self.recorder.log(event, value, chunk=group, threshold=threshold)
-        self.recorder.log("tokens_updated", float(tokens), chunk=group)
+        self.recorder.log(Event.TOKENS_UPDATED, float(tokens), chunk=group)
         self.stats[event] = self.stats.get(event, 0) + 1
         self.stats["tokens_recomputed"] = self.stats.get("tokens_recomputed", 0) + tokens
 
@@ -301,7 +302,7 @@ class ChunkedRunner:
         for branch, ctx in branches:
             self.info.branch, self.info.timestep = branch, float(t_value)
             self._forward(x, t, ctx, group, f0, branch, -1, commit_only=True, clean=finished)
-            self.recorder.log("chunk_done", 1.0, chunk=group)
+            self.recorder.log(Event.CHUNK_DONE, 1.0, chunk=group)
 
     @torch.inference_mode()
     def denoise(
@@ -369,7 +370,7 @@ class ChunkedRunner:
                     finished.append(g)
                     self._commit(latents, g, branches, finished)
                 self.info.branch, self.info.timestep, self.info.chunk = "cond", float("nan"), None
-                self.recorder.log("kv_tokens", float(self.buffer.tokens()), threshold=float(self.buffer.nbytes()))
+                self.recorder.log(Event.KV_TOKENS, float(self.buffer.tokens()), threshold=float(self.buffer.nbytes()))
                 if progress is not None:
                     progress(row + 1, schedule.rows)
             self.cache.export(self)
