@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import tempfile
 import typing
@@ -21,7 +22,7 @@ import pandas as pd
 
 from accel import models
 from accel.config import DEFAULT_MODEL, METHOD_SETTINGS, ConfigError, RunConfig, settings_for
-from accel.models import ModelLoadError
+from accel.errors import UserError, one_line
 from accel.runs import RunStore
 from accel.schema import Event
 from accel.video import write_h264
@@ -37,6 +38,7 @@ GENERATE_QUEUE = "generate"  # generations (and dense references) share one queu
 SAMPLING = ("seed", "height", "width", "frames", "steps", "guidance")
 FORCING = ("ar_step", "causal_block_size", "base_num_frames", "overlap_history", "addnoise_condition")
 CELL = 16  # pixels per decision in the clickable reuse grid
+LOG = logging.getLogger("accel.app")
 
 
 # -- settings form -----------------------------------------------------------------------------
@@ -57,12 +59,16 @@ class SettingField:
             return bool(value)
         if value is None or (isinstance(value, str) and not value.strip()):
             return self.default
-        if self.kind == "int":
-            if float(value) != int(float(value)):
+        if self.kind in ("int", "float"):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{self.name} must be a number, got {value!r}") from None
+            if self.kind == "float":
+                return number
+            if number != int(number):
                 raise ConfigError(f"{self.name} must be an integer, got {value}")
-            return int(float(value))
-        if self.kind == "float":
-            return float(value)
+            return int(number)
         if self.kind == "choice":
             return None if value == "none (model default)" else value
         from accel.cli import setting_flags  # the CLI's parser for optional and list-valued settings
@@ -204,14 +210,17 @@ def headline(run_id: str) -> str:
 
 
 def _generate(cfg: RunConfig, profile: bool, progress) -> str:
-    from accel.runner import RunError, generate  # imported on first use: the views need no torch model
+    from accel.runner import generate  # imported on first use: the views need no torch model
 
     try:
         run = generate(cfg, _store(), progress=lambda i, n: progress(i / n, desc=f"step {i}/{n}"), profile=profile)
-    except (ConfigError, ModelLoadError, RunError, ValueError, FileNotFoundError) as exc:
+    except UserError as exc:
         raise gr.Error(str(exc)) from None
-    except Exception as exc:  # anything else: say what happened, keep serving
-        raise gr.Error(f"generation failed: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # a bug or a broken environment: log the traceback, say what happened, keep serving
+        LOG.exception("generation failed: %s", cfg.label())
+        raise gr.Error(
+            f"generation failed: {type(exc).__name__}: {one_line(exc)} (traceback in the server log)"
+        ) from None
     return run.run_id
 
 
@@ -237,7 +246,7 @@ def run_generation(model, method, prompt, negative, *rest, progress=PROGRESS):
             guidance=_num(values["guidance"], "guidance", integer=False),
             **{k: _num(values[k], k, integer=k != "addnoise_condition") for k in FORCING},
         )
-    except (ConfigError, ValueError, TypeError) as exc:
+    except UserError as exc:
         raise gr.Error(str(exc)) from None
     run_id = _generate(cfg, bool(profile), progress)
     run = _store().load(run_id)
@@ -273,7 +282,7 @@ def _open(run_id: str | None):
         raise gr.Error(f"invalid run id {run_id!r}: pick a run of the store")
     try:
         return _store().load(run_id)
-    except (ValueError, FileNotFoundError) as exc:
+    except UserError as exc:
         raise gr.Error(str(exc)) from None
 
 
@@ -394,7 +403,7 @@ def compare_runs(run_ids: list[str] | None):
     try:
         both = compare.side_by_side(runs)
         diff, gain = compare.difference_video(runs[0], runs[1])
-    except ValueError as exc:
+    except UserError as exc:
         raise gr.Error(str(exc)) from None
     out = Path(tempfile.mkdtemp(prefix="accel-compare-"))
     write_h264(both, out / "side_by_side.mp4", fps=int(runs[0].config.get("fps") or 16))
@@ -470,7 +479,7 @@ def delete_run(run_id: str, confirm: bool):
         raise gr.Error(f"tick 'confirm delete' to delete {run_id}")
     try:
         _store().delete(run_id)
-    except (ValueError, FileNotFoundError) as exc:
+    except UserError as exc:
         raise gr.Error(str(exc)) from None
     return runs_table(), "", False, gr.update(choices=run_choices(), value=None), f"Deleted {run_id}."
 

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from accel import models
-from accel.config import BASELINE_NAMES, RunConfig
+from accel.config import BASELINE_NAMES, ConfigError, RunConfig
 from accel.metrics import compare_videos
 from accel.procedural import BASIC_DIRECTIONS, BASIC_SHAPES, held_out_prompts
 from accel.runs import RunStore
@@ -63,9 +63,9 @@ def run_benchmark(
     names = list(names or table)
     unknown = [n for n in names if n not in table]
     if unknown:
-        raise ValueError(f"unknown variant(s) {', '.join(unknown)} for {model}; known: {', '.join(table)}")
+        raise ConfigError(f"unknown variant(s) {', '.join(unknown)} for {model}; known: {', '.join(table)}")
     if prompts < 1:
-        raise ValueError(f"prompts must be >= 1, got {prompts}")
+        raise ConfigError(f"prompts must be >= 1, got {prompts}")
     names = ["dense", *[n for n in names if n != "dense"]]  # dense first: the reference of every comparison
     store = store or RunStore()
     from accel.runner import generate  # heavy import, only when the benchmark runs

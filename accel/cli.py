@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from accel.config import DEFAULT_MODEL, METHOD_SETTINGS, RunConfig, settings_for
+from accel.errors import UserError, one_line
 
 if TYPE_CHECKING:
     from accel.runs import Run, RunInfo, RunStore
@@ -46,7 +47,7 @@ examples:
 RUN_A is the reference: PSNR/SSIM are of B against A, and speedup = A wall time / B wall time."""
 
 
-class CliError(ValueError):
+class CliError(UserError, ValueError):
     """Bad command-line input detected by the CLI itself."""
 
 
@@ -747,7 +748,7 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--seeds must be integers separated by commas, got {args.seeds!r}") from None
+        raise CliError(f"--seeds must be integers separated by commas, got {args.seeds!r}") from None
     sampling = {k: getattr(args, k) for k in SIZE_FIELDS if getattr(args, k) is not None}
     names = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     rows = run_benchmark(args.model, names, args.prompts, seeds or [0], RunStore(args.out_dir), sampling,
@@ -767,7 +768,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     run = _load_run(store, args.run)
     out = Path(args.out) if args.out else store.root / "reports" / f"{run.run_id}.html"
     if out.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"--out must name an .html file, got {out}")
+        raise CliError(f"--out must name an .html file, got {out}")
     print(write_report(run, out, store))
     return 0
 
@@ -796,25 +797,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
 # -- entry point -------------------------------------------------------------------------------
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors reported as one line: bad input, missing models or runs, failed generations.
-
-    ValueError covers ConfigError and the run store's InvalidRunIdError/IncompleteRunError,
-    FileNotFoundError its RunNotFoundError. ModelLoadError and RunError are looked up only if their
-    modules were imported (importing the runner costs seconds).
-    """
-    errors: list[type[BaseException]] = [ValueError, FileNotFoundError]
-    for module, name in (("accel.models", "ModelLoadError"), ("accel.runner", "RunError")):
-        if module in sys.modules:
-            errors.append(getattr(sys.modules[module], name))
-    return tuple(errors)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
     try:
@@ -830,8 +812,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # stdout closed early, e.g. piped into head
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except Exception as exc:
-        if not isinstance(exc, _user_errors()):
-            raise
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+    except UserError as exc:  # anything else is a bug or a broken environment: its traceback is kept
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE

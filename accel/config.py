@@ -12,11 +12,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from accel.errors import UserError
+
 # The app's and CLI's model when none is named: the trained pocket model under assets/ (accel.train_wan).
 DEFAULT_MODEL = "pocket-wan"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A setting is out of range or inconsistent; the message is meant for the user as is."""
 
 

@@ -22,10 +22,12 @@ from typing import Any
 
 import torch
 
+from accel.errors import UserError
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """The model could not be found or loaded; the message says what to do."""
 
 

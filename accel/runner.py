@@ -35,6 +35,7 @@ from accel.config import (
     XAttentionSettings,
     settings_for,
 )
+from accel.errors import UserError
 from accel.runs import Run, RunStore
 from accel.schema import Event
 from accel.telemetry import Recorder, RecordPolicy
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 ProgressFn = Callable[[int, int], None]
 
 
-class RunError(RuntimeError):
+class RunError(UserError, RuntimeError):
     """The generation failed in a way the user can act on (e.g. out of memory)."""
 
 

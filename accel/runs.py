@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from accel.errors import UserError
 from accel.video import read_video, write_h264
 
 __all__ = [
@@ -68,11 +69,11 @@ _VALID_NAME = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]{0,254}")
 _RUN_ID_PARTS = re.compile(r"(\d{8}-\d{6})-(.*)-([0-9a-f]{6})")
 
 
-class RunNotFoundError(FileNotFoundError):
+class RunNotFoundError(UserError, FileNotFoundError):
     """The requested run does not exist or is incomplete/corrupt."""
 
 
-class InvalidRunIdError(ValueError):
+class InvalidRunIdError(UserError, ValueError):
     """A run id that is not a plain folder name (path separators, ``..``, hidden names)."""
 
 
@@ -264,7 +265,7 @@ class Run:
         elif self.video_path is not None:
             frames = read_video(self.video_path)
         else:
-            raise FileNotFoundError(f"run {self.run_id} has neither frames.npz nor video.mp4")
+            raise RunNotFoundError(f"run {self.run_id} has neither frames.npz nor video.mp4")
         frames.flags.writeable = False
         return frames
 

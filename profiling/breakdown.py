@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import pandas as pd
 
+from accel.errors import UserError
 from accel.runs import Run
 
 
 def _ranges(run: Run) -> pd.DataFrame:
     path = run.path / "profile_ranges.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"run {run.run_id} was not profiled: generate it with --profile")
+        raise UserError(f"run {run.run_id} was not profiled: generate it with --profile")
     return pd.read_parquet(path).set_index("name")
 
 

@@ -188,3 +188,23 @@ def test_module_entry_point() -> None:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("error: frames must be 4k+1") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, tmp_path) -> None:
+    code, _, err = run_cli("report", "no-such-run", "--out-dir", str(tmp_path))
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+    def shape_bug(args):  # a torch shape mistake raises ValueError/RuntimeError: not the user's fault
+        raise ValueError("shape '[2, -1]' is invalid for input of size 3")
+
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), "runs", shape_bug))
+    with pytest.raises(ValueError, match="shape"):
+        cli.main(["runs", "--out-dir", str(tmp_path)])
+
+
+def _with_func(parser, command: str, func):
+    """``parser`` with ``command`` dispatching to ``func``."""
+    sub = next(a for a in parser._actions if a.dest == "command")
+    sub.choices[command].set_defaults(func=func)
+    return parser

@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from accel.errors import UserError
 from accel.metrics import compare_videos
 from accel.runs import Run, RunInfo, RunStore
 from viz.common import RunLike, as_run, empty_figure
@@ -67,7 +68,7 @@ def _same_shape(runs: Sequence[Run]) -> list[np.ndarray]:
     videos = [r.frames() for r in runs]
     shapes = {v.shape for v in videos}
     if len(shapes) > 1:
-        raise ValueError(f"runs have different video shapes {sorted(shapes)}: compare runs of one prompt and size")
+        raise UserError(f"runs have different video shapes {sorted(shapes)}: compare runs of one prompt and size")
     return videos
 
 
@@ -75,7 +76,7 @@ def side_by_side(runs: Sequence[RunLike]) -> np.ndarray:
     """Frames of all runs next to each other, each labelled with its method: ``(F, H, W * n, 3)``."""
     rs = [as_run(r) for r in runs]
     if len(rs) < 2:
-        raise ValueError("pick at least two runs to compare")
+        raise UserError("pick at least two runs to compare")
     videos = _same_shape(rs)
     labelled = [
         np.stack([_label(f, r.config.get("label") or r.config.get("method", "")) for f in v])

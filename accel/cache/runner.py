@@ -26,6 +26,7 @@ from accel.attention.base import AttentionMethod, apply_rotary
 from accel.cache.kv import KVCompression, gather_heads
 from accel.cache.kv import select as kv_select
 from accel.cache.schedule import COMPUTE, DONE, GroupSchedule, build_schedule
+from accel.config import ConfigError
 from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
@@ -432,7 +433,7 @@ class ChunkedRunner:
             overlap = (overlap_history - 1) // scale_t + 1
             base = (base_num_frames - 1) // scale_t + 1
             if base <= overlap:
-                raise ValueError(f"base_num_frames {base_num_frames} must exceed overlap_history {overlap_history}")
+                raise ConfigError(f"base_num_frames {base_num_frames} must exceed overlap_history {overlap_history}")
             segments = 1 + (latent_frames - base - 1) // (base - overlap) + 1
             latents = None
             for it in range(segments):
