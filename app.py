@@ -23,6 +23,7 @@ import pandas as pd
 from accel import models
 from accel.config import DEFAULT_MODEL, METHOD_SETTINGS, ConfigError, RunConfig, settings_for
 from accel.errors import UserError, one_line
+from accel.paths import TABLES
 from accel.runs import RunStore
 from accel.schema import Event
 from accel.video import write_h264
@@ -30,7 +31,6 @@ from viz import chunks, compare, motion, profile, reuse, sparsity
 from viz.common import branches, empty_figure
 from viz.report import write_report
 
-TABLES = Path(__file__).resolve().parent / "assets" / "tables"
 METHODS = list(METHOD_SETTINGS)
 PROGRESS = gr.Progress()  # gradio injects a live tracker for a parameter defaulting to one
 DEFAULT_PROMPT = "a red circle moves left over a blue background"

@@ -615,7 +615,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import time
 
     from accel import models
-    from accel.calibrate import DEFAULT_PROMPTS, CalibrationSpec
+    from accel.attention.calibrate import DEFAULT_PROMPTS, CalibrationSpec
 
     prompts = list(args.prompt or [])
     if args.prompts_file:
@@ -643,7 +643,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         "calibration", f"{os.path.basename(mspec.name.rstrip('/'))}-{spec.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     _quiet_loading()
-    from accel.calibrate import calibrate
+    from accel.attention.calibrate import calibrate
 
     path = calibrate(spec, out, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     with open(path, encoding="utf-8") as fh:
@@ -741,7 +741,7 @@ def cmd_breakdown(args: argparse.Namespace) -> int:
 
 def cmd_bench_quality(args: argparse.Namespace) -> int:
     """``bench-quality``: the synthetic-truth benchmark table."""
-    from accel.bench_quality import format_table, run_benchmark, summarize
+    from accel.bench.quality import format_table, run_benchmark, summarize
     from accel.runs import RunStore
 
     _quiet_loading()

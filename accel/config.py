@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from accel.errors import UserError
 
-# The app's and CLI's model when none is named: the trained pocket model under assets/ (accel.train_wan).
+# The app's and CLI's model when none is named: the trained pocket model under assets/ (accel.training.wan).
 DEFAULT_MODEL = "pocket-wan"
 
 

@@ -23,8 +23,7 @@ from typing import Any
 import torch
 
 from accel.errors import UserError
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from accel.paths import ASSETS
 
 
 class ModelLoadError(UserError, RuntimeError):
@@ -139,7 +138,7 @@ REGISTRY: dict[str, ModelSpec] = {
         tmr_delta=EMBEDDED_TMR_DELTA,
         text_tokens=POCKET_TEXT_TOKENS,
         description="embedded pocket Wan2.1-style T2V model trained on procedural clips of moving shapes "
-        "(python -m accel.train_wan; 6 heads x 32, 4 layers); the default",
+        "(python -m accel.training.wan; 6 heads x 32, 4 layers); the default",
     ),
     "pocket-skyreels": ModelSpec(
         name="pocket-skyreels",
@@ -327,7 +326,7 @@ def load_pipeline(name: str, device: str | None = None, dtype: str | torch.dtype
             if spec.embedded and not Path(spec.source, "model_index.json").is_file():
                 raise ModelLoadError(
                     f"embedded model {spec.name!r} is missing from {spec.source}; "
-                    "rebuild it with `python -m accel.embedded`"
+                    "rebuild it with `python -m accel.training.embedded`"
                 )
             try:
                 with warnings.catch_warnings():

@@ -43,7 +43,7 @@ from profiling.profiler import RunProfiler
 from profiling.ranges import named_range
 
 if TYPE_CHECKING:
-    from accel.cache.runner import GroupCache
+    from accel.cache.chunked import GroupCache
     from accel.models import ModelSpec
 
 ProgressFn = Callable[[int, int], None]
@@ -154,7 +154,7 @@ def pipeline_call(cfg: RunConfig, spec, progress: ProgressFn | None = None) -> d
 
 def _run_baseline(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: ProgressFn | None):
     """A diffusers cache hook on diffusers' own pipeline (Wan or SkyReels), counting the blocks it skipped."""
-    from accel.baselines import baseline_installed, calibrate_mag_ratios
+    from accel.cache.baselines import baseline_installed, calibrate_mag_ratios
 
     s = cfg.settings
     overrides: dict = {} if s.threshold is None else {"threshold": s.threshold}
@@ -172,9 +172,9 @@ def _run_baseline(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: Prog
 
 def chunk_cache(s: MethodSettings, spec: ModelSpec) -> GroupCache:
     """The group cache a chunked run uses: FlowCache / MotionCache with the model's defaults filled in, else none."""
+    from accel.cache.chunked import GroupCache
     from accel.cache.flowcache import FlowCache
     from accel.cache.motioncache import MotionCache
-    from accel.cache.runner import GroupCache
 
     fc = spec.flowcache
     if isinstance(s, FlowCacheSettings):
@@ -192,8 +192,8 @@ def chunk_cache(s: MethodSettings, spec: ModelSpec) -> GroupCache:
 
 def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: ProgressFn | None):
     """SkyReels-V2 diffusion forcing through the chunked runner, with a chunk cache if the method is one."""
+    from accel.cache.chunked import ChunkedRunner
     from accel.cache.kv import KVCompression
-    from accel.cache.runner import ChunkedRunner
 
     s = cfg.settings
     cache = chunk_cache(s, spec)

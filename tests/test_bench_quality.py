@@ -8,7 +8,7 @@ import pytest
 
 
 def test_variants_follow_the_model_family():
-    from accel.bench_quality import variants
+    from accel.bench.quality import variants
 
     wan, sky = variants("tiny-wan"), variants("tiny-skyreels")
     assert next(iter(wan)) == "dense" and "flowcache-slow" not in wan
@@ -18,7 +18,7 @@ def test_variants_follow_the_model_family():
 
 
 def test_benchmark_rows_and_table(tmp_path):
-    from accel.bench_quality import format_table, run_benchmark, summarize
+    from accel.bench.quality import format_table, run_benchmark, summarize
     from accel.runs import RunStore
 
     store = RunStore(tmp_path / "runs")
@@ -47,7 +47,7 @@ def test_retained_counts_the_checks_dense_passes():
 
     import pandas as pd
 
-    from accel.bench_quality import retained
+    from accel.bench.quality import retained
 
     def row(variant, prompt, colour, direction, count):
         return {"variant": variant, "prompt": prompt, "seed": 0, "colour_ok": colour, "direction_ok": direction,

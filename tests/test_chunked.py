@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from accel.cache.runner import ChunkedRunner, GroupModel, KVBuffer
+from accel.cache.chunked import ChunkedRunner, GroupModel, KVBuffer
 from accel.cache.schedule import COMPUTE, DONE, WAITING, build_schedule
 from accel.config import ConfigError
 

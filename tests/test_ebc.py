@@ -12,8 +12,15 @@ import torch
 from conftest import PROMPT
 
 from accel import runner
+from accel.attention.calibrate import (
+    CalibrationSpec,
+    calibrate,
+    probe_errors,
+    sample_steps,
+    solve_budget,
+    spectral_error,
+)
 from accel.attention.thresholds import load_table
-from accel.calibrate import CalibrationSpec, calibrate, probe_errors, sample_steps, solve_budget, spectral_error
 from accel.config import ConfigError, RunConfig
 from accel.models import load_pipeline
 
@@ -77,7 +84,7 @@ def test_sample_steps_one_per_quarter_of_the_sparse_part():
 
 def test_probe_with_threshold_one_is_the_dense_output(tiny_pipe):
     """Prefix replay and batched probes are exact: a probe at tau = 1 reproduces the dense output."""
-    from accel.calibrate import collect_trajectories
+    from accel.attention.calibrate import collect_trajectories
 
     spec = calibration(prompts=(PROMPT,), candidates=(0.3, 1.0), reference=1.0)
     samples = collect_trajectories(tiny_pipe, spec, [2])

@@ -50,7 +50,7 @@ def sky_pipe():
 
 
 def _long_run(pipe, kv, recorder):
-    from accel.cache.runner import ChunkedRunner
+    from accel.cache.chunked import ChunkedRunner
 
     runner = ChunkedRunner(pipe, recorder=recorder, kv=kv)
     # 16 latent frames = 8 chunks of 2; ar_step = steps: one chunk denoises at a time, so clean ones pile up

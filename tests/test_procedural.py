@@ -1,4 +1,4 @@
-"""Procedural synthetic-truth clips (accel.procedural) and the prompt-only scorer (accel.scoring)."""
+"""Procedural synthetic-truth clips (accel.synthetic.procedural) and the prompt-only scorer (its scoring module)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from accel import procedural as P
-from accel import scoring as S
+from accel.synthetic import procedural as P
+from accel.synthetic import scoring as S
 
 OPPOSITE = {
     "left": "right",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import run_pipe
 
-from accel.bench_recorder import synthetic_run
+from accel.bench.recorder import synthetic_run
 from accel.schema import COLUMNS, load_mask, unpack_bits
 from accel.telemetry import Recorder, RecordPolicy, even_steps, pack_bits
 from accel.tracking import StepInfo, attach_tracker, detach_tracker

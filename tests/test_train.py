@@ -12,9 +12,9 @@ def test_vae_then_transformer_train_save_and_load(tmp_path):
     import torch
 
     from accel.models import load_pipeline
-    from accel.train_vae import train as train_vae
-    from accel.train_wan import cache_latents, read_latents
-    from accel.train_wan import train as train_wan
+    from accel.training.vae import train as train_vae
+    from accel.training.wan import cache_latents, read_latents
+    from accel.training.wan import train as train_wan
 
     vae_dir = tmp_path / "vae"
     last = train_vae(vae_dir, steps=2, batch=1, size=32, crop=16, frames=5, log_every=1)
@@ -43,9 +43,9 @@ def test_vae_then_transformer_train_save_and_load(tmp_path):
 
 def test_diffusion_forcing_transformer_trains_and_samples_in_chunks(tmp_path):
     from accel.models import load_pipeline
-    from accel.train_vae import train as train_vae
-    from accel.train_wan import cache_latents
-    from accel.train_wan import train as train_wan
+    from accel.training.vae import train as train_vae
+    from accel.training.wan import cache_latents
+    from accel.training.wan import train as train_wan
 
     vae_dir = tmp_path / "vae"
     train_vae(vae_dir, steps=1, batch=1, size=32, crop=32, frames=5, log_every=1)
@@ -72,7 +72,7 @@ def test_diffusion_forcing_transformer_trains_and_samples_in_chunks(tmp_path):
 def test_identity_init_starts_every_residual_branch_at_zero_and_crops_stay_in_bounds():
     import torch
 
-    from accel.train_vae import build_vae, identity_init, random_crops
+    from accel.training.vae import build_vae, identity_init, random_crops
 
     vae = build_vae()
     identity_init(vae)
@@ -94,7 +94,7 @@ def test_vae_cli_resume_continues_from_the_saved_weights(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from accel.train_vae import main
+    from accel.training.vae import main
 
     small = ["--steps", "1", "--batch", "1", "--size", "16", "--crop", "16", "--frames", "5"]
     main(["--out", str(tmp_path / "a"), *small])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from accel.cache.runner import ChunkedRunner, Embedded, GroupCache
+from accel.cache.chunked import ChunkedRunner, Embedded, GroupCache
 from accel.schema import Event
 
 # Rescale polynomials, highest degree first (METHODS 3.1).

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from accel.cache.chunked import ChunkedRunner, Embedded, GroupCache
 from accel.cache.flowcache import FlowCache
-from accel.cache.runner import ChunkedRunner, Embedded, GroupCache
 from accel.schema import ArrayKind, Event, group_key
 
 

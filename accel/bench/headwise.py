@@ -1,6 +1,6 @@
 """Ablation of the head-wise adaptive add-ons: base, +TMR, +EBC, +TMR+EBC over XAttention and SVG2.
 
-``python -m accel.bench_headwise`` generates a dense reference and every mode with the same prompt
+``python -m accel.bench.headwise`` generates a dense reference and every mode with the same prompt
 and seed on the embedded model (or ``--model``), then prints one row per mode: fraction of head mask
 predictions skipped, mask-prediction time and its share of the denoising time, mean density after
 warm-up, PSNR/SSIM against the dense run, wall time and speedup. EBC uses a calibrated table:
@@ -17,16 +17,11 @@ from pathlib import Path
 from accel import models
 from accel.config import DEFAULT_MODEL, RunConfig
 from accel.metrics import compare_videos
+from accel.paths import shipped_table
 from accel.runner import generate
 from accel.runs import Run, RunStore
 
-TABLES = Path(__file__).resolve().parent.parent / "assets" / "tables"
 MODES = {"base": {}, "+TMR": {"tmr": True}, "+EBC": {"ebc": True}, "+TMR+EBC": {"tmr": True, "ebc": True}}
-
-
-def shipped_table(model: str, method: str) -> Path | None:
-    path = TABLES / f"{Path(models.resolve(model).name).name}-{method}.json"
-    return path if path.is_file() else None
 
 
 def mode_settings(mode: str, table: Path | None) -> dict | None:
@@ -81,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         dense = generate(RunConfig(method="dense", **common), store)
         rows = [row("dense", dense, dense)]
         for method in args.methods:
-            table = getattr(args, f"table_{method}") or shipped_table(args.model, method)
+            table = getattr(args, f"table_{method}") or shipped_table(models.resolve(args.model).name, method)
             for mode in MODES:
                 settings = mode_settings(mode, table)
                 if settings is None:

@@ -1,4 +1,4 @@
-"""Score a video against a procedural prompt (:mod:`accel.procedural`) without ground-truth positions.
+"""Score a video against a procedural prompt (:mod:`accel.synthetic.procedural`) without ground-truth positions.
 
 A generated video has no ground truth beyond its prompt, so the checks read the prompt only:
 
@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from accel.metrics import flicker
-from accel.procedural import COLOURS, DIRECTIONS, PALETTE, SPEEDS, parse_prompt
+from accel.synthetic.procedural import COLOURS, DIRECTIONS, PALETTE, SPEEDS, parse_prompt
 
 __all__ = [
     "CRITERIA",

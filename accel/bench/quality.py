@@ -2,7 +2,7 @@
 
 For each variant (a method with its default settings, or an add-on such as +TMR / +EBC) and each
 (prompt, seed), a run is generated and stored, its video is scored against the prompt alone by
-:mod:`accel.scoring` (colour, direction, object count, flicker), and compared with the dense run of the
+:mod:`accel.synthetic.scoring` (colour, direction, object count, flicker), and compared with the dense run of the
 same prompt and seed (PSNR / SSIM, speedup). ``python -m accel bench-quality`` prints one row per variant;
 ``col_obj`` / ``dir_obj`` are the per-object rates, which still tell partly right videos apart.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -19,11 +18,11 @@ import pandas as pd
 from accel import models
 from accel.config import BASELINE_NAMES, ConfigError, RunConfig
 from accel.metrics import compare_videos
-from accel.procedural import BASIC_DIRECTIONS, BASIC_SHAPES, held_out_prompts
+from accel.paths import TABLES
 from accel.runs import RunStore
-from accel.scoring import score_video
+from accel.synthetic.procedural import BASIC_DIRECTIONS, BASIC_SHAPES, held_out_prompts
+from accel.synthetic.scoring import score_video
 
-TABLES = Path(__file__).resolve().parent.parent / "assets" / "tables"
 Variant = tuple[str, dict[str, Any]]
 
 

@@ -1,7 +1,7 @@
 """Train the pocket video VAE (Wan's ``AutoencoderKLWan``, 4x8x8 compression) on procedural clips.
 
-``python -m accel.train_vae --out /tmp/vae --steps 2800 --batch 4`` trains from scratch, seeded, on random
-48x48 crops of 128x128x5 clips streamed from :mod:`accel.procedural` (nothing is downloaded), starting from
+``python -m accel.training.vae --out /tmp/vae --steps 2800 --batch 4`` trains from scratch, seeded, on random
+48x48 crops of 128x128x5 clips streamed from :mod:`accel.synthetic.procedural` (nothing is downloaded), starting from
 :func:`identity_init`, and writes the model in diffusers format (safetensors) plus ``loss.csv`` (step,
 reconstruction L1, KL, seconds). The loss is L1 reconstruction plus
 ``--kl`` times the KL of the diagonal-Gaussian posterior (a small weight: the latents need to be smooth enough
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from accel.procedural import dataset
+from accel.synthetic.procedural import dataset
 
 Z_DIM = 16
 

@@ -1,6 +1,6 @@
 """Synthetic recorder load at real model size: how big a run folder gets and what recording costs.
 
-``python -m accel.bench_recorder`` prints one row per configuration (default: Wan2.1-1.3B at 480p
+``python -m accel.bench.recorder`` prints one row per configuration (default: Wan2.1-1.3B at 480p
 and 720p: 30 layers x 12 heads, 50 steps, 2 CFG branches, XAttention block 128) with the
 recording time, the time to write the folder's telemetry and arrays, and their size on disk.
 Masks are random (incompressible: the worst case for size).

@@ -1,7 +1,7 @@
 """Train the pocket Wan T2V transformer by flow matching on latents of procedural clips.
 
-``python -m accel.train_wan --vae DIR --latents F.safetensors --out assets/pocket-wan --steps 4000`` encodes
-``--clips`` training clips of :mod:`accel.procedural` once with the (trained) VAE into a latent cache, embeds
+``python -m accel.training.wan --vae DIR --latents F.safetensors --out assets/pocket-wan --steps 4000`` encodes
+``--clips`` training clips of :mod:`accel.synthetic.procedural` once with the (trained) VAE into a latent cache, embeds
 their prompts with the embedded text encoder (frozen: its word-level tokens already tell the prompts apart),
 and trains a small
 ``WanTransformer3DModel`` to predict ``noise - x0`` at ``x_sigma = (1 - sigma) x0 + sigma noise`` (the flow
@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from accel.models import POCKET_TEXT_TOKENS
-from accel.procedural import dataset, spec_at
-from accel.train_vae import frames_as_batch, load_vae, lr_factor
+from accel.paths import ASSETS
+from accel.synthetic.procedural import dataset, spec_at
+from accel.training.vae import frames_as_batch, load_vae, lr_factor
 
 # Prompt embeddings are zero-padded to TEXT_TOKENS, as the pipeline does with max_sequence_length (the
 # pocket models' ModelSpec.text_tokens; Wan2.1 uses 512, the grammar's prompts need fewer than 32).
@@ -238,9 +239,9 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, default=Path(__file__).resolve().parent.parent / "assets" / "tiny-wan",
+    parser.add_argument("--base", type=Path, default=ASSETS / "tiny-wan",
                         help="pipeline folder whose tokenizer, text encoder and scheduler are reused")  # fmt: skip
-    parser.add_argument("--vae", type=Path, required=True, help="trained VAE folder (python -m accel.train_vae)")
+    parser.add_argument("--vae", type=Path, required=True, help="trained VAE folder (python -m accel.training.vae)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--latents", type=Path, required=True,
                         help="latent cache (safetensors); written first when missing")  # fmt: skip

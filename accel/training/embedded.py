@@ -1,6 +1,6 @@
 """Build the embedded random-weight models shipped under ``assets/``.
 
-``python -m accel.embedded`` (re)writes ``assets/tiny-wan``: a small ``WanTransformer3DModel``, an
+``python -m accel.training.embedded`` (re)writes ``assets/tiny-wan``: a small ``WanTransformer3DModel``, an
 ``AutoencoderKLWan`` with Wan's 4x8x8 compression, a tiny ``UMT5EncoderModel`` and an offline
 word-level tokenizer, saved in diffusers folder format with safetensors so that
 ``WanPipeline.from_pretrained`` loads it exactly like a real checkpoint. Weights are seeded, so
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from accel.paths import ASSETS
+
 MODELS = ("tiny-wan", "tiny-skyreels")
 # Latent frames per diffusion-forcing chunk of tiny-skyreels (``causal_block_size``; 5 in SkyReels-V2-DF).
 TINY_SKYREELS_CHUNK = 2

@@ -1,6 +1,6 @@
 """Chunk caches on the embedded diffusion-forcing model: work done, wall time and quality vs uncached.
 
-``python -m accel.bench_chunked`` generates the uncached chunked run and each cache method with the
+``python -m accel.bench.chunked`` generates the uncached chunked run and each cache method with the
 same prompt and seed on ``tiny-skyreels`` (or ``--model``) and prints one row per method: block
 executions (token-weighted) against the uncached run, chunk decisions, wall-time ratio and PSNR/SSIM
 against the uncached video. Timings on shared machines are noisy: compare ratios within one run.
@@ -12,7 +12,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from accel.bench_headwise import row
+from accel.bench.headwise import row
 from accel.config import RunConfig
 from accel.runner import generate
 from accel.runs import RunStore

@@ -3,7 +3,7 @@
 Clips are generated on the fly from a seed (no downloads): one to three coloured shapes move in
 straight lines over a plain, gradient or textured background, sometimes under a slow camera pan.
 Each clip carries a text prompt and its ground truth, so a generated video can later be scored
-against the prompt alone (see :mod:`accel.scoring`).
+against the prompt alone (see :mod:`accel.synthetic.scoring`).
 
 Prompt grammar (canonical form written by :meth:`Scene.prompt`, read by :func:`parse_prompt`)::
 

@@ -1,0 +1,1 @@
+"""Procedural clips with ground truth (shapes, colours, directions) and the opencv scorer of videos against prompts."""
