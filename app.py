@@ -20,8 +20,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from accel import models
-from accel.config import DEFAULT_MODEL, METHOD_SETTINGS, ConfigError, RunConfig, settings_for
+from accel import methods, models
+from accel.config import DEFAULT_MODEL, ConfigError, RunConfig, settings_for
 from accel.errors import UserError, one_line
 from accel.paths import TABLES
 from accel.runs import RunStore
@@ -31,7 +31,7 @@ from viz import chunks, compare, motion, profile, reuse, sparsity
 from viz.common import branches, empty_figure
 from viz.report import write_report
 
-METHODS = list(METHOD_SETTINGS)
+METHODS = list(methods.REGISTRY)
 PROGRESS = gr.Progress()  # gradio injects a live tracker for a parameter defaulting to one
 DEFAULT_PROMPT = "a red circle moves left over a blue background"
 GENERATE_QUEUE = "generate"  # generations (and dense references) share one queue: one at a time
@@ -82,7 +82,7 @@ class SettingField:
 def setting_fields() -> list[SettingField]:
     """Every setting of every method, in declaration order."""
     out = []
-    for method, cls in METHOD_SETTINGS.items():
+    for method, cls in ((name, m.settings) for name, m in methods.REGISTRY.items()):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else None
@@ -530,7 +530,7 @@ def build_app() -> gr.Blocks:
                     groups, field_inputs = [], []
                     for m in METHODS:
                         with gr.Group(visible=m == "xattention") as group:
-                            gr.Markdown(f"**{m} settings** · {METHOD_SETTINGS[m].__doc__.strip().splitlines()[0]}")
+                            gr.Markdown(f"**{m} settings** · {methods.get(m).summary}")
                             field_inputs += [_component(f) for f in FIELDS if f.method == m]
                         groups.append(group)
                     go_btn = gr.Button("Generate", variant="primary")

@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from accel.config import DEFAULT_MODEL, METHOD_SETTINGS, RunConfig, settings_for
+from accel import methods
+from accel.config import DEFAULT_MODEL, RunConfig, settings_for
 from accel.errors import UserError, one_line
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ def _field_default(f: dataclasses.Field) -> Any:
 def setting_flags() -> dict[str, _SettingFlag]:
     """One flag per settings field name across all methods (a shared name serves every method that has it)."""
     flags: dict[str, _SettingFlag] = {}
-    for method, cls in METHOD_SETTINGS.items():
+    for method, cls in ((name, m.settings) for name, m in methods.REGISTRY.items()):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.name not in flags:
@@ -176,7 +177,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for flag in flags.values():
         owner = flag.methods[0]
         if owner not in groups:
-            cls = METHOD_SETTINGS[owner]
+            cls = methods.get(owner).settings
             doc = (cls.__doc__ or "").strip().splitlines()[0]
             groups[owner] = parser.add_argument_group(f"{owner} settings", f"{doc} Used with --method {owner}.")
         if len(flag.methods) == 1:
@@ -270,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH", help=_model_help())
     gen.add_argument(
-        "--method", default="dense", choices=list(METHOD_SETTINGS), help="Self-attention method. Default: dense."
+        "--method", default="dense", choices=list(methods.REGISTRY), help="Self-attention method. Default: dense."
     )
     gen.add_argument("--prompt", required=True, metavar="TEXT", help="Text prompt (required).")
     gen.add_argument("--negative-prompt", default="", metavar="TEXT", help="Negative prompt. Default: empty.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -63,6 +64,14 @@ class MethodSettings:
                 f"known: {', '.join(sorted(known)) or 'none'}"
             )
         return cls(**values)
+
+    def dense_steps(self, num_steps: int) -> int:
+        """Leading denoising steps this method computes densely (its warm-up); 0 for methods without one."""
+        return 0
+
+    def attention_settings(self) -> MethodSettings | None:
+        """Settings of the sparse self-attention this method runs or composes with (None: diffusers' own)."""
+        return None
 
     def label(self) -> str:
         """Short text of the settings for run labels: the main knobs (those with an ``abbrev``) always,
@@ -136,6 +145,9 @@ class HeadwiseSettings(MethodSettings):
         ),
     )
 
+    def attention_settings(self) -> MethodSettings:
+        return self
+
     def _check_headwise(self) -> None:
         if self.tmr_delta is not None and not (isinstance(self.tmr_delta, (int, float)) and self.tmr_delta >= 0):
             raise ConfigError(f"tmr_delta must be a number >= 0, got {self.tmr_delta!r}")
@@ -187,6 +199,9 @@ class XAttentionSettings(HeadwiseSettings):
         _check_int("warmup_steps", self.warmup_steps, 0)
         self._check_headwise()
 
+    def dense_steps(self, num_steps: int) -> int:
+        return self.warmup_steps
+
 
 @dataclass(frozen=True)
 class SVG2Settings(HeadwiseSettings):
@@ -228,6 +243,14 @@ class SVG2Settings(HeadwiseSettings):
         _check_int("kmeans_warm_iters", self.kmeans_warm_iters, 1)
         self._check_headwise()
 
+    def dense_steps(self, num_steps: int) -> int:
+        """``ceil(first_times_fp * steps)`` (the rounding is our reading of the reference)."""
+        return math.ceil(self.first_times_fp * num_steps - 1e-9)
+
+    def dense_layers(self, num_layers: int) -> int:
+        """``ceil(first_layers_fp * layers)``: 0.03 of 30 layers -> 1 layer, as the reference reports."""
+        return math.ceil(self.first_layers_fp * num_layers - 1e-9)
+
 
 FLOWCACHE_COEFFICIENTS = ("1.3b", "14b", "none")
 
@@ -262,6 +285,11 @@ class KVSettings(MethodSettings):
     attention_tmr: bool = field(
         default=False, metadata=_help("Temporal Mask Reuse for that sparse attention.", abbrev="tmr")
     )
+
+    def attention_settings(self) -> MethodSettings | None:
+        if self.attention == "dense":
+            return None
+        return settings_for(self.attention, {"tmr": self.attention_tmr})
 
     def _check_kv(self) -> None:
         _check_choice("attention", self.attention, CHUNK_ATTENTIONS)
@@ -365,26 +393,11 @@ class BaselineSettings(MethodSettings):
             raise ConfigError(f"threshold must be a number >= 0, got {self.threshold!r}")
 
 
-METHOD_SETTINGS: dict[str, type[MethodSettings]] = {
-    cls.method: cls
-    for cls in (
-        DenseSettings,
-        XAttentionSettings,
-        SVG2Settings,
-        FlowCacheSettings,
-        MotionCacheSettings,
-        BaselineSettings,
-    )
-}
-
-
 def settings_for(method: str, values: dict[str, Any] | None = None) -> MethodSettings:
-    """Validated settings of ``method`` from a plain dict (unknown keys and bad values raise)."""
-    try:
-        cls = METHOD_SETTINGS[method]
-    except KeyError:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHOD_SETTINGS)}") from None
-    return cls.from_dict(values)
+    """Validated settings of ``method`` (a name in :data:`accel.methods.REGISTRY`) from a plain dict."""
+    from accel import methods  # the registry imports the settings classes above
+
+    return methods.get(method).settings.from_dict(values)
 
 
 @dataclass(frozen=True)

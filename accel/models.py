@@ -16,14 +16,18 @@ import json
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from accel.errors import UserError
 from accel.paths import ASSETS
+
+if TYPE_CHECKING:
+    from accel.config import RunConfig
 
 
 class ModelLoadError(UserError, RuntimeError):
@@ -347,3 +351,30 @@ def clear_cache() -> None:
     """Drop every loaded pipeline (frees memory)."""
     with _LOCK:
         _CACHE.clear()
+
+
+def pipeline_call(cfg: RunConfig, spec: ModelSpec, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Keyword arguments of one call of diffusers' own pipeline for this run."""
+
+    def on_step_end(pipeline, i, t, kwargs):
+        if progress is not None:
+            progress(i + 1, cfg.steps)
+        return {}
+
+    call = {
+        "prompt": cfg.prompt,
+        "negative_prompt": cfg.negative_prompt,
+        "height": cfg.height,
+        "width": cfg.width,
+        "num_frames": cfg.frames,
+        "num_inference_steps": cfg.steps,
+        "guidance_scale": cfg.guidance,
+        "generator": torch.Generator(device="cpu").manual_seed(cfg.seed),
+        "output_type": "np",
+        "callback_on_step_end": on_step_end,
+        "max_sequence_length": spec.text_tokens,
+    }
+    if spec.family == "skyreels":
+        call.update(ar_step=cfg.ar_step, causal_block_size=cfg.causal_block_size, base_num_frames=cfg.base_num_frames,
+                    overlap_history=cfg.overlap_history, addnoise_condition=cfg.addnoise_condition or 0)  # fmt: skip
+    return call

@@ -8,45 +8,26 @@ encoding, denoising, VAE decode) are measured by wrapping the pipeline's own ``e
 from __future__ import annotations
 
 import contextlib
-import math
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from accel import models
-from accel.attention import build_method, installed
-from accel.config import (
-    BaselineSettings,
-    ConfigError,
-    DenseSettings,
-    FlowCacheSettings,
-    HeadwiseSettings,
-    MethodSettings,
-    MotionCacheSettings,
-    RunConfig,
-    SVG2Settings,
-    XAttentionSettings,
-    settings_for,
-)
+from accel import methods, models
+from accel.config import RunConfig
 from accel.errors import UserError
+from accel.methods import ProgressFn, Target
 from accel.runs import Run, RunStore
 from accel.schema import Event
 from accel.telemetry import Recorder, RecordPolicy
 from profiling.profiler import RunProfiler
 from profiling.ranges import named_range
-
-if TYPE_CHECKING:
-    from accel.cache.chunked import GroupCache
-    from accel.models import ModelSpec
-
-ProgressFn = Callable[[int, int], None]
 
 
 class RunError(UserError, RuntimeError):
@@ -117,144 +98,13 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def _run_wan(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: ProgressFn | None):
-    """Wan2.1 text-to-video through diffusers' own pipeline with the attention method installed."""
-    method = build_method(cfg.settings, spec, recorder, seed=cfg.seed)
-    with installed(pipe.transformer, method, cfg.steps) as info, torch.inference_mode():
-        out = pipe(**pipeline_call(cfg, spec, progress))
-    return out.frames[0], {"transformer_calls": info.call + 1}
-
-
-def pipeline_call(cfg: RunConfig, spec, progress: ProgressFn | None = None) -> dict:
-    """Keyword arguments of one call of diffusers' own pipeline for this run."""
-
-    def on_step_end(pipeline, i, t, kwargs):
-        if progress is not None:
-            progress(i + 1, cfg.steps)
-        return {}
-
-    call = {
-        "prompt": cfg.prompt,
-        "negative_prompt": cfg.negative_prompt,
-        "height": cfg.height,
-        "width": cfg.width,
-        "num_frames": cfg.frames,
-        "num_inference_steps": cfg.steps,
-        "guidance_scale": cfg.guidance,
-        "generator": torch.Generator(device="cpu").manual_seed(cfg.seed),
-        "output_type": "np",
-        "callback_on_step_end": on_step_end,
-        "max_sequence_length": spec.text_tokens,
-    }
-    if spec.family == "skyreels":
-        call.update(ar_step=cfg.ar_step, causal_block_size=cfg.causal_block_size, base_num_frames=cfg.base_num_frames,
-                    overlap_history=cfg.overlap_history, addnoise_condition=cfg.addnoise_condition or 0)  # fmt: skip
-    return call
-
-
-def _run_baseline(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: ProgressFn | None):
-    """A diffusers cache hook on diffusers' own pipeline (Wan or SkyReels), counting the blocks it skipped."""
-    from accel.cache.baselines import baseline_installed, calibrate_mag_ratios
-
-    s = cfg.settings
-    overrides: dict = {} if s.threshold is None else {"threshold": s.threshold}
-    extra: dict = {"baseline": s.cache}
-    if s.cache == "magcache":  # MagCache needs per-model ratios: one dense calibration pass first
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            ratios = calibrate_mag_ratios(pipe, **{**pipeline_call(cfg, spec), "output_type": "latent"})
-        overrides.update(mag_ratios=ratios, num_inference_steps=len(ratios))
-        extra["magcache_calibration_s"] = time.perf_counter() - t0
-    with baseline_installed(pipe, s.cache, recorder, **overrides) as counter, torch.inference_mode():
-        out = pipe(**pipeline_call(cfg, spec, progress))
-    return out.frames[0], {**extra, **counter.summary()}
-
-
-def chunk_cache(s: MethodSettings, spec: ModelSpec) -> GroupCache:
-    """The group cache a chunked run uses: FlowCache / MotionCache with the model's defaults filled in, else none."""
-    from accel.cache.chunked import GroupCache
-    from accel.cache.flowcache import FlowCache
-    from accel.cache.motioncache import MotionCache
-
-    fc = spec.flowcache
-    if isinstance(s, FlowCacheSettings):
-        thresh = s.thresh if s.thresh is not None else fc[s.preset]
-        return FlowCache(thresh, s.ret_steps, s.coefficients or fc["coefficients"], s.use_ret_steps)
-    if isinstance(s, MotionCacheSettings):
-        thresh = s.thresh if s.thresh is not None else fc["motion"]
-        phase1 = s.phase1_updates if s.phase1_updates is not None else fc["phase1_updates"]
-        return MotionCache(thresh, s.warmup, phase1, s.floor, s.min_update_ratio, s.vote,
-                           s.coefficients or fc["coefficients"])  # fmt: skip
-    if isinstance(s, (DenseSettings, HeadwiseSettings)):
-        return GroupCache()
-    raise ConfigError(f"method {s.method!r} does not run on diffusion-forcing models")
-
-
-def _run_chunked(pipe, cfg: RunConfig, spec, recorder: Recorder, progress: ProgressFn | None):
-    """SkyReels-V2 diffusion forcing through the chunked runner, with a chunk cache if the method is one."""
-    from accel.cache.chunked import ChunkedRunner
-    from accel.cache.kv import KVCompression
-
-    s = cfg.settings
-    cache = chunk_cache(s, spec)
-    attention = None
-    if isinstance(s, HeadwiseSettings):
-        attention = build_method(s, spec, recorder, seed=cfg.seed)
-    elif getattr(s, "attention", "dense") != "dense":
-        sparse = settings_for(s.attention, {"tmr": s.attention_tmr})
-        attention = build_method(sparse, spec, recorder, seed=cfg.seed)
-    kv = None
-    if getattr(s, "kv_compress", False):
-        kv = KVCompression(s.kv_budget_chunks, s.kv_lambda, s.kv_granularity)
-    runner = ChunkedRunner(pipe, cache=cache, recorder=recorder, kv=kv, attention=attention)
-    with torch.inference_mode():
-        video = runner.generate(
-            cfg.prompt, cfg.negative_prompt, cfg.height, cfg.width, cfg.frames, cfg.steps, cfg.guidance, cfg.seed,
-            cfg.ar_step, cfg.causal_block_size, progress=progress, base_num_frames=cfg.base_num_frames,
-            overlap_history=cfg.overlap_history, addnoise_condition=cfg.addnoise_condition or 0,
-            text_tokens=spec.text_tokens,
-        )  # fmt: skip
-    stats = runner.stats
-    layers = len(pipe.transformer.blocks)
-    uncached = stats["group_steps"] * (2 if cfg.guidance > 1.0 else 1)
-    # token-weighted: a partial recompute of a quarter of a chunk's tokens counts a quarter
-    executed = (stats.get("tokens_recomputed", 0) / runner.chunk_tokens + stats["commit_passes"]) * layers
-    possible = (uncached + stats["commit_passes"]) * layers
-    extra = {
-        "group_steps": stats["group_steps"],
-        "chunk_computes": stats.get("chunk_compute", 0),
-        "chunk_reuses": stats.get("chunk_reuse", 0),
-        "chunk_partials": stats.get("chunk_partial", 0),
-        "chunk_defers": stats.get("chunk_defer", 0),
-        "commit_passes": stats["commit_passes"],
-        "block_executions": round(executed, 2),
-        "block_executions_uncached": possible,
-        "tokens_recomputed": stats.get("tokens_recomputed", 0),
-        "schedule_rows": runner.schedule.rows,
-        "kv_compressions": stats.get("kv_compressions", 0),
-        "linear_flops_saved_frac": 1.0 - executed / possible,  # per-token work; attention grows faster
-        "kv_bytes_final": runner.buffer.nbytes(),
-    }
-    return video[0], extra
-
-
-def first_sparse_step(cfg: RunConfig) -> int:
-    """First denoising step a sparse method computes sparsely (0 for methods without dense warm-up)."""
-    s = cfg.settings
-    if isinstance(s, XAttentionSettings):
-        return s.warmup_steps
-    if isinstance(s, SVG2Settings):
-        return math.ceil(s.first_times_fp * cfg.steps - 1e-9)
-    return 0
-
-
 def profile_wait(cfg: RunConfig) -> int:
     """Transformer calls the profiler skips so that it records a steady sparse step: the method's dense
     warm-up and its first sparse step (mask prediction from scratch) are skipped, and the profiler's one
     warm-up call is the last call before the recorded step. Short runs record their last calls instead."""
     calls = 2 if (cfg.guidance or 0) > 1.0 else 1  # diffusers runs cond and uncond as separate calls
     total = cfg.steps * calls
-    wait = (first_sparse_step(cfg) + 1) * calls - 1
+    wait = (cfg.settings.dense_steps(cfg.steps) + 1) * calls - 1
     return max(0, min(wait, total - 3))
 
 
@@ -273,8 +123,8 @@ def generate(
     """
     spec = models.resolve(cfg.model)
     cfg = cfg.resolve(spec.defaults)
-    if spec.family != "skyreels" and isinstance(cfg.settings, (FlowCacheSettings, MotionCacheSettings)):
-        raise ConfigError(f"{cfg.method} is for diffusion-forcing (SkyReels-V2) models, not {spec.name}")
+    method = methods.get(cfg.method)
+    method.check_model(spec)
     store = store or RunStore()
     device_name = cfg.device or models.default_device()
     t_start = time.perf_counter()
@@ -283,10 +133,6 @@ def generate(
     device = pipe.transformer.device
     recorder = Recorder(policy, enabled=record)  # record=False: for measuring what recording costs
     times: dict[str, float] = {}
-    if isinstance(cfg.settings, BaselineSettings):
-        run = _run_baseline
-    else:
-        run = _run_chunked if spec.family == "skyreels" else _run_wan
     _sync(device)
     t0 = time.perf_counter()
     profiler = None
@@ -297,8 +143,8 @@ def generate(
                 wait = profile_wait(cfg)
                 profiler = stack.enter_context(RunProfiler(work.name, wait=wait, run_name=cfg.label()))
                 profiler.attach(pipe.transformer)
-            with _stage_timers(pipe, device, times):
-                video, extra = run(pipe, cfg, spec, recorder, progress)
+            with _stage_timers(pipe, device, times), method.install(Target(pipe, cfg, spec, recorder)) as run:
+                video, extra = run(progress)
             _sync(device)
     except torch.OutOfMemoryError as exc:
         if device.type == "cuda":

@@ -80,9 +80,10 @@ def test_bad_input_is_a_message_and_the_app_keeps_serving(served):
 
 def test_settings_form_reads_every_method(stored_runs):
     import app
-    from accel.config import METHOD_SETTINGS, settings_for
+    from accel.config import settings_for
+    from accel.methods import REGISTRY
 
-    for method in METHOD_SETTINGS:
+    for method in REGISTRY:
         values = app.form_values(method=method)[4 + len(app.SAMPLING) + len(app.FORCING) + 1 :]
         assert settings_for(method, app.read_settings(method, values)) == settings_for(method, {})
     xa = app.form_values(method="xattention", settings={"tau": (0.8, 0.9)})

@@ -267,7 +267,7 @@ def test_addnoise_conditions_the_prefix_and_bad_windows_are_refused(sky_pipe):
 def test_chunk_cache_fills_in_the_models_motioncache_and_flowcache_defaults():
     from accel import models
     from accel.config import settings_for
-    from accel.runner import chunk_cache
+    from accel.methods import build_cache as chunk_cache
 
     pocket, real = models.resolve("pocket-skyreels"), models.resolve("skyreels-v2-df-1.3b")
     mc = settings_for("motioncache", {})
@@ -276,5 +276,6 @@ def test_chunk_cache_fills_in_the_models_motioncache_and_flowcache_defaults():
     assert chunk_cache(settings_for("motioncache", {"phase1_updates": 4}), pocket).phase1_updates == 4
     assert chunk_cache(mc, real).thresh == real.flowcache["motion"]
     assert chunk_cache(settings_for("flowcache", {"preset": "fast"}), pocket).thresh == pocket.flowcache["fast"]
-    with pytest.raises(ConfigError, match="does not run on diffusion-forcing"):
-        chunk_cache(settings_for("baseline", {}), pocket)
+    assert type(chunk_cache(settings_for("xattention", {}), pocket)).__name__ == "GroupCache"  # no reuse
+    with pytest.raises(ConfigError, match="runs on SkyReels-V2 diffusion-forcing models, not on pocket-wan"):
+        chunk_cache(mc, models.resolve("pocket-wan"))

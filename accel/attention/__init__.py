@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
 from accel.attention.base import AttentionMethod, BenchAttnProcessor, installed
 from accel.attention.svg2 import SVG2
 from accel.attention.xattention import XAttention, select_blocks
-from accel.config import DenseSettings, MethodSettings, SVG2Settings, XAttentionSettings
-from accel.models import ModelSpec
-from accel.telemetry import Recorder
+from accel.methods import Generation, Target, build_attention
+from accel.models import pipeline_call
 
-__all__ = ["SVG2", "AttentionMethod", "BenchAttnProcessor", "XAttention", "build_method", "installed", "select_blocks"]
+__all__ = ["SVG2", "AttentionMethod", "BenchAttnProcessor", "XAttention", "install_on_pipeline", "installed",
+           "select_blocks"]  # fmt: skip
 
 
-def build_method(settings: MethodSettings, spec: ModelSpec, recorder: Recorder | None = None, seed: int = 0):
-    """The attention method for ``settings`` with the model's block size and cluster counts filled in."""
-    if isinstance(settings, DenseSettings):
-        return AttentionMethod(recorder)
-    delta = spec.tmr_delta.get(settings.method, 0.0)
-    if isinstance(settings, XAttentionSettings):
-        return XAttention(settings, spec.block_size, recorder, model=spec.name, tmr_delta=delta)
-    if isinstance(settings, SVG2Settings):
-        return SVG2(settings, spec.svg2_clusters, recorder, seed=seed, model=spec.name, tmr_delta=delta)
-    raise TypeError(f"no attention method for {type(settings).__name__}")
+@contextmanager
+def install_on_pipeline(target: Target) -> Iterator[Generation]:
+    """The method's self-attention on every ``attn1`` of diffusers' own pipeline (dense: diffusers' attention
+    through the same processor, so the run is tracked the same way); yields the generation."""
+    cfg, spec, pipe = target.cfg, target.spec, target.pipe
+    method = build_attention(cfg.settings, spec, target.recorder, cfg.seed) or AttentionMethod(target.recorder)
+    with installed(pipe.transformer, method, cfg.steps) as info:
+
+        def run(progress):
+            with torch.inference_mode():
+                out = pipe(**pipeline_call(cfg, spec, progress))
+            return out.frames[0], {"transformer_calls": info.call + 1}
+
+        yield run

@@ -32,12 +32,12 @@ import pandas as pd
 import torch
 
 from accel import models
-from accel.attention import AttentionMethod, build_method, installed
+from accel.attention import AttentionMethod, installed
 from accel.attention.headwise import HeadwiseSparse
-from accel.attention.thresholds import PARAMETER, write_table
+from accel.attention.thresholds import write_table
 from accel.config import ConfigError, RunConfig
-from accel.runner import pipeline_call
-from accel.tracking import StepInfo
+from accel.methods import build_attention, calibratable
+from accel.models import pipeline_call
 
 DEFAULT_PROMPTS = (
     "a red circle moves left over a blue background",
@@ -79,8 +79,10 @@ class CalibrationSpec:
         return self.base.method
 
     def __post_init__(self) -> None:
-        if self.method not in PARAMETER:
-            raise ConfigError(f"calibration needs a sparse base method ({', '.join(PARAMETER)}), got {self.method!r}")
+        if self.method not in calibratable():
+            raise ConfigError(
+                f"calibration needs a sparse base method ({', '.join(calibratable())}), got {self.method!r}"
+            )
         if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
             raise ConfigError("calibration needs at least one non-empty prompt")
         cands = tuple(float(c) for c in self.candidates)
@@ -123,15 +125,6 @@ def sample_steps(num_steps: int, first_sparse: int, count: int) -> list[int]:
         raise ConfigError(f"no sparse steps to calibrate: all {num_steps} steps are dense warm-up")
     count = min(count, span)
     return sorted({first_sparse + int((i + 0.5) * span / count) for i in range(count)})
-
-
-def first_sparse_step(method: HeadwiseSparse, num_steps: int) -> int:
-    """The first step at which the method is sparse in some layer."""
-    for step in range(num_steps):
-        info = StepInfo(step=step, num_steps=num_steps)
-        if any(not method.is_dense_step(layer, info) for layer in range(method.num_layers)):
-            return step
-    return num_steps
 
 
 def collect_trajectories(
@@ -295,7 +288,7 @@ def probe_errors(pipe, spec: CalibrationSpec, samples: list[Sample], progress: P
         for layer in range(n_layers):
             for start in range(0, len(probes), spec.max_probe_batch):
                 chunk = probes[start : start + spec.max_probe_batch]
-                sparse = build_method(cfg.settings, mspec, seed=cfg.seed)
+                sparse = build_attention(cfg.settings, mspec, seed=cfg.seed)
                 sparse.num_layers, sparse.num_heads = n_layers, len(chunk)  # probes act as the heads
                 method = _Probe(sparse, layer, [h for h, _ in chunk], [c for _, c in chunk])
                 with installed(transformer, method, cfg.steps), _skip_prefix(transformer, layer, cached, len(chunk)):
@@ -357,7 +350,7 @@ def assign(probes: pd.DataFrame, spec: CalibrationSpec, layers: int, heads: int)
         rows = np.arange(layers * heads)
         chosen = np.asarray(spec.candidates)[choice]
         out[str(branch)] = {
-            PARAMETER[spec.method]: chosen.reshape(layers, heads).tolist(),
+            calibratable()[spec.method]: chosen.reshape(layers, heads).tolist(),
             "error": err.reshape(layers, heads, -1).tolist(),
             "sparsity": spa.reshape(layers, heads, -1).tolist(),
             "min_sparsity": s_min,
@@ -376,9 +369,7 @@ def calibrate(spec: CalibrationSpec, out_dir: str | Path, progress: Progress | N
     pipe = models.load_pipeline(spec.model, cfg.device or models.default_device(), cfg.dtype)
     transformer = pipe.transformer
     layers, heads = len(transformer.blocks), transformer.config.num_attention_heads
-    base = build_method(cfg.settings, mspec)
-    base.setup(layers, heads)
-    steps = sample_steps(cfg.steps, first_sparse_step(base, cfg.steps), spec.samples_per_prompt)
+    steps = sample_steps(cfg.steps, cfg.settings.dense_steps(cfg.steps), spec.samples_per_prompt)
     samples = collect_trajectories(pipe, spec, steps, progress)
     probes = probe_errors(pipe, spec, samples, progress)
     branches = assign(probes, spec, layers, heads)
@@ -389,7 +380,7 @@ def calibrate(spec: CalibrationSpec, out_dir: str | Path, progress: Progress | N
     table = {
         "model": mspec.name,
         "method": spec.method,
-        "parameter": PARAMETER[spec.method],
+        "parameter": calibratable()[spec.method],
         "layers": layers,
         "heads": heads,
         "candidates": list(spec.candidates),

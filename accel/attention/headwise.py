@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
+from accel import methods
 from accel.attention.base import AttentionMethod
 from accel.attention.reuse import MaskReuse
-from accel.attention.thresholds import PARAMETER, load_table
+from accel.attention.thresholds import load_table
 from accel.config import ConfigError, HeadwiseSettings
 from accel.schema import Event
 from accel.telemetry import Recorder
@@ -61,7 +62,7 @@ class HeadwiseSparse(AttentionMethod):
         elif values.numel() == num_layers * num_heads:
             table = values.view(num_layers, num_heads)
         else:
-            name = PARAMETER[self.name]
+            name = methods.get(self.name).threshold
             raise ConfigError(
                 f"{name} has {values.numel()} values but the model has {num_heads} heads x {num_layers} layers: "
                 f"give 1, {num_heads} or {num_layers * num_heads} values"

@@ -11,7 +11,7 @@ Queries and keys are clustered with their own lengths: in chunked generation (ME
 keys are its cached context plus itself, longer than its queries.
 
 Dense warm-up: steps ``< ceil(first_times_fp * steps)`` and layers ``< ceil(first_layers_fp * layers)``
-(0.03 of 30 layers -> 1 layer, as the reference reports). The rounding is our reading.
+(:meth:`accel.config.SVG2Settings.dense_steps` / ``dense_layers``).
 """
 
 from __future__ import annotations
@@ -176,9 +176,7 @@ class SVG2(HeadwiseSparse):
 
     def is_dense_step(self, layer: int, info: StepInfo) -> bool:
         s = self.settings
-        dense_steps = math.ceil(s.first_times_fp * info.num_steps - 1e-9)
-        dense_layers = math.ceil(s.first_layers_fp * self.num_layers - 1e-9)
-        return info.step < dense_steps or layer < dense_layers
+        return info.step < s.dense_steps(info.num_steps) or layer < s.dense_layers(self.num_layers)
 
     def _generator(self, layer: int, branch: str, device: torch.device) -> torch.Generator:
         gen_device = device if device.type == "cuda" else torch.device("cpu")

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
+from accel import methods
 from accel.config import ConfigError
 
 TABLE_FORMAT = "accel.threshold-table"
 TABLE_VERSION = 1
-PARAMETER = {"xattention": "tau", "svg2": "top_p"}
 MAX_TABLE_BYTES = 16 * 2**20
 
 
@@ -55,7 +55,7 @@ def load_table(
         raise ConfigError(
             f"threshold table {path} is for {t_layers} layers x {t_heads} heads, but the model has {layers} x {heads}"
         )
-    key = PARAMETER[method]
+    key = methods.get(method).threshold
     out: dict[str, torch.Tensor] = {}
     for branch, entry in (data.get("branches") or {}).items():
         try:

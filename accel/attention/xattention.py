@@ -64,7 +64,7 @@ class XAttention(HeadwiseSparse):
         return self.settings.tau
 
     def is_dense_step(self, layer: int, info: StepInfo) -> bool:
-        return info.step < self.settings.warmup_steps
+        return info.step < self.settings.dense_steps(info.num_steps)
 
     def predict(self, q, k, layer, branch, thresholds, heads):
         """Block mask ``(B, H', nq, nk)`` of ``heads`` (all when None)."""

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from accel.bench.headwise import row
-from accel.config import RunConfig
+from accel.config import BASELINE_NAMES, RunConfig
 from accel.runner import generate
 from accel.runs import RunStore
 
@@ -23,7 +23,7 @@ METHODS: dict[str, tuple[str, dict]] = {
     "flowcache fast +kv": ("flowcache", {"preset": "fast", "kv_compress": True}),
     "motioncache": ("motioncache", {}),
     "motioncache +kv": ("motioncache", {"kv_compress": True}),
-    **{f"baseline {c}": ("baseline", {"cache": c}) for c in ("fbc", "pab", "fastercache", "magcache", "taylorseer")},
+    **{f"baseline {c}": ("baseline", {"cache": c}) for c in BASELINE_NAMES},
 }
 
 

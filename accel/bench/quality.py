@@ -15,10 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-from accel import models
-from accel.config import BASELINE_NAMES, ConfigError, RunConfig
+from accel import methods, models
+from accel.config import ConfigError, RunConfig
 from accel.metrics import compare_videos
-from accel.paths import TABLES
 from accel.runs import RunStore
 from accel.synthetic.procedural import BASIC_DIRECTIONS, BASIC_SHAPES, held_out_prompts
 from accel.synthetic.scoring import score_video
@@ -27,25 +26,8 @@ Variant = tuple[str, dict[str, Any]]
 
 
 def variants(model: str) -> dict[str, Variant]:
-    """Every variant that applies to ``model``'s family, dense first; +EBC only where a table ships."""
-    spec = models.resolve(model)
-    out: dict[str, Variant] = {"dense": ("dense", {})}
-    if spec.family == "skyreels":
-        out |= {
-            "flowcache-slow": ("flowcache", {"preset": "slow"}),
-            "flowcache-fast": ("flowcache", {"preset": "fast"}),
-            "motioncache": ("motioncache", {}),
-        }
-    for method in ("xattention", "svg2"):
-        out[method] = (method, {})
-        out[f"{method}+tmr"] = (method, {"tmr": True})
-        table = TABLES / f"{spec.name}-{method}.json"
-        if table.is_file():
-            out[f"{method}+ebc"] = (method, {"threshold_table": str(table)})
-            out[f"{method}+tmr+ebc"] = (method, {"tmr": True, "threshold_table": str(table)})
-    for name in BASELINE_NAMES:
-        out[name] = ("baseline", {"cache": name})
-    return out
+    """Every variant that applies to ``model``'s family (:func:`accel.methods.variants`), dense first."""
+    return methods.variants(models.resolve(model))
 
 
 def run_benchmark(

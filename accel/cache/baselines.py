@@ -20,6 +20,7 @@ output can come from the other CFG branch.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -35,6 +36,8 @@ from diffusers.hooks import (
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
 from accel.config import BASELINE_NAMES as BASELINES
+from accel.methods import Generation, Target
+from accel.models import pipeline_call
 from accel.schema import Event
 
 UNITS = ("attn1", "attn2", "ffn")
@@ -248,3 +251,28 @@ def calibrate_mag_ratios(pipe: Any, **call_kwargs: Any) -> list[float]:
     series = list(ratios.values())
     n = min(len(s) for s in series)
     return [sum(s[i] for s in series) / len(series) for i in range(n)]
+
+
+@contextmanager
+def install(target: Target) -> Iterator[Generation]:
+    """The baseline's diffusers hook on diffusers' own pipeline (Wan or SkyReels DF), counting skipped blocks.
+
+    MagCache needs per-model ratios: one dense calibration pass runs first (its time is in the metrics).
+    """
+    pipe, cfg, spec, s = target.pipe, target.cfg, target.spec, target.cfg.settings
+    overrides: dict[str, Any] = {} if s.threshold is None else {"threshold": s.threshold}
+    extra: dict[str, Any] = {"baseline": s.cache}
+    if s.cache == "magcache":
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            ratios = calibrate_mag_ratios(pipe, **{**pipeline_call(cfg, spec), "output_type": "latent"})
+        overrides.update(mag_ratios=ratios, num_inference_steps=len(ratios))
+        extra["magcache_calibration_s"] = time.perf_counter() - t0
+    with baseline_installed(pipe, s.cache, target.recorder, **overrides) as counter:
+
+        def run(progress):
+            with torch.inference_mode():
+                out = pipe(**pipeline_call(cfg, spec, progress))
+            return out.frames[0], {**extra, **counter.summary()}
+
+        yield run

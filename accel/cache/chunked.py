@@ -13,7 +13,8 @@ state are kept per CFG branch. The model's modules are used as they are; the glu
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from accel.cache.kv import KVCompression, gather_heads
 from accel.cache.kv import select as kv_select
 from accel.cache.schedule import COMPUTE, DONE, GroupSchedule, build_schedule
 from accel.config import ConfigError
+from accel.methods import Generation, Target, build_attention, build_cache
 from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
@@ -462,3 +464,51 @@ class ChunkedRunner:
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
         video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
         return self.pipe.video_processor.postprocess_video(video, output_type=output_type)
+
+
+def work_metrics(stats: dict[str, int], layers: int, chunk_tokens: int, cfg_branches: int) -> dict[str, Any]:
+    """Counts of a chunked run from its runner's ``stats``: decisions, and block executions against the uncached
+    runner. Token-weighted: a partial recompute of a quarter of a chunk's tokens counts a quarter of a block
+    execution; commit passes (a finished chunk's K/V frozen at timestep 0) run in every run."""
+    uncached = stats["group_steps"] * cfg_branches
+    executed = (stats.get("tokens_recomputed", 0) / chunk_tokens + stats["commit_passes"]) * layers
+    possible = (uncached + stats["commit_passes"]) * layers
+    return {
+        "group_steps": stats["group_steps"],
+        "chunk_computes": stats.get(Event.CHUNK_COMPUTE, 0),
+        "chunk_reuses": stats.get(Event.CHUNK_REUSE, 0),
+        "chunk_partials": stats.get(Event.CHUNK_PARTIAL, 0),
+        "chunk_defers": stats.get(Event.CHUNK_DEFER, 0),
+        "commit_passes": stats["commit_passes"],
+        "block_executions": round(executed, 2),
+        "block_executions_uncached": possible,
+        "tokens_recomputed": stats.get("tokens_recomputed", 0),
+        "kv_compressions": stats.get("kv_compressions", 0),
+        "linear_flops_saved_frac": 1.0 - executed / possible,  # per-token work; attention grows faster
+    }
+
+
+@contextmanager
+def install(target: Target) -> Iterator[Generation]:
+    """A diffusion-forcing run through :class:`ChunkedRunner`, with the method's chunk cache, its sparse
+    self-attention and KV compression where its settings ask for them."""
+    pipe, cfg, spec, s = target.pipe, target.cfg, target.spec, target.cfg.settings
+    cache = build_cache(s, spec)
+    attention = build_attention(s, spec, target.recorder, cfg.seed)
+    kv = KVCompression(s.kv_budget_chunks, s.kv_lambda, s.kv_granularity) if getattr(s, "kv_compress", False) else None
+    runner = ChunkedRunner(pipe, cache=cache, recorder=target.recorder, kv=kv, attention=attention)
+
+    def run(progress):
+        with torch.inference_mode():
+            video = runner.generate(
+                cfg.prompt, cfg.negative_prompt, cfg.height, cfg.width, cfg.frames, cfg.steps, cfg.guidance,
+                cfg.seed, cfg.ar_step, cfg.causal_block_size, progress=progress,
+                base_num_frames=cfg.base_num_frames, overlap_history=cfg.overlap_history,
+                addnoise_condition=cfg.addnoise_condition or 0, text_tokens=spec.text_tokens,
+            )  # fmt: skip
+        branches = 2 if cfg.guidance > 1.0 else 1
+        extra = work_metrics(runner.stats, len(pipe.transformer.blocks), runner.chunk_tokens, branches)
+        extra.update(schedule_rows=runner.schedule.rows, kv_bytes_final=runner.buffer.nbytes())
+        return video[0], extra
+
+    yield run
