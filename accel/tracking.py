@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
+from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 HOOK_NAME = "accel_step_tracker"
 BRANCH_NAMES = ("cond", "uncond")
@@ -37,6 +37,19 @@ class _NoState(BaseState):
         pass
 
 
+class _ContextReceiver(StateManager):
+    """The slot through which diffusers hands a stateful hook the pipeline's ``CacheContext``
+    (``set_context``, called on every ``StateManager`` attribute); keeps the current one readable."""
+
+    def __init__(self) -> None:
+        super().__init__(_NoState)
+        self.current: CacheContext | None = None
+
+    def set_context(self, context: CacheContext | None) -> None:
+        super().set_context(context)
+        self.current = context
+
+
 class StepTracker(ModelHook):
     """Fills :class:`StepInfo` before every transformer forward."""
 
@@ -44,7 +57,7 @@ class StepTracker(ModelHook):
 
     def __init__(self, patch_size: tuple[int, int, int], num_steps: int = 0):
         super().__init__()
-        self.context = StateManager(_NoState)  # receives diffusers' CacheContext
+        self.context = _ContextReceiver()
         self.patch_size = tuple(patch_size)
         self.expected_steps = num_steps
         self.info = StepInfo(num_steps=num_steps)
@@ -57,7 +70,7 @@ class StepTracker(ModelHook):
         t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float("nan")
         info = self.info
         info.call += 1
-        ctx = self.context._context
+        ctx = self.context.current
         if ctx is not None and ctx.step_index is not None:
             info.step = int(ctx.step_index)
             info.branch = ctx.name

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
 from accel.schema import Event
 from accel.telemetry import Recorder
@@ -29,6 +28,26 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     out[..., 0::2] = x1 * c - x2 * s
     out[..., 1::2] = x1 * s + x2 * c
     return out.type_as(x)
+
+
+def self_attention_heads(attn, hidden_states: torch.Tensor, rotary_emb=None):
+    """Q, K, V ``(B, L, H, D)`` of a Wan / SkyReels-V2 self-attention exactly as diffusers' processors form them:
+    projections (fused or not), RMSNorm of Q and K across heads, interleaved RoPE."""
+    if getattr(attn, "fused_projections", False):
+        query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+    else:
+        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+    query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+    key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+    value = value.unflatten(2, (attn.heads, -1))
+    if rotary_emb is not None:
+        query, key = apply_rotary(query, *rotary_emb), apply_rotary(key, *rotary_emb)
+    return query, key, value
+
+
+def output_projection(attn, out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The attention output ``(B, L, H, D)`` through ``to_out`` (projection, dropout), in ``like``'s dtype."""
+    return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(like)))
 
 
 class AttentionMethod:
@@ -75,17 +94,9 @@ class BenchAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kw):
         if encoder_hidden_states is not None or attn.add_k_proj is not None or attention_mask is not None:
             raise RuntimeError("BenchAttnProcessor handles plain self-attention (attn1) only")
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query = apply_rotary(query, *rotary_emb)
-            key = apply_rotary(key, *rotary_emb)
+        query, key, value = self_attention_heads(attn, hidden_states, rotary_emb)
         out = self.method.attend(query, key, value, self.layer, self.info_source.info)
-        out = out.flatten(2, 3).type_as(query)
-        out = attn.to_out[0](out)
-        return attn.to_out[1](out)
+        return output_projection(attn, out, query)
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 
 from accel import models
 from accel.attention import AttentionMethod, installed
@@ -46,6 +47,7 @@ DEFAULT_PROMPTS = (
     "clouds move slowly over snowy mountains",
 )
 BAND_NAMES = ("LL", "LH", "HL", "HH")  # temporal x spatial
+REPLAY_HOOK = "accel_calibration_replay"
 Progress = Callable[[str], None]
 
 
@@ -230,22 +232,31 @@ class _Probe(AttentionMethod):
         return out
 
 
+class _Replay(ModelHook):
+    """A block before the probed layer, as a diffusers hook: the last one returns its recorded dense output
+    (repeated ``batch`` times), the earlier ones pass their input through; none of them computes."""
+
+    def __init__(self, output: torch.Tensor | None, batch: int) -> None:
+        super().__init__()
+        self.output, self.batch = output, batch
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
+        if self.output is None:
+            return kwargs.get("hidden_states", args[0] if args else None)
+        return self.output.expand(self.batch, *self.output.shape[1:])
+
+
 @contextmanager
 def _skip_prefix(transformer, layer: int, cached: list[torch.Tensor], batch: int) -> Iterator[None]:
-    """Blocks before ``layer`` return their recorded dense output instead of computing it."""
-    blocks = transformer.blocks
-    for j in range(layer):
-        out = cached[j]
-        blocks[j].forward = (
-            (lambda *a, _o=out, **kw: _o.expand(batch, *_o.shape[1:]))
-            if j == layer - 1
-            else (lambda hidden_states, *a, **kw: hidden_states)
-        )
+    """Blocks before ``layer`` replay their recorded dense output instead of computing it."""
+    registries = [HookRegistry.check_if_exists_or_initialize(b) for b in transformer.blocks[:layer]]
+    for j, registry in enumerate(registries):
+        registry.register_hook(_Replay(cached[j] if j == layer - 1 else None, batch), REPLAY_HOOK)
     try:
         yield
     finally:
-        for j in range(layer):
-            blocks[j].__dict__.pop("forward", None)
+        for registry in registries:
+            registry.remove_hook(REPLAY_HOOK, recurse=False)
 
 
 def _dense_block_outputs(transformer, sample: Sample, num_steps: int) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -50,8 +50,9 @@ def register_skyreels_block() -> None:
     """Register ``SkyReelsV2TransformerBlock`` for FBC/MagCache like diffusers registers Wan's block (idempotent)."""
     from diffusers.models.transformers.transformer_skyreels_v2 import SkyReelsV2TransformerBlock
 
-    TransformerBlockRegistry._register()  # the built-in registrations first, so ours is not overwritten later
-    if SkyReelsV2TransformerBlock not in TransformerBlockRegistry._registry:
+    try:
+        TransformerBlockRegistry.get(SkyReelsV2TransformerBlock)  # raises ValueError while not registered
+    except ValueError:
         TransformerBlockRegistry.register(
             model_class=SkyReelsV2TransformerBlock,
             metadata=TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None),

@@ -13,6 +13,7 @@ state are kept per CFG branch. The model's modules are used as they are; the glu
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,10 +21,9 @@ from typing import Any
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.transformers.transformer_skyreels_v2 import _get_qkv_projections
 from diffusers.utils.torch_utils import randn_tensor
 
-from accel.attention.base import AttentionMethod, apply_rotary
+from accel.attention.base import AttentionMethod, output_projection, self_attention_heads
 from accel.cache.kv import KVCompression, gather_heads
 from accel.cache.kv import select as kv_select
 from accel.cache.schedule import COMPUTE, DONE, GroupSchedule, build_schedule
@@ -37,12 +37,14 @@ from profiling.ranges import named_range
 
 @dataclass
 class Call:
-    """What the attention processors need to know about the current group forward."""
+    """What the attention processors need to know about the current group forward (the runner sets it)."""
 
     branch: str = "cond"
     group: int = 0
     tokens: torch.Tensor | None = None  # token subset of the group being recomputed (None = all)
     clean: tuple[int, ...] = ()  # set on a finished group's commit pass: the clean groups to compress
+    buffer: KVBuffer = field(default_factory=lambda: KVBuffer())
+    compress: Callable[[int, torch.Tensor], None] | None = None  # (layer, queries): KV compression, if on
 
 
 @dataclass
@@ -101,31 +103,26 @@ class KVBuffer:
 
 
 class GroupAttnProcessor:
-    """``attn1`` of a SkyReels block for one group: fresh Q/K/V of its tokens against the KV buffer."""
+    """``attn1`` of a SkyReels block for one group: fresh Q/K/V of its tokens against the KV buffer of ``call``,
+    through the sparse ``attention`` method (seeing ``info``) or diffusers' dispatch."""
 
-    def __init__(self, layer: int, call: Call, buffer: KVBuffer, backend=None, runner: ChunkedRunner | None = None):
-        self.layer, self.call, self.buffer, self.backend, self.runner = layer, call, buffer, backend, runner
+    def __init__(self, layer: int, call: Call, backend=None, attention: AttentionMethod | None = None,
+                 info: StepInfo | None = None):  # fmt: skip
+        self.layer, self.call, self.backend, self.attention, self.info = layer, call, backend, attention, info
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kw):
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query, key = apply_rotary(query, *rotary_emb), apply_rotary(key, *rotary_emb)
+        query, key, value = self_attention_heads(attn, hidden_states, rotary_emb)
         c = self.call
-        self.buffer.write(c.branch, self.layer, c.group, key, value, c.tokens)
-        k_ctx, v_ctx = self.buffer.context(c.branch, self.layer, c.group)
-        method = self.runner.attention if self.runner is not None else None
-        if method is not None:  # sparse attention over [earlier groups ; this group]
-            out = method.attend(query, k_ctx, v_ctx, self.layer, self.runner.attn_info)
+        c.buffer.write(c.branch, self.layer, c.group, key, value, c.tokens)
+        k_ctx, v_ctx = c.buffer.context(c.branch, self.layer, c.group)
+        if self.attention is not None:  # sparse attention over [earlier groups ; this group]
+            out = self.attention.attend(query, k_ctx, v_ctx, self.layer, self.info)
         else:
             out = dispatch_attention_fn(query, k_ctx, v_ctx, attn_mask=None, dropout_p=0.0, is_causal=False,
                                         backend=self.backend)  # fmt: skip
-        if c.clean and self.runner is not None and self.runner.kv is not None:
-            self.runner.compress(self.layer, query)
-        out = attn.to_out[0](out.flatten(2, 3).type_as(query))
-        return attn.to_out[1](out)
+        if c.clean and c.compress is not None:
+            c.compress(self.layer, query)
+        return output_projection(attn, out, query)
 
 
 @dataclass
@@ -201,6 +198,24 @@ class GroupModel:
         return hs.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
 
+@dataclass
+class GroupStep:
+    """One group's denoising step as a chunk cache sees it: the tokens, the blocks to run, where to log."""
+
+    group: int
+    branch: str
+    step: int  # the group's own denoising step
+    num_steps: int
+    emb: Embedded
+    run_blocks: Callable[[torch.Tensor | None], torch.Tensor]  # every block on all tokens (None) or a subset
+    log: Callable[[Event, float | None, float | None, int], None]  # (decision, value, threshold, tokens computed)
+
+    @property
+    def key(self) -> tuple[int, str]:
+        """Per-(group, CFG branch) state key: a group's branches never share cache state."""
+        return self.group, self.branch
+
+
 class GroupCache:
     """No cache: every scheduled group step runs all blocks. FlowCache / MotionCache subclass this."""
 
@@ -209,14 +224,13 @@ class GroupCache:
     def reset(self) -> None:
         """Forget all state (called at the start of a run)."""
 
-    def export(self, runner: ChunkedRunner) -> None:
+    def export(self, recorder: Recorder) -> None:
         """Hand any per-token arrays to the run's recorder (called at the end of a run)."""
 
-    def predict(self, runner: ChunkedRunner, group: int, branch: str, step: int, emb: Embedded, enc) -> torch.Tensor:
+    def predict(self, step: GroupStep) -> torch.Tensor:
         """The last block output for this group step (computed or reused)."""
-        runner.call.tokens = None
-        runner.log_chunk(Event.CHUNK_COMPUTE, group, None, None, tokens=emb.tokens.shape[1])
-        return runner.model.blocks(emb, enc)
+        step.log(Event.CHUNK_COMPUTE, None, None, step.emb.tokens.shape[1])
+        return step.run_blocks(None)
 
 
 ProgressFn = Callable[[int, int], None]
@@ -243,25 +257,29 @@ class ChunkedRunner:
         self.cache = cache or GroupCache()
         self.recorder = recorder or Recorder(enabled=False)
         self.call = Call()
-        self.buffer = KVBuffer()
         self.info = StepInfo()
         self.stats: dict[str, int] = {}
         self.schedule: GroupSchedule | None = None
         self.chunk_tokens = 0  # tokens of one whole chunk, set per run
         self.frame_tokens = 0
 
-    def compress(self, layer: int, query: torch.Tensor) -> None:
-        """KV compression of the clean groups at ``layer`` (called from a commit pass, after attention)."""
+    @property
+    def buffer(self) -> KVBuffer:
+        """The KV buffer of the current (or last) run."""
+        return self.call.buffer
+
+    def _compress(self, layer: int, query: torch.Tensor) -> None:
+        """KV compression of the clean groups at ``layer`` (a commit pass, after attention)."""
         c = self.call
         keep = self.kv.budget_chunks * self.chunk_tokens
         block = {"token": 1, "frame": self.frame_tokens, "chunk": self.chunk_tokens}[self.kv.granularity]
         with named_range("kv.compress"):
-            sizes = self.buffer.compress(c.branch, layer, c.clean, query, keep, self.kv, block)
+            sizes = c.buffer.compress(c.branch, layer, c.clean, query, keep, self.kv, block)
         if sizes is not None and layer == 0 and sizes[0] > sizes[1]:
             self.recorder.log(Event.KV_COMPRESS, float(sizes[1]), chunk=c.group, threshold=float(sizes[0]))
             self.stats["kv_compressions"] = self.stats.get("kv_compressions", 0) + 1
 
-    def log_chunk(self, event: str, group: int, value: float | None, threshold: float | None, tokens: int) -> None:
+    def _log_chunk(self, group: int, event: Event, value: float | None, threshold: float | None, tokens: int) -> None:
         """One cache decision for (row, group, branch); counts recomputed tokens for the metrics."""
         self.recorder.log(event, value, chunk=group, threshold=threshold)
         self.recorder.log(Event.TOKENS_UPDATED, float(tokens), chunk=group)
@@ -272,8 +290,16 @@ class ChunkedRunner:
         originals = [b.attn1.processor for b in self.transformer.blocks]
         backend = getattr(originals[0], "_attention_backend", None)
         for i, block in enumerate(self.transformer.blocks):
-            block.attn1.set_processor(GroupAttnProcessor(i, self.call, self.buffer, backend, self))
+            block.attn1.set_processor(GroupAttnProcessor(i, self.call, backend, self.attention, self.attn_info))
         return originals
+
+    def _run_blocks(self, emb: Embedded, enc: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """Every block on the group's tokens or the subset ``tokens`` (the processors write only their K/V)."""
+        self.call.tokens = tokens
+        try:
+            return self.model.blocks(emb, enc, tokens)
+        finally:
+            self.call.tokens = None
 
     def _forward(self, x_g, t_g, context, group, frame0, branch, step, commit_only=False, clean=()) -> torch.Tensor:
         """Predict the flow of one group (B, C, f, H, W); a commit pass only refreshes its K/V (and compresses)."""
@@ -287,8 +313,11 @@ class ChunkedRunner:
             self.call.clean = ()
             self.stats["commit_passes"] = self.stats.get("commit_passes", 0) + 1
             return emb.tokens
+        num_steps = self.schedule.steps if self.schedule else 0
+        run_blocks = functools.partial(self._run_blocks, emb, enc)
+        log = functools.partial(self._log_chunk, group)
         with named_range("cache.decide"):
-            hidden = self.cache.predict(self, group, branch, step, emb, enc)
+            hidden = self.cache.predict(GroupStep(group, branch, step, num_steps, emb, run_blocks, log))
         return self.model.head(hidden, emb)
 
     def _commit(self, latents, group: int, branches, finished: list[int], noise: float = 0.0) -> None:
@@ -326,10 +355,8 @@ class ChunkedRunner:
             s.set_timesteps(schedule.steps, device=latents.device)
             schedulers.append(s)
         branches = [("cond", prompt_embeds)] + ([("uncond", negative_embeds)] if guidance > 1.0 else [])
-        self.buffer = KVBuffer()
-        for proc in (b.attn1.processor for b in self.transformer.blocks):
-            if isinstance(proc, GroupAttnProcessor):
-                proc.buffer = self.buffer
+        self.call.buffer = KVBuffer()
+        self.call.compress = self._compress if self.kv is not None else None
         self.cache.reset()
         self.schedule = schedule
         self.stats = {"group_steps": 0, "commit_passes": 0}
@@ -376,7 +403,7 @@ class ChunkedRunner:
                 self.recorder.log(Event.KV_TOKENS, float(self.buffer.tokens()), threshold=float(self.buffer.nbytes()))
                 if progress is not None:
                     progress(row + 1, schedule.rows)
-            self.cache.export(self)
+            self.cache.export(self.recorder)
         finally:
             for block, proc in zip(self.transformer.blocks, originals, strict=True):
                 block.attn1.set_processor(proc)

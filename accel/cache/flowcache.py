@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from accel.cache.chunked import ChunkedRunner, Embedded, GroupCache
+from accel.cache.chunked import GroupCache, GroupStep
 from accel.schema import Event
 
 # Rescale polynomials, highest degree first (METHODS 3.1).
@@ -58,11 +58,11 @@ class FlowCache(GroupCache):
         rel = float((e0 - prev).abs().mean() / prev.abs().mean().clamp_min(1e-12))
         return float(self.poly(rel))
 
-    def predict(self, runner: ChunkedRunner, group: int, branch: str, step: int, emb: Embedded, enc) -> torch.Tensor:
-        st = self.state.setdefault((group, branch), _GroupState())
-        steps = runner.schedule.steps
+    def predict(self, step: GroupStep) -> torch.Tensor:
+        st = self.state.setdefault(step.key, _GroupState())
+        emb = step.emb
         e0 = emb.e0.float()
-        forced = self.thresh <= 0 or step < self.ret_steps or step >= steps - 1
+        forced = self.thresh <= 0 or step.step < self.ret_steps or step.step >= step.num_steps - 1
         if forced or st.e0_prev is None or st.residual is None:
             compute = True
         else:
@@ -72,10 +72,9 @@ class FlowCache(GroupCache):
         st.e0_prev = e0
         if compute:
             st.acc = 0.0
-            runner.call.tokens = None
-            out = runner.model.blocks(emb, enc)
+            out = step.run_blocks(None)
             st.residual = out - emb.tokens
-            runner.log_chunk(Event.CHUNK_COMPUTE, group, acc, self.thresh, tokens=emb.tokens.shape[1])
+            step.log(Event.CHUNK_COMPUTE, acc, self.thresh, emb.tokens.shape[1])
             return out
-        runner.log_chunk(Event.CHUNK_REUSE, group, acc, self.thresh, tokens=0)
+        step.log(Event.CHUNK_REUSE, acc, self.thresh, 0)
         return emb.tokens + st.residual

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from accel.cache.chunked import ChunkedRunner, Embedded, GroupCache
+from accel.cache.chunked import GroupCache, GroupStep
 from accel.cache.flowcache import FlowCache
 from accel.schema import ArrayKind, Event, group_key
+from accel.telemetry import Recorder
 
 
 @dataclass
@@ -90,23 +91,23 @@ class MotionCache(GroupCache):
     def reset(self) -> None:
         self.state, self.last_frame = {}, {}
 
-    def _full(self, runner: ChunkedRunner, st: _TokenState, group: int, emb: Embedded, enc, event: str):
-        runner.call.tokens = None
-        out = runner.model.blocks(emb, enc)
-        st.residual = out - emb.tokens
-        runner.log_chunk(event, group, None, self.thresh, tokens=emb.tokens.shape[1])
+    def _full(self, step: GroupStep, st: _TokenState) -> torch.Tensor:
+        out = step.run_blocks(None)
+        st.residual = out - step.emb.tokens
+        step.log(Event.CHUNK_COMPUTE, None, self.thresh, step.emb.tokens.shape[1])
         return out
 
-    def predict(self, runner: ChunkedRunner, group: int, branch: str, step: int, emb: Embedded, enc) -> torch.Tensor:
-        st = self.state.setdefault((group, branch), _TokenState())
+    def predict(self, step: GroupStep) -> torch.Tensor:
+        group, branch, emb = step.group, step.branch, step.emb
+        st = self.state.setdefault(step.key, _TokenState())
         fh, hh, wh = emb.shape
         b, length, _ = emb.tokens.shape
         if st.updates is None:
             st.updates = torch.zeros(fh, hh * wh, dtype=torch.int32)
         e0 = emb.e0.float()
-        if self.thresh <= 0 or step <= self.warmup or st.residual is None or st.e0_prev is None:
-            out = self._full(runner, st, group, emb, enc, Event.CHUNK_COMPUTE)
-            if step >= self.warmup or self.thresh <= 0:
+        if self.thresh <= 0 or step.step <= self.warmup or st.residual is None or st.e0_prev is None:
+            out = self._full(step, st)
+            if step.step >= self.warmup or self.thresh <= 0:
                 st.acc = torch.zeros(b, length, device=out.device)
             st.updates += 1
             need_n = length
@@ -119,35 +120,33 @@ class MotionCache(GroupCache):
             ratio = need_n / length
             if need_n == 0 or ratio < self.min_update_ratio:
                 event = Event.CHUNK_REUSE if need_n == 0 else Event.CHUNK_DEFER
-                runner.log_chunk(event, group, float(st.acc.mean()), self.thresh, tokens=0)
+                step.log(event, float(st.acc.mean()), self.thresh, 0)
                 out = emb.tokens + st.residual
                 need_n = 0  # deferred: nothing updated, accumulators kept
             elif need_n == length:
-                out = self._full(runner, st, group, emb, enc, Event.CHUNK_COMPUTE)
+                out = self._full(step, st)
                 st.acc = torch.zeros_like(st.acc)
                 st.updates += 1
             else:
                 sel = need[0].nonzero().flatten()
-                runner.call.tokens = sel
-                fresh = runner.model.blocks(emb, enc, tokens=sel)
-                runner.call.tokens = None
+                fresh = step.run_blocks(sel)
                 out = emb.tokens + st.residual
                 out[:, sel] = fresh
                 st.residual[:, sel] = fresh - emb.tokens[:, sel]
                 st.acc[:, sel] = 0.0
                 st.updates.view(-1)[sel.cpu()] += 1
-                runner.log_chunk(Event.CHUNK_PARTIAL, group, float(st.acc.mean()), self.thresh, tokens=need_n)
+                step.log(Event.CHUNK_PARTIAL, float(st.acc.mean()), self.thresh, need_n)
         st.e0_prev = e0
-        if step > self.warmup and need_n > 0 and st.weights is None:
+        if step.step > self.warmup and need_n > 0 and st.weights is None:
             st.phase1_done += 1
         h = out.view(b, fh, hh * wh, -1)
-        if st.phase1_done >= self.phase1_updates and step >= self.warmup:
+        if st.phase1_done >= self.phase1_updates and step.step >= self.warmup:
             st.weights = motion_weights(h, self.last_frame.get((group - 1, branch)), self.floor)
             st.weight_history.append(st.weights[0].detach().to(torch.float16).cpu())
         self.last_frame[(group, branch)] = h[:, -1].detach()
         return out
 
-    def export(self, runner: ChunkedRunner) -> None:
+    def export(self, recorder: Recorder) -> None:
         """Per-token update counts and motion-weight history as run arrays (for the app's motion views)."""
         for (group, branch), st in self.state.items():
             maps = {ArrayKind.TOKEN_COUNTS: st.updates}
@@ -156,4 +155,4 @@ class MotionCache(GroupCache):
             for kind, array in maps.items():
                 if array is not None:
                     key = group_key(kind, group, branch)
-                    runner.recorder.add_array(key, array, kind=kind, group=group, branch=branch)
+                    recorder.add_array(key, array, kind=kind, group=group, branch=branch)
