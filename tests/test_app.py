@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from accel import forms
+from accel.fields import settings_from
+
 gradio_client = pytest.importorskip("gradio_client")
 
 
@@ -25,10 +28,10 @@ def served(stored_runs, monkeypatch):
 
 
 def test_generate_then_every_view_through_the_api(served):
-    app, demo, client, store, runs = served
+    _app, demo, client, store, runs = served
     assert demo.local_url.startswith("http://127.0.0.1:")
     before = {i.run_id for i in store.list()}
-    values = app.form_values(
+    values = forms.form_values(
         method="xattention",
         sampling={"height": 128, "width": 128, "frames": 9, "steps": 6},
         settings={"tau": 0.8, "tmr": True, "tmr_delta": 3.0, "warmup_steps": 2},
@@ -59,17 +62,17 @@ def test_generate_then_every_view_through_the_api(served):
 
 
 def test_bad_input_is_a_message_and_the_app_keeps_serving(served):
-    app, _, client, _, runs = served
+    _app, _, client, _, runs = served
     with pytest.raises(Exception, match="prompt"):
-        client.predict(*app.form_values(prompt="   ", sampling={"steps": 2}), api_name="/generate")
+        client.predict(*forms.form_values(prompt="   ", sampling={"steps": 2}), api_name="/generate")
     with pytest.raises(Exception, match="tau"):
-        client.predict(*app.form_values(settings={"tau": 1.5}, sampling={"steps": 2}), api_name="/generate")
+        client.predict(*forms.form_values(settings={"tau": 1.5}, sampling={"steps": 2}), api_name="/generate")
     with pytest.raises(Exception, match="steps must be a number"):
-        client.predict(*app.form_values(sampling={"steps": "many"}), api_name="/generate")
+        client.predict(*forms.form_values(sampling={"steps": "many"}), api_name="/generate")
     with pytest.raises(Exception, match=r"diffusion-forcing"):
-        client.predict(*app.form_values(method="flowcache", sampling={"steps": 2}), api_name="/generate")
+        client.predict(*forms.form_values(method="flowcache", sampling={"steps": 2}), api_name="/generate")
     with pytest.raises(Exception, match=r"not found|no model|local"):
-        client.predict(*app.form_values(model="/nonexistent/model", sampling={"steps": 2}), api_name="/generate")
+        client.predict(*forms.form_values(model="/nonexistent/model", sampling={"steps": 2}), api_name="/generate")
     for bad in ("../../etc", "/etc"):
         with pytest.raises(Exception, match="invalid run id"):
             client.predict(bad, api_name="/sparsity")
@@ -79,16 +82,15 @@ def test_bad_input_is_a_message_and_the_app_keeps_serving(served):
 
 
 def test_settings_form_reads_every_method(stored_runs):
-    import app
     from accel.config import settings_for
     from accel.methods import REGISTRY
 
     for method in REGISTRY:
-        values = app.form_values(method=method)[4 + len(app.SAMPLING) + len(app.FORCING) + 1 :]
-        assert settings_for(method, app.read_settings(method, values)) == settings_for(method, {})
-    xa = app.form_values(method="xattention", settings={"tau": (0.8, 0.9)})
-    fields = xa[4 + len(app.SAMPLING) + len(app.FORCING) + 1 :]
-    assert app.read_settings("xattention", fields)["tau"] == (0.8, 0.9)
+        values = forms.form_values(method=method)[4 + len(forms.SAMPLING) + len(forms.FORCING) + 1 :]
+        assert settings_for(method, settings_from(method, forms.FIELDS, values)) == settings_for(method, {})
+    xa = forms.form_values(method="xattention", settings={"tau": (0.8, 0.9)})
+    fields = xa[4 + len(forms.SAMPLING) + len(forms.FORCING) + 1 :]
+    assert settings_from("xattention", forms.FIELDS, fields)["tau"] == (0.8, 0.9)
 
 
 def test_delete_needs_confirmation(stored_runs, monkeypatch, tmp_path):
@@ -111,9 +113,9 @@ def test_delete_needs_confirmation(stored_runs, monkeypatch, tmp_path):
 
 
 def test_dense_reference_and_tensorboard_buttons(served):
-    app, _, client, store, runs = served
+    _app, _, client, store, runs = served
     before = {i.run_id for i in store.list()}
-    values = app.form_values(method="svg2", sampling={"seed": 7, "height": 64, "width": 64, "frames": 5, "steps": 3})
+    values = forms.form_values(method="svg2", sampling={"seed": 7, "height": 64, "width": 64, "frames": 5, "steps": 3})
     _, summary, _ = client.predict(*values, api_name="/generate")
     assert "no dense run of this prompt and seed yet" in summary
     sparse = ({i.run_id for i in store.list()} - before).pop()
@@ -127,3 +129,14 @@ def test_dense_reference_and_tensorboard_buttons(served):
     assert "http://127.0.0.1:" in msg
     with pytest.raises(Exception, match="no TensorBoard logdir"):
         client.predict(runs["svg2"].run_id, api_name="/tensorboard")  # not profiled: a message
+
+
+def test_the_app_builds_its_form_from_the_settings_not_from_the_cli():
+    import subprocess
+    import sys
+
+    code = "import sys, app; print('accel.cli' in sys.modules, 'accel.runner' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent
+    )
+    assert out.stdout.split() == ["False", "False"]  # no CLI, and no model code until a generation

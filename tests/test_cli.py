@@ -178,7 +178,7 @@ def test_keyboard_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_runs", interrupted)
+    monkeypatch.setattr(cli.runs, "cmd_runs", interrupted)
     assert run_cli("runs")[0] == 130
 
 
@@ -197,14 +197,6 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, tmp
     def shape_bug(args):  # a torch shape mistake raises ValueError/RuntimeError: not the user's fault
         raise ValueError("shape '[2, -1]' is invalid for input of size 3")
 
-    parser = cli.build_parser
-    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), "runs", shape_bug))
+    monkeypatch.setattr(cli.runs, "cmd_runs", shape_bug)
     with pytest.raises(ValueError, match="shape"):
         cli.main(["runs", "--out-dir", str(tmp_path)])
-
-
-def _with_func(parser, command: str, func):
-    """``parser`` with ``command`` dispatching to ``func``."""
-    sub = next(a for a in parser._actions if a.dest == "command")
-    sub.choices[command].set_defaults(func=func)
-    return parser

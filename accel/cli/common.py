@@ -1,0 +1,79 @@
+"""What the command modules share: the parser classes, one-line errors, run lookup, small formatters."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import textwrap
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from accel.errors import UserError
+
+if TYPE_CHECKING:
+    from accel.runs import Run, RunInfo, RunStore
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+STORE_HELP = "Run store folder. Default: $ACCEL_RUNS_DIR if set, else ./runs."
+
+
+class CliError(UserError, ValueError):
+    """Bad command-line input detected by the CLI itself."""
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are a single ``error: ...`` line (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see '{self.prog} --help')\n")
+
+
+class Formatter(argparse.HelpFormatter):
+    """Wraps descriptions line by line but keeps indented lines (examples) and blank lines as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            if not line.strip() or line.startswith(" "):
+                lines.append(indent + line)
+            else:
+                lines.append(
+                    textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
+                )
+        return "\n".join(lines)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+def quiet_loading() -> None:
+    """Silence the library progress bars shown while a model loads; the CLI prints its own progress."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def as_float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def load_run(store: RunStore, ref: str) -> Run:
+    """A run by id in ``store`` or by folder path (anything with a path separator, or an existing folder)."""
+    if os.sep in ref or "/" in ref or (not (store.root / ref).exists() and os.path.isdir(ref)):
+        return store.load(os.path.abspath(os.path.expanduser(ref)))
+    return store.load(ref)
+
+
+def label(run: Run | RunInfo) -> str:
+    """The method label of a :class:`Run` or :class:`RunInfo` (from its config, else from its id)."""
+    return str(run.config.get("label") or run.label)
+
+
+def fmt_num(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else str(value)

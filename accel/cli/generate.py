@@ -1,0 +1,262 @@
+"""``generate`` and ``calibrate``: the commands that load a model."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+
+from accel import methods
+from accel.cli.common import STORE_HELP, CliError, Formatter, as_float, label, quiet_loading
+from accel.cli.flags import (
+    add_diffusion_forcing,
+    add_hardware,
+    add_sampling,
+    add_setting_flags,
+    floats,
+    method_settings,
+    model_help,
+    sampling_kwargs,
+)
+from accel.config import DEFAULT_MODEL, RunConfig, settings_for
+
+GENERATE_EXAMPLES = """\
+examples:
+  python -m accel generate --prompt "a red fox runs through snow"
+  python -m accel generate --prompt "a red fox" --method xattention --tau 0.8 --warmup-steps 2
+  python -m accel generate --prompt "a red fox" --method xattention --tau 0.9,0.8,0.8,0.7,0.9,0.9
+  python -m accel generate --model wan2.1-1.3b --device cuda --prompt "a red fox" --method svg2 --top-p 0.9
+
+The run folder path is printed on the first line of stdout; progress goes to stderr."""
+
+CALIBRATE_EXAMPLES = """\
+examples:
+  python -m accel calibrate --method xattention
+  python -m accel calibrate --method svg2 --prompts-file prompts.txt --out tables/svg2
+  python -m accel generate --method xattention --threshold-table calibration/<folder>/table.json --prompt "a fox"
+
+Writes table.json (per CFG branch, one threshold per layer and head, with the measured errors and
+sparsities), probes.parquet and trajectories.safetensors into the output folder."""
+
+
+def add_parsers(sub) -> None:
+    """The ``generate`` and ``calibrate`` subcommands."""
+    gen = sub.add_parser(
+        "generate",
+        help="generate one video and store it as a run",
+        formatter_class=Formatter,
+        description="Generate one video with the chosen attention method and save it as a run folder "
+        "(config, metrics, video, frames, telemetry, masks). Sizes left unset use the model's defaults.",
+        epilog=GENERATE_EXAMPLES,
+    )
+    gen.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH", help=model_help())
+    gen.add_argument(
+        "--method", default="dense", choices=list(methods.REGISTRY), help="Self-attention method. Default: dense."
+    )
+    gen.add_argument("--prompt", required=True, metavar="TEXT", help="Text prompt (required).")
+    gen.add_argument("--negative-prompt", default="", metavar="TEXT", help="Negative prompt. Default: empty.")
+    add_sampling(gen)
+    gen.add_argument("--fps", type=int, default=16, metavar="N", help="Frame rate of the saved video. Default: 16.")
+    add_diffusion_forcing(gen)
+    hw = gen.add_argument_group("hardware and output")
+    add_hardware(hw)
+    hw.add_argument("--out-dir", metavar="ROOT", help=STORE_HELP)
+    hw.add_argument(
+        "--mask-budget-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="Most megabytes of packed attention masks kept per run (spread evenly over the steps). Default: 120.",
+    )
+    hw.add_argument("--no-masks", action="store_true", help="Keep no attention masks (telemetry is still recorded).")
+    hw.add_argument(
+        "--profile",
+        action="store_true",
+        help="Profile 2 transformer calls (after 1 wait + 1 warm-up) with torch.profiler: trace.json.gz, tb/, tables.",
+    )
+    add_setting_flags(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="per-head thresholds under a sparsity budget (Error-guided Budgeted Calibration)",
+        formatter_class=Formatter,
+        description="Save dense trajectories on calibration prompts, probe every head at each candidate "
+        "threshold (that head sparse, all others dense), measure the band-weighted spectral error and the "
+        "head's sparsity, and solve the per-head assignment with a MILP under the budget 'mean sparsity >= "
+        "that of the uniform reference threshold', per CFG branch.",
+        epilog=CALIBRATE_EXAMPLES,
+    )
+    cal.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH", help=model_help())
+    cal.add_argument("--method", default="xattention", choices=list(methods.calibratable()), help="Base sparse method.")
+    cal.add_argument(
+        "--prompt", action="append", metavar="TEXT", help="A calibration prompt (repeatable). Default: 4 built-in."
+    )
+    cal.add_argument("--prompts-file", metavar="FILE", help="A text file with one calibration prompt per line.")
+    cal.add_argument("--negative-prompt", default="", metavar="TEXT", help="Negative prompt. Default: empty.")
+    add_sampling(cal)
+    ebc = cal.add_argument_group("calibration")
+    ebc.add_argument(
+        "--samples-per-prompt",
+        type=int,
+        default=4,
+        metavar="N",
+        help="Sampled steps per prompt, one per equal part of the sparse steps. Default: 4.",
+    )
+    ebc.add_argument(
+        "--candidates",
+        type=floats,
+        default=(0.85, 0.90, 0.95),
+        metavar="T,T,...",
+        help="Candidate thresholds per head. Default: 0.85,0.9,0.95.",
+    )
+    ebc.add_argument(
+        "--reference",
+        type=float,
+        default=0.90,
+        metavar="T",
+        help="Uniform threshold whose mean sparsity is the budget (one of the candidates). Default: 0.9.",
+    )
+    ebc.add_argument(
+        "--band-weights",
+        type=floats,
+        default=(1.0, 0.5, 0.01, 0.01),
+        metavar="LL,LH,HL,HH",
+        help="Spectral band weights (temporal x spatial). Default: 1,0.5,0.01,0.01.",
+    )
+    ebc.add_argument(
+        "--max-probe-batch",
+        type=int,
+        default=16,
+        metavar="N",
+        help="Most probes in one batched forward (lower it if memory is short). Default: 16.",
+    )
+    hw = cal.add_argument_group("hardware and output")
+    add_hardware(hw)
+    hw.add_argument("--out", metavar="DIR", help="Output folder. Default: calibration/<model>-<method>-<time>.")
+    add_setting_flags(cal)
+    cal.set_defaults(func=cmd_calibrate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``generate``: validate everything, run the pipeline, print the run folder and a summary."""
+    from accel import models
+    from accel.runs import RunStore
+    from accel.telemetry import RecordPolicy
+
+    settings = settings_for(args.method, method_settings(args.method, args))
+    cfg = RunConfig(
+        prompt=args.prompt,
+        model=args.model,
+        method=args.method,
+        settings=settings,
+        **sampling_kwargs(args),
+        fps=args.fps,
+        ar_step=args.ar_step,
+        causal_block_size=args.causal_block_size,
+        base_num_frames=args.base_num_frames,
+        overlap_history=args.overlap_history,
+        addnoise_condition=args.addnoise_condition,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    policy = RecordPolicy(masks=not args.no_masks)
+    if args.mask_budget_mb is not None:
+        if not (math.isfinite(args.mask_budget_mb) and args.mask_budget_mb >= 0):
+            raise CliError(f"--mask-budget-mb must be a number >= 0, got {args.mask_budget_mb}")
+        policy = dataclasses.replace(policy, mask_budget_mb=args.mask_budget_mb)
+    spec = models.resolve(cfg.model)  # fail on a bad model before anything heavy
+    full = cfg.resolve(spec.defaults)
+    store = RunStore(args.out_dir)
+    err = sys.stderr
+    print(
+        f"{cfg.label()} on {spec.name}: {full.width}x{full.height}, {full.frames} frames, {full.steps} steps",
+        file=err,
+        flush=True,
+    )
+    tty = err.isatty()
+
+    def progress(i: int, n: int) -> None:
+        lead = "\r" if tty else ""
+        print(f"{lead}step {i}/{n}", end="" if tty and i < n else "\n", file=err, flush=True)
+
+    quiet_loading()
+    from accel.runner import generate
+
+    run = generate(cfg, store, policy, progress, profile=args.profile)
+    m = run.metrics
+    stages = m.get("stages", {})
+    parts = [f"wall {m.get('wall_s', float('nan')):.2f} s"]
+    if "denoise_s" in stages:
+        parts.append(f"denoise {stages['denoise_s']:.2f} s")
+    if "tokens" in m:
+        parts.append(f"{m['tokens']} tokens")
+    density = as_float(m.get("density_mean_sparse"))
+    if density is not None and args.method != "dense":
+        parts.append(f"mean density after warm-up {density:.3f}")
+    print(run.path)
+    print(f"{label(run)}: " + ", ".join(parts))
+    return 0
+
+
+def read_prompts(path: str) -> list[str]:
+    p = os.path.expanduser(path)
+    if not os.path.isfile(p):
+        raise CliError(f"prompts file {path} does not exist")
+    if os.path.getsize(p) > 2**20:
+        raise CliError(f"prompts file {path} is larger than 1 MiB")
+    with open(p, encoding="utf-8") as fh:
+        prompts = [line.strip() for line in fh if line.strip()]
+    if not prompts:
+        raise CliError(f"prompts file {path} has no prompts")
+    return prompts
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``calibrate``: write a per-head threshold table for ``--method`` on ``--model``."""
+    import time
+
+    from accel import models
+    from accel.attention.calibrate import DEFAULT_PROMPTS, CalibrationSpec
+
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        prompts += read_prompts(args.prompts_file)
+    base = RunConfig(
+        prompt=(prompts or DEFAULT_PROMPTS)[0],
+        model=args.model,
+        method=args.method,
+        settings=settings_for(args.method, method_settings(args.method, args)),
+        **sampling_kwargs(args),
+        device=args.device,
+        dtype=args.dtype,
+    )
+    spec = CalibrationSpec(
+        base=base,
+        prompts=tuple(prompts) or DEFAULT_PROMPTS,
+        samples_per_prompt=args.samples_per_prompt,
+        candidates=args.candidates,
+        reference=args.reference,
+        band_weights=args.band_weights,
+        max_probe_batch=args.max_probe_batch,
+    )
+    mspec = models.resolve(spec.model)
+    out = args.out or os.path.join(
+        "calibration", f"{os.path.basename(mspec.name.rstrip('/'))}-{spec.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    quiet_loading()
+    from accel.attention.calibrate import calibrate
+
+    path = calibrate(spec, out, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    with open(path, encoding="utf-8") as fh:
+        table = json.load(fh)
+    print(path)
+    for branch, entry in table["branches"].items():
+        print(
+            f"{branch}: mean sparsity {entry['mean_sparsity']:.4f} (budget {entry['min_sparsity']:.4f}), "
+            f"summed error {entry['objective']:.4g} vs uniform {spec.reference}: {entry['uniform_objective']:.4g}"
+        )
+    return 0

@@ -1,0 +1,80 @@
+"""The Generate form as plain values: what the app's widgets hold, turned into a :class:`RunConfig`.
+
+The app's form is ``model, method, prompt, negative, *SAMPLING, *FORCING, profile, *settings`` with one value
+per field of :data:`FIELDS` (every method's settings, registry order). Empty numbers mean the model's
+default. Nothing here imports gradio or torch; bad values raise :class:`accel.config.ConfigError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accel import methods
+from accel.config import DEFAULT_MODEL, ConfigError, RunConfig, settings_for
+from accel.fields import all_field_specs, settings_from
+
+DEFAULT_PROMPT = "a red circle moves left over a blue background"
+SAMPLING = ("seed", "height", "width", "frames", "steps", "guidance")
+FORCING = ("ar_step", "causal_block_size", "base_num_frames", "overlap_history", "addnoise_condition")
+FIELDS = all_field_specs()
+INTEGER = {*SAMPLING, *FORCING} - {"guidance", "addnoise_condition"}
+
+
+def number(value: Any, name: str) -> int | float | None:
+    """A form number: empty = None (the model's default); anything else must parse (integers where due)."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        parsed = float(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if name not in INTEGER:
+        return parsed
+    if parsed != int(parsed):
+        raise ConfigError(f"{name} must be an integer, got {value}")
+    return int(parsed)
+
+
+def run_config(
+    model: str, method: str, prompt: str, negative: str, sampling: list[Any], fields: list[Any]
+) -> RunConfig:
+    """The run of a filled-in form (``sampling`` in ``SAMPLING + FORCING`` order, ``fields`` in ``FIELDS`` order)."""
+    methods.get(method)  # an unknown method names the known ones
+    values = {k: number(v, k) for k, v in zip((*SAMPLING, *FORCING), sampling, strict=True)}
+    values["seed"] = values["seed"] or 0
+    settings = settings_for(method, settings_from(method, FIELDS, list(fields)))
+    return RunConfig(
+        prompt=prompt or "", model=model, method=method, settings=settings, negative_prompt=negative or "", **values
+    )
+
+
+def dense_reference(config: dict[str, Any]) -> RunConfig:
+    """The dense run that matches a stored run's ``config.json`` (same prompt, seed, model and sampling)."""
+    return RunConfig(
+        prompt=config["prompt"],
+        model=config["model"],
+        method="dense",
+        negative_prompt=config.get("negative_prompt", ""),
+        **{k: config.get(k) for k in (*SAMPLING, *FORCING, "fps")},
+    )
+
+
+def form_values(
+    model: str = DEFAULT_MODEL,
+    method: str = "xattention",
+    prompt: str = DEFAULT_PROMPT,
+    negative: str = "",
+    sampling: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+    profile: bool = False,
+) -> list[Any]:
+    """Positional values of the Generate form (for scripts and the API): defaults plus overrides."""
+    sampling, settings = dict(sampling or {}), dict(settings or {})
+    values = [sampling.pop(k, 0 if k == "seed" else None) for k in (*SAMPLING, *FORCING)]
+    if sampling:
+        raise ValueError(f"unknown sampling keys {sorted(sampling)}")
+    fields = []
+    for f in FIELDS:
+        v = settings.get(f.name, f.default) if f.method == method else f.default
+        fields.append(",".join(map(str, v)) if isinstance(v, tuple) else v)
+    return [model, method, prompt, negative, *values, profile, *fields]

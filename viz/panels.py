@@ -1,0 +1,218 @@
+"""What each tab of the app shows for a run, as plain values (figures, images, tables, text, pickers).
+
+Every function takes a run (or the store) and the user's current picks and returns what the tab displays;
+a :class:`Pick` is a picker's options and the value chosen among them (a pick the run does not have falls
+back to the first option). ``app.py`` only wires these to widgets. No gradio and no torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from accel.errors import UserError
+from accel.runs import Run, RunStore
+from accel.schema import Event
+from accel.video import write_h264
+from viz import chunks, compare, motion, profile, reuse, sparsity
+from viz.common import branches, empty_figure
+
+CELL = 16  # pixels per decision in the clickable reuse grid
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A picker: its options and the chosen value."""
+
+    options: list[Any]
+    value: Any
+
+
+def _pick(options: list[Any], wanted: Any) -> Pick:
+    return Pick(options, wanted if wanted in options else (options[0] if options else None))
+
+
+def run_choices(store: RunStore) -> list[tuple[str, str]]:
+    """(display, run id) of every stored run, newest first."""
+    return [(f"{i.run_id.split('-', 2)[1]} · {i.config.get('label') or i.run_id} · {i.run_id[-6:]}", i.run_id)
+            for i in store.list()]  # fmt: skip
+
+
+def open_run(store: RunStore, run_id: str | None) -> Run:
+    """A run of ``store`` by id; never a user's path (the app shows only its own store)."""
+    if not run_id:
+        raise UserError("no run selected: generate one or open one in the Runs tab")
+    if Path(run_id).name != run_id:
+        raise UserError(f"invalid run id {run_id!r}: pick a run of the store")
+    return store.load(run_id)
+
+
+def headline(store: RunStore, run: Run) -> str:
+    """Markdown of the numbers a user looks at first: time, speedup vs dense, density or reuse."""
+    m = run.metrics
+    lines = [f"**{run.config.get('label')}** · run `{run.run_id}`", "", "| metric | value |", "|---|---|"]
+    lines.append(
+        f"| wall time | {m.get('wall_s', 0):.2f} s (denoise {m.get('stages', {}).get('denoise_s', 0):.2f} s) |"
+    )
+    ref = compare.dense_reference(store, run)
+    if ref is not None:
+        s_wall, s_den = compare.speedup(ref.path, run, "wall"), compare.speedup(ref.path, run, "denoise")
+        lines.append(f"| speedup vs dense `{ref.run_id}` | {s_wall:.2f}x wall, {s_den:.2f}x denoise |")
+    elif run.config.get("method") != "dense":
+        lines.append("| speedup vs dense | no dense run of this prompt and seed yet (Compare tab) |")
+    if "density_mean_sparse" in m:
+        lines.append(f"| mean density (sparse steps) | {m['density_mean_sparse']:.3f} |")
+    if m.get("mask_skip_frac") is not None:
+        lines.append(f"| mask reuse rate (TMR) | {m['mask_skip_frac']:.1%} |")
+    steps = (m.get("chunk_computes") or 0) + (m.get("chunk_reuses") or 0) + (m.get("chunk_partials") or 0)
+    if steps:
+        lines.append(f"| chunk steps reused | {(m.get('chunk_reuses') or 0) / steps:.1%} of {steps} |")
+    lines.append(f"| tokens · device | {m.get('tokens')} · {m.get('device')} {m.get('dtype', '')} |")
+    return "\n".join(lines)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value in (None, "") else int(value)
+
+
+def sparsity_panel(run: Run, branch: str | None = None, step: Any = None, layer: Any = None):
+    """Branch, step and layer pickers, the heads' masks there, density heatmaps, and a note on warm-up."""
+    branch_pick = _pick(branches(run, Event.DENSITY) or ["cond"], branch)
+    idx = sparsity.mask_index(run)
+    idx = idx[idx["branch"] == branch_pick.value] if len(idx) else idx
+    step_pick = _pick(sorted(int(s) for s in idx["step"].unique()) if len(idx) else [], _int_or_none(step))
+    layers = sorted(int(x) for x in idx.loc[idx["step"] == step_pick.value, "layer"].unique()) if len(idx) else []
+    layer_pick = _pick(layers, _int_or_none(layer))
+    masks = (
+        sparsity.head_masks(run, step_pick.value, layer_pick.value, branch_pick.value)
+        if step_pick.value is not None
+        else empty_figure("no masks recorded in this run (a dense or cache-only run, or --no-masks)")
+    )
+    warm = sparsity.warmup_steps(run, branch_pick.value)
+    note = f"Dense warm-up steps: {sparsity.step_ranges(warm)}." if warm else "No dense warm-up steps recorded."
+    note += f" Masks are kept for {len(step_pick.options)} steps (evenly spaced within the recording budget)."
+    return branch_pick, step_pick, layer_pick, masks, sparsity.density_heatmaps(run, branch_pick.value), note
+
+
+def reuse_panel(run: Run, branch: str | None = None, heads: list[str] | None = None):
+    """Branch picker, the refresh/reuse grid as a clickable image, head picker, drift curves and a note."""
+    branch_pick = _pick(branches(run, Event.MASK_REFRESH) or ["cond"], branch)
+    grid = reuse.reuse_matrix(run, branch_pick.value)
+    options = [f"l{int(layer)}h{int(h)}" for layer, h in grid.columns] if not grid.empty else []
+    chosen = [h for h in (heads or []) if h in options] or options[:4]
+    pairs = [(int(h[1 : h.index("h")]), int(h[h.index("h") + 1 :])) for h in chosen]
+    rate = "" if grid.empty else f"Reuse rate {reuse.reuse_rate(grid):.1%}. "
+    return (
+        branch_pick,
+        reuse.reuse_grid_image(run, branch_pick.value, CELL),
+        Pick(options, chosen),
+        reuse.drift_curves(run, pairs, branch_pick.value),
+        f"{rate}Rows: steps; columns: layer·head (red refresh, blue reuse, grey no decision). Click a cell.",
+    )
+
+
+def reuse_cell(run: Run, branch: str, x: int, y: int) -> tuple[go.Figure, str]:
+    """The mask the head under pixel ``(x, y)`` of the reuse grid used at that step, and what happened."""
+    cell = reuse.cell_at(run, x, y, branch, CELL)
+    if cell is None:
+        return empty_figure("click inside the grid"), ""
+    step, layer, head, refreshed = cell
+    key = reuse.mask_in_effect(run, step, layer, head, branch)
+    what = "refreshed" if refreshed == 1 else "reused" if refreshed == 0 else "no decision"
+    text = f"step {step}, layer {layer}, head {head}: {what}; mask `{key or 'not recorded'}`"
+    if key is None:
+        return empty_figure("this head's mask was not recorded at that step"), text
+    fig = go.Figure(go.Heatmap(z=sparsity.mask_image(run, key, head), colorscale="Blues", zmin=0, zmax=1))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=f"l{layer}h{head} at step {step} ({what})", height=420)
+    return fig, text
+
+
+def chunks_panel(run: Run, branch: str | None = None):
+    """Branch picker, chunk timeline, accumulators and KV buffer."""
+    branch_pick = _pick(branches(run, *chunks.EVENT_STATE) or ["cond"], branch)
+    b = branch_pick.value
+    return branch_pick, chunks.chunk_timeline(run, b), chunks.accumulators(run, b), chunks.kv_buffer(run)
+
+
+def motion_panel(run: Run, frame: Any = 0, source: str = "method"):
+    """Frame count and the frame shown, the motion source used (MotionCache's weights if the run has them,
+    else optical flow), the heatmap over that frame, and token update counts."""
+    n = len(run.frames())
+    frame = min(max(int(frame or 0), 0), n - 1)
+    if source == "method" and motion.token_maps(run, "weights") is None:
+        source = "flow"
+    return n, frame, source, motion.motion_overlay(run, frame, source), motion.update_counts(run)
+
+
+def compare_panel(store: RunStore, run: Run):
+    """Comparable runs (the dense one first) with the dense reference and the run picked, the Pareto plot, a note."""
+    infos = compare.comparable_runs(store, run)
+    infos.sort(key=lambda i: i.config.get("method") != "dense")
+    options = [(f"{i.config.get('label')} · {i.run_id[-6:]}", i.run_id) for i in infos]
+    ref = compare.dense_reference(store, run)
+    chosen = [i for i in ([ref.run_id] if ref else []) + [run.run_id] if i]
+    note = "" if ref or run.config.get("method") == "dense" else "No dense reference yet: run one."
+    return Pick(options, chosen), compare.pareto(store, run), note
+
+
+def compare_runs_panel(runs: list[Run], out_dir: Path):
+    """Side-by-side and difference videos (H.264 files in ``out_dir``), the difference gain, per-frame quality
+    curves and the table; the first run is the reference."""
+    if len(runs) < 2:
+        raise UserError("pick at least two runs (the first is the reference)")
+    both = compare.side_by_side(runs)
+    diff, gain = compare.difference_video(runs[0], runs[1])
+    fps = int(runs[0].config.get("fps") or 16)
+    write_h264(both, out_dir / "side_by_side.mp4", fps=fps)
+    write_h264(diff, out_dir / "difference.mp4", fps=fps)
+    table = compare.quality(runs[0], runs[1:]).round(3)
+    curves = compare.quality_curves(runs[0], runs[1:])
+    return out_dir / "side_by_side.mp4", out_dir / "difference.mp4", gain, curves, table
+
+
+def profile_panel(store: RunStore, run: Run):
+    """Range and kernel charts and tables, peak memory, the breakdown beside the dense reference, the trace."""
+    t = profile.profile_tables(run)
+    ref = compare.dense_reference(store, run)
+    if ref is not None and profile.is_profiled(run) and profile.is_profiled(ref.path):
+        fig, phases, amdahl = profile.breakdown_chart(run, ref.path)
+        amdahl_df = pd.DataFrame([{"quantity": k, "value": round(v, 3)} for k, v in amdahl.items()])
+    else:
+        why = "profile this run and its dense reference (same prompt and seed) to see the breakdown"
+        fig, phases, amdahl_df = empty_figure(why), pd.DataFrame(), pd.DataFrame()
+    trace = run.path / "trace.json.gz"
+    return (
+        profile.range_chart(run),
+        profile.kernel_chart(run),
+        t["ranges"].round(3),
+        t["kernels"].round(3),
+        t["memory"].round(1),
+        fig,
+        phases.round(3) if len(phases) else phases,
+        amdahl_df,
+        str(trace) if trace.is_file() else None,
+    )
+
+
+RUN_COLUMNS = ["run", "method", "model", "prompt", "seed", "wall_s"]
+
+
+def runs_table(store: RunStore) -> pd.DataFrame:
+    """One row per stored run, newest first."""
+    rows = [
+        {
+            "run": i.run_id,
+            "method": i.config.get("label"),
+            "model": i.config.get("model"),
+            "prompt": i.config.get("prompt"),
+            "seed": i.config.get("seed"),
+            "wall_s": round(float(i.metrics.get("wall_s") or 0), 2),
+        }
+        for i in store.list()
+    ]
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
