@@ -261,6 +261,13 @@ BASELINE_NAMES = ("fbc", "pab", "fastercache", "magcache", "taylorseer")
 PRESETS = ("slow", "fast")
 
 
+def check_kv_compression(budget_chunks: int, lam: float, granularity: str) -> None:
+    """The KV-compression knobs: a budget of >= 1 chunk, lambda in [0, 1], a known granularity."""
+    _check_int("kv_budget_chunks", budget_chunks, 1)
+    _check_unit("kv_lambda", lam, open_low=False)
+    _check_choice("kv_granularity", granularity, KV_GRANULARITIES)
+
+
 @dataclass(frozen=True)
 class KVSettings(MethodSettings):
     """KV-cache compression of clean chunks, shared by the chunk caches (METHODS 3.2)."""
@@ -293,9 +300,7 @@ class KVSettings(MethodSettings):
 
     def _check_kv(self) -> None:
         _check_choice("attention", self.attention, CHUNK_ATTENTIONS)
-        _check_int("kv_budget_chunks", self.kv_budget_chunks, 1)
-        _check_unit("kv_lambda", self.kv_lambda, open_low=False)
-        _check_choice("kv_granularity", self.kv_granularity, KV_GRANULARITIES)
+        check_kv_compression(self.kv_budget_chunks, self.kv_lambda, self.kv_granularity)
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,22 @@ TMR = frozenset({Event.REUSE_CHECK, Event.DRIFT, Event.MASK_REFRESH})
 CACHE = CHUNKED | SPARSE | TMR | {Event.CHUNK_REUSE, Event.KV_COMPRESS}  # a cache may compose sparse attention
 
 
+def _sparse_attention(settings: type[MethodSettings], build: AttentionBuilder, threshold: str, summary: str) -> Method:
+    """A head-wise sparse attention method: +TMR and +EBC variants, every family, EBC calibrates ``threshold``."""
+    name = settings.method
+    return Method(
+        name,
+        settings,
+        FAMILIES,
+        _attention_install,
+        SPARSE | TMR | CHUNKED,
+        _headwise_variants(name),
+        attention=build,
+        threshold=threshold,
+        summary=summary,
+    )
+
+
 REGISTRY: dict[str, Method] = {
     m.name: m
     for m in (
@@ -176,27 +192,17 @@ REGISTRY: dict[str, Method] = {
             lambda spec: {"dense": {}},
             summary="diffusers' own attention (bit-identical output); the reference",
         ),
-        Method(
-            "xattention",
+        _sparse_attention(
             XAttentionSettings,
-            FAMILIES,
-            _attention_install,
-            SPARSE | TMR | CHUNKED,
-            _headwise_variants("xattention"),
-            attention=_xattention,
-            threshold="tau",
-            summary="strided antidiagonal block scoring, per query-block top-tau selection, block-sparse attention",
+            _xattention,
+            "tau",
+            "strided antidiagonal block scoring, per query-block top-tau selection, block-sparse attention",
         ),
-        Method(
-            "svg2",
+        _sparse_attention(
             SVG2Settings,
-            FAMILIES,
-            _attention_install,
-            SPARSE | TMR | CHUNKED,
-            _headwise_variants("svg2"),
-            attention=_svg2,
-            threshold="top_p",
-            summary="k-means on Q and K per head, size-weighted top-p cluster pairs, semantic permutation",
+            _svg2,
+            "top_p",
+            "k-means on Q and K per head, size-weighted top-p cluster pairs, semantic permutation",
         ),
         Method(
             "flowcache",

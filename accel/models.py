@@ -34,6 +34,11 @@ class ModelLoadError(UserError, RuntimeError):
     """The model could not be found or loaded; the message says what to do."""
 
 
+# FlowCache rescale polynomial, thresholds (slow, fast, MotionCache) and MotionCache phase-1 length per model size
+FLOWCACHE_13B = {"coefficients": "1.3b", "slow": 0.1, "fast": 0.15, "motion": 0.1, "phase1_updates": 6}
+FLOWCACHE_14B = {**FLOWCACHE_13B, "coefficients": "14b"}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the bench needs to know about a model besides its weights."""
@@ -52,9 +57,7 @@ class ModelSpec:
     # scheduler shift to sample with; None = the checkpoint's own scheduler config
     flow_shift: float | None = None
     # FlowCache rescale polynomial and threshold presets (fitted on SkyReels-V2 1.3B / 14B)
-    flowcache: dict[str, Any] = field(
-        default_factory=lambda: {"coefficients": "1.3b", "slow": 0.1, "fast": 0.15, "motion": 0.1, "phase1_updates": 6}
-    )
+    flowcache: dict[str, Any] = field(default_factory=lambda: dict(FLOWCACHE_13B))
     description: str = ""
 
     @property
@@ -106,95 +109,94 @@ EMBEDDED_FLOWCACHE = {"coefficients": "none", "slow": 0.3, "fast": 0.5, "motion"
 # Measured step-to-step drift of a head on tiny-wan is ~1.4 (0.9-2.1): refresh the masks after about two steps.
 EMBEDDED_TMR_DELTA = {"xattention": 3.0, "svg2": 3.0}
 
+
+def _embedded(name: str, family: str, defaults: dict[str, Any], description: str, pocket: bool) -> ModelSpec:
+    """An embedded model under assets/: small blocks and clusters, the embedded TMR deltas, FlowCache thresholds
+    and (pocket models) the 32-token prompts they were trained with."""
+    return ModelSpec(
+        name=name,
+        source=str(ASSETS / name),
+        family=family,
+        embedded=True,
+        defaults=defaults,
+        block_size=16 if pocket else 64,
+        svg2_clusters=(10, 20) if pocket else (20, 40),
+        tmr_delta=EMBEDDED_TMR_DELTA,
+        text_tokens=POCKET_TEXT_TOKENS if pocket else 512,
+        flowcache=dict(EMBEDDED_FLOWCACHE if family == "skyreels" else FLOWCACHE_13B),
+        description=description,
+    )
+
+
+def _checkpoint(name: str, **fields: Any) -> ModelSpec:
+    """A real checkpoint on the hub (or in its local cache): its id is both name and source."""
+    return ModelSpec(name=name, source=name, **fields)
+
+
 REGISTRY: dict[str, ModelSpec] = {
-    "tiny-wan": ModelSpec(
-        name="tiny-wan",
-        source=str(ASSETS / "tiny-wan"),
-        embedded=True,
-        defaults={"height": 256, "width": 256, "frames": 17, "steps": 20, "guidance": 5.0},
-        block_size=64,
-        svg2_clusters=(20, 40),
-        tmr_delta=EMBEDDED_TMR_DELTA,
-        description="embedded random-weight Wan2.1-style model (6 heads x 32, 4 layers); runs anywhere",
+    "tiny-wan": _embedded(
+        "tiny-wan",
+        "wan",
+        {"height": 256, "width": 256, "frames": 17, "steps": 20, "guidance": 5.0},
+        "embedded random-weight Wan2.1-style model (6 heads x 32, 4 layers); runs anywhere",
+        pocket=False,
     ),
-    "tiny-skyreels": ModelSpec(
-        name="tiny-skyreels",
-        source=str(ASSETS / "tiny-skyreels"),
-        family="skyreels",
-        embedded=True,
-        # 1536 tokens
-        defaults={**EMBEDDED_DF, "height": 256, "width": 256},
-        block_size=64,
-        svg2_clusters=(20, 40),
-        tmr_delta=EMBEDDED_TMR_DELTA,
-        flowcache=EMBEDDED_FLOWCACHE,
-        description="embedded random-weight SkyReels-V2 diffusion-forcing model (6 heads x 32, 4 layers, "
-        "chunks of 2 latent frames; shares tiny-wan's VAE and text encoder); runs anywhere",
+    "tiny-skyreels": _embedded(
+        "tiny-skyreels",
+        "skyreels",
+        {**EMBEDDED_DF, "height": 256, "width": 256},  # 1536 tokens
+        "embedded random-weight SkyReels-V2 diffusion-forcing model (6 heads x 32, 4 layers, chunks of 2 latent "
+        "frames; shares tiny-wan's VAE and text encoder); runs anywhere",
+        pocket=False,
     ),
-    "pocket-wan": ModelSpec(
-        name="pocket-wan",
-        source=str(ASSETS / "pocket-wan"),
-        embedded=True,
+    "pocket-wan": _embedded(
+        "pocket-wan",
+        "wan",
         # the training size: 17 frames = 5 latent frames of 8x8 patches, 320 tokens
-        defaults={"height": 128, "width": 128, "frames": 17, "steps": 20, "guidance": 5.0},
-        block_size=16,
-        svg2_clusters=(10, 20),
-        tmr_delta=EMBEDDED_TMR_DELTA,
-        text_tokens=POCKET_TEXT_TOKENS,
-        description="embedded pocket Wan2.1-style T2V model trained on procedural clips of moving shapes "
+        {"height": 128, "width": 128, "frames": 17, "steps": 20, "guidance": 5.0},
+        "embedded pocket Wan2.1-style T2V model trained on procedural clips of moving shapes "
         "(python -m accel.training.wan; 6 heads x 32, 4 layers); the default",
+        pocket=True,
     ),
-    "pocket-skyreels": ModelSpec(
-        name="pocket-skyreels",
-        source=str(ASSETS / "pocket-skyreels"),
-        family="skyreels",
-        embedded=True,
-        # 320 tokens per window, as trained
-        defaults={**EMBEDDED_DF, "height": 128, "width": 128},
-        block_size=16,
-        svg2_clusters=(10, 20),
-        tmr_delta=EMBEDDED_TMR_DELTA,
-        flowcache=EMBEDDED_FLOWCACHE,
-        text_tokens=POCKET_TEXT_TOKENS,
-        description="embedded pocket SkyReels-V2 diffusion-forcing model fine-tuned from pocket-wan with a noise "
-        "level per chunk of 2 latent frames; shares pocket-wan's VAE and text encoder",
+    "pocket-skyreels": _embedded(
+        "pocket-skyreels",
+        "skyreels",
+        {**EMBEDDED_DF, "height": 128, "width": 128},  # 320 tokens per window, as trained
+        "embedded pocket SkyReels-V2 diffusion-forcing model fine-tuned from pocket-wan with a noise level per chunk "
+        "of 2 latent frames; shares pocket-wan's VAE and text encoder",
+        pocket=True,
     ),
-    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": ModelSpec(
-        name="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-        source="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": _checkpoint(
+        "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
         defaults=WAN_480P,
         description="Wan2.1 T2V 1.3B (30 layers x 12 heads)",
     ),
-    "Wan-AI/Wan2.1-T2V-14B-Diffusers": ModelSpec(
-        name="Wan-AI/Wan2.1-T2V-14B-Diffusers",
-        source="Wan-AI/Wan2.1-T2V-14B-Diffusers",
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers": _checkpoint(
+        "Wan-AI/Wan2.1-T2V-14B-Diffusers",
         defaults=WAN_480P,
         description="Wan2.1 T2V 14B (40 layers x 40 heads)",
     ),
-    "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers": ModelSpec(
-        name="Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
-        source="Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
+    "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers": _checkpoint(
+        "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
         family="skyreels",
         defaults=SKYREELS_540P,
         flow_shift=SKYREELS_T2V_SHIFT,
         description="SkyReels-V2 diffusion forcing 1.3B, 540P (Wan2.1-1.3B based: 30 layers x 12 heads)",
     ),
-    "Skywork/SkyReels-V2-DF-14B-540P-Diffusers": ModelSpec(
-        name="Skywork/SkyReels-V2-DF-14B-540P-Diffusers",
-        source="Skywork/SkyReels-V2-DF-14B-540P-Diffusers",
+    "Skywork/SkyReels-V2-DF-14B-540P-Diffusers": _checkpoint(
+        "Skywork/SkyReels-V2-DF-14B-540P-Diffusers",
         family="skyreels",
         defaults=SKYREELS_540P,
         flow_shift=SKYREELS_T2V_SHIFT,
-        flowcache={"coefficients": "14b", "slow": 0.1, "fast": 0.15, "motion": 0.1, "phase1_updates": 6},
+        flowcache=FLOWCACHE_14B,
         description="SkyReels-V2 diffusion forcing 14B, 540P (40 layers x 40 heads)",
     ),
-    "Skywork/SkyReels-V2-DF-14B-720P-Diffusers": ModelSpec(
-        name="Skywork/SkyReels-V2-DF-14B-720P-Diffusers",
-        source="Skywork/SkyReels-V2-DF-14B-720P-Diffusers",
+    "Skywork/SkyReels-V2-DF-14B-720P-Diffusers": _checkpoint(
+        "Skywork/SkyReels-V2-DF-14B-720P-Diffusers",
         family="skyreels",
         defaults=SKYREELS_720P,
         flow_shift=SKYREELS_T2V_SHIFT,
-        flowcache={"coefficients": "14b", "slow": 0.1, "fast": 0.15, "motion": 0.1, "phase1_updates": 6},
+        flowcache=FLOWCACHE_14B,
         description="SkyReels-V2 diffusion forcing 14B, 720P (40 layers x 40 heads)",
     ),
 }

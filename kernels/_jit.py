@@ -4,7 +4,8 @@ Triton decides between compiler and interpreter when it wraps a function, and it
 functions (``tl.sum``, ``tl.max``, ``tl.zeros`` ...) are wrapped when ``triton.language`` is first
 imported. A kernel must be wrapped in the same mode as that library, so the kernels here are
 wrapped on first use, with ``TRITON_INTERPRET`` set to match the library for the duration of the
-wrap. Consequence: running Triton on CPU needs ``TRITON_INTERPRET=1`` in the environment before
+wrap. Device functions that kernels call (:func:`device`) are wrapped the same way, just before the
+first kernel that names them. Consequence: running Triton on CPU needs ``TRITON_INTERPRET=1`` in the environment before
 anything imports ``triton`` (``import torch, diffusers`` already does) — typically
 ``TRITON_INTERPRET=1 python ...`` or a subprocess.
 """
@@ -20,7 +21,14 @@ import triton
 import triton.language as tl
 
 _cache: dict[Callable, Any] = {}
-_lock = threading.Lock()
+_devices: set[Callable] = set()
+_lock = threading.RLock()
+
+
+def device(fn: Callable) -> Callable:
+    """Mark ``fn`` as a ``@triton.jit`` device function: kernels call it, and :func:`jitted` wraps it with them."""
+    _devices.add(fn)
+    return fn
 
 
 def is_interpreted(kernel: Any) -> bool:
@@ -39,6 +47,10 @@ def jitted(fn: Callable) -> Any:
     if kernel is not None:
         return kernel
     with _lock:
+        for name in fn.__code__.co_names:  # the device functions it calls, wrapped first, in its globals
+            callee = fn.__globals__.get(name)
+            if callee in _devices:
+                fn.__globals__[name] = jitted(callee)
         prev = os.environ.get("TRITON_INTERPRET")
         os.environ["TRITON_INTERPRET"] = "1" if triton_interprets() else "0"
         try:

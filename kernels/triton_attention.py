@@ -25,10 +25,53 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._jit import jitted, triton_interprets
+from kernels._jit import device, jitted, triton_interprets
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
+
+
+@device
+def _program(H):
+    """This program's row-tile index, its ``batch * heads`` index, and that batch (int64: B*L*H*D may exceed
+    2**31) and head."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    return pid_m, bh, (bh // H).to(tl.int64), bh % H
+
+
+@device
+def _attend_tile(
+    acc, m_i, l_i, q, k_base, v_base, offs_n, n_ok, offs_d, d_ok, stride_kl, stride_vl, qk_scale,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One key tile of the online softmax (FlashAttention-2): scores of the query rows ``q`` against keys
+    ``offs_n`` (``n_ok``: in range), the running max ``m_i`` and sum ``l_i`` rescaled, ``P V`` accumulated in fp32
+    (log2 domain: ``qk_scale`` includes log2(e))."""
+    kt = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+    if DOT_FP32:
+        kt = kt.to(tl.float32)
+    s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+    s = tl.where(n_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_sub)
+    p = tl.exp2(s - m_sub[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    if DOT_FP32:
+        acc = tl.dot(p, v.to(tl.float32), acc * alpha[:, None], input_precision=PRECISION)
+    else:
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+    return acc, m_new, l_i
+
+
+@device
+def _store_rows(out_base, acc, l_i, offs_m, m_ok, offs_d, d_ok, stride_ol):
+    """The normalised output rows (zeros where no key was visited) in the output's dtype."""
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    out_ptrs = out_base + offs_m[:, None] * stride_ol + offs_d[None, :]
+    tl.store(out_ptrs, out.to(out_base.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
 def _fixed_fwd(
@@ -68,10 +111,7 @@ def _fixed_fwd(
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)  # 64-bit batch offsets: B*L*H*D may exceed 2**31
-    h = bh % H
+    pid_m, bh, b, h = _program(H)
     qblk = pid_m // TILES_Q
     q_lo = qblk * BS_Q + (pid_m % TILES_Q) * BLOCK_M
     q_hi = tl.minimum(qblk * BS_Q + BS_Q, LQ)
@@ -79,13 +119,9 @@ def _fixed_fwd(
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < q_hi
     d_ok = offs_d < D
-    q = tl.load(
-        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
-        mask=m_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )
-    if DOT_FP32:
-        q = q.to(tl.float32)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
+    q = q.to(tl.float32) if DOT_FP32 else q
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     lut = LUT + bh * stride_lut_bh + qblk * stride_lut_q
@@ -99,32 +135,11 @@ def _fixed_fwd(
         k_hi = tl.minimum(kblk * BS_K + BS_K, LK)
         offs_n = k_lo + tl.arange(0, BLOCK_N)
         n_ok = offs_n < k_hi
-        kt = tl.load(
-            k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0
-        )
-        if DOT_FP32:
-            kt = kt.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-        s = tl.where(n_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_sub)
-        p = tl.exp2(s - m_sub[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(
-            v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0
-        )
-        if DOT_FP32:
-            acc = tl.dot(p, v.to(tl.float32), acc * alpha[:, None], input_precision=PRECISION)
-        else:
-            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
-    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    tl.store(
-        Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
-        out.to(Out.dtype.element_ty),
-        mask=m_ok[:, None] & d_ok[None, :],
-    )
+        acc, m_i, l_i = _attend_tile(
+            acc, m_i, l_i, q, k_base, v_base, offs_n, n_ok, offs_d, d_ok, stride_kl, stride_vl, qk_scale,
+            DOT_FP32, PRECISION,
+        )  # fmt: skip
+    _store_rows(Out + b * stride_ob + h * stride_oh, acc, l_i, offs_m, m_ok, offs_d, d_ok, stride_ol)
 
 
 def _varlen_fwd(
@@ -165,10 +180,7 @@ def _varlen_fwd(
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)  # 64-bit batch offsets: B*L*H*D may exceed 2**31
-    h = bh % H
+    pid_m, bh, b, h = _program(H)
     cluster = tl.load(TILE_C + bh * stride_tile_bh + pid_m)
     valid = cluster >= 0
     cluster = tl.maximum(cluster, 0)
@@ -180,13 +192,9 @@ def _varlen_fwd(
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < q_hi
     d_ok = offs_d < D
-    q = tl.load(
-        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
-        mask=m_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )
-    if DOT_FP32:
-        q = q.to(tl.float32)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
+    q = q.to(tl.float32) if DOT_FP32 else q
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     koff = KOFF + bh * stride_koff_bh
@@ -201,32 +209,11 @@ def _varlen_fwd(
         for start_n in range(k_lo, k_hi, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             n_ok = offs_n < k_hi
-            kt = tl.load(
-                k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0
-            )
-            if DOT_FP32:
-                kt = kt.to(tl.float32)
-            s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-            s = tl.where(n_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_sub)
-            p = tl.exp2(s - m_sub[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(
-                v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0
-            )
-            if DOT_FP32:
-                acc = tl.dot(p, v.to(tl.float32), acc * alpha[:, None], input_precision=PRECISION)
-            else:
-                acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-            m_i = m_new
-    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    tl.store(
-        Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
-        out.to(Out.dtype.element_ty),
-        mask=m_ok[:, None] & d_ok[None, :],
-    )
+            acc, m_i, l_i = _attend_tile(
+                acc, m_i, l_i, q, k_base, v_base, offs_n, n_ok, offs_d, d_ok, stride_kl, stride_vl, qk_scale,
+                DOT_FP32, PRECISION,
+            )  # fmt: skip
+    _store_rows(Out + b * stride_ob + h * stride_oh, acc, l_i, offs_m, m_ok, offs_d, d_ok, stride_ol)
 
 
 # -- host side ----------------------------------------------------------------------------------------

@@ -20,8 +20,33 @@ import math
 import torch
 import triton.language as tl
 
-from kernels._jit import jitted, triton_interprets
-from kernels.triton_attention import LOG2E, MAX_HEAD_DIM, _pow2
+from kernels._jit import device, jitted, triton_interprets
+from kernels.triton_attention import LOG2E, MAX_HEAD_DIM, _pow2, _program
+
+
+@device
+def _reduced_logits(
+    q_base, k_base, rows, cols, offs_d, d_ok, stride_ql, stride_kl, LQ, LK, qk_scale,
+    S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Scaled reduced logits ``(BLOCK_M, BLOCK_N)`` of reduced query ``rows`` against reduced key ``cols``: the sum
+    over ``m`` of ``Q[i*S + S-1-m] . K[j*S + m]`` (one antidiagonal per ``S x S`` tile), as one GEMM with ``S*D``
+    columns; padding tokens load as zeros, reduced keys past ``LK`` are ``-inf``."""
+    s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for m in range(0, S):
+        q_tok = rows * S + (S - 1 - m)
+        k_tok = cols * S + m
+        qm = tl.load(
+            q_base + q_tok[:, None] * stride_ql + offs_d[None, :], mask=(q_tok < LQ)[:, None] & d_ok[None, :], other=0.0
+        )
+        km = tl.load(
+            k_base + k_tok[None, :] * stride_kl + offs_d[:, None], mask=(k_tok < LK)[None, :] & d_ok[:, None], other=0.0
+        )
+        if DOT_FP32:
+            qm = qm.to(tl.float32)
+            km = km.to(tl.float32)
+        s = tl.dot(qm, km, s, input_precision=PRECISION)
+    return tl.where((cols * S < LK)[None, :], s * qk_scale, float("-inf"))
 
 
 def _estimate_stats(
@@ -50,10 +75,7 @@ def _estimate_stats(
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)  # 64-bit batch offsets: B*L*H*D may exceed 2**31
-    h = bh % H
+    pid_m, bh, b, h = _program(H)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
@@ -63,25 +85,10 @@ def _estimate_stats(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start_n in range(0, RK, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
-        s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for m in range(0, S):
-            q_tok = rows * S + (S - 1 - m)
-            k_tok = cols * S + m
-            qm = tl.load(
-                q_base + q_tok[:, None] * stride_ql + offs_d[None, :],
-                mask=(q_tok < LQ)[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            km = tl.load(
-                k_base + k_tok[None, :] * stride_kl + offs_d[:, None],
-                mask=(k_tok < LK)[None, :] & d_ok[:, None],
-                other=0.0,
-            )
-            if DOT_FP32:
-                qm = qm.to(tl.float32)
-                km = km.to(tl.float32)
-            s = tl.dot(qm, km, s, input_precision=PRECISION)
-        s = tl.where((cols * S < LK)[None, :], s * qk_scale, float("-inf"))
+        s = _reduced_logits(
+            q_base, k_base, rows, cols, offs_d, d_ok, stride_ql, stride_kl, LQ, LK, qk_scale,
+            S, BLOCK_M, BLOCK_N, DOT_FP32, PRECISION,
+        )  # fmt: skip
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
         l_i = l_i * tl.exp2(m_i - m_sub) + tl.sum(tl.exp2(s - m_sub[:, None]), 1)
@@ -123,10 +130,7 @@ def _estimate_blocks(
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)  # 64-bit batch offsets: B*L*H*D may exceed 2**31
-    h = bh % H
+    pid_m, bh, b, h = _program(H)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
@@ -141,25 +145,10 @@ def _estimate_blocks(
     out_base = OUT + bh * stride_out_bh + qb[:, None] * stride_out_q
     for start_n in range(0, RK, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
-        s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for m in range(0, S):
-            q_tok = rows * S + (S - 1 - m)
-            k_tok = cols * S + m
-            qm = tl.load(
-                q_base + q_tok[:, None] * stride_ql + offs_d[None, :],
-                mask=(q_tok < LQ)[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            km = tl.load(
-                k_base + k_tok[None, :] * stride_kl + offs_d[:, None],
-                mask=(k_tok < LK)[None, :] & d_ok[:, None],
-                other=0.0,
-            )
-            if DOT_FP32:
-                qm = qm.to(tl.float32)
-                km = km.to(tl.float32)
-            s = tl.dot(qm, km, s, input_precision=PRECISION)
-        s = tl.where((cols * S < LK)[None, :], s * qk_scale, float("-inf"))
+        s = _reduced_logits(
+            q_base, k_base, rows, cols, offs_d, d_ok, stride_ql, stride_kl, LQ, LK, qk_scale,
+            S, BLOCK_M, BLOCK_N, DOT_FP32, PRECISION,
+        )  # fmt: skip
         p = tl.exp2(s - m_i[:, None]) * inv_l[:, None]
         blocks = tl.sum(tl.sum(tl.reshape(p, (BLOCK_M // R, R, BLOCK_N // R, R)), 3), 1)
         kb = start_n // R + tl.arange(0, BLOCK_N // R)

@@ -70,3 +70,18 @@ def stored_runs(tmp_path_factory):
         ),
     }
     return store, out
+
+
+@pytest.fixture()
+def served_app(stored_runs, monkeypatch):
+    """The app serving the ``stored_runs`` store on 127.0.0.1 (a free port): app module, demo, store, runs."""
+    store, runs = stored_runs
+    monkeypatch.setenv("ACCEL_RUNS_DIR", str(store.root))
+    import app
+
+    demo = app.build_app().queue(default_concurrency_limit=1)
+    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        yield app, demo, store, runs
+    finally:
+        demo.close()

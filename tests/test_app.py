@@ -14,17 +14,9 @@ gradio_client = pytest.importorskip("gradio_client")
 
 
 @pytest.fixture()
-def served(stored_runs, monkeypatch):
-    store, runs = stored_runs
-    monkeypatch.setenv("ACCEL_RUNS_DIR", str(store.root))
-    import app
-
-    demo = app.build_app().queue(default_concurrency_limit=1)
-    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    try:
-        yield app, demo, gradio_client.Client(demo.local_url, verbose=False), store, runs
-    finally:
-        demo.close()
+def served(served_app):
+    app, demo, store, runs = served_app
+    return app, demo, gradio_client.Client(demo.local_url, verbose=False), store, runs
 
 
 def test_generate_then_every_view_through_the_api(served):

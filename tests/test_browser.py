@@ -41,17 +41,9 @@ def _need_browser():
 
 
 @pytest.fixture()
-def app_url(stored_runs, monkeypatch):
-    store, runs = stored_runs
-    monkeypatch.setenv("ACCEL_RUNS_DIR", str(store.root))
-    import app
-
-    demo = app.build_app().queue(default_concurrency_limit=1)
-    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    try:
-        yield demo.local_url, runs
-    finally:
-        demo.close()
+def app_url(served_app):
+    _, demo, _, runs = served_app
+    return demo.local_url, runs
 
 
 def test_every_tab_in_headless_chromium(app_url, tmp_path):

@@ -120,7 +120,7 @@ def test_compare_quality_and_pareto(stored_runs):
     assert table.loc[1, "ssim"] == pytest.approx(q["ssim_mean"])
     wall = r["dense"].metrics["wall_s"] / r["svg2"].metrics["wall_s"]
     assert table.loc[1, "speedup_wall"] == pytest.approx(wall)
-    with pytest.raises(UserError, match="different video shapes"):
+    with pytest.raises(UserError, match="frame shapes differ"):
         compare.side_by_side([r["dense"], r["motion"]])
     fig = compare.pareto(store, r["xattention"])
     points = sum(len(tr.x) for tr in fig.data if tr.mode == "markers")

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from accel.schema import Event
-from viz.common import RunLike, empty_figure, events, title
+from viz.common import RunLike, empty_figure, events, lay_out, title
 
 # state codes of the timeline, in legend order
 STATES = ("waiting", "compute", "partial", "reuse", "done")
@@ -74,13 +74,13 @@ def chunk_timeline(run: RunLike, branch: str = "cond") -> go.Figure:
     counts = table.stack().value_counts()
     active = sum(int(counts.get(s, 0)) for s in ("compute", "partial", "reuse"))
     reuse = int(counts.get("reuse", 0)) / active if active else 0.0
-    fig.update_layout(
-        title=title(run, f"chunk timeline, {branch} · {reuse:.0%} of chunk steps reused"),
-        xaxis_title="iteration (schedule row)",
-        height=160 + 40 * len(table.columns),
-        margin={"l": 70, "r": 20, "t": 60, "b": 40},
+    return lay_out(
+        fig,
+        title(run, f"chunk timeline, {branch} · {reuse:.0%} of chunk steps reused"),
+        160 + 40 * len(table.columns),
+        x="iteration (schedule row)",
+        left=70,
     )
-    return fig
 
 
 def accumulators(run: RunLike, branch: str = "cond") -> go.Figure:
@@ -105,14 +105,9 @@ def accumulators(run: RunLike, branch: str = "cond") -> go.Figure:
     thr = rows["threshold"].dropna()
     if len(thr):
         fig.add_hline(y=float(thr.iloc[0]), line_dash="dash", annotation_text=f"threshold {float(thr.iloc[0]):g}")
-    fig.update_layout(
-        title=title(run, f"reuse accumulators, {branch}"),
-        xaxis_title="iteration (schedule row)",
-        yaxis_title="accumulated change",
-        height=360,
-        margin={"l": 50, "r": 20, "t": 60, "b": 40},
+    return lay_out(
+        fig, title(run, f"reuse accumulators, {branch}"), 360, x="iteration (schedule row)", y="accumulated change"
     )
-    return fig
 
 
 def kv_buffer(run: RunLike) -> go.Figure:
@@ -134,11 +129,4 @@ def kv_buffer(run: RunLike) -> go.Figure:
     for _, r in comp.iterrows():
         fig.add_vline(x=int(r["step"]), line_dash="dot", line_color="#7f7f7f")
     note = f" · {len(comp)} compressions (dotted)" if len(comp) else ""
-    fig.update_layout(
-        title=title(run, f"KV buffer size{note}"),
-        xaxis_title="iteration (schedule row)",
-        yaxis_title="tokens per layer",
-        height=320,
-        margin={"l": 50, "r": 20, "t": 60, "b": 40},
-    )
-    return fig
+    return lay_out(fig, title(run, f"KV buffer size{note}"), 320, x="iteration (schedule row)", y="tokens per layer")

@@ -44,6 +44,18 @@ def empty_figure(message: str, height: int = 240) -> go.Figure:
     return fig
 
 
+def lay_out(
+    fig: go.Figure, title: str, height: int, x: str | None = None, y: str | None = None, left: int = 50
+) -> go.Figure:
+    """The figures' common layout: title, axis titles, height, margins (``left`` for long tick labels)."""
+    fig.update_layout(title=title, height=height, margin={"l": left, "r": 20, "t": 60, "b": 40})
+    if x is not None:
+        fig.update_layout(xaxis_title=x)
+    if y is not None:
+        fig.update_layout(yaxis_title=y)
+    return fig
+
+
 def title(run: RunLike, what: str) -> str:
     r = as_run(run)
     return f"{what} · {r.config.get('method', '?')} · {r.run_id}"

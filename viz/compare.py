@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 from accel.errors import UserError
 from accel.metrics import compare_videos
 from accel.runs import Run, RunInfo, RunStore
-from viz.common import RunLike, as_run, empty_figure
+from viz.common import RunLike, as_run, empty_figure, lay_out
 
 # config keys that must agree for two runs to show the same video (method and its settings may differ)
 SAME_VIDEO_KEYS = (
@@ -66,9 +66,10 @@ def _label(frame: np.ndarray, text: str) -> np.ndarray:
 
 def _same_shape(runs: Sequence[Run]) -> list[np.ndarray]:
     videos = [r.frames() for r in runs]
-    shapes = {v.shape for v in videos}
-    if len(shapes) > 1:
-        raise UserError(f"runs have different video shapes {sorted(shapes)}: compare runs of one prompt and size")
+    shapes = [v.shape for v in videos]
+    if len(set(shapes)) > 1:
+        sizes = ", ".join(f"{r.run_id} has {s}" for r, s in zip(runs, shapes, strict=True))
+        raise UserError(f"frame shapes differ: {sizes} (F, H, W, C); compare runs of the same size and frame count")
     return videos
 
 
@@ -104,29 +105,37 @@ def difference_video(reference: RunLike, run: RunLike, gain: float | None = None
 def _compared(reference: str, run: str) -> dict:
     """Per-frame PSNR/SSIM of the run folder ``run`` against ``reference``; a run folder never changes once
     complete, so the table, the curves and the Pareto plot of one comparison share a single computation."""
-    return compare_videos(Run(reference).frames(), Run(run).frames())
+    a, b = _same_shape([Run(reference), Run(run)])
+    return compare_videos(a, b)
+
+
+def frame_quality(reference: RunLike, run: RunLike) -> dict:
+    """Per-frame and mean PSNR/SSIM of ``run`` against ``reference`` (:func:`accel.metrics.compare_videos`);
+    runs of different sizes are a :class:`UserError`."""
+    return _compared(str(as_run(reference).path), str(as_run(run).path))
+
+
+def versus(reference: RunLike, run: RunLike) -> dict:
+    """``run`` against ``reference`` (usually the dense run of the same prompt and seed): method, label, wall and
+    denoise time, speedups, mean PSNR (capped at :data:`PSNR_CAP`) and SSIM. Every comparison reads this."""
+    ref, r = as_run(reference), as_run(run)
+    q = frame_quality(ref, r)
+    return {
+        "run": r.run_id,
+        "method": r.config.get("method"),
+        "label": r.config.get("label"),
+        "wall_s": r.metrics.get("wall_s"),
+        "denoise_s": r.metrics.get("stages", {}).get("denoise_s"),
+        "speedup_wall": speedup(ref, r, "wall"),
+        "speedup_denoise": speedup(ref, r, "denoise"),
+        "psnr_db": min(q["psnr_mean"], PSNR_CAP),
+        "ssim": q["ssim_mean"],
+    }
 
 
 def quality(reference: RunLike, runs: Sequence[RunLike]) -> pd.DataFrame:
-    """One row per run: method, label, wall and denoise time, speedups and mean PSNR/SSIM against ``reference``."""
-    ref = as_run(reference)
-    rows = []
-    for r in map(as_run, runs):
-        q = _compared(str(ref.path), str(r.path))
-        rows.append(
-            {
-                "run": r.run_id,
-                "method": r.config.get("method"),
-                "label": r.config.get("label"),
-                "wall_s": r.metrics.get("wall_s"),
-                "denoise_s": r.metrics.get("stages", {}).get("denoise_s"),
-                "speedup_wall": speedup(ref, r, "wall"),
-                "speedup_denoise": speedup(ref, r, "denoise"),
-                "psnr_db": min(q["psnr_mean"], PSNR_CAP),
-                "ssim": q["ssim_mean"],
-            }
-        )
-    return pd.DataFrame(rows)
+    """One :func:`versus` row per run."""
+    return pd.DataFrame([versus(reference, r) for r in runs])
 
 
 def quality_curves(reference: RunLike, runs: Sequence[RunLike]) -> go.Figure:
@@ -137,7 +146,7 @@ def quality_curves(reference: RunLike, runs: Sequence[RunLike]) -> go.Figure:
         return empty_figure("pick a second run to compare against the reference")
     fig = make_subplots(1, 2, subplot_titles=["PSNR (dB)", "SSIM"])
     for r in others:
-        q = _compared(str(ref.path), str(r.path))
+        q = frame_quality(ref, r)
         name = r.config.get("label") or r.run_id
         psnr = [min(v, PSNR_CAP) for v in q["psnr"]]
         fig.add_trace(go.Scatter(y=psnr, mode="lines+markers", name=name, legendgroup=name), row=1, col=1)
@@ -185,14 +194,13 @@ def pareto(store: RunStore, run: RunLike) -> go.Figure:
         go.Scatter(x=front["speedup_wall"], y=front["psnr_db"], mode="lines", name="Pareto front", line={"dash": "dot"})
     )
     fig.add_vline(x=1.0, line_color="#999999")
-    fig.update_layout(
-        title=f"speed vs quality over {len(table)} runs of this prompt and seed (dense = 1x)",
-        xaxis_title="speedup over dense (wall time)",
-        yaxis_title=f"PSNR vs dense (dB, identical = {PSNR_CAP:g})",
-        height=420,
-        margin={"l": 50, "r": 20, "t": 60, "b": 40},
+    return lay_out(
+        fig,
+        f"speed vs quality over {len(table)} runs of this prompt and seed (dense = 1x)",
+        420,
+        x="speedup over dense (wall time)",
+        y=f"PSNR vs dense (dB, identical = {PSNR_CAP:g})",
     )
-    return fig
 
 
 def _frontier(table: pd.DataFrame) -> pd.DataFrame:

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from profiling import breakdown
-from viz.common import RunLike, as_run, empty_figure, title
+from viz.common import RunLike, as_run, empty_figure, lay_out, title
 
 PHASES = ("mask_predict_ms", "attn_sparse_ms", "attn_dense_ms", "cache_bookkeeping_ms", "other_ms")
 
@@ -46,13 +46,13 @@ def range_chart(run: RunLike) -> go.Figure:
             hovertemplate="%{y}: %{x:.1f} ms in %{customdata[0]} calls<extra></extra>",
         )
     )
-    fig.update_layout(
-        title=title(run, "time per named range (profiled calls)"),
-        xaxis_title="total ms (device time where present, else CPU)",
-        height=140 + 28 * len(ranges),
-        margin={"l": 130, "r": 20, "t": 60, "b": 40},
+    return lay_out(
+        fig,
+        title(run, "time per named range (profiled calls)"),
+        140 + 28 * len(ranges),
+        x="total ms (device time where present, else CPU)",
+        left=130,
     )
-    return fig
 
 
 def kernel_chart(run: RunLike, top: int = 15) -> go.Figure:
@@ -71,13 +71,13 @@ def kernel_chart(run: RunLike, top: int = 15) -> go.Figure:
             hovertemplate="%{y}: %{x:.2f} ms, %{customdata[0]} calls, %{customdata[1]:.1%}<extra></extra>",
         )
     )
-    fig.update_layout(
-        title=title(run, f"top {len(k)} {'kernels' if time_col == 'self_device_ms' else 'operators'} by self time"),
-        xaxis_title=time_col.replace("_", " "),
-        height=140 + 26 * len(k),
-        margin={"l": 330, "r": 20, "t": 60, "b": 40},
+    return lay_out(
+        fig,
+        title(run, f"top {len(k)} {'kernels' if time_col == 'self_device_ms' else 'operators'} by self time"),
+        140 + 26 * len(k),
+        x=time_col.replace("_", " "),
+        left=330,
     )
-    return fig
 
 
 def breakdown_chart(run: RunLike, reference: RunLike) -> tuple[go.Figure, pd.DataFrame, dict[str, float]]:

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from accel.schema import Event
-from viz.common import RunLike, empty_figure, events, title
+from viz.common import RunLike, empty_figure, events, lay_out, title
 
 # grid colours (RGB): refreshed, reused, no decision (dense warm-up or layer without TMR)
 REFRESH, REUSE, NONE = (214, 96, 77), (67, 147, 195), (235, 235, 235)
@@ -137,14 +137,13 @@ def drift_curves(run: RunLike, heads: list[tuple[int, int]] | None = None, branc
             line_color="black",
             annotation_text=f"delta {float(delta.iloc[0]):g}",
         )
-    fig.update_layout(
-        title=title(run, f"query-key drift, {branch} (open circles: refreshed)"),
-        xaxis_title="step",
-        yaxis_title="L1 drift of pooled Q/K",
-        height=380,
-        margin={"l": 50, "r": 20, "t": 60, "b": 40},
+    return lay_out(
+        fig,
+        title(run, f"query-key drift, {branch} (open circles: refreshed)"),
+        380,
+        x="step",
+        y="L1 drift of pooled Q/K",
     )
-    return fig
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:

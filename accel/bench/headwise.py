@@ -16,10 +16,10 @@ from pathlib import Path
 
 from accel import models
 from accel.config import DEFAULT_MODEL, RunConfig
-from accel.metrics import compare_videos
 from accel.paths import shipped_table
 from accel.runner import generate
 from accel.runs import Run, RunStore
+from viz.compare import versus
 
 MODES = {"base": {}, "+TMR": {"tmr": True}, "+EBC": {"ebc": True}, "+TMR+EBC": {"tmr": True, "ebc": True}}
 
@@ -36,8 +36,9 @@ def mode_settings(mode: str, table: Path | None) -> dict | None:
 
 
 def row(name: str, run: Run, dense: Run) -> dict:
+    """One printed row: mask-prediction work and time, density, and the run against the dense one."""
     m = run.metrics
-    q = compare_videos(dense.frames(), run.frames())
+    q = versus(dense, run)
     denoise = m["stages"]["denoise_s"]
     return {
         "mode": name,
@@ -45,10 +46,10 @@ def row(name: str, run: Run, dense: Run) -> dict:
         "predict_s": m.get("mask_predict_s", 0.0),
         "predict_share": m.get("mask_predict_s", 0.0) / denoise if denoise else float("nan"),
         "density": m.get("density_mean_sparse", 1.0),
-        "psnr": q["psnr_mean"],
-        "ssim": q["ssim_mean"],
-        "wall_s": m["wall_s"],
-        "speedup": dense.metrics["wall_s"] / m["wall_s"],
+        "psnr": q["psnr_db"],
+        "ssim": q["ssim"],
+        "wall_s": q["wall_s"],
+        "speedup": q["speedup_wall"],
     }
 
 

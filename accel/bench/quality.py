@@ -17,10 +17,10 @@ import pandas as pd
 
 from accel import methods, models
 from accel.config import ConfigError, RunConfig
-from accel.metrics import compare_videos
 from accel.runs import RunStore
 from accel.synthetic.procedural import BASIC_DIRECTIONS, BASIC_SHAPES, held_out_prompts
 from accel.synthetic.scoring import score_video
+from viz.compare import versus
 
 Variant = tuple[str, dict[str, Any]]
 
@@ -60,20 +60,18 @@ def run_benchmark(
                 cfg = RunConfig(prompt=prompt, model=model, method=method, settings=settings, seed=seed,
                                 **(sampling or {}))  # fmt: skip
                 run = generate(cfg, store)
-                frames = run.frames()
-                score = score_video(frames, prompt)
+                score = score_video(run.frames(), prompt)
                 if name == "dense":
-                    dense[(prompt, seed)] = (frames, run.metrics["wall_s"])
-                ref_frames, ref_wall = dense[(prompt, seed)]
-                q = compare_videos(ref_frames, frames)
+                    dense[(prompt, seed)] = run
+                q = versus(dense[(prompt, seed)], run)
                 rows.append(
                     {
                         "variant": name, "prompt": prompt, "seed": seed, "run": run.run_id,
                         "colour_ok": score.colour_ok, "direction_ok": score.direction_ok, "count_ok": score.count_ok,
                         "all_ok": score.colour_ok and score.direction_ok and score.count_ok,
                         "colour_obj": score.colour_frac, "direction_obj": score.direction_frac,
-                        "flicker": score.flicker, "psnr_db": min(q["psnr_mean"], 100.0), "ssim": q["ssim_mean"],
-                        "wall_s": run.metrics["wall_s"], "speedup": ref_wall / run.metrics["wall_s"],
+                        "flicker": score.flicker, "psnr_db": q["psnr_db"], "ssim": q["ssim"],
+                        "wall_s": q["wall_s"], "speedup": q["speedup_wall"],
                         "density": run.metrics.get("density_mean_sparse"),
                     }
                 )  # fmt: skip

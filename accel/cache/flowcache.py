@@ -26,7 +26,6 @@ COEFFICIENTS: dict[tuple[str, bool], tuple[float, ...]] = {
     ("1.3b", False): (2.39676752e3, -1.31110545e3, 2.01331979e2, -8.29855975, 1.37887774e-1),
     ("14b", False): (-5784.55, 5449.51, -1811.17, 256.27, -13.02),
 }
-PRESETS = {"slow": 0.1, "fast": 0.15}
 RAW = "none"  # no rescale: the raw relative L1 (as FlowCache's MAGI-1 variant); for models without a fit
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-GRANULARITIES = ("token", "frame", "chunk")
+from accel.config import check_kv_compression
+
 _MAX_SCORE_ELEMS = 1 << 25
 
 
@@ -31,12 +32,7 @@ class KVCompression:
     granularity: str = "token"
 
     def __post_init__(self) -> None:
-        if self.budget_chunks < 1:
-            raise ValueError(f"budget_chunks must be >= 1, got {self.budget_chunks}")
-        if not 0 <= self.lam <= 1:
-            raise ValueError(f"lambda must be in [0, 1], got {self.lam}")
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
+        check_kv_compression(self.budget_chunks, self.lam, self.granularity)
 
 
 def importance(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -80,20 +80,14 @@ def add_parsers(sub) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``compare``: per-frame PSNR/SSIM of B against the reference A, and the speedup of B over A."""
-    from accel.metrics import compare_videos
     from accel.runs import RunStore, to_jsonable
+    from viz.compare import frame_quality, speedup
 
     store = RunStore(args.out_dir)
     a, b = load_run(store, args.run_a), load_run(store, args.run_b)
-    fa, fb = a.frames(), b.frames()
-    if fa.shape != fb.shape:
-        raise CliError(
-            f"frame shapes differ: A {a.run_id} has {fa.shape}, B {b.run_id} has {fb.shape} (F, H, W, C); "
-            "compare runs of the same size and frame count"
-        )
-    q = compare_videos(fa, fb)
+    q = frame_quality(a, b)
     wall_a, wall_b = as_float(a.metrics.get("wall_s")), as_float(b.metrics.get("wall_s"))
-    speedup = wall_a / wall_b if wall_a is not None and wall_b else None
+    gain = speedup(a, b, "wall")
 
     def side(run: Run, wall: float | None) -> dict[str, Any]:
         return {"run_id": run.run_id, "path": str(run.path), "label": label(run), "wall_s": wall}
@@ -108,7 +102,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             ],
             "psnr_mean": q["psnr_mean"],
             "ssim_mean": q["ssim_mean"],
-            "speedup": speedup,
+            "speedup": gain,
         }
         print(json.dumps(to_jsonable(result), indent=2, allow_nan=False))
         return 0
@@ -121,10 +115,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{i:>6}  {fmt_num(p, 2):>9}  {fmt_num(s, 4):>7}")
     print(f"{'mean':>6}  {fmt_num(q['psnr_mean'], 2):>9}  {fmt_num(q['ssim_mean'], 4):>7}")
     print()
-    if speedup is None:
+    if gain is None:
         print("speedup: unknown (a run has no wall time)")
     else:
-        print(f"speedup: {speedup:.2f}x (wall time of reference A / B = {wall_a:.2f} s / {wall_b:.2f} s)")
+        print(f"speedup: {gain:.2f}x (wall time of reference A / B = {wall_a:.2f} s / {wall_b:.2f} s)")
     return 0
 
 

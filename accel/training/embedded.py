@@ -85,9 +85,48 @@ def build_tokenizer(out_dir: Path, model_max_length: int = 512):
     return fast
 
 
+Z_DIM = 16
+
+
+def build_vae(base_dim: int = 16, z_dim: int = Z_DIM):
+    """A small ``AutoencoderKLWan`` with Wan2.1's 4x temporal and 8x spatial compression."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(
+        base_dim=base_dim,
+        z_dim=z_dim,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * z_dim,
+        latents_std=[1.0] * z_dim,
+    )
+
+
+# The tiny transformers' shape (Wan and SkyReels alike): 6 heads x 32, 4 layers.
+TINY_TRANSFORMER = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 6,
+    "attention_head_dim": 32,
+    "freq_dim": 64,
+    "ffn_dim": 384,
+    "num_layers": 4,
+    "rope_max_seq_len": 1024,
+}
+
+
+def flow_unipc(shift: float):
+    """UniPC with flow prediction at ``shift``, the scheduler Wan2.1 and SkyReels-V2 checkpoints ship."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=shift
+    )
+
+
 def build_tiny_wan(out_dir: Path, seed: int = 0) -> Path:
     """Write the tiny Wan2.1-style T2V pipeline to ``out_dir`` (diffusers folder format)."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
@@ -108,32 +147,10 @@ def build_tiny_wan(out_dir: Path, seed: int = 0) -> Path:
             eos_token_id=tokenizer.eos_token_id,
         )
     ).eval()
-    z_dim = 16
-    vae = AutoencoderKLWan(
-        base_dim=16,
-        z_dim=z_dim,
-        dim_mult=[1, 2, 2, 2],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * z_dim,
-        latents_std=[1.0] * z_dim,
-    ).eval()
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=6,
-        attention_head_dim=32,
-        in_channels=z_dim,
-        out_channels=z_dim,
-        text_dim=text_dim,
-        freq_dim=64,
-        ffn_dim=384,
-        num_layers=4,
-        rope_max_seq_len=1024,
-    ).eval()
-    # Wan2.1 checkpoints ship UniPC with flow prediction and shift 3.0 (5.0 at 720p).
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
-    )
+    vae = build_vae().eval()
+    z_dim = vae.config.z_dim
+    transformer = WanTransformer3DModel(in_channels=z_dim, out_channels=z_dim, text_dim=text_dim, **TINY_TRANSFORMER)
+    scheduler = flow_unipc(3.0)  # Wan2.1 checkpoints ship shift 3.0 (5.0 at 720p)
     pipe = WanPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
     )
@@ -151,7 +168,6 @@ def build_tiny_skyreels(out_dir: Path, seed: int = 0, wan_dir: Path | None = Non
         AutoencoderKLWan,
         SkyReelsV2DiffusionForcingPipeline,
         SkyReelsV2Transformer3DModel,
-        UniPCMultistepScheduler,
     )
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, UMT5EncoderModel
@@ -170,25 +186,16 @@ def build_tiny_skyreels(out_dir: Path, seed: int = 0, wan_dir: Path | None = Non
 
     torch.manual_seed(seed)
     transformer = SkyReelsV2Transformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=6,
-        attention_head_dim=32,
         in_channels=vae.config.z_dim,
         out_channels=vae.config.z_dim,
         text_dim=text_encoder.config.d_model,
-        freq_dim=64,
-        ffn_dim=384,
-        num_layers=4,
-        rope_max_seq_len=1024,
+        **TINY_TRANSFORMER,
         # like SkyReels-V2-DF-1.3B: an fps embedding is added to the per-frame timestep modulation
         inject_sample_info=True,
         # block-causal attention over chunks even when a call does not pass ``causal_block_size``
         num_frame_per_block=TINY_SKYREELS_CHUNK,
     ).eval()
-    # SkyReels-V2 DF text-to-video: UniPC with flow prediction and shift 8.0 (5.0 is for I2V).
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=8.0
-    )
+    scheduler = flow_unipc(8.0)  # SkyReels-V2 DF text-to-video (5.0 is for I2V)
     pipe = SkyReelsV2DiffusionForcingPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
     )

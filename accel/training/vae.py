@@ -27,23 +27,7 @@ import numpy as np
 import torch
 
 from accel.synthetic.procedural import dataset
-
-Z_DIM = 16
-
-
-def build_vae(base_dim: int = 16, z_dim: int = Z_DIM):
-    """A small ``AutoencoderKLWan`` with Wan2.1's 4x temporal and 8x spatial compression."""
-    from diffusers import AutoencoderKLWan
-
-    return AutoencoderKLWan(
-        base_dim=base_dim,
-        z_dim=z_dim,
-        dim_mult=[1, 2, 2, 2],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * z_dim,
-        latents_std=[1.0] * z_dim,
-    )
+from accel.training.embedded import build_vae
 
 
 def identity_init(vae, encoder_bias: float = 1.0, seed: int = 0) -> None:
