@@ -220,7 +220,8 @@ def train(
             sched.step()
             running += loss.detach()
             if step % log_every == 0 or step == steps:
-                last = {"loss": float(running) / log_every, "seconds": time.perf_counter() - t0, "prep_s": prep_s}
+                n = step - (step - 1) // log_every * log_every  # steps since the last log line
+                last = {"loss": float(running) / n, "seconds": time.perf_counter() - t0, "prep_s": prep_s}
                 writer.writerow([step, f"{last['loss']:.5f}", f"{last['seconds']:.1f}"])
                 fh.flush()
                 running.zero_()
