@@ -23,6 +23,13 @@ def tiny_pipe():
     return load_pipeline("tiny-wan", "cpu", "float32")
 
 
+@pytest.fixture(scope="session")
+def sky_pipe():
+    from accel.models import load_pipeline
+
+    return load_pipeline("tiny-skyreels", "cpu", "float32")
+
+
 @pytest.fixture()
 def store(tmp_path):
     from accel.runs import RunStore

@@ -19,6 +19,7 @@ def served(served_app):
     return app, demo, gradio_client.Client(demo.local_url, verbose=False), store, runs
 
 
+@pytest.mark.slow
 def test_generate_then_every_view_through_the_api(served):
     _app, demo, client, store, runs = served
     assert demo.local_url.startswith("http://127.0.0.1:")
@@ -104,6 +105,7 @@ def test_delete_needs_confirmation(stored_runs, monkeypatch, tmp_path):
     assert RunStore(root).list() == [] and table.empty
 
 
+@pytest.mark.slow
 def test_dense_reference_and_tensorboard_buttons(served):
     _app, _, client, store, runs = served
     before = {i.run_id for i in store.list()}
@@ -123,6 +125,7 @@ def test_dense_reference_and_tensorboard_buttons(served):
         client.predict(runs["svg2"].run_id, api_name="/tensorboard")  # not profiled: a message
 
 
+@pytest.mark.slow
 def test_the_app_builds_its_form_from_the_settings_not_from_the_cli():
     import subprocess
     import sys

@@ -216,3 +216,19 @@ def test_svg2_dense_warmup_fractions():
     assert method.is_dense_step(0, StepInfo(step=20, num_steps=50))  # 0.03 * 30 -> first layer dense
     assert not method.is_dense_step(1, StepInfo(step=10, num_steps=50))
     assert method.is_dense_step(1, StepInfo(step=9, num_steps=50))  # 0.2 * 50 = 10 dense steps
+
+
+@pytest.mark.parametrize(("lq", "lk"), [(64, 64), (50, 70)])
+def test_xattention_attend_is_sdpa_under_its_token_mask(lq, lk):
+    """XAttention's output equals PyTorch SDPA with its block mask expanded to tokens (keys may outnumber queries,
+    as in chunked generation, and lengths need not be multiples of the block)."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, n, 4, 32, generator=gen) for n in (lq, lk, lk))
+    method = XAttention(XAttentionSettings(tau=0.6, block_size=16, stride=4, warmup_steps=0), 16)
+    method.setup(1, 4)
+    out = method.attend(q, k, v, 0, StepInfo(step=3, num_steps=10))
+    mask = method.predict(q, k, 0, "cond", method.threshold(0, "cond", q.device), None)  # deterministic: the same
+    assert 0 < mask.float().mean() < 1
+    tokens = mask.repeat_interleave(16, dim=-2).repeat_interleave(16, dim=-1)[..., :lq, :lk]
+    expected = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=tokens)
+    torch.testing.assert_close(out, expected.transpose(1, 2), atol=1e-5, rtol=1e-5)

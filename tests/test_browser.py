@@ -46,6 +46,7 @@ def app_url(served_app):
     return demo.local_url, runs
 
 
+@pytest.mark.slow
 def test_every_tab_in_headless_chromium(app_url, tmp_path):
     sync_playwright = _need_browser()
     url, runs = app_url

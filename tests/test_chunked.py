@@ -12,13 +12,6 @@ from accel.config import ConfigError
 PROMPT = "a red circle moves left over a blue background"
 
 
-@pytest.fixture(scope="module")
-def sky_pipe():
-    from accel.models import load_pipeline
-
-    return load_pipeline("tiny-skyreels", "cpu", "float32")
-
-
 def test_schedule_matches_diffusers_and_handles_partial_groups():
     timesteps = torch.tensor([999, 900, 700, 400, 100])
     s = build_schedule(timesteps, latent_frames=7, causal_block_size=3, ar_step=2)
@@ -96,21 +89,27 @@ def _run(pipe, cache, recorder=None, ar_step=2, steps=8):
     return out, runner
 
 
-def test_flowcache_threshold_zero_reproduces_the_uncached_runner(sky_pipe):
+@pytest.fixture(scope="module")
+def uncached(sky_pipe):
+    """The uncached chunked runner's latents at the settings of :func:`_run`, shared by the cache tests."""
+    return _run(sky_pipe, None)[0]
+
+
+def test_flowcache_threshold_zero_reproduces_the_uncached_runner(sky_pipe, uncached):
     from accel.cache.flowcache import FlowCache
 
-    ref, _ = _run(sky_pipe, None)
+    ref = uncached
     out, runner = _run(sky_pipe, FlowCache(thresh=0.0, ret_steps=2))
     assert torch.equal(out, ref)
     assert runner.stats.get("chunk_reuse", 0) == 0 and runner.stats["chunk_compute"] == 3 * 8 * 2
 
 
-def test_flowcache_skips_group_steps_and_records_why(sky_pipe):
+def test_flowcache_skips_group_steps_and_records_why(sky_pipe, uncached):
     from accel.cache.flowcache import FlowCache
     from accel.telemetry import Recorder
 
     rec = Recorder()
-    ref, _ = _run(sky_pipe, None)
+    ref = uncached
     out, runner = _run(sky_pipe, FlowCache(thresh=1e9, ret_steps=2, coefficients="none"), rec)
     table, _ = rec.finish()
     reuse = table[table.event == "chunk_reuse"]
@@ -149,10 +148,10 @@ def test_skyreels_runs_are_stored_with_chunk_telemetry(sky_pipe, tmp_path):
         generate(RunConfig(prompt=PROMPT, model="tiny-wan", method="flowcache", **size), store)
 
 
-def test_motioncache_threshold_zero_reproduces_the_uncached_runner(sky_pipe):
+def test_motioncache_threshold_zero_reproduces_the_uncached_runner(sky_pipe, uncached):
     from accel.cache.motioncache import MotionCache
 
-    ref, _ = _run(sky_pipe, None)
+    ref = uncached
     out, runner = _run(sky_pipe, MotionCache(thresh=0.0, warmup=2, coefficients="none"))
     assert torch.equal(out, ref)
     assert runner.stats["chunk_compute"] == 3 * 8 * 2 and runner.stats.get("chunk_partial", 0) == 0
@@ -277,3 +276,28 @@ def test_chunk_cache_fills_in_the_models_motioncache_and_flowcache_defaults():
     assert type(chunk_cache(settings_for("xattention", {}), pocket)).__name__ == "GroupCache"  # no reuse
     with pytest.raises(ConfigError, match="runs on SkyReels-V2 diffusion-forcing models, not on pocket-wan"):
         chunk_cache(mc, models.resolve("pocket-wan"))
+
+
+def test_block_executions_count_recomputed_tokens():
+    from accel.cache.chunked import work_metrics
+
+    # 10 group steps x 2 branches; 15 full recomputes of 32-token chunks, 2 partial ones of 8 tokens; 3 commits
+    stats = {"group_steps": 10, "commit_passes": 3, "tokens_recomputed": 15 * 32 + 2 * 8,
+             "chunk_compute": 15, "chunk_partial": 2, "chunk_reuse": 3}  # fmt: skip
+    m = work_metrics(stats, layers=4, chunk_tokens=32, cfg_branches=2)
+    assert m["block_executions"] == (15 + 0.5 + 3) * 4 == 74.0
+    assert m["block_executions_uncached"] == (20 + 3) * 4 == 92
+    assert m["linear_flops_saved_frac"] == pytest.approx(1 - 74 / 92)
+    assert (m["chunk_computes"], m["chunk_partials"], m["chunk_reuses"], m["chunk_defers"]) == (15, 2, 3, 0)
+
+
+def test_a_motioncache_runs_block_count_is_its_telemetry(stored_runs):
+    """The stored metric equals what the run's own decisions add up to: tokens recomputed per chunk of
+    32 tokens (2 latent frames of 4 x 4), plus one commit pass per finished chunk and branch, times 4 layers."""
+    _, runs = stored_runs
+    run = runs["motion"]
+    t, m = run.telemetry, run.metrics
+    tokens = t[t.event == "tokens_updated"]["value"].sum()
+    commits = (t.event == "chunk_done").sum()
+    assert m["block_executions"] == pytest.approx((tokens / 32 + commits) * 4)
+    assert m["chunk_partials"] == (t.event == "chunk_partial").sum() and m["commit_passes"] == commits

@@ -182,6 +182,7 @@ def test_keyboard_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
     assert run_cli("runs")[0] == 130
 
 
+@pytest.mark.slow
 def test_module_entry_point() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "accel", "generate", *PROMPT, "--frames", "10", "--out-dir", "/nonexistent/runs"]
@@ -200,3 +201,48 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, tmp
     monkeypatch.setattr(cli.runs, "cmd_runs", shape_bug)
     with pytest.raises(ValueError, match="shape"):
         cli.main(["runs", "--out-dir", str(tmp_path)])
+
+
+# -- the other commands end to end -------------------------------------------------------------
+
+
+def test_breakdown_of_a_profiled_run_against_its_dense_reference(stored_runs) -> None:
+    _, runs = stored_runs
+    code, out, err = run_cli("breakdown", str(runs["xattention"].path), str(runs["dense"].path))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["phase", "reference", "run"]
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[1:] if line.strip()}
+    assert rows["attn_sparse_ms"][0] == 0 and rows["attn_sparse_ms"][1] > 0  # only the sparse run has sparse calls
+    assert rows["mask_predict_ms"][1] > 0 and rows["attention_fraction"][0] > 0 and "transformer_speedup_bound" in rows
+    code, _, err = run_cli("breakdown", str(runs["svg2"].path), str(runs["dense"].path))
+    assert code == 2 and "was not profiled" in err
+
+
+def test_report_writes_one_offline_html_file(stored_runs, tmp_path: Path) -> None:
+    store, runs = stored_runs
+    out = tmp_path / "report.html"
+    code, printed, err = run_cli("report", runs["xattention"].run_id, "--out", str(out), "--out-dir", str(store.root))
+    assert code == 0, err
+    assert printed.strip() == str(out) and "<video" in out.read_text() and "Mask reuse: refresh grid" in out.read_text()
+    code, _, err = run_cli("report", runs["xattention"].run_id, "--out", str(tmp_path / "r.txt"), "--out-dir",
+                           str(store.root))  # fmt: skip
+    assert code == 2 and ".html" in err
+
+
+@pytest.mark.slow
+def test_bench_quality_prints_the_table_and_writes_every_row(tmp_path: Path) -> None:
+    size = ["--height", "64", "--width", "64", "--frames", "5", "--steps", "2"]
+    csv = tmp_path / "rows.csv"
+    variants = ["--variants", "xattention+tmr,fbc", "--prompts", "1", "--seeds", "0,1"]
+    out_dir = ["--out-dir", str(tmp_path / "runs")]
+    code, out, err = run_cli("bench-quality", "--model", "tiny-wan", *variants, *size, "--csv", str(csv), *out_dir)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[0] == "variant" and [line.split()[0] for line in lines[1:]] == ["dense", "xattention+tmr",
+                                                                                           "fbc"]  # fmt: skip
+    assert len(csv.read_text().splitlines()) == 1 + 3 * 2  # header + (dense and 2 variants) x 2 seeds
+    assert len(RunStore(tmp_path / "runs").list()) == 6
+    code, _, err = run_cli("bench-quality", "--model", "tiny-wan", "--variants", "flowcache-slow", "--out-dir",
+                           str(tmp_path / "runs"))  # fmt: skip
+    assert code == 2 and "unknown variant" in err

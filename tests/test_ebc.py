@@ -176,3 +176,22 @@ def test_cli_calibrate_and_refusal(table_path, tmp_path, capsys):
     code = main([*args, "--out-dir", str(tmp_path), "--height", "64", "--width", "64", "--frames", "5"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: ") and "not 'svg2'" in err[-1]
+
+
+def test_cli_calibrate_writes_a_table_that_generate_uses(tmp_path, capsys):
+    from accel.cli import main
+
+    out = tmp_path / "table"
+    size = ["--height", "64", "--width", "64", "--frames", "5", "--steps", "3"]
+    xa = ["--warmup-steps", "1", "--block-size", "16", "--stride", "4"]
+    code = main(["calibrate", "--model", "tiny-wan", "--method", "xattention", "--prompt", PROMPT,
+                 "--samples-per-prompt", "1", *size, *xa, "--out", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
+    assert code == 0 and printed[0] == str(out / "table.json")
+    assert [line.split(":")[0] for line in printed[1:]] == ["cond", "uncond"]  # one assignment per CFG branch
+    table = load_table(out / "table.json", method="xattention", model="tiny-wan", layers=4, heads=6)
+    assert set(table) == {"cond", "uncond"} and all(t.shape == (4, 6) for t in table.values())
+    table_flag = ["--threshold-table", str(out / "table.json")]
+    code = main(["generate", "--model", "tiny-wan", "--method", "xattention", *table_flag, "--prompt", PROMPT,
+                 *size, *xa, "--out-dir", str(tmp_path / "runs")])  # fmt: skip
+    assert code == 0 and "ebc" in capsys.readouterr().out.splitlines()[0]

@@ -141,6 +141,7 @@ def _module(*args: str, interpret: bool = False) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_benchmarks_exit_cleanly_without_cuda():
     for module in ("kernels.bench", "kernels.bench_e2e"):
         proc = _module(module, "--quick")
@@ -149,6 +150,7 @@ def test_benchmarks_exit_cleanly_without_cuda():
 
 
 @pytest.mark.skipif(not dispatch.triton_available(), reason="triton is not installed")
+@pytest.mark.slow
 def test_benchmarks_smoke_under_the_interpreter():
     proc = _module("kernels.bench", "--interpret", "--inputs", "structured", "--densities", "0.5")
     assert proc.returncode == 0, proc.stderr[-2000:]

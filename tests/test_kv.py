@@ -42,13 +42,6 @@ def test_selection_per_head_and_granularity():
         KVCompression(granularity="pixel")
 
 
-@pytest.fixture(scope="module")
-def sky_pipe():
-    from accel.models import load_pipeline
-
-    return load_pipeline("tiny-skyreels", "cpu", "float32")
-
-
 def _long_run(pipe, kv, recorder):
     from accel.cache.chunked import ChunkedRunner
 
@@ -59,15 +52,24 @@ def _long_run(pipe, kv, recorder):
     return out, runner
 
 
-def test_compressed_buffer_stays_within_budget_as_the_video_grows(sky_pipe):
+@pytest.fixture(scope="module")
+def uncompressed(sky_pipe):
+    """The long video without KV compression: its latents and telemetry."""
     from accel.telemetry import Recorder
 
-    rec, rec_full = Recorder(), Recorder()
+    rec = Recorder()
+    full, _ = _long_run(sky_pipe, None, rec)
+    return full, rec.finish()[0]
+
+
+def test_compressed_buffer_stays_within_budget_as_the_video_grows(sky_pipe, uncompressed):
+    from accel.telemetry import Recorder
+
+    rec = Recorder()
     out, runner = _long_run(sky_pipe, KVCompression(budget_chunks=1), rec)
-    full, _ = _long_run(sky_pipe, None, rec_full)
+    full, kv_full = uncompressed
     chunk = 2 * 4 * 4  # 2 frames x 4 x 4 tokens at 64 x 64
     kv = rec.finish()[0]
-    kv_full = rec_full.finish()[0]
     sizes = kv[kv.event == "kv_tokens"]["value"]
     sizes_full = kv_full[kv_full.event == "kv_tokens"]["value"]
     assert sizes.max() <= 2 * chunk  # budget (1 chunk) + the chunk being denoised
@@ -78,7 +80,7 @@ def test_compressed_buffer_stays_within_budget_as_the_video_grows(sky_pipe):
     assert torch.isfinite(out).all() and not torch.equal(out, full)
 
 
-def test_large_budget_changes_nothing(sky_pipe):
+def test_large_budget_changes_nothing(sky_pipe, uncompressed):
     out, _ = _long_run(sky_pipe, KVCompression(budget_chunks=8), None)
-    full, _ = _long_run(sky_pipe, None, None)
+    full, _ = uncompressed
     torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)

@@ -122,6 +122,7 @@ def test_defaults_device_and_dtype():
     assert models.default_dtype(dev) == (torch.bfloat16 if dev == "cuda" else torch.float32)
 
 
+@pytest.mark.slow
 def test_project_packages_do_not_shadow_hf_kernels():
     """Our top-level `kernels` must not make diffusers/transformers think HF `kernels` is installed."""
     code = (

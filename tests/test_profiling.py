@@ -62,6 +62,7 @@ def test_a_run_shorter_than_the_schedule_keeps_its_outputs(store, tiny_pipe, tmp
     assert profiler.save(out, 1.0).startswith("not captured") and not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_tensorboard_started_by_the_project_lists_the_run(store, tiny_pipe):
     import time
     import urllib.request

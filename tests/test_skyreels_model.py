@@ -16,11 +16,6 @@ PROMPT = "a red circle moves left over a blue background"
 SMALL = {"height": 64, "width": 64, "num_frames": 21, "base_num_frames": 21, "num_inference_steps": 3}
 
 
-@pytest.fixture(scope="module")
-def sky_pipe():
-    return load_pipeline("tiny-skyreels", "cpu", "float32")
-
-
 def run_sky(pipe, **overrides):
     kwargs = {
         **SMALL,

@@ -27,19 +27,24 @@ def generate(pipe, method):
         return run_pipe(pipe, **MEDIUM)
 
 
+@pytest.fixture(scope="module")
+def base_videos(tiny_pipe):
+    """Each base method's video (no TMR), shared by the tests that compare against it."""
+    return {name: generate(tiny_pipe, make(name)) for name in ("xattention", "svg2")}
+
+
 @pytest.mark.parametrize("name", ["xattention", "svg2"])
-def test_delta_zero_reproduces_the_base_method_exactly(tiny_pipe, name):
-    base = generate(tiny_pipe, make(name))
+def test_delta_zero_reproduces_the_base_method_exactly(tiny_pipe, base_videos, name):
     rec = Recorder()
     tmr = generate(tiny_pipe, make(name, rec, tmr=True, tmr_delta=0.0))
-    assert np.array_equal(base, tmr)
+    assert np.array_equal(base_videos[name], tmr)
     table, _ = rec.finish()
     refresh = table[table.event == "mask_refresh"]
     assert len(refresh) > 0 and (refresh["value"] == 1).all()
 
 
 @pytest.mark.parametrize("name", ["xattention", "svg2"])
-def test_huge_delta_keeps_the_first_sparse_masks(tiny_pipe, name, monkeypatch):
+def test_huge_delta_keeps_the_first_sparse_masks(tiny_pipe, base_videos, name, monkeypatch):
     calls = []
     original = type(make(name)).predict
 
@@ -65,7 +70,7 @@ def test_huge_delta_keeps_the_first_sparse_masks(tiny_pipe, name, monkeypatch):
     drift = table[table.event == "drift"]
     assert drift[drift.step > first]["value"].gt(0).all() and (drift["threshold"] == 1e9).all()
     # the cached masks applied to new Q/K/V still give a different video than re-predicting
-    assert not np.array_equal(out, generate(tiny_pipe, make(name)))
+    assert not np.array_equal(out, base_videos[name])
 
 
 def test_reuse_rule_accumulates_drift_until_it_crosses_delta():

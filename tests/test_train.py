@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 
+@pytest.mark.slow
 def test_vae_then_transformer_train_save_and_load(tmp_path):
     import torch
 
@@ -41,6 +42,7 @@ def test_vae_then_transformer_train_save_and_load(tmp_path):
     assert video.shape == (1, 5, 32, 32, 3)
 
 
+@pytest.mark.slow
 def test_diffusion_forcing_transformer_trains_and_samples_in_chunks(tmp_path):
     from accel.models import load_pipeline
     from accel.training.vae import train as train_vae
@@ -110,6 +112,7 @@ def _logged(path: Path, column: str) -> list[float]:
     return [float(line.split(",")[at]) for line in lines[1:]]
 
 
+@pytest.mark.slow
 def test_the_vae_overfits_one_clip(tmp_path, monkeypatch):
     """Trained on one clip over and over, the reconstruction error falls far below where it started."""
     import itertools
@@ -124,6 +127,7 @@ def test_the_vae_overfits_one_clip(tmp_path, monkeypatch):
     assert len(l1) == 6 and l1[-1] < 0.5 * l1[0], l1
 
 
+@pytest.mark.slow
 def test_the_transformer_overfits_one_clip(tmp_path):
     """Flow matching on one cached clip, no prompt dropout: the loss falls far below where it started."""
     from accel.training.vae import train as train_vae
