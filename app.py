@@ -149,8 +149,7 @@ def compare_choices(run_id: str | None):
 def compare_runs(run_ids: list[str] | None):
     """Side-by-side and difference videos, per-frame quality and the table; the first run is the reference."""
     runs = [_open(r) for r in run_ids or []]
-    out = Path(tempfile.mkdtemp(prefix="accel-compare-"))
-    side, diff, gain, curves, table = panels.compare_runs_panel(runs, out)
+    side, diff, gain, curves, table = panels.compare_runs_panel(runs)
     return str(side), gr.update(value=str(diff), label=f"|second - first| x{gain:.0f}"), curves, table
 
 

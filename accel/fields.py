@@ -84,15 +84,11 @@ class FieldSpec:
     help: str
     choices: tuple[str, ...]
     metavar: str
-    parse_text: Callable[[str], Any]
+    parse: Callable[[str], Any]  # text as typed on a command line -> value ('none' or empty: unset if optional)
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
-
-    def parse(self, text: str) -> Any:
-        """The value of ``text`` as typed on a command line ('none' or empty = unset for optional fields)."""
-        return self.parse_text(text)
 
     def read(self, value: Any) -> Any:
         """The value of a widget holding ``value`` (empty = the default; ``none`` table = no table)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from accel.config import (
@@ -40,7 +40,9 @@ if TYPE_CHECKING:
     from accel.models import ModelSpec
     from accel.telemetry import Recorder
 
-FAMILIES = ("wan", "skyreels")  # Wan2.1 text-to-video; SkyReels-V2 diffusion forcing (chunked, autoregressive)
+# Wan2.1 text-to-video; SkyReels-V2 diffusion forcing (chunked, autoregressive)
+FAMILY_NAMES = {"wan": "Wan2.1", "skyreels": "SkyReels-V2 diffusion-forcing"}
+FAMILIES = tuple(FAMILY_NAMES)
 ProgressFn = Callable[[int, int], None]
 Generation = Callable[["ProgressFn | None"], "tuple[np.ndarray, dict[str, Any]]"]  # -> frames (F,H,W,3), metrics
 
@@ -73,7 +75,7 @@ class Method:
     attention: AttentionBuilder | None = None  # its sparse self-attention (None: diffusers' own)
     cache: CacheBuilder | None = None  # its chunk cache in chunked runs (None: every group step computes)
     threshold: str | None = None  # the per-head setting EBC calibrates (tau, top_p)
-    summary: str = field(default="")
+    summary: str = ""
 
     def check_model(self, spec: ModelSpec) -> None:
         """Refuse a model family the method does not run on."""
@@ -82,20 +84,21 @@ class Method:
             raise ConfigError(f"{self.name} runs on {runs_on} models, not on {spec.name} ({FAMILY_NAMES[spec.family]})")
 
 
-FAMILY_NAMES = {"wan": "Wan2.1", "skyreels": "SkyReels-V2 diffusion-forcing"}
-
-
 # -- builders: each imports its module on first use --------------------------------------------------------
 def _xattention(settings, spec, recorder=None, seed=0):
     from accel.attention.xattention import XAttention
 
-    return XAttention(settings, spec.block_size, recorder, model=spec.name, tmr_delta=spec.tmr_delta["xattention"])
+    return XAttention(
+        settings, spec.block_size, recorder, model=spec.name, tmr_delta=spec.tmr_delta.get("xattention", 0.0)
+    )
 
 
 def _svg2(settings, spec, recorder=None, seed=0):
     from accel.attention.svg2 import SVG2
 
-    return SVG2(settings, spec.svg2_clusters, recorder, seed=seed, model=spec.name, tmr_delta=spec.tmr_delta["svg2"])
+    return SVG2(
+        settings, spec.svg2_clusters, recorder, seed=seed, model=spec.name, tmr_delta=spec.tmr_delta.get("svg2", 0.0)
+    )
 
 
 def _flowcache(s: FlowCacheSettings, spec):

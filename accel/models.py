@@ -355,6 +355,12 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
+def run_pipeline(pipe, cfg: RunConfig, spec: ModelSpec, progress: Callable[[int, int], None] | None = None):
+    """One generation through diffusers' own pipeline for this run: the frames ``(F, H, W, 3)`` in [0, 1]."""
+    with torch.inference_mode():
+        return pipe(**pipeline_call(cfg, spec, progress)).frames[0]
+
+
 def pipeline_call(cfg: RunConfig, spec: ModelSpec, progress: Callable[[int, int], None] | None = None) -> dict:
     """Keyword arguments of one call of diffusers' own pipeline for this run."""
 

@@ -67,6 +67,13 @@ def _attend_tile(
 
 
 @device
+def _load_rows(base, offs_m, m_ok, offs_d, d_ok, stride_l, DOT_FP32: tl.constexpr):
+    """Rows ``offs_m`` of one head (zeros out of range), in fp32 where the dots are."""
+    rows = tl.load(base + offs_m[:, None] * stride_l + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    return rows.to(tl.float32) if DOT_FP32 else rows
+
+
+@device
 def _store_rows(out_base, acc, l_i, offs_m, m_ok, offs_d, d_ok, stride_ol):
     """The normalised output rows (zeros where no key was visited) in the output's dtype."""
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
@@ -119,9 +126,7 @@ def _fixed_fwd(
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < q_hi
     d_ok = offs_d < D
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
-    q = q.to(tl.float32) if DOT_FP32 else q
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, m_ok, offs_d, d_ok, stride_ql, DOT_FP32)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     lut = LUT + bh * stride_lut_bh + qblk * stride_lut_q
@@ -192,9 +197,7 @@ def _varlen_fwd(
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < q_hi
     d_ok = offs_d < D
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
-    q = q.to(tl.float32) if DOT_FP32 else q
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, m_ok, offs_d, d_ok, stride_ql, DOT_FP32)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     koff = KOFF + bh * stride_koff_bh

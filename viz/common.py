@@ -45,10 +45,10 @@ def empty_figure(message: str, height: int = 240) -> go.Figure:
 
 
 def lay_out(
-    fig: go.Figure, title: str, height: int, x: str | None = None, y: str | None = None, left: int = 50
+    fig: go.Figure, heading: str, height: int, x: str | None = None, y: str | None = None, left: int = 50
 ) -> go.Figure:
-    """The figures' common layout: title, axis titles, height, margins (``left`` for long tick labels)."""
-    fig.update_layout(title=title, height=height, margin={"l": left, "r": 20, "t": 60, "b": 40})
+    """The figures' common layout: heading, axis titles, height, margins (``left`` for long tick labels)."""
+    fig.update_layout(title=heading, height=height, margin={"l": left, "r": 20, "t": 60, "b": 40})
     if x is not None:
         fig.update_layout(xaxis_title=x)
     if y is not None:

@@ -7,6 +7,7 @@ back to the first option). ``app.py`` only wires these to widgets. No gradio and
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,11 +161,12 @@ def compare_panel(store: RunStore, run: Run):
     return Pick(options, chosen), compare.pareto(store, run), note
 
 
-def compare_runs_panel(runs: list[Run], out_dir: Path):
-    """Side-by-side and difference videos (H.264 files in ``out_dir``), the difference gain, per-frame quality
-    curves and the table; the first run is the reference."""
+def compare_runs_panel(runs: list[Run]):
+    """Side-by-side and difference videos (H.264 files in a new temporary folder), the difference gain, per-frame
+    quality curves and the table; the first run is the reference."""
     if len(runs) < 2:
         raise UserError("pick at least two runs (the first is the reference)")
+    out_dir = Path(tempfile.mkdtemp(prefix="accel-compare-"))
     both = compare.side_by_side(runs)
     diff, gain = compare.difference_video(runs[0], runs[1])
     fps = int(runs[0].config.get("fps") or 16)

@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-
 from accel.attention.base import AttentionMethod, BenchAttnProcessor, installed
 from accel.attention.svg2 import SVG2
 from accel.attention.xattention import XAttention, select_blocks
 from accel.methods import Generation, Target, build_attention
-from accel.models import pipeline_call
+from accel.models import run_pipeline
 
 __all__ = ["SVG2", "AttentionMethod", "BenchAttnProcessor", "XAttention", "install_on_pipeline", "installed",
            "select_blocks"]  # fmt: skip
@@ -26,8 +24,6 @@ def install_on_pipeline(target: Target) -> Iterator[Generation]:
     with installed(pipe.transformer, method, cfg.steps) as info:
 
         def run(progress):
-            with torch.inference_mode():
-                out = pipe(**pipeline_call(cfg, spec, progress))
-            return out.frames[0], {"transformer_calls": info.call + 1}
+            return run_pipeline(pipe, cfg, spec, progress), {"transformer_calls": info.call + 1}
 
         yield run

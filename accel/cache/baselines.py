@@ -37,7 +37,7 @@ from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockR
 
 from accel.config import BASELINE_NAMES as BASELINES
 from accel.methods import Generation, Target
-from accel.models import pipeline_call
+from accel.models import pipeline_call, run_pipeline
 from accel.schema import Event
 
 UNITS = ("attn1", "attn2", "ffn")
@@ -272,8 +272,6 @@ def install(target: Target) -> Iterator[Generation]:
     with baseline_installed(pipe, s.cache, target.recorder, **overrides) as counter:
 
         def run(progress):
-            with torch.inference_mode():
-                out = pipe(**pipeline_call(cfg, spec, progress))
-            return out.frames[0], {**extra, **counter.summary()}
+            return run_pipeline(pipe, cfg, spec, progress), {**extra, **counter.summary()}
 
         yield run

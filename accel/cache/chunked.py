@@ -28,7 +28,7 @@ from accel.cache.kv import KVCompression, gather_heads
 from accel.cache.kv import select as kv_select
 from accel.cache.schedule import COMPUTE, DONE, GroupSchedule, build_schedule
 from accel.config import ConfigError
-from accel.methods import Generation, Target, build_attention, build_cache
+from accel.methods import Generation, ProgressFn, Target, build_attention, build_cache
 from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
@@ -233,9 +233,6 @@ class GroupCache:
         return step.run_blocks(None)
 
 
-ProgressFn = Callable[[int, int], None]
-
-
 class ChunkedRunner:
     """Denoise a video group by group with a persistent per-layer KV buffer."""
 
@@ -305,15 +302,15 @@ class ChunkedRunner:
         """Predict the flow of one group (B, C, f, H, W); a commit pass only refreshes its K/V (and compresses)."""
         self.call.branch, self.call.group, self.call.tokens, self.call.clean = branch, group, None, tuple(clean)
         self.info.chunk = group
+        num_steps = self.schedule.steps if self.schedule else 0
         a = self.attn_info
-        a.step, a.num_steps, a.branch = step, self.schedule.steps if self.schedule else 0, f"{branch}/g{group}"
+        a.step, a.num_steps, a.branch = step, num_steps, f"{branch}/g{group}"
         emb, enc = self.model.embed(x_g, t_g, context, frame0)
         if commit_only:
             self.model.blocks(emb, enc)
             self.call.clean = ()
             self.stats["commit_passes"] = self.stats.get("commit_passes", 0) + 1
             return emb.tokens
-        num_steps = self.schedule.steps if self.schedule else 0
         run_blocks = functools.partial(self._run_blocks, emb, enc)
         log = functools.partial(self._log_chunk, group)
         with named_range("cache.decide"):
