@@ -11,9 +11,13 @@ other failure is logged with its traceback and shown in one line, and the app ke
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
+import inspect
 import logging
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -79,15 +83,37 @@ def _generate(cfg, profile: bool, progress) -> str:
 
 
 # -- event handlers ----------------------------------------------------------------------------------------
+def _form_signature() -> inspect.Signature:
+    """The Generate form as named parameters (what gradio_client users see): ``model, method, prompt,
+    negative``, the sampling names, ``profile`` and ``<method>_<field>`` per method setting, each defaulting to
+    the form's default, then gradio's progress tracker. Gradio names an endpoint's parameters after its
+    handler's signature (``param_<N>`` where it cannot, as for ``*args``)."""
+    names = ["model", "method", "prompt", "negative", *forms.SAMPLING, *forms.FORCING, "profile"]
+    names += [re.sub(r"\W", "_", f"{f.method}_{f.name}") for f in forms.FIELDS]
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(n, kind, default=d) for n, d in zip(names, forms.form_values(), strict=True)]
+    return inspect.Signature([*params, inspect.Parameter("progress", kind, default=PROGRESS)])
+
+
+GENERATE_FORM = _form_signature()
+
+
 @_shown
-def run_generation(model, method, prompt, negative, *rest, progress=PROGRESS):
+def run_generation(*args, **kwargs):
     """One generation from the form: the video, its headline numbers, and the run picked in the views."""
-    n = len(forms.SAMPLING) + len(forms.FORCING)
-    sampling, profile_on, fields = rest[:n], rest[n], rest[n + 1 :]
+    values = GENERATE_FORM.bind(*args, **kwargs)
+    values.apply_defaults()
+    *form, progress = values.arguments.values()
+    model, method, prompt, negative = form[:4]
+    n = 4 + len(forms.SAMPLING) + len(forms.FORCING)
+    sampling, profile_on, fields = form[4:n], form[n], form[n + 1 :]
     cfg = forms.run_config(model, method, prompt, negative, list(sampling), list(fields))
     run = _store().load(_generate(cfg, bool(profile_on), progress))
     choices = panels.run_choices(_store())
     return str(run.video_path), panels.headline(_store(), run), gr.update(choices=choices, value=run.run_id)
+
+
+run_generation.__signature__ = GENERATE_FORM  # what gradio (and inspect) read: one name per form value
 
 
 @_shown
@@ -171,6 +197,13 @@ def open_tensorboard(run_id: str | None) -> str:
         raise UserError(str(exc)) from None
     url = f"http://127.0.0.1:{port}/#pytorch_profiler"
     return f"TensorBoard serves this run's profile on port {port}: [{url}]({url})"
+
+
+def open_selected(run_id: str | None):
+    """Show the run selected in the Runs table; with none selected (yet), keep the run shown and say so."""
+    if not run_id:
+        return gr.update(), "select a run in the table first"
+    return gr.update(choices=panels.run_choices(_store()), value=run_id), ""
 
 
 def runs_select(table, evt: gr.SelectData) -> str:
@@ -374,8 +407,7 @@ def runs_tab(run_pick: gr.Dropdown) -> gr.Dataframe:
             del_btn = gr.Button("Delete", variant="stop")
         note = gr.Markdown()
     table.select(runs_select, table, selected, api_name=False)
-    open_btn.click(lambda r: gr.update(choices=panels.run_choices(_store()), value=r or None), selected, run_pick,
-                   api_name=False)  # fmt: skip
+    open_btn.click(open_selected, selected, [run_pick, note], api_name=False)
     del_btn.click(delete_run, [selected, confirm], [table, selected, confirm, run_pick, note], api_name=False)
     return table
 
@@ -403,6 +435,20 @@ def build_app() -> gr.Blocks:
     return demo
 
 
+def _cannot_bind(host: str, port: int) -> str | None:
+    """Why the server could not listen on (host, port), or None if it can (a socket is bound there briefly)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is free
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"port {port} on {host} is in use: pass --port N (or stop the other server)"
+        return f"cannot listen on {host} port {port}: {exc.strerror or exc}: pass --host/--port"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the bench's Gradio app.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
@@ -411,6 +457,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.runs_dir:
         os.environ["ACCEL_RUNS_DIR"] = args.runs_dir
+    busy = _cannot_bind(args.host, args.port)
+    if busy:
+        parser.exit(2, f"error: {busy}\n")  # before the UI is built, and no traceback
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     demo = build_app().queue(default_concurrency_limit=1)
     demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(_store().root.resolve())])

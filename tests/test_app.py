@@ -3,6 +3,7 @@ every view's figures, bad input is a message, and the app keeps serving."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,58 @@ def test_bad_input_is_a_message_and_the_app_keeps_serving(served):
     with pytest.raises(Exception, match="at least two"):
         client.predict([runs["dense"].run_id], api_name="/compare")
     assert client.predict(runs["svg2"].run_id, api_name="/sparsity")[3]["type"] == "plotly"  # still serving
+
+
+def test_every_api_parameter_has_a_name(served):
+    """gradio_client users see the form's names (``param_<N>`` is what gradio shows for an unnamed one)."""
+    _app, _, client, _, _ = served
+    api = client.view_api(return_format="dict", print_info=False)
+    endpoints = {**api["named_endpoints"], **api["unnamed_endpoints"]}
+    unnamed = {
+        (endpoint, p["parameter_name"])
+        for endpoint, info in endpoints.items()
+        for p in info["parameters"]
+        if re.fullmatch(r"param_\d+", p["parameter_name"])
+    }
+    assert not unnamed
+    generate = api["named_endpoints"]["/generate"]["parameters"]
+    names = [p["parameter_name"] for p in generate]
+    assert names[:5] == ["model", "method", "prompt", "negative", "seed"]
+    assert {"steps", "ar_step", "profile", "xattention_tau", "svg2_top_p", "motioncache_warmup"} <= set(names)
+    assert len(names) == len(set(names)) == len(forms.form_values())
+    assert all(p["parameter_has_default"] for p in generate)  # any subset can be passed by name
+
+
+def test_open_with_nothing_selected_keeps_the_run_shown(monkeypatch, tmp_path):
+    import app
+
+    monkeypatch.setenv("ACCEL_RUNS_DIR", str(tmp_path / "runs"))
+    for nothing in ("", None):
+        picker, note = app.open_selected(nothing)
+        assert "value" not in picker and "choices" not in picker  # the picker keeps its run: no view clears
+        assert note == "select a run in the table first"
+    picker, note = app.open_selected("20260101-000000-dense-abc123")
+    assert picker["value"] == "20260101-000000-dense-abc123" and not note
+
+
+def test_a_busy_port_is_one_line_before_the_ui_is_built(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "app.py", "--port", str(port), "--runs-dir", str(tmp_path / "runs")],
+            capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent,
+        )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        f"error: port {port} on 127.0.0.1 is in use: pass --port N (or stop the other server)"
+    ]
+    assert "Traceback" not in out.stderr and "GRADIO" not in out.stderr and not out.stdout  # gradio never started
 
 
 def test_settings_form_reads_every_method(stored_runs):

@@ -28,32 +28,41 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
-def _need_browser():
+def _playwright():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        sync_playwright = None
-    if sync_playwright is None or CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must have chromium and playwright (.ci/run installs them)")
-        pytest.skip("needs chromium and the playwright package")
+        return None
     return sync_playwright
 
 
+SYNC_PLAYWRIGHT = _playwright() if CHROMIUM else None
+CI = bool(os.environ.get("CI"))
+# decided at collection, before any fixture (the app's 5-run store) is built
+pytestmark = pytest.mark.skipif(SYNC_PLAYWRIGHT is None and not CI, reason="needs chromium and the playwright package")
+
+
+@pytest.fixture(scope="session")
+def browser_driver():
+    """Playwright's driver; requested before the app so that CI fails on a missing browser before building it."""
+    if SYNC_PLAYWRIGHT is None:
+        pytest.fail("CI must have chromium and playwright (.ci/run installs them)")
+    return SYNC_PLAYWRIGHT
+
+
 @pytest.fixture()
-def app_url(served_app):
+def app_url(browser_driver, served_app):
     _, demo, _, runs = served_app
     return demo.local_url, runs
 
 
 @pytest.mark.slow
-def test_every_tab_in_headless_chromium(app_url, tmp_path):
-    sync_playwright = _need_browser()
+def test_every_tab_in_headless_chromium(browser_driver, app_url, tmp_path):
     url, runs = app_url
     shots = Path(os.environ.get("ACCEL_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
-    with sync_playwright() as p:
+    with browser_driver() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -99,7 +108,11 @@ def _drive(page, url: str, shots: Path, motion_run: str) -> float:
             panel.get_by_role("button", name="Compare", exact=True).click()
             panel.locator("video[src]").first.wait_for(timeout=60_000)
         if tab == "Runs":  # reopen a stored SkyReels-V2 MotionCache run, no model needed
+            panel.get_by_role("button", name="Open", exact=True).click()  # nothing selected: the run shown stays
+            panel.get_by_text("select a run in the table first").wait_for(timeout=30_000)
+            expect(page.get_by_label("Run shown in the views")).to_have_value(re.compile("xattention", re.I))
             panel.get_by_text(motion_run).last.click()
+            expect(panel.get_by_label("Selected run")).to_have_value(motion_run, timeout=30_000)  # then Open
             panel.get_by_role("button", name="Open", exact=True).click()
             expect(page.get_by_label("Run shown in the views")).to_have_value(re.compile("motioncache"), timeout=30_000)
         if tab == "Chunk cache":
