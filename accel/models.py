@@ -5,21 +5,25 @@ Models are diffusers pipelines in folder format loaded with ``from_pretrained`` 
 and ``skyreels`` (``SkyReelsV2DiffusionForcingPipeline``, diffusion forcing over chunks of latent
 frames). A name resolves to a :class:`ModelSpec`: a registered name or alias (``tiny-wan``,
 ``tiny-skyreels``, ``wan2.1-1.3b``, ``skyreels-v2-df-1.3b`` ...), a hub id, or a local folder holding
-``model_index.json`` (its pipeline class gives the family). Hub ids are first looked up in the local cache; a
-download is tried only when the hub is not switched off (``HF_HUB_OFFLINE``), and any failure
-becomes a :class:`ModelLoadError` that says how to provide the model.
+``model_index.json`` (its pipeline class gives the family). Hub ids are first looked up in the local cache
+(``HF_HUB_CACHE`` / ``HF_HOME``); one that is not cached fails at once, before any ``from_pretrained``, when the
+hub is switched off (``HF_HUB_OFFLINE``) or unreachable (a quick TCP connect to the hub's host). Otherwise a
+download is tried only when the hub is not switched off, and any failure becomes a :class:`ModelLoadError`
+that says how to provide the model.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
-import warnings
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import torch
 
@@ -276,8 +280,78 @@ _CACHE: dict[tuple[str, str, torch.dtype], Any] = {}
 _LOCK = threading.Lock()
 
 
+# seconds to wait for a TCP connection to the hub before calling it unreachable
+HUB_CONNECT_TIMEOUT_S = 3.0
+
+
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_cache_dir() -> Path:
+    """The hub cache as huggingface_hub resolves it, read now: ``HF_HUB_CACHE``, else ``HF_HOME``/hub."""
+    from huggingface_hub import constants
+
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(constants.HF_HUB_CACHE).expanduser()
+
+
+def _in_hub_cache(repo_id: str, cache_dir: Path) -> bool:
+    """Whether the repo's ``model_index.json`` is in the local hub cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "model_index.json", cache_dir=cache_dir), str)
+    except (OSError, ValueError):  # an invalid repo id or an unreadable cache: not usable offline
+        return False
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub endpoint (or the proxy to it) takes no TCP connection, or None when it does."""
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):  # requests go through the proxy: test that instead
+        via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = via.hostname or host, via.port or (443 if via.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT_S):
+            return None
+    except OSError as exc:  # DNS failure, refused, timed out, no route ...
+        return f"{host}:{port}: {exc.strerror or str(exc) or type(exc).__name__}"
+
+
+def check_available(spec: ModelSpec) -> None:
+    """Raise :class:`ModelLoadError` at once (no ``from_pretrained``, no torch work) for a hub checkpoint that
+    is not in the local cache while the hub is offline or unreachable; local folders and embedded models pass.
+
+    :func:`load_pipeline` runs it before loading; a caller can run it earlier to fail before heavy imports."""
+    if not (spec.is_local or spec.embedded):
+        _require_hub_or_cache(spec, _hub_cache_dir())
+
+
+def _require_hub_or_cache(spec: ModelSpec, cache_dir: Path) -> None:
+    """Fail at once, in one line, for a hub id that is not cached while the hub is off or unreachable."""
+    if _in_hub_cache(spec.source, cache_dir):
+        return
+    if _hub_offline():
+        why = "the hub is offline (HF_HUB_OFFLINE is set)"
+    else:
+        reason = _hub_unreachable()
+        if reason is None:
+            return
+        why = f"the hub is unreachable ({reason})"
+    raise ModelLoadError(
+        f"model {spec.source!r} is not in the local Hugging Face cache ({cache_dir}) and {why}, so it cannot be "
+        f"downloaded: run `hf download {spec.source}` on a machine with network and copy its cache to "
+        f"{cache_dir} (or point HF_HUB_CACHE at it), or pass a local diffusers folder with --model PATH."
+    )
 
 
 def _pipeline_class(family: str) -> type:
@@ -293,17 +367,20 @@ def _load(spec: ModelSpec, dtype: torch.dtype, **kw: Any):
 
     pipe_cls = _pipeline_class(spec.family)
     # Wan's VAE (shared by SkyReels-V2) is numerically sensitive: keep it in fp32 as the model cards recommend.
-    vae = AutoencoderKLWan.from_pretrained(spec.source, subfolder="vae", torch_dtype=torch.float32, **kw)
-    pipe = pipe_cls.from_pretrained(spec.source, vae=vae, torch_dtype=dtype, **kw)
+    vae = AutoencoderKLWan.from_pretrained(spec.source, subfolder="vae", dtype=torch.float32, **kw)
+    pipe = pipe_cls.from_pretrained(spec.source, vae=vae, dtype=dtype, **kw)
     if spec.flow_shift is not None and pipe.scheduler.config.get("flow_shift") != spec.flow_shift:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, flow_shift=spec.flow_shift)
     return pipe
 
 
 def _from_pretrained(spec: ModelSpec, dtype: torch.dtype):
-    common = {"use_safetensors": True}
+    common: dict[str, Any] = {"use_safetensors": True}
     if spec.is_local:
         return _load(spec, dtype, **common, local_files_only=True)
+    cache_dir = _hub_cache_dir()
+    _require_hub_or_cache(spec, cache_dir)
+    common["cache_dir"] = cache_dir
     attempts = [True] if _hub_offline() else [True, False]
     last: Exception | None = None
     for local_only in attempts:
@@ -335,10 +412,7 @@ def load_pipeline(name: str, device: str | None = None, dtype: str | torch.dtype
                     "rebuild it with `python -m accel.training.embedded`"
                 )
             try:
-                with warnings.catch_warnings():
-                    # newer diffusers rename torch_dtype to dtype; the old name works across versions
-                    warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-                    pipe = _from_pretrained(spec, torch_dtype)
+                pipe = _from_pretrained(spec, torch_dtype)
             except ModelLoadError:
                 raise
             except (OSError, ValueError, RuntimeError) as exc:
@@ -347,6 +421,11 @@ def load_pipeline(name: str, device: str | None = None, dtype: str | torch.dtype
             pipe.set_progress_bar_config(disable=True)
             _CACHE[key] = pipe.to(device)
         return _CACHE[key]
+
+
+def is_loaded(name: str, device: str, dtype: torch.dtype) -> bool:
+    """True if :func:`load_pipeline` already holds this model on ``device`` in ``dtype`` (no loading)."""
+    return (resolve(name).source, device, dtype) in _CACHE
 
 
 def clear_cache() -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,6 +81,117 @@ def test_registered_real_checkpoint_offline_names_it(monkeypatch):
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
     with pytest.raises(ModelLoadError, match=re.escape("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")):
         load_pipeline("wan2.1-1.3b", "cpu")
+
+
+REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def no_from_pretrained(monkeypatch):
+    """Fail the test on any diffusers from_pretrained (pipeline or model)."""
+    from diffusers import DiffusionPipeline, ModelMixin
+
+    def fail(*args, **kwargs):
+        pytest.fail(f"from_pretrained was called: {args} {kwargs}")
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", fail)
+    monkeypatch.setattr(ModelMixin, "from_pretrained", fail)
+
+
+def test_uncached_hub_model_offline_fails_before_from_pretrained(monkeypatch, tmp_path, no_from_pretrained):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError) as err:
+        load_pipeline("wan2.1-1.3b", "cpu")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert REPO in msg and "local Hugging Face cache" in msg and str(tmp_path) in msg and "offline" in msg
+    assert f"hf download {REPO}" in msg and "--model PATH" in msg
+    with pytest.raises(ModelLoadError, match="local Hugging Face cache"):  # the same check, callable early
+        models.check_available(resolve("wan2.1-1.3b"))
+    models.check_available(resolve("tiny-wan"))  # embedded models need no hub
+
+
+def test_uncached_hub_model_with_unreachable_hub_fails_before_from_pretrained(
+    monkeypatch, tmp_path, no_from_pretrained
+):
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):  # connect to the endpoint itself
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: nobody there
+    with pytest.raises(ModelLoadError) as err:
+        load_pipeline("wan2.1-1.3b", "cpu")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "unreachable" in msg and "127.0.0.1:9" in msg and "local Hugging Face cache" in msg
+    assert f"hf download {REPO}" in msg and "--model PATH" in msg
+
+
+def _fake_load(calls):
+    def load(spec, dtype, **kw):
+        calls.append(kw)
+        raise OSError(f"{spec.source} does not appear to have a file named config.json.")
+
+    return load
+
+
+def test_cached_hub_model_keeps_the_from_pretrained_path(monkeypatch, tmp_path):
+    """model_index.json in the cache HF_HUB_CACHE names: the check passes and from_pretrained runs, offline only."""
+    repo = tmp_path / ("models--" + REPO.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "model_index.json").write_text("{}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    calls: list[dict] = []
+    monkeypatch.setattr(models, "_load", _fake_load(calls))
+    with pytest.raises(ModelLoadError, match="not available locally and the hub is offline"):
+        load_pipeline("wan2.1-1.3b", "cpu")
+    assert [(c["local_files_only"], c["use_safetensors"], Path(c["cache_dir"])) for c in calls] == [
+        (True, True, tmp_path)
+    ]
+
+
+def test_reachable_hub_tries_the_cache_then_a_download(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "_hub_unreachable", lambda: None)
+    calls: list[dict] = []
+    monkeypatch.setattr(models, "_load", _fake_load(calls))
+    with pytest.raises(ModelLoadError, match="not available locally"):
+        load_pipeline("wan2.1-1.3b", "cpu")
+    assert [c["local_files_only"] for c in calls] == [True, False]
+
+
+@pytest.mark.slow
+def test_cli_offline_uncached_model_is_one_error_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    cmd = [sys.executable, "-m", "accel", "generate", "--model", "wan2.1-1.3b", "--prompt", "x"]
+    cmd += ["--out-dir", str(tmp_path / "runs")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    # one error line, last; before it at most the command's own "<method> on <model>: <size>" header
+    assert len(errors) == 1 and lines[-1] == errors[0] and len(lines) <= 2, proc.stderr
+    assert "hf download" in errors[0] and "offline" in errors[0]
+
+
+def test_embedded_model_loads_without_torch_dtype_deprecation(monkeypatch):
+    monkeypatch.setattr(models, "_CACHE", {})  # a fresh load; the session's cached pipelines stay untouched
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_pipeline("tiny-wan", "cpu", "float32")
+        models._from_pretrained(resolve("tiny-skyreels"), torch.float32)  # the loader itself, no filter around it
+    dtype_warnings = [str(w.message) for w in caught if "torch_dtype" in str(w.message)]
+    assert not dtype_warnings
+    assert not [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
 
 
 @pytest.mark.parametrize(

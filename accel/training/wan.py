@@ -169,7 +169,7 @@ def train(
         raise ValueError(f"diffusion forcing needs whole chunks: {frames} frames give {latent_frames} latent frames, "
                          f"not a multiple of {CHUNK_FRAMES} (use 5, 13, 21, ...)")  # fmt: skip
     torch.manual_seed(seed)
-    pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
     shift = float(pipe.scheduler.config.get("flow_shift", 3.0)) if shift is None else shift  # the sampler's
     vae = load_vae(vae_dir)
     t0 = time.perf_counter()
