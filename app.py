@@ -25,12 +25,14 @@ from typing import Any
 
 import gradio as gr
 
-from accel import forms, methods, models
+from accel import budget, forms, methods, models
+from accel.cli.flags import add_limits, limits_from
 from accel.config import DEFAULT_MODEL
 from accel.errors import UserError, one_line
 from accel.fields import MODEL_DEFAULT, FieldSpec
 from accel.paths import TABLES
 from accel.runs import RunStore
+from profiling import tensorboard
 from viz import motion, panels, profile
 from viz.report import write_report
 
@@ -188,8 +190,6 @@ def profile_view(run_id: str | None):
 @_shown
 def open_tensorboard(run_id: str | None) -> str:
     """Start TensorBoard (torch-tb-profiler) on 127.0.0.1 for the run's logdir; one process per app."""
-    from profiling import tensorboard
-
     run = _open(run_id)
     try:
         port = tensorboard.start(run.path / "tb")
@@ -454,13 +454,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--runs-dir", help="run store folder (default: $ACCEL_RUNS_DIR or ./runs)")
+    add_limits(parser)
     args = parser.parse_args(argv)
     if args.runs_dir:
         os.environ["ACCEL_RUNS_DIR"] = args.runs_dir
     busy = _cannot_bind(args.host, args.port)
     if busy:
         parser.exit(2, f"error: {busy}\n")  # before the UI is built, and no traceback
+    try:
+        limits = limits_from(args)
+        store = _store()
+    except UserError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    os.environ[budget.ENV_MAX_TOKENS], os.environ[budget.ENV_MAX_STEPS] = str(limits.max_tokens), str(limits.max_steps)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        store.check_writable()
+    except UserError as exc:
+        LOG.warning("%s: stored runs can be viewed, not generated", exc)
+    tensorboard.install_signal_handlers()
     demo = build_app().queue(default_concurrency_limit=1)
     demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(_store().root.resolve())])
 

@@ -39,6 +39,19 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...], optional: 
     raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
+def _check_finite(name: str, value: object) -> None:
+    """Every float (also inside a list or tuple) must be finite: ``inf`` and ``nan`` are never settings."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{name} must be a finite number, got {v}")
+
+
+def _check_fields_finite(obj: object) -> None:
+    for f in dataclasses.fields(obj):
+        _check_finite(f.name, getattr(obj, f.name))
+
+
 def _check_int(name: str, value: int, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -49,6 +62,13 @@ class MethodSettings:
     """Base of every method's settings."""
 
     method: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        _check_fields_finite(self)
+        self.check()
+
+    def check(self) -> None:
+        """Range and consistency checks of a method's settings (after every float was found finite)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -187,7 +207,7 @@ class XAttentionSettings(HeadwiseSettings):
         default=5, metadata=_help("Leading denoising steps computed densely (5 of 50 in the reference).", abbrev="w")
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if isinstance(self.tau, list):
             object.__setattr__(self, "tau", tuple(float(t) for t in self.tau))
         _check_tau(self.tau)
@@ -231,7 +251,7 @@ class SVG2Settings(HeadwiseSettings):
         default=2, metadata=_help("k-means iterations on later steps, warm-started from the last centroids.")
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         _check_unit("top_p", self.top_p)
         for name in ("query_clusters", "key_clusters"):
             if getattr(self, name) is not None:
@@ -327,7 +347,7 @@ class FlowCacheSettings(KVSettings):
     )
     use_ret_steps: bool = field(default=True, metadata=_help("Use the ret-steps polynomial (else the non-ret one)."))
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         _check_choice("preset", self.preset, PRESETS)
         if self.thresh is not None and not isinstance(self.thresh, (int, float)):
             raise ConfigError(f"thresh must be a number, got {self.thresh!r}")
@@ -367,7 +387,7 @@ class MotionCacheSettings(KVSettings):
         ),
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         _check_int("warmup", self.warmup, 0)
         if self.phase1_updates is not None:
             _check_int("phase1_updates", self.phase1_updates, 0)
@@ -392,7 +412,7 @@ class BaselineSettings(MethodSettings):
         default=None, metadata=_help("FBC / MagCache threshold; empty = the baseline's default.", abbrev="t")
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         _check_choice("cache", self.cache, BASELINE_NAMES)
         if self.threshold is not None and not (isinstance(self.threshold, (int, float)) and self.threshold >= 0):
             raise ConfigError(f"threshold must be a number >= 0, got {self.threshold!r}")
@@ -459,6 +479,7 @@ class RunConfig:
                 )
         if self.steps is not None:
             _check_int("steps", self.steps, 1)
+        _check_fields_finite(self)
         if self.guidance is not None and not (isinstance(self.guidance, (int, float)) and self.guidance >= 0):
             raise ConfigError(f"guidance must be a number >= 0, got {self.guidance!r}")
         _check_int("fps", self.fps, 1)

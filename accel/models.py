@@ -327,6 +327,19 @@ def _hub_unreachable() -> str | None:
         return f"{host}:{port}: {exc.strerror or str(exc) or type(exc).__name__}"
 
 
+def local_folder(spec: ModelSpec) -> Path | None:
+    """The checkpoint's folder on disk: the local one, or its snapshot in the hub cache (None if not there)."""
+    if spec.is_local:
+        return Path(spec.source)
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        index = try_to_load_from_cache(spec.source, "model_index.json", cache_dir=_hub_cache_dir())
+    except (OSError, ValueError):
+        return None
+    return Path(index).parent if isinstance(index, str) else None
+
+
 def check_available(spec: ModelSpec) -> None:
     """Raise :class:`ModelLoadError` at once (no ``from_pretrained``, no torch work) for a hub checkpoint that
     is not in the local cache while the hub is offline or unreachable; local folders and embedded models pass.

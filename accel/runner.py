@@ -8,6 +8,7 @@ encoding, denoising, VAE decode) are measured by wrapping the pipeline's own ``e
 from __future__ import annotations
 
 import contextlib
+import logging
 import platform
 import tempfile
 import time
@@ -19,15 +20,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from accel import methods, models
+from accel import budget, methods, models
 from accel.config import RunConfig
-from accel.errors import UserError
+from accel.errors import UserError, one_line
 from accel.methods import ProgressFn, Target
 from accel.runs import Run, RunStore
 from accel.schema import Event
 from accel.telemetry import Recorder, RecordPolicy
 from profiling.profiler import RunProfiler
 from profiling.ranges import named_range
+
+LOG = logging.getLogger("accel.runner")
 
 
 class RunError(UserError, RuntimeError):
@@ -108,6 +111,19 @@ def profile_wait(cfg: RunConfig) -> int:
     return max(0, min(wait, total - 3))
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError ("can't allocate memory")."""
+    text = str(exc).lower()
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
+    )
+
+
+def _prompt_tokens(pipe, prompt: str) -> int:
+    """Tokens of ``prompt`` in the pipeline's text tokenizer (special tokens included)."""
+    return len(pipe.tokenizer(prompt, add_special_tokens=True).input_ids)
+
+
 def generate(
     cfg: RunConfig,
     store: RunStore | None = None,
@@ -115,11 +131,16 @@ def generate(
     progress: ProgressFn | None = None,
     profile: bool = False,
     record: bool = True,
+    limits: budget.Limits | None = None,
 ) -> Run:
     """Run one generation and write its folder; returns the stored :class:`Run`.
 
-    With ``profile`` a :class:`profiling.profiler.RunProfiler` records a few transformer calls and the
-    folder also gets ``trace.json.gz``, ``tb/`` and the ``profile_*`` tables.
+    Before the model loads, the request is checked against ``limits`` (default: :meth:`budget.Limits.from_env`)
+    and the device's free memory, and the store must be writable with room for the run; each refusal is one
+    line (a :class:`~accel.errors.UserError`). A prompt longer than the text encoder takes is cut by the
+    pipeline: the run's metrics record the tokens used and a warning. With ``profile`` a
+    :class:`profiling.profiler.RunProfiler` records a few transformer calls and the folder also gets
+    ``trace.json.gz``, ``tb/`` and the ``profile_*`` tables.
     """
     spec = models.resolve(cfg.model)
     cfg = cfg.resolve(spec.defaults)
@@ -127,10 +148,22 @@ def generate(
     method.check_model(spec)
     store = store or RunStore()
     device_name = cfg.device or models.default_device()
+    dtype = models.parse_dtype(cfg.dtype, device_name)
+    models.check_available(spec)
+    loaded = models.is_loaded(cfg.model, device_name, dtype)
+    budget.check(cfg, spec, device_name, dtype.itemsize, limits, weights_loaded=loaded)
+    store.check_writable(budget.run_bytes(cfg))
     t_start = time.perf_counter()
     pipe = models.load_pipeline(cfg.model, device_name, cfg.dtype)
     load_s = time.perf_counter() - t_start
     device = pipe.transformer.device
+    warnings_: list[str] = []
+    prompt_tokens = _prompt_tokens(pipe, cfg.prompt)
+    if prompt_tokens > spec.text_tokens:
+        warnings_.append(
+            f"the prompt is {prompt_tokens} tokens; the text encoder takes {spec.text_tokens}: the rest was cut"
+        )
+        LOG.warning(warnings_[-1])
     recorder = Recorder(policy, enabled=record)  # record=False: for measuring what recording costs
     times: dict[str, float] = {}
     _sync(device)
@@ -146,12 +179,14 @@ def generate(
             with _stage_timers(pipe, device, times), method.install(Target(pipe, cfg, spec, recorder)) as run:
                 video, extra = run(progress)
             _sync(device)
-    except torch.OutOfMemoryError as exc:
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        if not _is_out_of_memory(exc) or isinstance(exc, UserError):
+            raise
         if device.type == "cuda":
             torch.cuda.empty_cache()
         raise RunError(
             f"out of memory on {device} at {cfg.width}x{cfg.height}x{cfg.frames}: lower the size or frames "
-            f"({str(exc).splitlines()[0]})"
+            f"({one_line(exc)})"
         ) from None
     generate_s = time.perf_counter() - t0
     frames = (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
@@ -182,21 +217,29 @@ def generate(
         "device": str(device),
         "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
         "versions": _versions(),
+        "prompt_tokens": min(prompt_tokens, spec.text_tokens),
+        "warnings": warnings_,
         **extra,
         **summarize(table),
     }
     t_save = time.perf_counter()
-    with store.writer(cfg.label()) as w:
-        w.write_json("config.json", {**cfg.to_dict(), "model_source": spec.source, "label": cfg.label()})
-        w.write_video(frames, fps=cfg.fps)
-        w.write_table("telemetry.parquet", table)
-        if arrays:
-            w.write_arrays("arrays.npz", arrays)
-        if profiler is not None:
-            metrics["profile"] = profiler.save(w.path, generate_s)
+    try:
+        with store.writer(cfg.label()) as w:
+            w.write_json("config.json", {**cfg.to_dict(), "model_source": spec.source, "label": cfg.label()})
+            w.write_video(frames, fps=cfg.fps)
+            w.write_table("telemetry.parquet", table)
+            if arrays:
+                w.write_arrays("arrays.npz", arrays)
+            if profiler is not None:
+                metrics["profile"] = profiler.save(w.path, generate_s)
+            metrics["save_s"] = time.perf_counter() - t_save
+            w.write_json("metrics.json", metrics)
+    except OSError as exc:
+        why = exc.strerror or one_line(exc)
+        raise RunError(f"could not save the run in {store.root}: {why}; nothing was stored") from None
+    finally:
+        if work is not None:
             work.cleanup()
-        metrics["save_s"] = time.perf_counter() - t_save
-        w.write_json("metrics.json", metrics)
     return store.load(w.final_path)
 
 

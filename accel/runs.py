@@ -3,12 +3,20 @@
 Layout::
 
     <root>/                        default ./runs, or $ACCEL_RUNS_DIR
-        .tmp-<run_id>/             run being written (never listed; removed on error or by clean_stale)
+        .tmp-<run_id>/             run being written (never listed; removed on error or by recover)
         <run_id>/                  complete run
             COMPLETE               marker, written last before the atomic rename
             config.json            required
             metrics.json           required
             video.mp4, frames.npz, telemetry.parquet, arrays.npz, trace.json.gz, tb/ ...   optional
+
+Commit: every file and the folder are fsynced, ``COMPLETE`` is written (and fsynced) last, then the folder
+is renamed into place. Opening a store (:meth:`RunStore.recover`, once per process and root) finishes the
+rename of a temporary folder that already holds ``COMPLETE`` (its writer was killed in between) and removes
+temporary folders whose writer process is gone. A run whose files cannot be read is *damaged*:
+:meth:`RunStore.list` skips it (``damaged=True`` lists it with the reason), and reading a damaged file
+raises :class:`DamagedRunError` naming the run and the file, never a parser's traceback. Symbolic links
+are never runs.
 
 JSON policy: files are strict JSON (``allow_nan=False``) so browsers can parse them. Non-finite floats
 are written as the strings ``"inf"``, ``"-inf"`` and ``"nan"``; ``float()`` turns them back into floats.
@@ -19,6 +27,7 @@ This module (like ``accel.video`` and ``accel.metrics``) never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
@@ -29,21 +38,25 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Mapping
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from accel.errors import UserError
+from accel.errors import UserError, one_line
+from accel.schema import CONFIG_TYPES, NUMERIC_METRICS
 from accel.video import read_video, write_h264
 
 __all__ = [
     "ENV_RUNS_DIR",
+    "DamagedRunError",
     "IncompleteRunError",
     "InvalidRunIdError",
     "Run",
@@ -51,6 +64,7 @@ __all__ = [
     "RunNotFoundError",
     "RunStore",
     "RunWriter",
+    "StoreError",
     "sanitize_label",
     "to_jsonable",
 ]
@@ -73,8 +87,20 @@ class RunNotFoundError(UserError, FileNotFoundError):
     """The requested run does not exist or is incomplete/corrupt."""
 
 
+class DamagedRunError(RunNotFoundError):
+    """A complete run with a file that cannot be read (truncated, garbage, wrong types): names both."""
+
+    def __init__(self, run_id: str, file: str, reason: str) -> None:
+        self.run_id, self.file, self.reason = run_id, file, reason
+        super().__init__(f"run {run_id} is damaged: {file}: {reason}")
+
+
 class InvalidRunIdError(UserError, ValueError):
     """A run id that is not a plain folder name (path separators, ``..``, hidden names)."""
+
+
+class StoreError(UserError, OSError):
+    """The run store cannot take a run now (not writable, disk full); nothing was written."""
 
 
 class IncompleteRunError(ValueError):
@@ -148,23 +174,67 @@ def _validate_run_id(run_id: str) -> str:
     return run_id
 
 
+def _number(value: Any) -> float | int | None:
+    """``value`` as a JSON number (the strings "inf", "-inf" and "nan" included), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
+        return float(value)
+    return None
+
+
+def _checked_config(run_id: str, config: Any) -> dict[str, Any]:
+    if not isinstance(config, dict):
+        raise DamagedRunError(run_id, "config.json", "not a JSON object")
+    for key, kind in CONFIG_TYPES.items():
+        value = config.get(key)
+        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+        if value is not None and not ok:
+            raise DamagedRunError(run_id, "config.json", f"{key} is {value!r}, not a {_type_name(kind)}")
+    return config
+
+
+def _checked_metrics(run_id: str, metrics: Any) -> dict[str, Any]:
+    """``metrics`` with its numbers checked (non-finite strings become floats)."""
+    if not isinstance(metrics, dict):
+        raise DamagedRunError(run_id, "metrics.json", "not a JSON object")
+    out = dict(metrics)
+    for key in NUMERIC_METRICS:
+        if out.get(key) is not None:
+            out[key] = _number(out[key])
+            if out[key] is None:
+                raise DamagedRunError(run_id, "metrics.json", f"{key} is {metrics[key]!r}, not a number")
+    stages = out.get("stages")
+    if stages is not None:
+        if not isinstance(stages, dict) or any(_number(v) is None for v in stages.values()):
+            raise DamagedRunError(run_id, "metrics.json", f"stages must map stage names to seconds, got {stages!r}")
+        out["stages"] = {k: _number(v) for k, v in stages.items()}
+    return out
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    return "number" if isinstance(kind, tuple) else {"str": "string", "int": "integer", "dict": "object"}[kind.__name__]
+
+
 def _read_complete_run(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Return (config, metrics) of a complete run folder, or raise RunNotFoundError."""
+    """Return (config, metrics) of a complete run folder; RunNotFoundError if there is none, DamagedRunError if
+    its config.json or metrics.json cannot be read or hold values of the wrong type."""
+    if path.is_symlink():
+        raise RunNotFoundError(f"not a run: {path} is a symbolic link")
     if not path.is_dir():
         raise RunNotFoundError(f"run not found: {path}")
     if not (path / COMPLETE_MARKER).is_file():
         raise RunNotFoundError(f"run is incomplete (no {COMPLETE_MARKER} marker): {path}")
-    try:
-        config = _read_json(path / "config.json")
-    except (OSError, ValueError) as exc:
-        raise RunNotFoundError(f"run has a missing or unreadable config.json: {path} ({exc})") from exc
-    if not isinstance(config, dict):
-        raise RunNotFoundError(f"run config.json is not a JSON object: {path}")
-    try:
-        metrics = _read_json(path / "metrics.json")
-    except (OSError, ValueError):
-        metrics = {}
-    return config, metrics if isinstance(metrics, dict) else {}
+    found = []
+    for name, check in (("config.json", _checked_config), ("metrics.json", _checked_metrics)):
+        try:
+            data = _read_json(path / name)
+        except FileNotFoundError:
+            raise DamagedRunError(path.name, name, "missing") from None
+        except (OSError, ValueError) as exc:
+            raise DamagedRunError(path.name, name, f"unreadable ({one_line(exc)})") from None
+        found.append(check(path.name, data))
+    return found[0], found[1]
 
 
 def _created(path: Path, run_id: str) -> tuple[str, datetime]:
@@ -187,29 +257,68 @@ def _newest_mtime(path: Path) -> float:
     return newest
 
 
-def _owner_alive(path: Path) -> bool:
-    """True if the ``.owner`` file names a live process on this host (POSIX only)."""
+def _owner_state(path: Path) -> str:
+    """Whether the writer named in the ``.owner`` file is ``alive`` or ``dead`` (a process of this host), or
+    ``unknown`` (no readable owner file, another host, or not POSIX)."""
     if os.name != "posix":
-        return False
+        return "unknown"
     try:
         info = json.loads((path / OWNER_FILE).read_text(encoding="utf-8"))
         pid, host = int(info["pid"]), str(info["host"])
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return "unknown"
     if host != socket.gethostname() or pid <= 0:
-        return False
+        return "unknown"
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return "dead"
     except PermissionError:
-        return True
-    return True
+        return "alive"
+    return "alive"
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder entry to disk (folders: POSIX only)."""
+    if path.is_dir() and os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(path: Path) -> None:
+    """fsync every file and folder below ``path`` (symlinks not followed)."""
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            if not os.path.islink(os.path.join(dirpath, name)):
+                _fsync(Path(dirpath, name))
+        _fsync(Path(dirpath))
+
+
+def _finish(tmp: Path, final: Path) -> None:
+    """The last commit step: rename a marked temporary folder into place, make the rename durable, drop the
+    owner file."""
+    os.replace(tmp, final)
+    _fsync(final.parent)
+    (final / OWNER_FILE).unlink(missing_ok=True)
+
+
+def _marked_complete(path: Path) -> bool:
+    """True if ``path`` holds a readable COMPLETE marker naming the run it is the temporary folder of."""
+    try:
+        marker = _read_json(path / COMPLETE_MARKER)
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("run_id") == path.name[len(TMP_PREFIX) :]
 
 
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
-    """Summary of a complete run, as returned by :meth:`RunStore.list`."""
+    """Summary of a complete run, as returned by :meth:`RunStore.list`; ``damaged`` says why a run that
+    cannot be read is listed (its config and metrics are then empty)."""
 
     run_id: str
     path: Path
@@ -217,10 +326,46 @@ class RunInfo:
     created: datetime
     config: dict[str, Any]
     metrics: dict[str, Any]
+    damaged: str | None = None
+
+
+# what reading a truncated or garbage file raises (numpy's zip reader, zlib, pyarrow, ffmpeg's reader)
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, RuntimeError, zipfile.BadZipFile, zlib.error)
+
+
+class _Arrays(Mapping[str, np.ndarray]):
+    """arrays.npz, read lazily: a member that cannot be read is a :class:`DamagedRunError`."""
+
+    def __init__(self, run_id: str, path: Path) -> None:
+        self._run_id = run_id
+        try:
+            self._npz = np.load(path, allow_pickle=False)
+        except _READ_ERRORS as exc:
+            raise DamagedRunError(run_id, path.name, f"unreadable ({one_line(exc)})") from None
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._npz.files:
+            raise KeyError(key)
+        try:
+            return self._npz[key]
+        except _READ_ERRORS as exc:
+            raise DamagedRunError(self._run_id, "arrays.npz", f"array {key!r} unreadable ({one_line(exc)})") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._npz.files)
+
+    def __len__(self) -> int:
+        return len(self._npz.files)
+
+    def close(self) -> None:
+        self._npz.close()
 
 
 class Run:
-    """A complete run loaded from disk; heavy artefacts are loaded lazily. Needs no model or torch."""
+    """A complete run loaded from disk; heavy artefacts are loaded lazily. Needs no model or torch.
+
+    A file that cannot be read raises :class:`DamagedRunError` (naming the run and the file) when it is read.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -235,13 +380,18 @@ class Run:
     def telemetry(self) -> pd.DataFrame:
         """Contents of telemetry.parquet (empty DataFrame if absent)."""
         p = self.path / "telemetry.parquet"
-        return pd.read_parquet(p) if p.is_file() else pd.DataFrame()
+        if not p.is_file():
+            return pd.DataFrame()
+        try:
+            return pd.read_parquet(p)
+        except _READ_ERRORS as exc:
+            raise DamagedRunError(self.run_id, p.name, f"unreadable ({one_line(exc)})") from None
 
     @cached_property
     def arrays(self) -> Mapping[str, np.ndarray]:
         """Lazily opened arrays.npz (``allow_pickle=False``), or an empty dict if absent."""
         p = self.path / "arrays.npz"
-        return np.load(p, allow_pickle=False) if p.is_file() else {}
+        return _Arrays(self.run_id, p) if p.is_file() else {}
 
     @property
     def video_path(self) -> Path | None:
@@ -259,13 +409,19 @@ class Run:
     @cached_property
     def _frames(self) -> np.ndarray:
         lossless = self.path / "frames.npz"
-        if lossless.is_file():
-            with np.load(lossless, allow_pickle=False) as data:
-                frames = np.asarray(data["frames"], dtype=np.uint8)
-        elif self.video_path is not None:
-            frames = read_video(self.video_path)
-        else:
-            raise RunNotFoundError(f"run {self.run_id} has neither frames.npz nor video.mp4")
+        source = lossless if lossless.is_file() else self.video_path
+        if source is None:
+            raise DamagedRunError(self.run_id, "video.mp4", "the run has neither frames.npz nor video.mp4")
+        try:
+            if source == lossless:
+                with np.load(lossless, allow_pickle=False) as data:
+                    frames = np.asarray(data["frames"], dtype=np.uint8)
+            else:
+                frames = read_video(source)
+        except _READ_ERRORS as exc:
+            raise DamagedRunError(self.run_id, source.name, f"unreadable ({one_line(exc)})") from None
+        if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+            raise DamagedRunError(self.run_id, source.name, f"no frames of shape (F, H, W, 3) (got {frames.shape})")
         frames.flags.writeable = False
         return frames
 
@@ -276,7 +432,7 @@ class Run:
     def close(self) -> None:
         """Close the arrays.npz handle if it was opened."""
         arrays = self.__dict__.pop("arrays", None)
-        if arrays is not None and hasattr(arrays, "close"):
+        if isinstance(arrays, _Arrays):
             arrays.close()
 
     def __enter__(self) -> Run:
@@ -305,8 +461,13 @@ class RunWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         self.path.mkdir()
         self._open = True
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        (self.path / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
+        try:
+            owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+            (self.path / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
+        except BaseException:
+            self._open = False
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
         return self
 
     def __exit__(
@@ -323,6 +484,11 @@ class RunWriter:
             raise
 
     def _commit(self) -> None:
+        """Check the required files, fsync everything, write ``COMPLETE`` last, rename the folder into place.
+
+        The ``.owner`` file stays until after the rename, so :meth:`RunStore.recover` in another process
+        never renames a folder whose writer is still committing it.
+        """
         missing = [name for name in REQUIRED_FILES if not (self.path / name).is_file()]
         if missing:
             raise IncompleteRunError(f"run {self.run_id} is missing required file(s) {missing}; nothing was saved")
@@ -332,12 +498,15 @@ class RunWriter:
             raise IncompleteRunError(f"run {self.run_id}: config.json is not valid JSON ({exc})") from exc
         if not isinstance(config, dict):
             raise IncompleteRunError(f"run {self.run_id}: config.json must hold a JSON object")
-        (self.path / OWNER_FILE).unlink(missing_ok=True)
-        _dump_json({"run_id": self.run_id, "completed": datetime.now().isoformat()}, self.path / COMPLETE_MARKER)
         final = self.root / self.run_id
         if final.exists():
             raise FileExistsError(f"run folder already exists: {final}")
-        os.replace(self.path, final)
+        _sync_tree(self.path)
+        marker = self.path / COMPLETE_MARKER
+        _dump_json({"run_id": self.run_id, "completed": datetime.now().isoformat()}, marker)
+        _fsync(marker)
+        _fsync(self.path)
+        _finish(self.path, final)
         self.final_path = final
 
     def file(self, name: str) -> Path:
@@ -382,12 +551,23 @@ class RunWriter:
 
 
 class RunStore:
-    """Folder-per-run store under ``root`` (default ``$ACCEL_RUNS_DIR`` or ``./runs``)."""
+    """Folder-per-run store under ``root`` (default ``$ACCEL_RUNS_DIR`` or ``./runs``).
+
+    The first store opened on a root in a process runs :meth:`recover` on it.
+    """
+
+    _recovered: ClassVar[set[Path]] = set()
 
     def __init__(self, root: str | Path | None = None) -> None:
         if root is None:
             root = os.environ.get(ENV_RUNS_DIR) or DEFAULT_ROOT
         self.root = Path(root).expanduser().absolute()
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"run store {self.root} is a file, not a folder: pass a folder")
+        if self.root not in RunStore._recovered:
+            RunStore._recovered.add(self.root)
+            with contextlib.suppress(OSError):  # a read-only store: reading still works, writing says why
+                self.recover()
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
@@ -401,22 +581,47 @@ class RunStore:
         """A :class:`RunWriter` for a new run; use it as a context manager."""
         return RunWriter(self.root, self.new_run_id(label))
 
-    def list(self) -> list[RunInfo]:
-        """Complete runs, newest first. Hidden/temporary, unmarked or unparsable folders are skipped."""
+    def check_writable(self, needed_bytes: int = 0) -> None:
+        """Raise a one-line :class:`StoreError` unless a run of ``needed_bytes`` can be written here now:
+        the folder exists or can be made, a file can be written in it, and the disk has that much room."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f"{TMP_PREFIX}probe-{os.getpid()}-{secrets.token_hex(3)}"
+            probe.write_bytes(b"x")
+            probe.unlink()
+            free = shutil.disk_usage(self.root).free
+        except OSError as exc:
+            raise StoreError(f"run store {self.root} is not writable: {exc.strerror or one_line(exc)}") from None
+        if free < needed_bytes:
+            raise StoreError(
+                f"run store {self.root} has {free / 2**20:.0f} MiB free; this run needs about "
+                f"{needed_bytes / 2**20:.0f} MiB: free some space or pass another --out-dir"
+            )
+
+    def list(self, damaged: bool = False) -> list[RunInfo]:
+        """Complete runs, newest first. Hidden/temporary, unmarked, symlinked and unparsable folders are skipped;
+        with ``damaged`` runs whose config.json or metrics.json cannot be read are listed too, with the reason."""
         if not self.root.is_dir():
             return []
         found: list[tuple[datetime, int, RunInfo]] = []
         for entry in os.scandir(self.root):
-            if entry.name.startswith(".") or _VALID_NAME.fullmatch(entry.name) is None or not entry.is_dir():
+            if entry.name.startswith(".") or _VALID_NAME.fullmatch(entry.name) is None:
+                continue
+            if not entry.is_dir(follow_symlinks=False):
                 continue
             path = Path(entry.path)
+            why = None
             try:
-                config, metrics = _read_complete_run(path)
-                label, created = _created(path, entry.name)
                 marker_ns = (path / COMPLETE_MARKER).stat().st_mtime_ns
+                label, created = _created(path, entry.name)
+                config, metrics = _read_complete_run(path)
+            except DamagedRunError as exc:
+                if not damaged:
+                    continue
+                config, metrics, why = {}, {}, f"{exc.file}: {exc.reason}"
             except (RunNotFoundError, OSError):
                 continue
-            found.append((created, marker_ns, RunInfo(entry.name, path, label, created, config, metrics)))
+            found.append((created, marker_ns, RunInfo(entry.name, path, label, created, config, metrics, why)))
         found.sort(key=lambda item: (item[0], item[1], item[2].run_id), reverse=True)
         return [info for _, _, info in found]
 
@@ -432,44 +637,54 @@ class RunStore:
     def load(self, run_id_or_path: str | Path) -> Run:
         """Load a complete run by id (``root/<id>``) or absolute folder path.
 
-        Raises InvalidRunIdError for ids that are not plain folder names and RunNotFoundError for
-        missing or incomplete runs.
+        Raises InvalidRunIdError for ids that are not plain folder names, RunNotFoundError for missing,
+        incomplete or symlinked runs, and DamagedRunError for a run whose config or metrics cannot be read.
         """
         return Run(self._resolve(run_id_or_path))
 
-    def delete(self, run_id_or_path: str | Path) -> None:
-        """Delete a complete run of this store (it first disappears atomically from :meth:`list`)."""
-        path = self._resolve(run_id_or_path)
-        if path.parent.resolve() != self.root.resolve() or _VALID_NAME.fullmatch(path.name) is None:
-            raise InvalidRunIdError(f"refusing to delete {path}: not a run folder of store {self.root}")
-        _read_complete_run(path)
+    def delete(self, run_id: str) -> None:
+        """Delete a complete run of this store by id, damaged or not (it first disappears atomically from
+        :meth:`list`). Paths and symbolic links are refused."""
+        if not isinstance(run_id, str) or os.path.isabs(run_id):
+            raise InvalidRunIdError(f"refusing to delete {run_id}: give the id of a run of store {self.root}")
+        path = self.root / _validate_run_id(run_id)
+        if path.is_symlink() or not path.is_dir() or not (path / COMPLETE_MARKER).is_file():
+            raise RunNotFoundError(f"no run {run_id} in store {self.root}")
         trash = self.root / f"{TMP_PREFIX}deleted-{path.name}-{secrets.token_hex(3)}"
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
-    def clean_stale(self, max_age_s: float = 3600) -> int:
-        """Remove ``.tmp-*`` folders untouched for more than ``max_age_s`` seconds; return how many.
+    def recover(self, stale_s: float = 3600) -> tuple[int, int]:
+        """Tidy the temporary folders; return (runs recovered, folders removed).
 
-        Age is measured from the newest mtime inside the folder. Folders whose writer process is still
-        alive on this host are kept regardless of age.
+        A folder marked ``COMPLETE`` whose writer is gone is renamed into place (the writer was killed between
+        its last two steps); the rest of a writer that is gone (a process of this host that no longer exists)
+        and left-overs of a delete are removed. Folders whose writer cannot be checked (no owner file, another
+        host) are removed once untouched for ``stale_s`` seconds; folders of a live writer are kept.
         """
-        if max_age_s < 0:
-            raise ValueError(f"max_age_s must be >= 0, got {max_age_s}")
+        if stale_s < 0:
+            raise ValueError(f"stale_s must be >= 0, got {stale_s}")
         if not self.root.is_dir():
-            return 0
-        now = time.time()
-        removed = 0
+            return 0, 0
+        recovered = removed = 0
         for entry in os.scandir(self.root):
             if not entry.name.startswith(TMP_PREFIX) or not entry.is_dir(follow_symlinks=False):
                 continue
             path = Path(entry.path)
-            try:
-                age = now - _newest_mtime(path)
-            except OSError:
+            state = _owner_state(path)
+            if state == "alive":
                 continue
-            if age <= max_age_s or _owner_alive(path):
+            final = self.root / entry.name[len(TMP_PREFIX) :]
+            if state == "dead" and _marked_complete(path) and not final.exists():
+                _finish(path, final)
+                recovered += 1
                 continue
+            if state == "unknown" and not entry.name.startswith(f"{TMP_PREFIX}deleted-"):
+                try:
+                    if time.time() - _newest_mtime(path) <= stale_s:
+                        continue
+                except OSError:
+                    continue
             shutil.rmtree(path, ignore_errors=True)
-            if not path.exists():
-                removed += 1
-        return removed
+            removed += not path.exists()
+        return recovered, removed

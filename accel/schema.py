@@ -29,6 +29,17 @@ else:  # pragma: no cover - Python 3.10
             return str(self.value)
 
 
+# What the views read from config.json and metrics.json: a run whose values have other types is damaged.
+CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
+    "method": str, "model": str, "prompt": str, "label": str, "negative_prompt": str, "settings": dict,
+    "seed": int, "fps": int, "height": int, "width": int, "frames": int, "steps": int, "guidance": (int, float),
+}  # fmt: skip
+NUMERIC_METRICS = (
+    "wall_s", "record_s", "record_loop_s", "save_s", "tokens", "layers", "heads", "density_mean",
+    "density_mean_sparse", "mask_predict_s", "mask_skip_frac", "reuse_check_s", "chunk_computes", "chunk_reuses",
+    "chunk_partials",
+)  # fmt: skip
+
 COLUMNS = (
     "step", "timestep", "branch", "layer", "head", "chunk", "event", "value", "threshold", "density",
     "mask_ref", "seconds",

@@ -136,13 +136,23 @@ def test_generate_uses_the_table_per_branch(table_path, tmp_path):
 
 def test_mismatched_tables_are_refused(table_path, tmp_path):
     data = json.loads(table_path.read_text())
-    with pytest.raises(ConfigError, match="4 layers x 6 heads, but the model has 4 x 12"):
+    with pytest.raises(ConfigError, match="4 layers x 6 heads, but the model has 4 layers x 12 heads"):
         load_table(table_path, method="xattention", model="tiny-wan", layers=4, heads=12)
+    other = tmp_path / "other.json"
+    branches = data["branches"]
+    for bad, match in [
+        ({"layers": [4]}, r"layers must be a positive integer, got \[4\]"),
+        ({"branches": {**branches, "uncnd": branches["cond"]}}, "unknown branch.*'uncnd'.*known: cond, uncond"),
+        ({"branches": {"cond": {"tau": [[0.9] * 6] * 3}}}, "'cond' has 3 x 6 values, expected 4 layers x 6 heads"),
+        ({"branches": {"cond": {"tau": [[float("nan")] * 6] * 4}}}, "outside"),
+    ]:
+        other.write_text(json.dumps({**data, **bad}))
+        with pytest.raises(ConfigError, match=match):
+            load_table(other, method="xattention", model="tiny-wan", layers=4, heads=6)
     with pytest.raises(ConfigError, match="calibrated for model 'tiny-wan'"):
         load_table(table_path, method="xattention", model="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", layers=4, heads=6)
     with pytest.raises(ConfigError, match="method 'xattention', not 'svg2'"):
         load_table(table_path, method="svg2", model="tiny-wan")
-    other = tmp_path / "other.json"
     other.write_text(json.dumps({**data, "heads": 8}))
     with pytest.raises(ConfigError, match="8 heads"):
         runner.generate(

@@ -78,7 +78,7 @@ def test_failure_while_saving_leaves_no_run(store, tiny_pipe, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(accel.runs, "write_h264", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(runner.RunError, match=r"could not save the run in .*: disk full; nothing was stored"):
         runner.generate(_cfg("dense"), store)
     assert store.list() == []
     assert not any(store.root.iterdir())

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -205,12 +206,17 @@ def test_delete(tmp_path: Path, store: RunStore) -> None:
     assert foreign.is_dir()
 
 
-def test_clean_stale(store: RunStore) -> None:
+def test_recover(store: RunStore) -> None:
     old_dir = store.root / ".tmp-killed"
     (old_dir / "tb").mkdir(parents=True)
     (old_dir / "tb" / "events").write_text("x")
     fresh_dir = store.root / ".tmp-fresh"
     fresh_dir.mkdir()
+    dead = store.root / ".tmp-dead-writer"
+    dead.mkdir()
+    (dead / ".owner").write_text(json.dumps({"pid": 2**22 + 1, "host": socket.gethostname()}))  # above pid_max
+    trash = store.root / ".tmp-deleted-x-abc123"
+    trash.mkdir()
     old = time.time() - 7200
     for p in (old_dir / "tb" / "events", old_dir / "tb", old_dir):
         os.utime(p, (old, old))
@@ -222,13 +228,14 @@ def test_clean_stale(store: RunStore) -> None:
         w.write_json("metrics.json", {})
         for p in (*w.path.iterdir(), w.path):
             os.utime(p, (old, old))
-        assert store.clean_stale(max_age_s=3600) == 1  # only the killed run; live writer is kept
+        # the old folder without an owner, the dead writer's and the delete's left-over go; the live writer stays
+        assert store.recover(stale_s=3600) == (0, 3)
         assert w.path.is_dir()
-    assert not old_dir.exists() and fresh_dir.is_dir() and good.is_dir()
-    assert w.final_path is not None and w.final_path.is_dir()
+    assert not old_dir.exists() and not dead.exists() and not trash.exists() and fresh_dir.is_dir()
+    assert w.final_path is not None and w.final_path.is_dir() and not (w.final_path / ".owner").exists()
     recent = time.time() - 60
     os.utime(fresh_dir, (recent, recent))
-    assert store.clean_stale(max_age_s=30) == 1  # the fresh leftover, once older than max_age_s
+    assert store.recover(stale_s=30) == (0, 1)  # the fresh leftover, once older than stale_s
     assert not fresh_dir.exists()
     assert {i.run_id for i in store.list()} == {good.name, w.run_id}
 
@@ -247,4 +254,66 @@ def test_root_from_env_and_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.chdir(tmp_path)
     assert RunStore().root == tmp_path / "runs"
     assert RunStore().list() == []
-    assert RunStore().clean_stale() == 0
+    assert RunStore().recover() == (0, 0)
+
+
+KILL_SCRIPT = """
+import os, signal, socket, sys
+import numpy as np
+from accel import runs
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def rename_then_die(tmp, final):
+    os.replace(tmp, final)
+    die()
+
+stage = sys.argv[2]
+store = runs.RunStore(sys.argv[1])
+if stage == "after mkdir":
+    socket.gethostname = die  # the owner file is written next
+elif stage == "files written":
+    runs._sync_tree = die  # the commit starts with the fsync
+elif stage == "marked complete":
+    runs._finish = die  # COMPLETE is on disk; the rename is next
+elif stage == "renamed":
+    runs._finish = rename_then_die
+with store.writer("killed") as w:
+    w.write_json("config.json", {"label": "killed"})
+    w.write_video(np.full((3, 16, 16, 3), 128, np.uint8))
+    w.write_json("metrics.json", {"wall_s": 1.0})
+print("not killed")
+"""
+
+
+@pytest.mark.parametrize(
+    ("stage", "kept"),
+    [("after mkdir", False), ("files written", False), ("marked complete", True), ("renamed", True), ("none", True)],
+)
+def test_killed_at_each_commit_stage(tmp_path: Path, stage: str, kept: bool) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(root), stage], capture_output=True, text=True)
+    assert (proc.returncode == -9) == (stage != "none"), proc.stderr
+    store = RunStore(root)  # opening the store recovers a marked run whose writer died
+    store.recover(stale_s=0)  # and a folder without an owner file is removed once stale (here: at once)
+    listed = store.list(damaged=True)
+    assert [i.label for i in listed] == (["killed"] if kept else [])
+    if kept:
+        run = store.load(listed[0].run_id)
+        assert run.frames().shape == (3, 16, 16, 3) and run.metrics["wall_s"] == 1.0
+        assert not (run.path / ".owner").exists() or stage == "renamed"
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_failure_right_after_mkdir_leaves_nothing(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> str:
+        raise OSError("no hostname")
+
+    monkeypatch.setattr(socket, "gethostname", broken)
+    with pytest.raises(OSError, match="no hostname"), store.writer("x"):
+        pass
+    assert list(store.root.iterdir()) == []

@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 
 from accel.errors import UserError
 from accel.metrics import compare_videos
-from accel.runs import Run, RunInfo, RunStore
+from accel.runs import DamagedRunError, Run, RunInfo, RunStore
 from viz.common import RunLike, as_run, empty_figure, lay_out
 
 # config keys that must agree for two runs to show the same video (method and its settings may differ)
@@ -174,8 +174,17 @@ def pareto(store: RunStore, run: RunLike) -> go.Figure:
     runs = [info.path for info in comparable_runs(store, r) if info.run_id != ref.run_id]
     if not runs:
         return empty_figure("only the dense reference exists: generate with a method to compare")
-    table = quality(ref.path, runs)
-    table = table.dropna(subset=["speedup_wall"])
+    rows, damaged = [], []
+    for path in runs:
+        try:
+            rows.append(versus(ref.path, path))
+        except DamagedRunError as exc:  # one unreadable run never hides the others
+            if exc.run_id == ref.run_id:
+                return empty_figure(f"the dense reference cannot be read: {exc}")
+            damaged.append(exc.run_id)
+    if not rows:
+        return empty_figure(f"every run to compare is damaged: {', '.join(damaged)}")
+    table = pd.DataFrame(rows).dropna(subset=["speedup_wall"])
     fig = go.Figure()
     for method, sel in table.groupby("method"):
         fig.add_trace(
@@ -196,7 +205,8 @@ def pareto(store: RunStore, run: RunLike) -> go.Figure:
     fig.add_vline(x=1.0, line_color="#999999")
     return lay_out(
         fig,
-        f"speed vs quality over {len(table)} runs of this prompt and seed (dense = 1x)",
+        f"speed vs quality over {len(table)} runs of this prompt and seed (dense = 1x)"
+        + (f"; damaged, skipped: {', '.join(damaged)}" if damaged else ""),
         420,
         x="speedup over dense (wall time)",
         y=f"PSNR vs dense (dB, identical = {PSNR_CAP:g})",

@@ -201,20 +201,22 @@ def profile_panel(store: RunStore, run: Run):
     )
 
 
-RUN_COLUMNS = ["run", "method", "model", "prompt", "seed", "wall_s"]
+RUN_COLUMNS = ["run", "status", "method", "model", "prompt", "seed", "wall_s"]
 
 
 def runs_table(store: RunStore) -> pd.DataFrame:
-    """One row per stored run, newest first."""
+    """One row per stored run, newest first; a run that cannot be read is listed as damaged, with why
+    (it can be deleted, not opened)."""
     rows = [
         {
             "run": i.run_id,
+            "status": f"damaged: {i.damaged}" if i.damaged else "ok",
             "method": i.config.get("label"),
             "model": i.config.get("model"),
             "prompt": i.config.get("prompt"),
             "seed": i.config.get("seed"),
             "wall_s": round(float(i.metrics.get("wall_s") or 0), 2),
         }
-        for i in store.list()
+        for i in store.list(damaged=True)
     ]
     return pd.DataFrame(rows, columns=RUN_COLUMNS)

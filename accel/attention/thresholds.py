@@ -15,6 +15,7 @@ import torch
 
 from accel import methods
 from accel.config import ConfigError
+from accel.tracking import BRANCH_NAMES
 
 TABLE_FORMAT = "accel.threshold-table"
 TABLE_VERSION = 1
@@ -51,21 +52,35 @@ def load_table(
     if data.get("model") != model:
         raise ConfigError(f"threshold table {path} was calibrated for model {data.get('model')!r}, not {model!r}")
     t_layers, t_heads = data.get("layers"), data.get("heads")
+    for name, value in (("layers", t_layers), ("heads", t_heads)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"threshold table {path}: {name} must be a positive integer, got {value!r}")
     if (layers is not None and t_layers != layers) or (heads is not None and t_heads != heads):
         raise ConfigError(
-            f"threshold table {path} is for {t_layers} layers x {t_heads} heads, but the model has {layers} x {heads}"
+            f"threshold table {path} is for {t_layers} layers x {t_heads} heads, but the model has "
+            f"{layers} layers x {heads} heads"
         )
     key = methods.get(method).threshold
     out: dict[str, torch.Tensor] = {}
-    for branch, entry in (data.get("branches") or {}).items():
+    branches = data.get("branches") or {}
+    if not isinstance(branches, dict):
+        raise ConfigError(f"threshold table {path}: branches must map branch names to thresholds")
+    unknown = sorted(set(branches) - set(BRANCH_NAMES))
+    if unknown:
+        raise ConfigError(
+            f"threshold table {path} has unknown branch(es) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(BRANCH_NAMES)}"
+        )
+    for branch, entry in branches.items():
         try:
             values = torch.tensor(entry[key], dtype=torch.float32)
         except (KeyError, TypeError, ValueError):
             raise ConfigError(f"threshold table {path}: branch {branch!r} has no valid {key!r} values") from None
         if values.shape != (t_layers, t_heads):
+            shape = " x ".join(map(str, values.shape)) or "a single value"
             raise ConfigError(
-                f"threshold table {path}: branch {branch!r} has shape {tuple(values.shape)}, "
-                f"expected ({t_layers}, {t_heads})"
+                f"threshold table {path}: branch {branch!r} has {shape} values, expected {t_layers} layers x "
+                f"{t_heads} heads"
             )
         if not bool(((values > 0) & (values <= 1)).all()):
             raise ConfigError(f"threshold table {path}: branch {branch!r} has {key} values outside (0, 1]")

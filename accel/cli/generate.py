@@ -14,9 +14,11 @@ from accel.cli.common import STORE_HELP, CliError, Formatter, as_float, label, q
 from accel.cli.flags import (
     add_diffusion_forcing,
     add_hardware,
+    add_limits,
     add_sampling,
     add_setting_flags,
     floats,
+    limits_from,
     method_settings,
     model_help,
     sampling_kwargs,
@@ -72,6 +74,7 @@ def add_parsers(sub) -> None:
         help="Most megabytes of packed attention masks kept per run (spread evenly over the steps). Default: 120.",
     )
     hw.add_argument("--no-masks", action="store_true", help="Keep no attention masks (telemetry is still recorded).")
+    add_limits(hw)
     hw.add_argument(
         "--profile",
         action="store_true",
@@ -169,6 +172,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise CliError(f"--mask-budget-mb must be a number >= 0, got {args.mask_budget_mb}")
         policy = dataclasses.replace(policy, mask_budget_mb=args.mask_budget_mb)
     spec = models.resolve(cfg.model)  # fail on a bad model before anything heavy
+    models.check_available(spec)
     full = cfg.resolve(spec.defaults)
     store = RunStore(args.out_dir)
     err = sys.stderr
@@ -186,8 +190,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     quiet_loading()
     from accel.runner import generate
 
-    run = generate(cfg, store, policy, progress, profile=args.profile)
+    run = generate(cfg, store, policy, progress, profile=args.profile, limits=limits_from(args))
     m = run.metrics
+    for text in m.get("warnings") or []:
+        print(f"warning: {text}", file=err)
     stages = m.get("stages", {})
     parts = [f"wall {m.get('wall_s', float('nan')):.2f} s"]
     if "denoise_s" in stages:

@@ -153,21 +153,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    """``runs``: the store's complete runs, newest first."""
+    """``runs``: the store's complete runs, newest first; a damaged run is listed with a warning line."""
     from accel.runs import RunStore
 
     store = RunStore(args.out_dir)
-    infos = store.list()
+    infos = store.list(damaged=True)
     if not infos:
         print(f"no runs in {store.root}", file=sys.stderr)
         return 0
     rows = []
     for info in infos:
         wall = as_float(info.metrics.get("wall_s"))
-        rows.append((info.run_id, label(info), f"{wall:.2f} s" if wall is not None else "-"))
+        text = "DAMAGED" if info.damaged else label(info)
+        rows.append((info.run_id, text, f"{wall:.2f} s" if wall is not None else "-"))
     w_id = max(len("ID"), *(len(r[0]) for r in rows))
     w_label = max(len("METHOD"), *(len(r[1]) for r in rows))
     print(f"{'ID':<{w_id}}  {'METHOD':<{w_label}}  {'WALL':>9}")
     for run_id, text, wall in rows:
         print(f"{run_id:<{w_id}}  {text:<{w_label}}  {wall:>9}")
+    for info in infos:
+        if info.damaged:
+            print(f"warning: run {info.run_id} is damaged ({info.damaged}); it is skipped", file=sys.stderr)
     return 0

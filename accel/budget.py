@@ -1,0 +1,199 @@
+"""What a generation request may cost, checked before any model is loaded.
+
+:func:`check` refuses, in one line, a request above the configured caps (:class:`Limits`: latent tokens
+per transformer pass and denoising steps) or one whose estimated peak memory is above what the device has
+free (CUDA: ``torch.cuda.mem_get_info``; CPU: the kernel's ``MemAvailable``), so that a huge request fails at
+once instead of being killed by the out-of-memory killer or holding the one-at-a-time queue for days.
+
+The estimate (:func:`estimate`) is coarse on purpose and errs high. It is the sum of
+
+* the weights (the checkpoint's safetensors files, scaled to the run's dtype) unless already loaded,
+* one transformer pass: ``tokens x (ACT_HIDDEN x dim + ACT_FFN x ffn_dim)`` activations in the run's dtype,
+  plus the block-score and block-mask maps of ``heads x (tokens / 128)^2`` (the sparse methods),
+* the VAE decode of one latent frame at full size: ``4 frames x H x W x base_dim x VAE_COPIES`` fp32 values,
+* the decoded video in fp32 and uint8, and a fixed ``OVERHEAD_BYTES`` for recording and the allocator.
+
+The multipliers are settings calibrated on the embedded models on CPU (peak RSS growth of a dense and an
+XAttention run at three sizes, see ``tests/test_budget.py``); the real checkpoints' dimensions come from
+their ``transformer/config.json`` and ``vae/config.json`` when on disk, else from Wan2.1 1.3B's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from accel.errors import UserError
+
+if TYPE_CHECKING:
+    from accel.config import RunConfig
+    from accel.models import ModelSpec
+
+ENV_MAX_TOKENS = "ACCEL_MAX_TOKENS"
+ENV_MAX_STEPS = "ACCEL_MAX_STEPS"
+DEFAULT_MAX_TOKENS = 2**18  # 1080p x 81 frames of Wan2.1 is 171k latent tokens
+DEFAULT_MAX_STEPS = 500  # the references sample 50 steps
+ACT_HIDDEN = 16  # live (tokens x dim) tensors in one block at the peak: residual, norms, q/k/v, rope, output
+ACT_FFN = 3  # live (tokens x ffn_dim) tensors: the FFN's projection and its activation
+VAE_COPIES = 8  # live (4 x H x W x base_dim) fp32 maps in the VAE decoder at full resolution
+OVERHEAD_BYTES = 512 * 2**20
+SCORE_BLOCK = 128
+# Wan2.1 1.3B, for checkpoints whose config is not on disk yet
+WAN_13B = {"num_layers": 30, "num_attention_heads": 12, "attention_head_dim": 128, "ffn_dim": 8960}
+WAN_VAE = {"base_dim": 96}
+WAN_13B_BYTES = 7_300_000_000 * 2  # transformer 1.3B + umT5-XXL text encoder 5.7B + VAE, in bf16, roughly
+
+
+class BudgetError(UserError, MemoryError):
+    """A request above a cap or above the device's free memory; nothing was allocated."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on one request: latent tokens per transformer pass and denoising steps (0 = no cap)."""
+
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_steps: int = DEFAULT_MAX_STEPS
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        """The caps in ``$ACCEL_MAX_TOKENS`` / ``$ACCEL_MAX_STEPS`` (the app's and CLI's flags set them)."""
+        values = {}
+        for name, env in (("max_tokens", ENV_MAX_TOKENS), ("max_steps", ENV_MAX_STEPS)):
+            raw = os.environ.get(env)
+            if raw:
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    raise BudgetError(f"${env} must be an integer, got {raw!r}") from None
+                if values[name] < 0:
+                    raise BudgetError(f"${env} must be >= 0 (0 = no cap), got {raw!r}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Peak memory of a request by part, in bytes."""
+
+    weights: int
+    activations: int
+    vae_decode: int
+    video: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.activations + self.vae_decode + self.video + OVERHEAD_BYTES
+
+    def __str__(self) -> str:
+        parts = [("weights", self.weights), ("activations", self.activations), ("VAE decode", self.vae_decode),
+                 ("video", self.video)]  # fmt: skip
+        return f"{_gib(self.total)} ({', '.join(f'{name} {_gib(v)}' for name, v in parts)})"
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def latent_tokens(cfg: RunConfig, patch: tuple[int, int, int] = (1, 2, 2)) -> int:
+    """Tokens of one transformer pass: a SkyReels-V2 long video is denoised ``base_num_frames`` at a time."""
+    frames = cfg.frames if cfg.base_num_frames is None else min(cfg.frames, cfg.base_num_frames)
+    latent = ((frames - 1) // 4 + 1) // patch[0]
+    return latent * (cfg.height // 8 // patch[1]) * (cfg.width // 8 // patch[2])
+
+
+def _config(root: Path | None, sub: str) -> dict[str, Any] | None:
+    """``<root>/<sub>/config.json``, if it is there and readable."""
+    try:
+        return json.loads((root / sub / "config.json").read_text(encoding="utf-8")) if root else None
+    except (OSError, ValueError):
+        return None
+
+
+def _values(file: Path) -> int:
+    """Number of values stored in a safetensors file (from its header; nothing else is read)."""
+    with open(file, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+    return sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+
+
+def _weight_bytes(root: Path | None, dtype_bytes: int) -> int:
+    """Bytes of the checkpoint's weights in memory at ``dtype_bytes`` per value (the VAE stays fp32)."""
+    files = list(root.rglob("*.safetensors")) if root else []
+    try:
+        total = sum(_values(f) * (4 if f.parent.name == "vae" else dtype_bytes) for f in files)
+    except (OSError, ValueError, KeyError, TypeError):
+        total = 0
+    return total or WAN_13B_BYTES
+
+
+def estimate(cfg: RunConfig, spec: ModelSpec, dtype_bytes: int, weights_loaded: bool = False) -> Estimate:
+    """Estimated peak memory of the resolved request ``cfg`` on ``spec`` (see the module docstring)."""
+    from accel.models import local_folder
+
+    root = local_folder(spec)
+    t = _config(root, "transformer") or WAN_13B
+    vae = _config(root, "vae") or WAN_VAE
+    patch = tuple(t.get("patch_size") or (1, 2, 2))
+    tokens = latent_tokens(cfg, patch)
+    dim = int(t["num_attention_heads"]) * int(t["attention_head_dim"])
+    blocks = -(-tokens // SCORE_BLOCK)
+    activations = tokens * (ACT_HIDDEN * dim + ACT_FFN * int(t["ffn_dim"])) * dtype_bytes
+    activations += int(t["num_attention_heads"]) * blocks * blocks * 5  # fp32 scores + bool mask
+    pixels = cfg.height * cfg.width
+    vae_decode = 4 * pixels * int(vae.get("base_dim") or 96) * VAE_COPIES * 4
+    video = cfg.frames * pixels * 3 * (4 + 1)
+    weights = 0 if weights_loaded else _weight_bytes(root, dtype_bytes)
+    return Estimate(weights, activations, vae_decode, video)
+
+
+def available_bytes(device: str) -> int | None:
+    """Free memory of ``device`` now (CUDA: free device memory; CPU: MemAvailable), or None if unknown."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check(cfg: RunConfig, spec: ModelSpec, device: str, dtype_bytes: int, limits: Limits | None = None,
+          weights_loaded: bool = False) -> Estimate:  # fmt: skip
+    """Refuse the resolved request ``cfg`` with a one-line :class:`BudgetError` if it is above a cap or its
+    estimated peak memory is above the device's free memory; return the estimate otherwise."""
+    limits = limits or Limits.from_env()
+    size = f"{cfg.width}x{cfg.height}, {cfg.frames} frames"
+    tokens = latent_tokens(cfg)
+    if limits.max_tokens and tokens > limits.max_tokens:
+        raise BudgetError(
+            f"{size} is {tokens:,} latent tokens per pass, above the cap of {limits.max_tokens:,} (--max-tokens): "
+            "lower the size or frames, or raise the cap"
+        )
+    if limits.max_steps and cfg.steps > limits.max_steps:
+        raise BudgetError(f"{cfg.steps} steps is above the cap of {limits.max_steps} (--max-steps)")
+    need = estimate(cfg, spec, dtype_bytes, weights_loaded)
+    free = available_bytes(device)
+    if free is not None and need.total > free:
+        raise BudgetError(f"{size} needs about {need} but {device} has {_gib(free)} free: lower the size or frames")
+    return need
+
+
+def run_bytes(cfg: RunConfig, lossless_max: int = 64 * 2**20) -> int:
+    """Disk space a run folder may take: the lossless frames copy (up to ``lossless_max``), the H.264 video,
+    telemetry and arrays (a fixed 64 MiB allowance)."""
+    raw = cfg.frames * cfg.height * cfg.width * 3
+    return (raw if raw <= lossless_max else 0) + raw // 10 + 64 * 2**20
