@@ -26,7 +26,6 @@ from typing import Any
 import gradio as gr
 
 from accel import budget, forms, methods, models
-from accel.cli.flags import add_limits, limits_from
 from accel.config import DEFAULT_MODEL
 from accel.errors import UserError, one_line
 from accel.fields import MODEL_DEFAULT, FieldSpec
@@ -454,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--runs-dir", help="run store folder (default: $ACCEL_RUNS_DIR or ./runs)")
-    add_limits(parser)
+    budget.add_limits(parser)
     args = parser.parse_args(argv)
     if args.runs_dir:
         os.environ["ACCEL_RUNS_DIR"] = args.runs_dir
@@ -462,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
     if busy:
         parser.exit(2, f"error: {busy}\n")  # before the UI is built, and no traceback
     try:
-        limits = limits_from(args)
+        limits = budget.limits_from(args)
         store = _store()
     except UserError as exc:
         parser.exit(2, f"error: {exc}\n")

@@ -11,15 +11,21 @@ The estimate (:func:`estimate`) is coarse on purpose and errs high. It is the su
 * one transformer pass: ``tokens x (ACT_HIDDEN x dim + ACT_FFN x ffn_dim)`` activations in the run's dtype,
   plus the block-score and block-mask maps of ``heads x (tokens / 128)^2`` (the sparse methods),
 * the VAE decode of one latent frame at full size: ``4 frames x H x W x base_dim x VAE_COPIES`` fp32 values,
-* the decoded video in fp32 and uint8, and a fixed ``OVERHEAD_BYTES`` for recording and the allocator.
+* the decoded video in fp32 and uint8, the recorded masks (the recorder's budget), and a fixed
+  ``OVERHEAD_BYTES`` for the allocator and the first run's one-time costs.
 
-The multipliers are settings calibrated on the embedded models on CPU (peak RSS growth of a dense and an
-XAttention run at three sizes, see ``tests/test_budget.py``); the real checkpoints' dimensions come from
-their ``transformer/config.json`` and ``vae/config.json`` when on disk, else from Wan2.1 1.3B's.
+The working set (activations, VAE decode, video) is multiplied by ``SAFETY``. The multipliers are settings
+checked on the embedded pocket-wan on CPU: the peak RSS growth of a 2-step run after loading (dense /
+XAttention) was 510 / 332, 1045 / 1162 and 2194 / 2342 MiB at 256x256x17, 512x512x33 and 768x768x49 against
+estimates of 974, 1748 and 3330 MiB (``docs/measurements/budget_peak.py``, output in ``budget_peak.txt``). The
+real checkpoints' dimensions come from their ``transformer/config.json`` and ``vae/config.json`` when on disk,
+else from Wan2.1 1.3B's.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import math
 import os
@@ -40,7 +46,8 @@ DEFAULT_MAX_STEPS = 500  # the references sample 50 steps
 ACT_HIDDEN = 16  # live (tokens x dim) tensors in one block at the peak: residual, norms, q/k/v, rope, output
 ACT_FFN = 3  # live (tokens x ffn_dim) tensors: the FFN's projection and its activation
 VAE_COPIES = 8  # live (4 x H x W x base_dim) fp32 maps in the VAE decoder at full resolution
-OVERHEAD_BYTES = 512 * 2**20
+OVERHEAD_BYTES = 768 * 2**20
+SAFETY = 1.25
 SCORE_BLOCK = 128
 # Wan2.1 1.3B, for checkpoints whose config is not on disk yet
 WAN_13B = {"num_layers": 30, "num_attention_heads": 12, "attention_head_dim": 128, "ffn_dim": 8960}
@@ -83,14 +90,16 @@ class Estimate:
     activations: int
     vae_decode: int
     video: int
+    masks: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.activations + self.vae_decode + self.video + OVERHEAD_BYTES
+        work = self.activations + self.vae_decode + self.video
+        return self.weights + int(SAFETY * work) + self.masks + OVERHEAD_BYTES
 
     def __str__(self) -> str:
         parts = [("weights", self.weights), ("activations", self.activations), ("VAE decode", self.vae_decode),
-                 ("video", self.video)]  # fmt: skip
+                 ("video", self.video), ("masks", self.masks)]  # fmt: skip
         return f"{_gib(self.total)} ({', '.join(f'{name} {_gib(v)}' for name, v in parts)})"
 
 
@@ -131,8 +140,11 @@ def _weight_bytes(root: Path | None, dtype_bytes: int) -> int:
     return total or WAN_13B_BYTES
 
 
-def estimate(cfg: RunConfig, spec: ModelSpec, dtype_bytes: int, weights_loaded: bool = False) -> Estimate:
-    """Estimated peak memory of the resolved request ``cfg`` on ``spec`` (see the module docstring)."""
+def estimate(
+    cfg: RunConfig, spec: ModelSpec, dtype_bytes: int, weights_loaded: bool = False, mask_bytes: int = 0
+) -> Estimate:
+    """Estimated peak memory of the resolved request ``cfg`` on ``spec`` (see the module docstring); the recorder
+    keeps up to ``mask_bytes`` of packed masks."""
     from accel.models import local_folder
 
     root = local_folder(spec)
@@ -148,7 +160,7 @@ def estimate(cfg: RunConfig, spec: ModelSpec, dtype_bytes: int, weights_loaded: 
     vae_decode = 4 * pixels * int(vae.get("base_dim") or 96) * VAE_COPIES * 4
     video = cfg.frames * pixels * 3 * (4 + 1)
     weights = 0 if weights_loaded else _weight_bytes(root, dtype_bytes)
-    return Estimate(weights, activations, vae_decode, video)
+    return Estimate(weights, activations, vae_decode, video, mask_bytes)
 
 
 def available_bytes(device: str) -> int | None:
@@ -172,7 +184,7 @@ def available_bytes(device: str) -> int | None:
 
 
 def check(cfg: RunConfig, spec: ModelSpec, device: str, dtype_bytes: int, limits: Limits | None = None,
-          weights_loaded: bool = False) -> Estimate:  # fmt: skip
+          weights_loaded: bool = False, mask_bytes: int = 0) -> Estimate:  # fmt: skip
     """Refuse the resolved request ``cfg`` with a one-line :class:`BudgetError` if it is above a cap or its
     estimated peak memory is above the device's free memory; return the estimate otherwise."""
     limits = limits or Limits.from_env()
@@ -185,7 +197,7 @@ def check(cfg: RunConfig, spec: ModelSpec, device: str, dtype_bytes: int, limits
         )
     if limits.max_steps and cfg.steps > limits.max_steps:
         raise BudgetError(f"{cfg.steps} steps is above the cap of {limits.max_steps} (--max-steps)")
-    need = estimate(cfg, spec, dtype_bytes, weights_loaded)
+    need = estimate(cfg, spec, dtype_bytes, weights_loaded, mask_bytes)
     free = available_bytes(device)
     if free is not None and need.total > free:
         raise BudgetError(f"{size} needs about {need} but {device} has {_gib(free)} free: lower the size or frames")
@@ -197,3 +209,29 @@ def run_bytes(cfg: RunConfig, lossless_max: int = 64 * 2**20) -> int:
     telemetry and arrays (a fixed 64 MiB allowance)."""
     raw = cfg.frames * cfg.height * cfg.width * 3
     return (raw if raw <= lossless_max else 0) + raw // 10 + 64 * 2**20
+
+
+def add_limits(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--max-tokens`` and ``--max-steps``: the caps a request is checked against before the model loads."""
+    parser.add_argument(
+        "--max-tokens", type=int, metavar="N",
+        help=f"Refuse requests above N latent tokens per transformer pass (0 = no cap). Default: "
+        f"${ENV_MAX_TOKENS} or {DEFAULT_MAX_TOKENS}.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-steps", type=int, metavar="N",
+        help=f"Refuse requests above N denoising steps (0 = no cap). Default: ${ENV_MAX_STEPS} or "
+        f"{DEFAULT_MAX_STEPS}.",
+    )  # fmt: skip
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    """The :class:`Limits` of ``--max-tokens``/``--max-steps`` (unset: the environment's or default)."""
+    limits = Limits.from_env()
+    for name in ("max_tokens", "max_steps"):
+        value = getattr(args, name, None)
+        if value is not None:
+            if value < 0:
+                raise BudgetError(f"--{name.replace('_', '-')} must be >= 0 (0 = no cap), got {value}")
+            limits = dataclasses.replace(limits, **{name: value})
+    return limits

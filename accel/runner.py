@@ -151,7 +151,9 @@ def generate(
     dtype = models.parse_dtype(cfg.dtype, device_name)
     models.check_available(spec)
     loaded = models.is_loaded(cfg.model, device_name, dtype)
-    budget.check(cfg, spec, device_name, dtype.itemsize, limits, weights_loaded=loaded)
+    policy = policy or RecordPolicy()
+    mask_bytes = int(policy.mask_budget_mb * 2**20) if record and policy.masks else 0
+    budget.check(cfg, spec, device_name, dtype.itemsize, limits, weights_loaded=loaded, mask_bytes=mask_bytes)
     store.check_writable(budget.run_bytes(cfg))
     t_start = time.perf_counter()
     pipe = models.load_pipeline(cfg.model, device_name, cfg.dtype)

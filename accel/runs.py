@@ -379,13 +379,24 @@ class Run:
     @cached_property
     def telemetry(self) -> pd.DataFrame:
         """Contents of telemetry.parquet (empty DataFrame if absent)."""
-        p = self.path / "telemetry.parquet"
+        return self.table("telemetry.parquet")
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A parquet file of the run (empty DataFrame if absent); unreadable: :class:`DamagedRunError`."""
+        p = self.path / name
         if not p.is_file():
             return pd.DataFrame()
         try:
             return pd.read_parquet(p)
         except _READ_ERRORS as exc:
-            raise DamagedRunError(self.run_id, p.name, f"unreadable ({one_line(exc)})") from None
+            raise DamagedRunError(self.run_id, name, f"unreadable ({one_line(exc)})") from None
+
+    def read_json(self, name: str) -> Any:
+        """A JSON file of the run; missing or unreadable: :class:`DamagedRunError`."""
+        try:
+            return _read_json(self.path / name)
+        except _READ_ERRORS as exc:
+            raise DamagedRunError(self.run_id, name, f"unreadable ({one_line(exc)})") from None
 
     @cached_property
     def arrays(self) -> Mapping[str, np.ndarray]:

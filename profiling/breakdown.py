@@ -13,14 +13,17 @@ from __future__ import annotations
 import pandas as pd
 
 from accel.errors import UserError
-from accel.runs import Run
+from accel.runs import DamagedRunError, Run
 
 
 def _ranges(run: Run) -> pd.DataFrame:
     path = run.path / "profile_ranges.parquet"
     if not path.is_file():
         raise UserError(f"run {run.run_id} was not profiled: generate it with --profile")
-    return pd.read_parquet(path).set_index("name")
+    table = run.table(path.name)
+    if "name" not in table.columns:
+        raise DamagedRunError(run.run_id, path.name, "no name column")
+    return table.set_index("name")
 
 
 def phases(run: Run) -> dict[str, float]:

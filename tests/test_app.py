@@ -67,6 +67,13 @@ def test_bad_input_is_a_message_and_the_app_keeps_serving(served):
         client.predict(*forms.form_values(method="flowcache", sampling={"steps": 2}), api_name="/generate")
     with pytest.raises(Exception, match=r"not found|no model|local"):
         client.predict(*forms.form_values(model="/nonexistent/model", sampling={"steps": 2}), api_name="/generate")
+    huge = {"height": 8192, "width": 8192, "frames": 81}
+    with pytest.raises(Exception, match=r"5,505,024 latent tokens per pass, above the cap"):
+        client.predict(*forms.form_values(sampling=huge), api_name="/generate")
+    with pytest.raises(Exception, match=r"steps is above the cap of 500"):
+        client.predict(*forms.form_values(sampling={"steps": 10**6}), api_name="/generate")
+    with pytest.raises(Exception, match="guidance must be a finite number"):
+        client.predict(*forms.form_values(sampling={"guidance": "inf"}), api_name="/generate")
     for bad in ("../../etc", "/etc"):
         with pytest.raises(Exception, match="invalid run id"):
             client.predict(bad, api_name="/sparsity")
@@ -188,3 +195,48 @@ def test_the_app_builds_its_form_from_the_settings_not_from_the_cli():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent
     )
     assert out.stdout.split() == ["False", "False"]  # no CLI, and no model code until a generation
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_app_stops_its_tensorboard(stored_runs, tmp_path):
+    """``python app.py`` started as users do: its TensorBoard child is gone once the app gets SIGTERM."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    store, runs = stored_runs
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app_py = Path(__file__).resolve().parents[1] / "app.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(app_py), "--port", str(port), "--runs-dir", str(store.root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:
+                assert time.monotonic() < deadline and proc.poll() is None, "the app did not come up"
+                time.sleep(1)
+        msg = client.predict(runs["xattention"].run_id, api_name="/tensorboard")
+        tb_url = re.search(r"\((http://127\.0\.0\.1:\d+)/", msg).group(1)
+        urllib.request.urlopen(tb_url, timeout=5).close()  # TensorBoard answers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == -signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(tb_url, timeout=2).close()
+            except OSError:
+                break  # nothing serves there any more
+            assert time.monotonic() < deadline, "TensorBoard outlived the app"
+            time.sleep(0.5)
+    finally:
+        proc.kill()

@@ -14,6 +14,7 @@ from accel import budget, models, runner
 from accel.cli import main as cli_main
 from accel.config import ConfigError, RunConfig, settings_for
 from accel.runs import RunStore, StoreError
+from viz import panels
 
 SMALL = {"height": 64, "width": 64, "frames": 5, "steps": 2}
 
@@ -162,5 +163,6 @@ def test_a_prompt_longer_than_the_encoder_takes_is_recorded(store, tiny_pipe):
     run = runner.generate(RunConfig(prompt=long, model="tiny-wan", **SMALL), store)
     assert run.metrics["prompt_tokens"] == spec.text_tokens
     assert run.metrics["warnings"] and f"the text encoder takes {spec.text_tokens}" in run.metrics["warnings"][0]
+    assert f"**Warning**: {run.metrics['warnings'][0]}" in panels.headline(store, run)
     short = runner.generate(RunConfig(prompt="a red ball", model="tiny-wan", **SMALL), store)
     assert short.metrics["warnings"] == [] and 0 < short.metrics["prompt_tokens"] < spec.text_tokens

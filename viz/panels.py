@@ -73,6 +73,7 @@ def headline(store: RunStore, run: Run) -> str:
     if steps:
         lines.append(f"| chunk steps reused | {(m.get('chunk_reuses') or 0) / steps:.1%} of {steps} |")
     lines.append(f"| tokens · device | {m.get('tokens')} · {m.get('device')} {m.get('dtype', '')} |")
+    lines += [f"\n**Warning**: {text}" for text in m.get("warnings") or []]
     return "\n".join(lines)
 
 

@@ -3,11 +3,10 @@ beside the dense reference with Amdahl's bound."""
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import plotly.graph_objects as go
 
+from accel.runs import DamagedRunError
 from profiling import breakdown
 from viz.common import RunLike, as_run, empty_figure, lay_out, title
 
@@ -20,13 +19,15 @@ def is_profiled(run: RunLike) -> bool:
 
 def profile_tables(run: RunLike) -> dict[str, pd.DataFrame]:
     """``ranges``, ``kernels`` and ``memory`` tables of a profiled run (empty tables if not profiled)."""
-    p = as_run(run).path
-    if not is_profiled(run):
+    r = as_run(run)
+    if not is_profiled(r):
         return {"ranges": pd.DataFrame(), "kernels": pd.DataFrame(), "memory": pd.DataFrame()}
-    memory = json.loads((p / "profile_memory.json").read_text())
+    memory = r.read_json("profile_memory.json")
+    if not isinstance(memory, dict) or not all(isinstance(v, (int, float)) for v in memory.values()):
+        raise DamagedRunError(r.run_id, "profile_memory.json", "not a map of names to bytes")
     return {
-        "ranges": pd.read_parquet(p / "profile_ranges.parquet"),
-        "kernels": pd.read_parquet(p / "profile_kernels.parquet"),
+        "ranges": r.table("profile_ranges.parquet"),
+        "kernels": r.table("profile_kernels.parquet"),
         "memory": pd.DataFrame([{"what": k, "MB": v / 2**20} for k, v in memory.items()]),
     }
 

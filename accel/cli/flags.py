@@ -166,38 +166,6 @@ def add_hardware(group) -> None:
     )
 
 
-def add_limits(parser) -> None:
-    """``--max-tokens`` and ``--max-steps``: the caps a request is checked against before the model loads."""
-    from accel import budget
-
-    parser.add_argument(
-        "--max-tokens", type=int, metavar="N",
-        help=f"Refuse requests above N latent tokens per transformer pass (0 = no cap). Default: "
-        f"${budget.ENV_MAX_TOKENS} or {budget.DEFAULT_MAX_TOKENS}.",
-    )  # fmt: skip
-    parser.add_argument(
-        "--max-steps", type=int, metavar="N",
-        help=f"Refuse requests above N denoising steps (0 = no cap). Default: ${budget.ENV_MAX_STEPS} or "
-        f"{budget.DEFAULT_MAX_STEPS}.",
-    )  # fmt: skip
-
-
-def limits_from(args: argparse.Namespace):
-    """The :class:`accel.budget.Limits` of ``--max-tokens``/``--max-steps`` (unset: the environment's or default)."""
-    import dataclasses
-
-    from accel import budget
-
-    limits = budget.Limits.from_env()
-    for name in ("max_tokens", "max_steps"):
-        value = getattr(args, name, None)
-        if value is not None:
-            if value < 0:
-                raise budget.BudgetError(f"--{name.replace('_', '-')} must be >= 0 (0 = no cap), got {value}")
-            limits = dataclasses.replace(limits, **{name: value})
-    return limits
-
-
 def floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())

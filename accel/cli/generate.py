@@ -9,16 +9,14 @@ import math
 import os
 import sys
 
-from accel import methods
+from accel import budget, methods
 from accel.cli.common import STORE_HELP, CliError, Formatter, as_float, label, quiet_loading
 from accel.cli.flags import (
     add_diffusion_forcing,
     add_hardware,
-    add_limits,
     add_sampling,
     add_setting_flags,
     floats,
-    limits_from,
     method_settings,
     model_help,
     sampling_kwargs,
@@ -74,7 +72,7 @@ def add_parsers(sub) -> None:
         help="Most megabytes of packed attention masks kept per run (spread evenly over the steps). Default: 120.",
     )
     hw.add_argument("--no-masks", action="store_true", help="Keep no attention masks (telemetry is still recorded).")
-    add_limits(hw)
+    budget.add_limits(hw)
     hw.add_argument(
         "--profile",
         action="store_true",
@@ -190,7 +188,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     quiet_loading()
     from accel.runner import generate
 
-    run = generate(cfg, store, policy, progress, profile=args.profile, limits=limits_from(args))
+    run = generate(cfg, store, policy, progress, profile=args.profile, limits=budget.limits_from(args))
     m = run.metrics
     for text in m.get("warnings") or []:
         print(f"warning: {text}", file=err)
