@@ -212,6 +212,22 @@ def _checked_metrics(run_id: str, metrics: Any) -> dict[str, Any]:
     return out
 
 
+def _unreadable_file(path: Path) -> str | None:
+    """A cheap check of a complete run's data files (zip directories, parquet footers): the first that cannot
+    be opened, as ``"<file>: <why>"``, else None. Contents are only read when a view needs them."""
+    import pyarrow.parquet as pq
+
+    for f in sorted(path.iterdir()):
+        try:
+            if f.suffix == ".npz":
+                zipfile.ZipFile(f).close()
+            elif f.suffix == ".parquet":
+                pq.read_metadata(f)
+        except _READ_ERRORS as exc:
+            return f"{f.name}: unreadable ({one_line(exc)})"
+    return None
+
+
 def _type_name(kind: type | tuple[type, ...]) -> str:
     return "number" if isinstance(kind, tuple) else {"str": "string", "int": "integer", "dict": "object"}[kind.__name__]
 
@@ -611,7 +627,8 @@ class RunStore:
 
     def list(self, damaged: bool = False) -> list[RunInfo]:
         """Complete runs, newest first. Hidden/temporary, unmarked, symlinked and unparsable folders are skipped;
-        with ``damaged`` runs whose config.json or metrics.json cannot be read are listed too, with the reason."""
+        with ``damaged`` runs whose config.json or metrics.json cannot be read are listed too, with the reason, and
+        the data files of every run are checked cheaply (a truncated .npz or .parquet marks its run damaged)."""
         if not self.root.is_dir():
             return []
         found: list[tuple[datetime, int, RunInfo]] = []
@@ -626,6 +643,7 @@ class RunStore:
                 marker_ns = (path / COMPLETE_MARKER).stat().st_mtime_ns
                 label, created = _created(path, entry.name)
                 config, metrics = _read_complete_run(path)
+                why = _unreadable_file(path) if damaged else None
             except DamagedRunError as exc:
                 if not damaged:
                     continue

@@ -48,22 +48,23 @@ def _remove(name: str) -> Callable[[Path], None]:
     return lambda run: (run / name).unlink()
 
 
-# (damage, the file a message must name, whether the run is listed as damaged at once)
+# (damage, the file a message must name, where the store finds it: "list" = list() skips the run and
+# list(damaged=True) flags it; "flag" = list() keeps it, list(damaged=True) flags it; "read" = when a view reads it)
 DAMAGES = {
-    "metrics wall_s 'fast'": (_edit_json("metrics.json", lambda m: m.update(wall_s="fast")), "metrics.json", True),
+    "metrics wall_s 'fast'": (_edit_json("metrics.json", lambda m: m.update(wall_s="fast")), "metrics.json", "list"),
     "metrics stages of text": (
         _edit_json("metrics.json", lambda m: m.update(stages={"denoise_s": "slow"})),
         "metrics.json",
-        True,
+        "list",
     ),
-    "metrics.json missing": (_remove("metrics.json"), "metrics.json", True),
-    "metrics.json garbage": (_garbage("metrics.json"), "metrics.json", True),
-    "config.json garbage": (_garbage("config.json"), "config.json", True),
-    "config seed of text": (_edit_json("config.json", lambda c: c.update(seed="abc")), "config.json", True),
-    "frames.npz truncated": (_truncate("frames.npz"), "frames.npz", False),
-    "video.mp4 garbage": (_garbage("video.mp4", drop=("frames.npz",)), "video.mp4", False),
-    "arrays.npz truncated": (_truncate("arrays.npz"), "arrays.npz", False),
-    "telemetry.parquet garbage": (_garbage("telemetry.parquet"), "telemetry.parquet", False),
+    "metrics.json missing": (_remove("metrics.json"), "metrics.json", "list"),
+    "metrics.json garbage": (_garbage("metrics.json"), "metrics.json", "list"),
+    "config.json garbage": (_garbage("config.json"), "config.json", "list"),
+    "config seed of text": (_edit_json("config.json", lambda c: c.update(seed="abc")), "config.json", "list"),
+    "frames.npz truncated": (_truncate("frames.npz"), "frames.npz", "flag"),
+    "video.mp4 garbage": (_garbage("video.mp4", drop=("frames.npz",)), "video.mp4", "read"),
+    "arrays.npz truncated": (_truncate("arrays.npz"), "arrays.npz", "flag"),
+    "telemetry.parquet garbage": (_garbage("telemetry.parquet"), "telemetry.parquet", "flag"),
 }
 
 
@@ -73,11 +74,11 @@ def damaged_store(stored_runs, tmp_path, request):
     store, runs = stored_runs
     root = tmp_path / "runs"
     shutil.copytree(store.root, root, symlinks=True)
-    damage, file, listed = DAMAGES[request.param]
+    damage, file, found = DAMAGES[request.param]
     victim = runs["xattention"].run_id
     damage(root / victim)
     healthy = {name: r.run_id for name, r in runs.items() if name != "xattention"}
-    return RunStore(root), victim, file, listed, healthy
+    return RunStore(root), victim, file, found, healthy
 
 
 def _views(store: RunStore, run_id: str) -> dict[str, Callable[[], object]]:
@@ -99,15 +100,18 @@ def _views(store: RunStore, run_id: str) -> dict[str, Callable[[], object]]:
 
 @pytest.mark.parametrize("damaged_store", list(DAMAGES), indirect=True)
 def test_a_damaged_run_is_flagged_and_the_others_still_work(damaged_store, tmp_path, capsys):
-    store, victim, file, listed, healthy = damaged_store
-    assert {i.run_id for i in store.list()} >= set(healthy.values())
+    store, victim, file, found, healthy = damaged_store
+    listed = {i.run_id for i in store.list()}
+    assert listed >= set(healthy.values()) and (victim in listed) == (found != "list")
+    assert (victim in [v for _, v in panels.run_choices(store)]) == (found != "list")
     flagged = {i.run_id: i.damaged for i in store.list(damaged=True) if i.damaged}
-    if listed:
-        assert victim not in {i.run_id for i in store.list()}
-        assert list(flagged) == [victim] and file in flagged[victim]
-        table = panels.runs_table(store)
-        assert table.loc[table["run"] == victim, "status"].item().startswith(f"damaged: {file}")
-        assert victim not in [v for _, v in panels.run_choices(store)]
+    table = panels.runs_table(store)
+    status = table.loc[table["run"] == victim, "status"].item()
+    if found == "read":
+        assert flagged == {} and status == "ok"
+    else:
+        assert list(flagged) == [victim] and flagged[victim].startswith(file)
+        assert status.startswith(f"damaged: {file}")
     for run_id in healthy.values():
         for view in _views(store, run_id).values():
             view()  # raises on failure
@@ -124,7 +128,7 @@ def test_a_damaged_run_is_flagged_and_the_others_still_work(damaged_store, tmp_p
     assert cli.main(["runs", "--out-dir", str(store.root)]) == 0
     out = capsys.readouterr()
     assert all(r in out.out for r in healthy.values())
-    assert (f"warning: run {victim} is damaged ({file}" in out.err) == listed
+    assert (f"warning: run {victim} is damaged ({file}" in out.err) == (found != "read")
     rc = cli.main(["report", victim, "--out-dir", str(store.root), "--out", str(tmp_path / "v.html")])
     err = capsys.readouterr().err
     assert rc in (0, 2) and "Traceback" not in err
