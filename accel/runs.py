@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import secrets
 import shutil
 import socket
@@ -190,12 +191,12 @@ def _checked_config(run_id: str, config: Any) -> dict[str, Any]:
         value = config.get(key)
         ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
         if value is not None and not ok:
-            raise DamagedRunError(run_id, "config.json", f"{key} is {value!r}, not a {_type_name(kind)}")
+            raise DamagedRunError(run_id, "config.json", f"{key} is {reprlib.repr(value)}, not a {_type_name(kind)}")
     return config
 
 
 def _checked_metrics(run_id: str, metrics: Any) -> dict[str, Any]:
-    """``metrics`` with its numbers checked (non-finite strings become floats)."""
+    """``metrics`` with its numbers checked (non-finite strings become floats; a null ``stages`` is dropped)."""
     if not isinstance(metrics, dict):
         raise DamagedRunError(run_id, "metrics.json", "not a JSON object")
     out = dict(metrics)
@@ -203,11 +204,13 @@ def _checked_metrics(run_id: str, metrics: Any) -> dict[str, Any]:
         if out.get(key) is not None:
             out[key] = _number(out[key])
             if out[key] is None:
-                raise DamagedRunError(run_id, "metrics.json", f"{key} is {metrics[key]!r}, not a number")
-    stages = out.get("stages")
+                raise DamagedRunError(run_id, "metrics.json", f"{key} is {reprlib.repr(metrics[key])}, not a number")
+    stages = out.pop("stages", None)
     if stages is not None:
         if not isinstance(stages, dict) or any(_number(v) is None for v in stages.values()):
-            raise DamagedRunError(run_id, "metrics.json", f"stages must map stage names to seconds, got {stages!r}")
+            raise DamagedRunError(
+                run_id, "metrics.json", f"stages must map stage names to seconds, got {reprlib.repr(stages)}"
+            )
         out["stages"] = {k: _number(v) for k, v in stages.items()}
     return out
 

@@ -57,7 +57,7 @@ def headline(store: RunStore, run: Run) -> str:
     m = run.metrics
     lines = [f"**{run.config.get('label')}** · run `{run.run_id}`", "", "| metric | value |", "|---|---|"]
     lines.append(
-        f"| wall time | {m.get('wall_s', 0):.2f} s (denoise {m.get('stages', {}).get('denoise_s', 0):.2f} s) |"
+        f"| wall time | {m.get('wall_s') or 0:.2f} s (denoise {(m.get('stages') or {}).get('denoise_s') or 0:.2f} s) |"
     )
     ref = compare.dense_reference(store, run)
     if ref is not None:
