@@ -75,6 +75,9 @@ def block_sparse_attention(
     k_offsets: torch.Tensor | None = None,
     scale: float | None = None,
     *,
+    block_size: int | tuple[int, int] | None = None,
+    dense: bool | None = None,
+    lookup: tuple[torch.Tensor, torch.Tensor] | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Attention of ``q`` over ``k, v`` restricted to the selected blocks; returns ``(B, Lq, H, D)``.
@@ -83,6 +86,12 @@ def block_sparse_attention(
     A mask that selects every block takes the exact dense path (``scaled_dot_product_attention``
     without a mask), so a fully dense setting reproduces dense attention bit for bit. ``backend``
     (``auto``/``triton``/``torch``) overrides :func:`kernels.dispatch.use_backend` and ``ACCEL_KERNELS``.
+
+    What the caller knows spares the host-device syncs of finding it out (none is left on the Triton path, so a
+    transformer call can be captured in a CUDA graph): ``block_size`` (one int, or query and key sizes) says the
+    blocks are :func:`uniform_offsets` (offsets are then neither needed nor checked); ``dense`` says whether every
+    block is selected (``None``: look, one sync); ``lookup`` is :func:`kernels.triton_attention.build_lookup` of
+    ``mask``, kept by a caller that reuses the mask.
     """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError("q, k, v must be (B, L, H, D)")
@@ -92,12 +101,15 @@ def block_sparse_attention(
         mask = mask.unsqueeze(0)
     mask = mask.to(device=q.device, dtype=torch.bool).expand(batch, heads, *mask.shape[-2:])
     nq, nk = mask.shape[-2:]
-    if bool(mask.all()):
+    if bool(mask.all()) if dense is None else dense:
         dispatch.record("block_sparse_attention", "dense")
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
         return out.transpose(1, 2)
-    q_off = _full_offsets(q_offsets, batch, heads, lq, nq, q.device)
-    k_off = _full_offsets(k_offsets, batch, heads, lk, nk, q.device)
+    if block_size is not None:
+        bq, bk = (block_size, block_size) if isinstance(block_size, int) else block_size
+        if (nq, nk) != (math.ceil(lq / bq), math.ceil(lk / bk)):
+            raise ValueError(f"mask has {nq} x {nk} blocks, but blocks of {bq} x {bk} tokens make "
+                             f"{math.ceil(lq / bq)} x {math.ceil(lk / bk)}")  # fmt: skip
     chosen = dispatch.resolve(q.device, backend)
     if chosen == "triton" and not _triton_supports(q, k, v):
         if dispatch.requested_backend(backend) == "triton":
@@ -106,13 +118,19 @@ def block_sparse_attention(
             )
         chosen = "torch"
     dispatch.record("block_sparse_attention", chosen)
+    if block_size is None:
+        q_off = _full_offsets(q_offsets, batch, heads, lq, nq, q.device)
+        k_off = _full_offsets(k_offsets, batch, heads, lk, nk, q.device)
+        bq, bk = _uniform_block(q_off, lq), _uniform_block(k_off, lk)
+    else:
+        q_off = uniform_offsets(lq, bq, q.device).expand(batch, heads, nq + 1)
+        k_off = uniform_offsets(lk, bk, q.device).expand(batch, heads, nk + 1)
     if chosen == "torch":
         return _reference(q, k, v, mask, q_off, k_off, scale)
     from kernels import triton_attention
 
-    bq, bk = _uniform_block(q_off, lq), _uniform_block(k_off, lk)
     if bq is not None and bk is not None:
-        return triton_attention.fixed_block_sparse_attention(q, k, v, mask, bq, bk, scale)
+        return triton_attention.fixed_block_sparse_attention(q, k, v, mask, bq, bk, scale, lookup=lookup)
     return triton_attention.varlen_block_sparse_attention(q, k, v, mask, q_off, k_off, scale)
 
 

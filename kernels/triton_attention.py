@@ -13,13 +13,22 @@ nothing get zeros.
   into tiles of ``BLOCK_M`` rows (a table built on the host side of the launch); each visits its
   selected key clusters tile by tile, partial tiles masked. Empty clusters are skipped.
 
-On CUDA the dot operands stay bf16/fp16 (fp32 inputs use IEEE fp32 dots); under the interpreter
+On CUDA the dot operands stay bf16/fp16; fp32 inputs are converted to bf16 with a warning (once), since fp32
+dots compile to a 10 KB register spill on sm_90a, and the output is returned in fp32. Under the interpreter
 (CPU) everything is fp32 and the operands of ``tl.dot`` are cast to fp32.
+
+Launch settings: :func:`default_config` under the interpreter and when tuning is off (``ACCEL_AUTOTUNE=0``);
+on CUDA the first call of each ``(kernel, head dim, dtype, block sizes)`` times every :data:`TUNE_CONFIGS` entry
+(the tiles that compile for sm_90a without spills, ``python -m kernels.aot``) on its own inputs with
+``triton.testing.do_bench`` and keeps the fastest for the process. A ``config`` passed by the caller wins.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import warnings
+from collections.abc import Callable
 
 import torch
 import triton
@@ -29,6 +38,17 @@ from kernels._jit import device, jitted, triton_interprets
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
+ENV_AUTOTUNE = "ACCEL_AUTOTUNE"
+# spill-free on sm_90a per the AOT audit (128x128/4w and 128x64/4w spill)
+TUNE_CONFIGS: tuple[dict[str, int], ...] = (
+    {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3},
+    {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 2},
+    {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 4},
+    {"block_m": 128, "block_n": 128, "num_warps": 8, "num_stages": 2},
+    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3},
+    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 4},
+)
+_TUNED: dict[tuple, dict[str, int]] = {}
 
 
 @device
@@ -223,31 +243,36 @@ def _varlen_fwd(
 
 
 def build_lookup(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compact visit lists of a block mask ``(B, H, nq, nk)``.
+    """Compact visit lists of a block mask ``(B, H, nq, nk)``, without a host-device sync.
 
-    Returns ``lut`` int32 ``(B*H, nq, max_count)``: per query block the selected key block indices in
-    ascending order (padded with arbitrary valid indices), and ``count`` int32 ``(B*H, nq)``.
+    Returns ``lut`` int32 ``(B*H, nq, nk)``: per query block the selected key block indices in ascending
+    order first (the rest of the row is arbitrary valid indices), and ``count`` int32 ``(B*H, nq)``. Built with
+    a cumulative sum and one scatter (no sort, no ``max``), so it costs about one pass over the mask; a caller
+    that keeps a mask (e.g. Temporal Mask Reuse) can keep its lookup too and pass it to the kernels.
     """
     b, h, nq, nk = mask.shape
     m = mask.reshape(b * h, nq, nk)
     count = m.sum(-1, dtype=torch.int32)
-    width = max(1, int(count.max())) if count.numel() else 1
-    order = torch.sort((~m).to(torch.int8), dim=-1, stable=True).indices[..., :width]
-    return order.to(torch.int32).contiguous(), count.contiguous()
+    slot = torch.where(m, m.cumsum(-1) - 1, nk)  # where each selected block goes; the rest to a spare column
+    lut = torch.zeros(b * h, nq, nk + 1, device=mask.device, dtype=torch.int32)
+    ids = torch.arange(nk, device=mask.device, dtype=torch.int32).expand(b * h, nq, nk)
+    lut.scatter_(-1, slot, ids)
+    return lut[..., :nk], count.contiguous()
 
 
-def query_tiles(q_off: torch.Tensor, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut variable-size query blocks into tiles of at most ``block_m`` rows.
+def query_tiles(q_off: torch.Tensor, block_m: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut variable-size query blocks into tiles of at most ``block_m`` rows, without a host-device sync.
 
-    ``q_off``: ``(G, n + 1)`` offsets. Returns ``(cluster, start)`` int32 ``(G, T)`` where ``T`` is the most
-    tiles any group needs; padding tiles have ``cluster == -1``.
+    ``q_off``: ``(G, n + 1)`` offsets of ``length`` tokens. Returns ``(cluster, start)`` int32 ``(G, T)`` with
+    ``T = n + length // block_m``, an upper bound on the tiles any group needs (each block needs at most one
+    more tile than its share of full ones); padding tiles have ``cluster == -1`` and write nothing.
     """
     g, n1 = q_off.shape
     n = n1 - 1
     sizes = q_off.diff(dim=-1)
     per = (sizes + block_m - 1) // block_m
     cum = per.cumsum(-1)
-    total = max(1, int(cum[:, -1].max())) if n > 0 else 1
+    total = max(1, n + length // block_m)
     t = torch.arange(total, device=q_off.device, dtype=cum.dtype).expand(g, total).contiguous()
     cl = torch.searchsorted(cum.contiguous(), t, right=True)
     valid = cl < n
@@ -264,7 +289,8 @@ def _pow2(x: int, lo: int = 16) -> int:
 
 
 def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, interpret: bool):
-    """Unit last stride; fp32 under the interpreter. Returns tensors, dot flags and the output dtype."""
+    """Unit last stride; fp32 under the interpreter, bf16 for fp32 inputs on a GPU. Returns tensors, dot flags and
+    the output dtype."""
     d = q.shape[-1]
     if d > MAX_HEAD_DIM or k.shape[-1] != d or v.shape[-1] != d:
         raise NotImplementedError(f"triton block-sparse attention needs equal head dims <= {MAX_HEAD_DIM}")
@@ -273,6 +299,13 @@ def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, interpret: bool)
         q, k, v = q.float(), k.float(), v.float()
     elif q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or not (q.dtype == k.dtype == v.dtype):
         raise NotImplementedError(f"triton block-sparse attention needs one of fp16/bf16/fp32, got {q.dtype}")
+    elif q.dtype == torch.float32:
+        warnings.warn(
+            "triton block-sparse attention: fp32 inputs run in bf16 on the GPU (fp32 dots spill on sm_90a); "
+            "the output is fp32. Pass bf16/fp16 tensors to avoid the conversion.",
+            stacklevel=3,
+        )
+        q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     fp32 = q.dtype == torch.float32
     return q, k, v, fp32, ("ieee" if fp32 else "tf32"), out_dtype
@@ -285,6 +318,26 @@ def default_config(head_dim: int, interpret: bool) -> dict[str, int]:
     if head_dim <= 64:
         return {"block_m": 128, "block_n": 64, "num_warps": 4, "num_stages": 3}
     return {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3}
+
+
+def _launch_config(key: tuple, head_dim: int, interpret: bool, config: dict[str, int],
+                   launch: Callable[[dict[str, int]], None]) -> dict[str, int]:  # fmt: skip
+    """The settings of one launch: the caller's ``config`` over :func:`default_config`, or on CUDA the fastest
+    :data:`TUNE_CONFIGS` entry for ``key``, timed once per process by calling ``launch(cfg)``."""
+    base = {**default_config(head_dim, interpret), **config}
+    if interpret or config or os.environ.get(ENV_AUTOTUNE, "1") == "0":
+        return base
+    if key not in _TUNED:
+        from triton.testing import do_bench
+
+        times = []
+        for cfg in TUNE_CONFIGS:
+            try:
+                times.append((do_bench(lambda c=cfg: launch(c), warmup=5, rep=20), cfg))
+            except (triton.runtime.errors.OutOfResources, RuntimeError):
+                continue  # a tile this GPU cannot hold
+        _TUNED[key] = min(times, key=lambda t: t[0])[1] if times else base
+    return _TUNED[key]
 
 
 def _strides(*xs: torch.Tensor) -> list[int]:
@@ -306,7 +359,7 @@ def fixed_block_sparse_attention(
     """Block-sparse attention over fixed blocks; ``mask`` bool ``(B, H, ceil(Lq/block_q), ceil(Lk/block_k))``.
 
     No dense shortcut: an all-true mask runs the kernel too. ``lookup`` (from :func:`build_lookup`)
-    skips rebuilding the visit lists; ``config`` overrides :func:`default_config`.
+    skips rebuilding the visit lists; ``config`` overrides the tuned or default launch settings.
     """
     interpret = triton_interprets() if interpret is None else interpret
     batch, lq, heads, d = q.shape
@@ -315,48 +368,29 @@ def fixed_block_sparse_attention(
     if mask.shape != (batch, heads, nq, nk):
         raise ValueError(f"mask {tuple(mask.shape)} does not match {(batch, heads, nq, nk)}")
     q, k, v, fp32, precision, out_dtype = _prepare(q, k, v, interpret)
-    cfg = {**default_config(d, interpret), **config}
-    # tiles: a power-of-two block is split into tiles that divide it; any other block gets one padded tile
-    bm = min(cfg["block_m"], block_q) if block_q & (block_q - 1) == 0 else cfg["block_m"]
-    bn = min(cfg["block_n"], block_k) if block_k & (block_k - 1) == 0 else cfg["block_n"]
-    bm, bn = max(16, bm), max(16, bn)
-    if block_q > bm and block_q % bm:
-        bm = _pow2(block_q)
-    if block_k > bn and block_k % bn:
-        bn = _pow2(block_k)
-    tiles_q, tiles_k = max(1, block_q // bm), max(1, block_k // bn)
     lut, count = lookup if lookup is not None else build_lookup(mask)
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    kernel = jitted(_fixed_fwd)
-    kernel[(nq * tiles_q, batch * heads)](
-        q,
-        k,
-        v,
-        out,
-        lut,
-        count,
-        *_strides(q, k, v, out),
-        lut.stride(0),
-        lut.stride(1),
-        count.stride(0),
-        heads,
-        lq,
-        lk,
-        d,
-        scale * LOG2E,
-        BS_Q=block_q,
-        BS_K=block_k,
-        TILES_Q=tiles_q,
-        TILES_K=tiles_k,
-        BLOCK_M=bm,
-        BLOCK_N=bn,
-        BLOCK_D=_pow2(d),
-        DOT_FP32=interpret or fp32,
-        PRECISION=precision,
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
-    )
+
+    def launch(cfg: dict[str, int]) -> None:
+        # tiles: a power-of-two block is split into tiles that divide it; any other block gets one padded tile
+        bm = min(cfg["block_m"], block_q) if block_q & (block_q - 1) == 0 else cfg["block_m"]
+        bn = min(cfg["block_n"], block_k) if block_k & (block_k - 1) == 0 else cfg["block_n"]
+        bm, bn = max(16, bm), max(16, bn)
+        if block_q > bm and block_q % bm:
+            bm = _pow2(block_q)
+        if block_k > bn and block_k % bn:
+            bn = _pow2(block_k)
+        tiles_q, tiles_k = max(1, block_q // bm), max(1, block_k // bn)
+        jitted(_fixed_fwd)[(nq * tiles_q, batch * heads)](
+            q, k, v, out, lut, count, *_strides(q, k, v, out), lut.stride(0), lut.stride(1), count.stride(0),
+            heads, lq, lk, d, scale * LOG2E,
+            BS_Q=block_q, BS_K=block_k, TILES_Q=tiles_q, TILES_K=tiles_k, BLOCK_M=bm, BLOCK_N=bn,
+            BLOCK_D=_pow2(d), DOT_FP32=interpret or fp32, PRECISION=precision,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+
+    launch(_launch_config(("fixed", d, q.dtype, block_q, block_k), d, interpret, config, launch))
     return out.to(out_dtype)
 
 
@@ -376,44 +410,24 @@ def varlen_block_sparse_attention(
     batch, _, heads, d = q.shape
     nq, nk = mask.shape[-2:]
     q, k, v, fp32, precision, out_dtype = _prepare(q, k, v, interpret)
-    cfg = {**default_config(d, interpret), **config}
     g = batch * heads
     q_off = q_offsets.to(device=q.device, dtype=torch.long).expand(batch, heads, nq + 1).reshape(g, nq + 1)
     k_off = k_offsets.to(device=q.device, dtype=torch.long).expand(batch, heads, nk + 1).reshape(g, nk + 1)
     nonempty = (k_off.diff(dim=-1) > 0).view(batch, heads, 1, nk)
     lut, count = build_lookup(mask & nonempty)
-    cluster, start = query_tiles(q_off, cfg["block_m"])
     q_off32, k_off32 = q_off.to(torch.int32).contiguous(), k_off.to(torch.int32).contiguous()
     out = torch.zeros(q.shape, device=q.device, dtype=q.dtype)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    kernel = jitted(_varlen_fwd)
-    kernel[(cluster.shape[1], g)](
-        q,
-        k,
-        v,
-        out,
-        q_off32,
-        k_off32,
-        cluster,
-        start,
-        lut,
-        count,
-        *_strides(q, k, v, out),
-        q_off32.stride(0),
-        k_off32.stride(0),
-        cluster.stride(0),
-        lut.stride(0),
-        lut.stride(1),
-        count.stride(0),
-        heads,
-        d,
-        scale * LOG2E,
-        BLOCK_M=cfg["block_m"],
-        BLOCK_N=cfg["block_n"],
-        BLOCK_D=_pow2(d),
-        DOT_FP32=interpret or fp32,
-        PRECISION=precision,
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
-    )
+
+    def launch(cfg: dict[str, int]) -> None:
+        cluster, start = query_tiles(q_off, cfg["block_m"], q.shape[1])
+        jitted(_varlen_fwd)[(cluster.shape[1], g)](
+            q, k, v, out, q_off32, k_off32, cluster, start, lut, count, *_strides(q, k, v, out),
+            q_off32.stride(0), k_off32.stride(0), cluster.stride(0), lut.stride(0), lut.stride(1), count.stride(0),
+            heads, d, scale * LOG2E,
+            BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_D=_pow2(d), DOT_FP32=interpret or fp32,
+            PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+
+    launch(_launch_config(("varlen", d, q.dtype), d, interpret, config, launch))
     return out.to(out_dtype)

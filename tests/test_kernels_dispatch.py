@@ -106,12 +106,20 @@ def test_lookup_and_query_tiles():
     assert lut[0, 0, :2].tolist() == [1, 3]
     assert lut[0, 2].tolist() == [0, 1, 2, 3]
     off = torch.tensor([[0, 3, 3, 40, 47], [0, 16, 32, 33, 47]])
-    cluster, start = query_tiles(off, 16)
-    # group 0: cluster 0 -> 1 tile, cluster 1 empty, cluster 2 (37 rows) -> 3 tiles, cluster 3 -> 1 tile
-    assert cluster[0].tolist() == [0, 2, 2, 2, 3]
-    assert start[0].tolist() == [0, 3, 19, 35, 40]
-    assert cluster[1].tolist() == [0, 1, 2, 3, -1]
+    cluster, start = query_tiles(off, 16, 47)
+    # group 0: cluster 0 -> 1 tile, cluster 1 empty, cluster 2 (37 rows) -> 3 tiles, cluster 3 -> 1 tile; the
+    # grid has the upper bound 4 + 47 // 16 = 6 tiles, the rest padding (-1)
+    assert cluster[0].tolist() == [0, 2, 2, 2, 3, -1]
+    assert start[0].tolist()[:5] == [0, 3, 19, 35, 40]
+    assert cluster[1].tolist() == [0, 1, 2, 3, -1, -1]
     assert start[1].tolist()[:4] == [0, 16, 32, 33]
+    # a random mask: every row lists exactly its selected blocks, in order
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(2, 3, 7, 11, generator=gen) < 0.4
+    lut, count = build_lookup(mask)
+    flat, cnt = mask.reshape(-1, 11), count.reshape(-1)
+    for i in range(flat.shape[0]):
+        assert lut.reshape(-1, 11)[i, : cnt[i]].tolist() == flat[i].nonzero().flatten().tolist()
 
 
 def test_kernels_import_and_run_without_triton():
@@ -158,3 +166,34 @@ def test_benchmarks_smoke_under_the_interpreter():
     proc = _module("kernels.bench_e2e", "--interpret", "--kinds", "xattention", "--densities", "0.5")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "xattention" in proc.stdout and "Amdahl" in proc.stdout
+
+
+@pytest.mark.skipif(not dispatch.triton_available(), reason="triton is not installed")
+@pytest.mark.parametrize("kind", ["fixed", "varlen"])
+def test_triton_path_reads_no_data_on_the_host(kind, monkeypatch):
+    """Meta tensors hold no data, so any host read of a tensor (``.item()``, ``bool()``, ``int()``: a host-device
+    sync on CUDA) fails. Given what the caller knows, the public entry (fixed blocks) and the variable-size kernel's
+    host side reach the launch anyway: a transformer call can be captured in a CUDA graph."""
+    from kernels import triton_attention
+
+    grids = []
+
+    class Launcher:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: grids.append(grid)
+
+    monkeypatch.setattr(triton_attention, "jitted", lambda fn: Launcher())
+    monkeypatch.setattr(dispatch, "resolve", lambda device, backend=None: "triton")
+    monkeypatch.setenv(triton_attention.ENV_AUTOTUNE, "0")
+    q, k, v = (torch.empty(2, 1000, 3, 64, device="meta", dtype=torch.bfloat16) for _ in range(3))
+    mask = torch.empty(2, 3, 8, 8, device="meta", dtype=torch.bool)
+    if kind == "fixed":
+        out = kernels.block_sparse_attention(q, k, v, mask, block_size=128, dense=False)
+        lut = triton_attention.build_lookup(mask)
+        out = kernels.block_sparse_attention(q, k, v, mask, block_size=(128, 128), dense=False, lookup=lut)
+    else:
+        off = torch.empty(2, 3, 9, device="meta", dtype=torch.long)
+        out = triton_attention.varlen_block_sparse_attention(q, k, v, mask, off, off, interpret=False)
+    assert out.shape == q.shape and len(grids) == (2 if kind == "fixed" else 1)
+    with pytest.raises((RuntimeError, NotImplementedError)):  # the check itself: a data read does fail on meta
+        kernels.block_sparse_attention(q, k, v, mask, block_size=128)  # dense=None looks at the mask

@@ -216,6 +216,31 @@ def svg2_path() -> None:
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
 
 
+@case("xattention_keeps_the_lookup_of_a_reused_mask")
+def xattention_lookup() -> None:
+    """XAttention passes its block size (no offsets to check) and keeps the kernel's lookup while a layer's mask is
+    the same tensor (TMR reuse); a new mask gets a new lookup; the output equals the torch backend's."""
+    from accel.attention.xattention import XAttention
+    from accel.config import XAttentionSettings
+
+    b, length, h, d = 1, 40, 2, 16
+    q, k, v = qkv(b, length, length, h, d, seed=16)
+    method = XAttention(XAttentionSettings(block_size=16, stride=4), block_size=16)
+    method.setup(2, h)
+    state = random_mask(b, h, 3, 3, 0.5, seed=17)
+    before = dispatch.calls[("block_sparse_attention", "triton")]
+    out = method.apply(q, k, v, state, 0, torch.ones(h), None)
+    ran_triton("block_sparse_attention", before)
+    lookup = method._lookups[0][1]
+    method.apply(q, k, v, state, 0, torch.ones(h), None)
+    assert method._lookups[0][1] is lookup  # reused with the mask
+    method.apply(q, k, v, state.clone(), 0, torch.ones(h), None)
+    assert method._lookups[0][1] is not lookup  # a new mask tensor: built again
+    with kernels.use_backend("torch"):
+        ref = method.apply(q, k, v, state, 0, torch.ones(h), None)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+
+
 # -- interpreter cases: estimation ------------------------------------------------------------------------
 
 
@@ -298,63 +323,79 @@ def test_interpreted(name: str, interpreter_results: dict[str, str] | None) -> N
         pytest.fail(f"{name} under TRITON_INTERPRET=1:\n{outcome}")
 
 
-# -- GPU -------------------------------------------------------------------------------------------------
+# -- GPU, with the same logic on CPU ------------------------------------------------------------------------
+# Each case runs twice: on CUDA through Triton in bf16 (skipped without a GPU), and on CPU through the torch
+# backend in fp32 at the same shapes, so a wrong offset, mask or reference in the test itself fails in CI.
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DEVICES = [pytest.param("cpu", id="cpu-torch"), pytest.param("cuda", id="cuda-triton", marks=[gpu, pytest.mark.gpu])]
 
 
-@pytest.mark.gpu
-@gpu
+def _setting(device: str) -> tuple[torch.dtype, str, float]:
+    """dtype, backend and tolerance of a device case."""
+    return (torch.bfloat16, "triton", 2e-2) if device == "cuda" else (torch.float32, "torch", 1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("density", [1.0, 0.5, 0.1])
-def test_gpu_fixed_bf16(d: int, density: float) -> None:
-    from kernels.triton_attention import fixed_block_sparse_attention
-
+def test_fixed_blocks_at_size(device: str, d: int, density: float) -> None:
+    dtype, backend, tol = _setting(device)
     length, h, bs = 2000, 4, 128  # 16 blocks, the last one short
-    q, k, v = qkv(1, length, length, h, d, seed=20, dtype=torch.bfloat16, device="cuda")
+    q, k, v = qkv(1, length, length, h, d, seed=20, dtype=dtype, device=device)
     n = math.ceil(length / bs)
-    mask = random_mask(1, h, n, n, density, seed=21).cuda()
+    mask = random_mask(1, h, n, n, density, seed=21).to(device)
     if density < 1.0:
         mask[0, 0, 3] = False  # an empty row
-    out = fixed_block_sparse_attention(q, k, v, mask, bs, bs)
-    off = kernels.uniform_offsets(length, bs, "cuda")
+    if device == "cuda":
+        from kernels.triton_attention import fixed_block_sparse_attention
+
+        out = fixed_block_sparse_attention(q, k, v, mask, bs, bs)  # no dense shortcut, even at density 1
+    else:
+        out = kernels.block_sparse_attention(q, k, v, mask, block_size=bs, dense=False, backend=backend)
+    off = kernels.uniform_offsets(length, bs, device)
     ref = reference(q.float(), k.float(), v.float(), mask, off, off)
-    torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
-    if density == 1.0:
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+    if density < 1.0:
+        assert out[0, 3 * bs : 4 * bs, 0].abs().max() == 0  # the empty row is zero
+    else:
         sdpa = torch.nn.functional.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         ).transpose(1, 2)
-        torch.testing.assert_close(out, sdpa, atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(out, sdpa, atol=tol, rtol=tol)
 
 
-@pytest.mark.gpu
-@gpu
-def test_gpu_public_entry_uses_triton() -> None:
-    q, k, v = qkv(2, 1000, 1000, 2, 128, seed=22, dtype=torch.bfloat16, device="cuda")
-    mask = random_mask(2, 2, 8, 8, 0.4, seed=23).cuda()
-    before = dispatch.calls[("block_sparse_attention", "triton")]
-    out = kernels.block_sparse_attention(q, k, v, mask, kernels.uniform_offsets(1000, 128, "cuda"))
-    assert dispatch.calls[("block_sparse_attention", "triton")] == before + 1
-    off = kernels.uniform_offsets(1000, 128, "cuda")
-    torch.testing.assert_close(
-        out.double(), reference(q.float(), k.float(), v.float(), mask, off, off), atol=2e-2, rtol=2e-2
-    )
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("how", ["offsets", "block_size"])
+def test_public_entry_at_size(device: str, how: str) -> None:
+    dtype, backend, tol = _setting(device)
+    q, k, v = qkv(2, 1000, 1000, 2, 128, seed=22, dtype=dtype, device=device)
+    mask = random_mask(2, 2, 8, 8, 0.4, seed=23).to(device)
+    off = kernels.uniform_offsets(1000, 128, device)
+    before = dispatch.calls[("block_sparse_attention", backend)]
+    if how == "offsets":
+        out = kernels.block_sparse_attention(q, k, v, mask, off, off, backend=backend)  # both sides' blocks
+    else:
+        out = kernels.block_sparse_attention(q, k, v, mask, block_size=128, dense=False, backend=backend)
+    assert dispatch.calls[("block_sparse_attention", backend)] == before + 1
+    ref = reference(q.float(), k.float(), v.float(), mask, off, off)
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
 
 
-@pytest.mark.gpu
-@gpu
-def test_gpu_varlen_bf16() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_varlen_at_size(device: str) -> None:
+    dtype, backend, tol = _setting(device)
     gen = torch.Generator().manual_seed(24)
     b, h, length, n = 1, 4, 3000, 40
-    q, k, v = qkv(b, length, length, h, 128, seed=25, dtype=torch.bfloat16, device="cuda")
+    q, k, v = qkv(b, length, length, h, 128, seed=25, dtype=dtype, device=device)
     sizes = torch.distributions.Dirichlet(torch.full((n,), 0.5)).sample((b * h,)) * length
     sizes = sizes.floor().long()
     sizes[:, -1] += length - sizes.sum(-1)
-    off = torch.nn.functional.pad(sizes.cumsum(-1), (1, 0)).view(b, h, n + 1).cuda()
-    mask = (torch.rand(b, h, n, n, generator=gen) < 0.3).cuda()
-    out = kernels.block_sparse_attention(q, k, v, mask, off, off)
+    off = torch.nn.functional.pad(sizes.cumsum(-1), (1, 0)).view(b, h, n + 1).to(device)
+    mask = (torch.rand(b, h, n, n, generator=gen) < 0.3).to(device)
+    out = kernels.block_sparse_attention(q, k, v, mask, off, off, backend=backend)
     ref = reference(q.float(), k.float(), v.float(), mask, off, off)
-    torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
 
 
 @pytest.mark.gpu
@@ -365,6 +406,20 @@ def test_gpu_estimate_bf16(stride: int, block: int) -> None:
     got = kernels.antidiagonal_block_scores(q, k, stride, block)
     ref = kernels.antidiagonal_block_scores(q, k, stride, block, backend="torch")
     torch.testing.assert_close(got, ref, atol=2e-3, rtol=2e-2)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_fp32_runs_in_bf16_with_a_warning() -> None:
+    from kernels.triton_attention import fixed_block_sparse_attention
+
+    q, k, v = qkv(1, 512, 512, 2, 64, seed=27, device="cuda")
+    mask = random_mask(1, 2, 4, 4, 0.5, seed=28).cuda()
+    with pytest.warns(UserWarning, match="fp32 inputs run in bf16"):
+        out = fixed_block_sparse_attention(q, k, v, mask, 128, 128)
+    assert out.dtype == torch.float32
+    off = kernels.uniform_offsets(512, 128, "cuda")
+    torch.testing.assert_close(out.double(), reference(q, k, v, mask, off, off), atol=2e-2, rtol=2e-2)
 
 
 if __name__ == "__main__" and "--worker" in sys.argv:

@@ -11,7 +11,7 @@ from accel.config import ConfigError, XAttentionSettings
 from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
-from kernels import antidiagonal_block_scores, block_sparse_attention, mask_density, uniform_offsets
+from kernels import antidiagonal_block_scores, block_sparse_attention, dispatch, mask_density, uniform_offsets
 
 
 def select_blocks(scores: torch.Tensor, tau: float | torch.Tensor, keep_first: bool = True) -> torch.Tensor:
@@ -56,6 +56,7 @@ class XAttention(HeadwiseSparse):
     ):
         super().__init__(settings, recorder, model, tmr_delta)
         self.block_size = settings.block_size or block_size
+        self._lookups: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.stride = settings.stride
         if self.block_size % self.stride:
             raise ConfigError(f"block_size {self.block_size} must be a multiple of stride {self.stride}")
@@ -95,8 +96,20 @@ class XAttention(HeadwiseSparse):
     def state_density(self, state, q, k):
         return mask_density(state, *self._offsets(q, k))
 
+    def _lookup(self, layer: int, state: torch.Tensor, device: torch.device):
+        """The kernels' visit lists of ``state``, kept per layer while the mask is reused (TMR); None off Triton."""
+        if dispatch.resolve(device) != "triton":
+            return None
+        kept = self._lookups.get(layer)
+        if kept is None or kept[0] is not state:
+            from kernels.triton_attention import build_lookup
+
+            kept = self._lookups[layer] = (state, build_lookup(state))
+        return kept[1]
+
     def apply(self, q, k, v, state, layer, thresholds, mask_ref):
-        out = block_sparse_attention(q, k, v, state, *self._offsets(q, k))
+        lookup = self._lookup(layer, state, q.device)
+        out = block_sparse_attention(q, k, v, state, block_size=self.block_size, lookup=lookup)
         density = self.state_density(state, q, k).mean(0)
         self.recorder.log(Event.DENSITY, density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
         return out
