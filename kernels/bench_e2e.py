@@ -121,7 +121,7 @@ def make_method(kind: str, density: float, block: int, stride: int):
                         gen = torch.Generator(device="cpu").manual_seed(layer)
                         mask = (torch.rand(1, heads, n, n, generator=gen) < density).to(q.device)
                     self.masks[layer] = mask
-            return block_sparse_attention(q, k, v, mask, off, off)
+            return block_sparse_attention(q, k, v, mask, block_size=block, dense=density >= 1.0)
 
         def take_seconds(self) -> float:
             """Attention seconds recorded since the last call."""
