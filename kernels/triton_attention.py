@@ -320,18 +320,19 @@ def default_config(head_dim: int, interpret: bool) -> dict[str, int]:
     return {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3}
 
 
-def _launch_config(key: tuple, head_dim: int, interpret: bool, config: dict[str, int],
-                   launch: Callable[[dict[str, int]], None]) -> dict[str, int]:  # fmt: skip
-    """The settings of one launch: the caller's ``config`` over :func:`default_config`, or on CUDA the fastest
-    :data:`TUNE_CONFIGS` entry for ``key``, timed once per process by calling ``launch(cfg)``."""
-    base = {**default_config(head_dim, interpret), **config}
+def launch_config(key: tuple, base: dict[str, int], interpret: bool, config: dict[str, int],
+                  launch: Callable[[dict[str, int]], None],
+                  candidates: tuple[dict[str, int], ...] = TUNE_CONFIGS) -> dict[str, int]:  # fmt: skip
+    """The settings of one launch: the caller's ``config`` over ``base``, or on CUDA the fastest of ``candidates``
+    for ``key``, timed once per process by calling ``launch(cfg)`` on the call's own inputs."""
+    base = {**base, **config}
     if interpret or config or os.environ.get(ENV_AUTOTUNE, "1") == "0":
         return base
     if key not in _TUNED:
         from triton.testing import do_bench
 
         times = []
-        for cfg in TUNE_CONFIGS:
+        for cfg in candidates:
             try:
                 times.append((do_bench(lambda c=cfg: launch(c), warmup=5, rep=20), cfg))
             except (triton.runtime.errors.OutOfResources, RuntimeError):
@@ -390,7 +391,9 @@ def fixed_block_sparse_attention(
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
 
-    launch(_launch_config(("fixed", d, q.dtype, block_q, block_k), d, interpret, config, launch))
+    launch(
+        launch_config(("fixed", d, q.dtype, block_q, block_k), default_config(d, interpret), interpret, config, launch)
+    )
     return out.to(out_dtype)
 
 
@@ -429,5 +432,5 @@ def varlen_block_sparse_attention(
             PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
 
-    launch(_launch_config(("varlen", d, q.dtype), d, interpret, config, launch))
+    launch(launch_config(("varlen", d, q.dtype), default_config(d, interpret), interpret, config, launch))
     return out.to(out_dtype)
