@@ -309,8 +309,8 @@ def compile_cases(cases: Sequence[Case], capability: int = 90, workers: int | No
 
 def project_cases(dtypes: Sequence[str] = ("bfloat16",), lengths: Sequence[int] = (LENGTH,)) -> list[Case]:
     """Every kernel configuration the project launches on CUDA, per input dtype and sequence length: the attention
-    kernels' defaults for each of :data:`HEAD_DIMS`, every entry of ``triton_attention.TUNE_CONFIGS`` (where it
-    exists; the autotuner launches each) for both attention kernels and head dims, and both estimation passes at their
+    kernels' defaults for each of :data:`HEAD_DIMS`, every entry of ``triton_attention.tune_configs(kernel)`` (the
+    autotuner launches each) for both attention kernels and head dims, and both estimation passes at their
     default tile and every ``triton_estimate.tune_configs(r)`` entry (where it exists) for each of :data:`EST_STRIDES`
     and :data:`EST_HEAD_DIMS`. The length matters: Triton specialises integer arguments on divisibility by 16 (480p's
     32,760 tokens are not, 720p's 75,600 are), and the registers differ."""
@@ -318,7 +318,9 @@ def project_cases(dtypes: Sequence[str] = ("bfloat16",), lengths: Sequence[int] 
     from kernels import triton_estimate as te
 
     keys = ("block_m", "block_n", "num_warps", "num_stages")
-    tunes = [{k: tune[k] for k in keys} for tune in getattr(ta, "TUNE_CONFIGS", None) or ()]
+    tune_sets = {
+        kernel: [{k: tune[k] for k in keys} for tune in ta.tune_configs(kernel)] for kernel in ("fixed", "varlen")
+    }
     cases: list[Case] = []
     seen: set[tuple] = set()
 
@@ -334,10 +336,10 @@ def project_cases(dtypes: Sequence[str] = ("bfloat16",), lengths: Sequence[int] 
             for d in HEAD_DIMS:
                 for kernel in ("fixed", "varlen"):
                     add(kernel, d, ta.default_config(d, interpret=False), "default", dtype=dtype, length=length)
-            for i, tune in enumerate(tunes):
-                for d in HEAD_DIMS:
-                    for kernel in ("fixed", "varlen"):
-                        add(kernel, d, tune, f"TUNE_CONFIGS[{i}]", dtype=dtype, length=length)
+            for kernel, tunes in tune_sets.items():
+                for i, tune in enumerate(tunes):
+                    for d in HEAD_DIMS:
+                        add(kernel, d, tune, f"tune_configs({kernel!r})[{i}]", dtype=dtype, length=length)
             for stride in EST_STRIDES:
                 r = BLOCK // stride
                 est_tunes = getattr(te, "tune_configs", lambda r: ())(r)

@@ -55,18 +55,17 @@ def reports() -> dict[str, aot.KernelReport]:
 
 
 def test_cases_cover_every_launch_config():
-    """The sweep holds the attention defaults for head dims 64 and 128, every TUNE_CONFIGS entry for both attention
-    kernels, and both estimation passes at their default tile and every tune_configs entry, all bf16."""
+    """The sweep holds the attention defaults for head dims 64 and 128, every tune_configs(kernel) entry of both
+    attention kernels, and both estimation passes at their default tile and every tune_configs entry, all bf16."""
     if not CASES:
         pytest.skip("Triton is not installed")
     from kernels import triton_attention as ta
     from kernels import triton_estimate as te
 
     have = {(c.kernel, c.head_dim, tuple(sorted(c.config.items()))) for c in CASES}
-    tunes = [dict(t) for t in getattr(ta, "TUNE_CONFIGS", ())]
     for d in (64, 128):
-        for cfg in [ta.default_config(d, interpret=False), *tunes]:
-            for kernel in ("fixed", "varlen"):
+        for kernel in ("fixed", "varlen"):
+            for cfg in [ta.default_config(d, interpret=False), *ta.tune_configs(kernel)]:
                 assert (kernel, d, tuple(sorted(cfg.items()))) in have
     for stride in aot.EST_STRIDES:
         r = aot.BLOCK // stride
