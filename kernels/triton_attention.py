@@ -10,8 +10,10 @@ nothing get zeros.
   be short). One program per ``(query tile, batch*head)``; the key loop is flat over
   ``count * tiles_per_block`` tiles so the compiler can pipeline it.
 * :func:`varlen_block_sparse_attention`: per-(B, H) offsets ``(B, H, n + 1)``. Query clusters are cut
-  into tiles of ``BLOCK_M`` rows (a table built on the host side of the launch); each visits its
-  selected key clusters tile by tile, partial tiles masked. Empty clusters are skipped.
+  into tiles of ``BLOCK_M`` rows (:func:`query_tiles`); each walks one flat list of key tiles
+  (:func:`key_tiles`: its selected key clusters merged into contiguous runs, each run cut into ``BLOCK_N``
+  tiles), so the loop is a single pipelinable one and only the last tile of a run is partial (SVG2's ~33-token
+  clusters would otherwise fill 64-wide tiles half). Empty clusters are skipped.
 
 On CUDA the dot operands stay bf16/fp16; fp32 inputs are converted to bf16 with a warning (once), since fp32
 dots compile to a 10 KB register spill on sm_90a, and the output is returned in fp32. Under the interpreter
@@ -181,10 +183,10 @@ def _varlen_fwd(
     V,
     Out,
     QOFF,
-    KOFF,
     TILE_C,
     TILE_S,
-    LUT,
+    KT_LO,
+    KT_HI,
     CNT,
     stride_qb,
     stride_ql,
@@ -199,10 +201,9 @@ def _varlen_fwd(
     stride_ol,
     stride_oh,
     stride_qoff_bh,
-    stride_koff_bh,
     stride_tile_bh,
-    stride_lut_bh,
-    stride_lut_q,
+    stride_kt_bh,
+    stride_kt_q,
     stride_cnt_bh,
     H,
     D,
@@ -228,22 +229,19 @@ def _varlen_fwd(
     q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, m_ok, offs_d, d_ok, stride_ql, DOT_FP32)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
-    koff = KOFF + bh * stride_koff_bh
-    lut = LUT + bh * stride_lut_bh + cluster * stride_lut_q
+    kt = bh * stride_kt_bh + cluster * stride_kt_q
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for jj in range(0, cnt):
-        kblk = tl.load(lut + jj)
-        k_lo = tl.load(koff + kblk)
-        k_hi = tl.load(koff + kblk + 1)
-        for start_n in range(k_lo, k_hi, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            n_ok = offs_n < k_hi
-            acc, m_i, l_i = _attend_tile(
-                acc, m_i, l_i, q, k_base, v_base, offs_n, n_ok, offs_d, d_ok, stride_kl, stride_vl, qk_scale,
-                DOT_FP32, PRECISION,
-            )  # fmt: skip
+    for t in range(0, cnt):  # one flat list of key tiles: the selected clusters merged into runs, cut in BLOCK_N
+        k_lo = tl.load(KT_LO + kt + t)
+        k_hi = tl.load(KT_HI + kt + t)
+        offs_n = k_lo + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < k_hi
+        acc, m_i, l_i = _attend_tile(
+            acc, m_i, l_i, q, k_base, v_base, offs_n, n_ok, offs_d, d_ok, stride_kl, stride_vl, qk_scale,
+            DOT_FP32, PRECISION,
+        )  # fmt: skip
     _store_rows(Out + b * stride_ob + h * stride_oh, acc, l_i, offs_m, m_ok, offs_d, d_ok, stride_ol)
 
 
@@ -266,6 +264,38 @@ def build_lookup(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.arange(nk, device=mask.device, dtype=torch.int32).expand(b * h, nq, nk)
     lut.scatter_(-1, slot, ids)
     return lut[..., :nk], count.contiguous()
+
+
+def key_tiles(
+    mask: torch.Tensor, k_off: torch.Tensor, block_n: int, length: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each query cluster's key work as one flat list of tiles, without a host-device sync.
+
+    ``mask`` bool ``(G, nq, nk)``, ``k_off`` ``(G, nk + 1)`` offsets of ``length`` key tokens. Adjacent selected
+    key clusters are contiguous tokens (the clusters are laid out in order; an empty one does not break a run), so
+    they merge into runs; each run is cut into tiles of ``block_n`` tokens (only its last tile is partial).
+    Returns ``lo``, ``hi`` int32 ``(G, nq, W)`` (a tile covers ``[lo, min(lo + block_n, hi))``) and ``count``
+    int32 ``(G, nq)``, with ``W = (nk + 1) // 2 + length // block_n``, an upper bound (runs are separated by a
+    gap, and each run needs at most one more tile than its share of full ones).
+    """
+    g, nq, nk = mask.shape
+    sizes = k_off.diff(dim=-1)[:, None, :]  # (G, 1, nk)
+    sel = mask | (sizes == 0)  # an empty cluster holds no token: runs merge across it
+    pos = torch.arange(nk, device=mask.device)
+    starts = sel & ~torch.nn.functional.pad(sel[..., :-1], (1, 0))
+    gap = torch.where(sel, nk, pos)  # the first unselected cluster at or after j ends the run through j
+    run_end = gap.flip(-1).cummin(-1).values.flip(-1)
+    tok_lo = k_off[:, None, :-1].expand(g, nq, nk)
+    tok_hi = k_off.gather(1, run_end.reshape(g, -1)).view(g, nq, nk)
+    tiles = torch.where(starts, (tok_hi - tok_lo + block_n - 1) // block_n, 0)
+    cum = tiles.cumsum(-1)
+    width = max(1, (nk + 1) // 2 + length // block_n)
+    slot = torch.arange(width, device=mask.device).expand(g, nq, width).contiguous()
+    run = torch.searchsorted(cum.contiguous(), slot, right=True).clamp_max(nk - 1)
+    first = cum.gather(-1, run) - tiles.gather(-1, run)
+    lo = tok_lo.gather(-1, run) + (slot - first) * block_n
+    hi = tok_hi.gather(-1, run)
+    return lo.to(torch.int32).contiguous(), hi.to(torch.int32).contiguous(), cum[..., -1].to(torch.int32).contiguous()
 
 
 def query_tiles(q_off: torch.Tensor, block_m: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -423,18 +453,18 @@ def varlen_block_sparse_attention(
     g = batch * heads
     q_off = q_offsets.to(device=q.device, dtype=torch.long).expand(batch, heads, nq + 1).reshape(g, nq + 1)
     k_off = k_offsets.to(device=q.device, dtype=torch.long).expand(batch, heads, nk + 1).reshape(g, nk + 1)
-    nonempty = (k_off.diff(dim=-1) > 0).view(batch, heads, 1, nk)
-    lut, count = build_lookup(mask & nonempty)
-    q_off32, k_off32 = q_off.to(torch.int32).contiguous(), k_off.to(torch.int32).contiguous()
+    m = mask.reshape(g, nq, nk)
+    q_off32 = q_off.to(torch.int32).contiguous()
     out = torch.zeros(q.shape, device=q.device, dtype=q.dtype)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
 
     def launch(cfg: dict[str, int]) -> None:
         cluster, start = query_tiles(q_off, cfg["block_m"], q.shape[1])
+        lo, hi, count = key_tiles(m, k_off, cfg["block_n"], k.shape[1])
         jitted(_varlen_fwd)[(cluster.shape[1], g)](
-            q, k, v, out, q_off32, k_off32, cluster, start, lut, count, *_strides(q, k, v, out),
-            q_off32.stride(0), k_off32.stride(0), cluster.stride(0), lut.stride(0), lut.stride(1), count.stride(0),
-            heads, d, scale * LOG2E,
+            q, k, v, out, q_off32, cluster, start, lo, hi, count, *_strides(q, k, v, out),
+            q_off32.stride(0), cluster.stride(0), lo.stride(0), lo.stride(1), count.stride(0), heads, d,
+            scale * LOG2E,
             BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_D=_pow2(d), DOT_FP32=interpret or fp32,
             PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip

@@ -97,7 +97,7 @@ def test_uniform_offsets_are_recognised():
 
 @pytest.mark.skipif(not dispatch.triton_available(), reason="triton is not installed")
 def test_lookup_and_query_tiles():
-    from kernels.triton_attention import build_lookup, query_tiles
+    from kernels.triton_attention import build_lookup, key_tiles, query_tiles
 
     mask = torch.tensor([[[[False, True, False, True], [False, False, False, False], [True, True, True, True]]]])
     lut, count = build_lookup(mask)
@@ -120,6 +120,24 @@ def test_lookup_and_query_tiles():
     flat, cnt = mask.reshape(-1, 11), count.reshape(-1)
     for i in range(flat.shape[0]):
         assert lut.reshape(-1, 11)[i, : cnt[i]].tolist() == flat[i].nonzero().flatten().tolist()
+    # key tiles: row 0 selects clusters 1, 2 and 4 (tokens 5-41: cluster 3 is empty, the run goes on), row 1 all
+    k_off = torch.tensor([[0, 5, 12, 20, 20, 41]])
+    sel = torch.tensor([[[False, True, True, False, True], [True] * 5, [False] * 5]])
+    lo, hi, count = key_tiles(sel, k_off, 8, 41)
+    assert lo.shape == (1, 3, 3 + 41 // 8) and count.tolist() == [[5, 6, 0]]
+    assert lo[0, 0, :5].tolist() == [5, 13, 21, 29, 37] and hi[0, 0, :5].tolist() == [41] * 5
+    assert lo[0, 1, :6].tolist() == [0, 8, 16, 24, 32, 40]
+    assert hi[0, 1, :6].tolist() == [41] * 6
+    # every selected token is covered exactly once, on a random layout
+    sizes = torch.randint(0, 9, (6, 13), generator=gen)
+    k_off = torch.nn.functional.pad(sizes.cumsum(-1), (1, 0))
+    sel = torch.rand(6, 4, 13, generator=gen) < 0.5
+    lo, hi, count = key_tiles(sel, k_off, 4, int(k_off[:, -1].max()))
+    for g in range(6):
+        for i in range(4):
+            got = sorted(t for s in range(count[g, i]) for t in range(lo[g, i, s], min(lo[g, i, s] + 4, hi[g, i, s])))
+            want = [t for j in range(13) if sel[g, i, j] for t in range(k_off[g, j], k_off[g, j + 1])]
+            assert got == want
 
 
 def test_kernels_import_and_run_without_triton():
