@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.getcwd())
 RAW = "frames_raw.npy"  # raw frames of a run too large for frames.npz when there is no ffmpeg
 
-OURS = re.compile(r"_fixed_fwd|_varlen_fwd|_estimate_stats|_estimate_blocks")
+OURS = re.compile(r"_fixed_fwd|_varlen_fwd|_estimate_\w+")
 SDPA = re.compile(r"flash|fmha|cudnn|attention", re.IGNORECASE)
 
 

@@ -25,21 +25,12 @@ import torch
 RESULTS: dict[str, object] = {}
 T0 = time.perf_counter()
 
-# tile configs that compile without register spills on sm_90a with triton 3.6 (AOT-compiled on CPU, cuobjdump)
-FIXED_CONFIGS = [
-    {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3},  # default_config for head dim 128
-    {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 4},
-    {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 2},
-    {"block_m": 128, "block_n": 128, "num_warps": 8, "num_stages": 2},
-    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3},
-    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 4},
-]
-EST_CONFIGS = [
-    {"block_m": 128, "block_n": 128, "num_warps": 8, "num_stages": 2},  # estimate_config default
-    {"block_m": 128, "block_n": 128, "num_warps": 8, "num_stages": 3},
-    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3},
-    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2},
-]
+# the tiles the kernels' autotuner times (spill-free on sm_90a per `python -m kernels.aot`), default first
+from kernels.triton_attention import tune_configs  # noqa: E402
+from kernels.triton_estimate import tune_configs as est_tune_configs  # noqa: E402
+
+FIXED_CONFIGS = list(tune_configs("fixed"))
+EST_CONFIGS = list(est_tune_configs(128 // 16))
 EST_TARGET = 0.06  # issue 22: estimation at stride 16 costs at most 6% of dense SDPA
 
 
@@ -216,7 +207,8 @@ def sweep_fixed(args, q, k, v, tag, configs, densities):
 
 @section("overhead.split")
 def overhead(args, q, k, v, tag, cfg):
-    """One d=0.1 mask: kernel only (lookup given) / + build_lookup / the public entry (all host syncs)."""
+    """One d=0.1 mask: kernel only (lookup given) / + build_lookup / the public entry given the block size (no host
+    sync) / the public entry given offsets (it checks and detects them: host syncs)."""
     import kernels
     from kernels.triton_attention import build_lookup, fixed_block_sparse_attention
 
@@ -229,13 +221,15 @@ def overhead(args, q, k, v, tag, cfg):
     a = bench(lambda: fixed_block_sparse_attention(q, k, v, m, bs, bs, lookup=lut, **cc), args)
     b = bench(lambda: fixed_block_sparse_attention(q, k, v, m, bs, bs, **cc), args)
     c = bench(lambda: kernels.block_sparse_attention(q, k, v, m, off, off), args)
+    e = bench(lambda: kernels.block_sparse_attention(q, k, v, m, block_size=bs, dense=False), args)
     lb = bench(lambda: build_lookup(m), args)
     RESULTS.update(
-        {f"{tag}.ovh.kernel": a, f"{tag}.ovh.with_lookup": b, f"{tag}.ovh.public": c, f"{tag}.ovh.lookup": lb}
-    )
+        {f"{tag}.ovh.kernel": a, f"{tag}.ovh.with_lookup": b, f"{tag}.ovh.public": c, f"{tag}.ovh.public_sync_free": e,
+         f"{tag}.ovh.lookup": lb}
+    )  # fmt: skip
     print(
-        f"  {tag} d=0.1: kernel {a:.3f} ms | +build_lookup {b:.3f} ms | public entry {c:.3f} ms | "
-        f"build_lookup alone {lb:.3f} ms"
+        f"  {tag} d=0.1: kernel {a:.3f} ms | +build_lookup {b:.3f} ms | public entry (block_size, no sync) "
+        f"{e:.3f} ms | public entry (offsets) {c:.3f} ms | build_lookup alone {lb:.3f} ms"
     )
 
 
