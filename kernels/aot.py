@@ -43,7 +43,7 @@ EST_HEAD_DIMS = (128,)  # the estimation runs for XAttention on Wan2.1 / SkyReel
 BLOCK = 128  # XAttention's block size for Wan2.1
 LENGTH = 32760  # Wan2.1 480p, 21 x 30 x 52 latent tokens: not a multiple of 16 (the kit's worst register case)
 HEADS = 12  # Wan2.1-1.3B
-KERNELS = ("fixed", "varlen", "est.stats", "est.blocks")
+KERNELS = ("fixed", "varlen", "est.partials")  # est.partials: the estimation's one GEMM pass (its combine is torch)
 
 
 class AotUnavailable(RuntimeError):
@@ -153,7 +153,7 @@ def _kernel_fns() -> dict[str, Callable]:
     from kernels import triton_attention as ta
     from kernels import triton_estimate as te
 
-    fns = (ta._fixed_fwd, ta._varlen_fwd, te._estimate_stats, te._estimate_blocks)
+    fns = (ta._fixed_fwd, ta._varlen_fwd, te._estimate_partials)
     return dict(zip(KERNELS, fns, strict=True))
 
 
@@ -261,7 +261,7 @@ def host_call(case: Case) -> Callable[[], Any]:
     if case.kernel == "varlen":  # uniform offsets: the varlen kernel's signature does not depend on their values
         off = uniform_offsets(case.length, case.block)
         return lambda: ta.varlen_block_sparse_attention(q, k, v, mask, off, off, interpret=False, **cfg)
-    if case.kernel in ("est.stats", "est.blocks"):
+    if case.kernel == "est.partials":
         return lambda: te.antidiagonal_block_scores_triton(q, k, case.stride, case.block, interpret=False, **cfg)
     raise ValueError(f"unknown kernel {case.kernel!r}; one of {KERNELS}")
 
@@ -285,8 +285,7 @@ def compile_launch(launch: Launch, capability: int = 90) -> KernelReport:
 
 
 def compile_case(case: Case, capability: int = 90) -> KernelReport:
-    """Compile ``case``'s kernel exactly as its host function would launch it (see the module docstring); for the
-    estimation, whose host function launches both passes, the pass ``case.kernel`` names."""
+    """Compile ``case``'s kernel exactly as its host function would launch it (see the module docstring)."""
     check_available(capability)
     return compile_launch(case_launch(case), capability)
 
@@ -310,7 +309,7 @@ def compile_cases(cases: Sequence[Case], capability: int = 90, workers: int | No
 def project_cases(dtypes: Sequence[str] = ("bfloat16",), lengths: Sequence[int] = (LENGTH,)) -> list[Case]:
     """Every kernel configuration the project launches on CUDA, per input dtype and sequence length: the attention
     kernels' defaults for each of :data:`HEAD_DIMS`, every entry of ``triton_attention.tune_configs(kernel)`` (the
-    autotuner launches each) for both attention kernels and head dims, and both estimation passes at their
+    autotuner launches each) for both attention kernels and head dims, and the estimation kernel at its
     default tile and every ``triton_estimate.tune_configs(r)`` entry (where it exists) for each of :data:`EST_STRIDES`
     and :data:`EST_HEAD_DIMS`. The length matters: Triton specialises integer arguments on divisibility by 16 (480p's
     32,760 tokens are not, 720p's 75,600 are), and the registers differ."""
@@ -347,8 +346,7 @@ def project_cases(dtypes: Sequence[str] = ("bfloat16",), lengths: Sequence[int] 
                 configs += [(f"tune_configs({r})[{i}]", {k: t[k] for k in keys}) for i, t in enumerate(est_tunes)]
                 for d in EST_HEAD_DIMS:
                     for source, cfg in configs:
-                        for kernel in ("est.stats", "est.blocks"):
-                            add(kernel, d, cfg, source, dtype=dtype, length=length, stride=stride)
+                        add("est.partials", d, cfg, source, dtype=dtype, length=length, stride=stride)
     return cases
 
 

@@ -258,6 +258,34 @@ def estimate(lq: int, lk: int, stride: int, block: int, d: int) -> None:
     assert got.sum().item() == pytest.approx(math.ceil(lq / stride) * 2, rel=1e-5)
 
 
+@case("estimate_growing_logits_517_611_s4_b16_d32", lq=517, lk=611, stride=4, block=16, d=32, growth=4.0)
+@case("estimate_growing_logits_1000_1100_s16_b128_d16", lq=1000, lk=1100, stride=16, block=128, d=16, growth=6.0)
+def estimate_growing_logits(lq: int, lk: int, stride: int, block: int, d: int, growth: float) -> None:
+    """Many key tiles per reduced row, logits growing along the keys: each row's running max rises tile after tile,
+    so every partial block sum is rescaled to the final max by the combine (a missing rescale is off by ~3-9)."""
+    from kernels.estimate import _regroup
+    from kernels.triton_estimate import estimate_config
+
+    q, k, _ = qkv(1, lq, lk, 2, d, seed=29)
+    q = q + 1.0
+    k = k + growth * torch.arange(lk, dtype=torch.float32)[None, :, None, None] / lk  # q.k grows with the key
+    r = block // stride
+    tile = estimate_config(True, r)["block_n"]
+    nq, nk = math.ceil(lq / block), math.ceil(lk / block)
+    qr = _regroup(q.double(), stride, nq * block, reverse=True)[:, :, : math.ceil(lq / stride)]
+    kr = _regroup(k.double(), stride, nk * block, reverse=False)[:, :, : math.ceil(lk / stride)]
+    logits = qr @ kr.transpose(-1, -2) / (math.sqrt(d) * stride * math.log(2))  # log2 units, as in the kernel
+    assert logits.shape[-1] >= 4 * tile  # several key tiles per row
+    rise = logits.amax(-1) - logits[..., :tile].amax(-1)
+    assert rise.min() > 4  # in every row the first tile's max is far below the final one: rescales far from 1
+    before = dispatch.calls[("antidiagonal_block_scores", "triton")]
+    got = kernels.antidiagonal_block_scores(q, k, stride, block)
+    ran_triton("antidiagonal_block_scores", before)
+    ref = kernels.antidiagonal_block_scores(q.double(), k.double(), stride, block, backend="torch")
+    torch.testing.assert_close(got.double(), ref.double(), atol=1e-5, rtol=1e-5)
+    assert got.sum().item() == pytest.approx(math.ceil(lq / stride) * 2, rel=1e-5)
+
+
 @case("dispatch_under_interpreter")
 def dispatch_rules() -> None:
     cpu = torch.device("cpu")
