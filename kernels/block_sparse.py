@@ -76,6 +76,7 @@ def block_sparse_attention(
     scale: float | None = None,
     *,
     block_size: int | tuple[int, int] | None = None,
+    varlen: bool = False,
     dense: bool | None = None,
     lookup: tuple[torch.Tensor, torch.Tensor] | None = None,
     backend: str | None = None,
@@ -89,7 +90,9 @@ def block_sparse_attention(
 
     What the caller knows spares the host-device syncs of finding it out (none is left on the Triton path, so a
     transformer call can be captured in a CUDA graph): ``block_size`` (one int, or query and key sizes) says the
-    blocks are :func:`uniform_offsets` (offsets are then neither needed nor checked); ``dense`` says whether every
+    blocks are :func:`uniform_offsets` (offsets are then neither needed nor checked); ``varlen`` says the offsets
+    are not uniform (the variable-size kernel runs without looking at them; on CUDA their last entry is checked
+    by a device-side assert instead of on the host); ``dense`` says whether every
     block is selected (``None``: look, one sync); ``lookup`` is :func:`kernels.triton_attention.build_lookup` of
     ``mask``, kept by a caller that reuses the mask.
     """
@@ -118,10 +121,16 @@ def block_sparse_attention(
             )
         chosen = "torch"
     dispatch.record("block_sparse_attention", chosen)
-    if block_size is None:
+    if varlen and chosen == "triton" and q.device.type != "cpu":  # on CPU the host checks cost nothing
+        if q_offsets is None or k_offsets is None:
+            raise ValueError("varlen=True needs q_offsets and k_offsets")
+        q_off, k_off = (_device_checked(o, batch, heads, n, length) for o, n, length in
+                        ((q_offsets, nq, lq), (k_offsets, nk, lk)))  # fmt: skip
+        bq = bk = None
+    elif block_size is None:
         q_off = _full_offsets(q_offsets, batch, heads, lq, nq, q.device)
         k_off = _full_offsets(k_offsets, batch, heads, lk, nk, q.device)
-        bq, bk = _uniform_block(q_off, lq), _uniform_block(k_off, lk)
+        bq, bk = (None, None) if varlen else (_uniform_block(q_off, lq), _uniform_block(k_off, lk))
     else:
         q_off = uniform_offsets(lq, bq, q.device).expand(batch, heads, nq + 1)
         k_off = uniform_offsets(lk, bk, q.device).expand(batch, heads, nk + 1)
@@ -132,6 +141,15 @@ def block_sparse_attention(
     if bq is not None and bk is not None:
         return triton_attention.fixed_block_sparse_attention(q, k, v, mask, bq, bk, scale, lookup=lookup)
     return triton_attention.varlen_block_sparse_attention(q, k, v, mask, q_off, k_off, scale)
+
+
+def _device_checked(off: torch.Tensor, batch: int, heads: int, nblocks: int, length: int) -> torch.Tensor:
+    """``off`` as ``(B, H, n + 1)`` long, its end checked on the device (no host sync; a bad end fails the launch)."""
+    off = off.to(dtype=torch.long)
+    if off.shape[-1] != nblocks + 1:
+        raise ValueError(f"offsets have {off.shape[-1] - 1} blocks but the mask has {nblocks}")
+    torch._assert_async((off[..., -1] == length).all(), f"offsets must end at the sequence length {length}")
+    return off.expand(batch, heads, nblocks + 1)
 
 
 def _triton_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:

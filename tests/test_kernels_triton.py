@@ -421,7 +421,7 @@ def test_varlen_at_size(device: str) -> None:
     sizes[:, -1] += length - sizes.sum(-1)
     off = torch.nn.functional.pad(sizes.cumsum(-1), (1, 0)).view(b, h, n + 1).to(device)
     mask = (torch.rand(b, h, n, n, generator=gen) < 0.3).to(device)
-    out = kernels.block_sparse_attention(q, k, v, mask, off, off, backend=backend)
+    out = kernels.block_sparse_attention(q, k, v, mask, off, off, varlen=True, dense=False, backend=backend)
     ref = reference(q.float(), k.float(), v.float(), mask, off, off)
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
 

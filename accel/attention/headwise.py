@@ -22,6 +22,7 @@ from accel.config import ConfigError, HeadwiseSettings
 from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
+from kernels import dispatch
 from profiling.ranges import named_range
 
 DEFAULT_BRANCH = "*"
@@ -68,6 +69,14 @@ class HeadwiseSparse(AttentionMethod):
                 f"give 1, {num_heads} or {num_layers * num_heads} values"
             )
         self.thresholds = {DEFAULT_BRANCH: table}
+
+    def dense_hint(self, device: torch.device) -> bool | None:
+        """``dense=`` for the kernels' entry: ``False`` on Triton when every threshold (a host-side table: no sync)
+        is below 1, so an all-true mask is rare and the kernel computes it as exactly; otherwise ``None`` (the entry
+        looks, one host-device sync, and an all-true mask takes the dense path bit for bit)."""
+        if dispatch.resolve(device) != "triton" or any(bool((t >= 1).any()) for t in self.thresholds.values()):
+            return None
+        return False
 
     def threshold(self, layer: int, branch: str, device: torch.device) -> torch.Tensor:
         """Per-head thresholds ``(H,)`` of ``layer`` for this CFG branch (a table may differ per branch)."""

@@ -250,7 +250,7 @@ class SVG2(HeadwiseSparse):
         qp = _gather_tokens(q, state.q_perm)
         kp, vp = _gather_tokens(k, state.k_perm), _gather_tokens(v, state.k_perm)
         mask, q_off, k_off = self._blocks(state, q)
-        out = block_sparse_attention(qp, kp, vp, mask, q_off, k_off)
+        out = block_sparse_attention(qp, kp, vp, mask, q_off, k_off, varlen=True, dense=self.dense_hint(q.device))
         density = mask_density(mask, q_off, k_off).mean(0)
         self.recorder.log(Event.DENSITY, density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
         return _scatter_tokens(out, state.q_perm)

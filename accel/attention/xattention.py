@@ -96,10 +96,6 @@ class XAttention(HeadwiseSparse):
     def state_density(self, state, q, k):
         return mask_density(state, *self._offsets(q, k))
 
-    def _dense_possible(self) -> bool:
-        """Whether some head's threshold (host-side table, no sync) is >= 1, i.e. selects every block."""
-        return any(bool((t >= 1).any()) for t in self.thresholds.values())
-
     def _lookup(self, layer: int, state: torch.Tensor, device: torch.device):
         """The kernels' visit lists of ``state``, kept per layer while the mask is reused (TMR); None off Triton."""
         if dispatch.resolve(device) != "triton":
@@ -113,9 +109,7 @@ class XAttention(HeadwiseSparse):
 
     def apply(self, q, k, v, state, layer, thresholds, mask_ref):
         lookup = self._lookup(layer, state, q.device)
-        # on Triton with every threshold below 1, an all-true mask is rare and the kernel computes it exactly as
-        # well: skip the check (a host-device sync); with tau >= 1 somewhere the dense shortcut stays (bit for bit)
-        dense = None if lookup is None or self._dense_possible() else False
+        dense = self.dense_hint(q.device)
         out = block_sparse_attention(q, k, v, state, block_size=self.block_size, dense=dense, lookup=lookup)
         density = self.state_density(state, q, k).mean(0)
         self.recorder.log(Event.DENSITY, density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
