@@ -12,6 +12,7 @@ import logging
 import platform
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +28,7 @@ from accel.methods import ProgressFn, Target
 from accel.runs import Run, RunStore
 from accel.schema import Event
 from accel.telemetry import Recorder, RecordPolicy
+from kernels import dispatch, flex
 from profiling.profiler import RunProfiler
 from profiling.ranges import named_range
 
@@ -169,6 +171,7 @@ def generate(
     recorder = Recorder(policy, enabled=record)  # record=False: for measuring what recording costs
     times: dict[str, float] = {}
     _sync(device)
+    calls_before, compile_before = Counter(dispatch.calls), sum(flex.compile_seconds.values())
     t0 = time.perf_counter()
     profiler = None
     work = tempfile.TemporaryDirectory(prefix="accel-profile-") if profile else None
@@ -191,6 +194,7 @@ def generate(
             f"({one_line(exc)})"
         ) from None
     generate_s = time.perf_counter() - t0
+    kernel_calls = {f"{op}/{backend}": n for (op, backend), n in (dispatch.calls - calls_before).items()}
     frames = (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     t_rec = time.perf_counter()
     table, arrays = recorder.finish()
@@ -219,6 +223,8 @@ def generate(
         "device": str(device),
         "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
         "versions": _versions(),
+        "kernel_calls": kernel_calls,  # which backend ran each kernel call (dispatch counters of this run)
+        "kernel_compile_s": sum(flex.compile_seconds.values()) - compile_before,  # FlexAttention's first calls
         "prompt_tokens": min(prompt_tokens, spec.text_tokens),
         "warnings": warnings_,
         **extra,

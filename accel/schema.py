@@ -37,7 +37,7 @@ CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
 NUMERIC_METRICS = (
     "wall_s", "record_s", "record_loop_s", "save_s", "tokens", "layers", "heads", "density_mean",
     "density_mean_sparse", "mask_predict_s", "mask_skip_frac", "reuse_check_s", "chunk_computes", "chunk_reuses",
-    "chunk_partials",
+    "chunk_partials", "kernel_compile_s",
 )  # fmt: skip
 
 COLUMNS = (

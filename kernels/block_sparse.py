@@ -93,8 +93,9 @@ def block_sparse_attention(
     blocks are :func:`uniform_offsets` (offsets are then neither needed nor checked); ``varlen`` says the offsets
     are not uniform (the variable-size kernel runs without looking at them; on CUDA their last entry is checked
     by a device-side assert instead of on the host); ``dense`` says whether every
-    block is selected (``None``: look, one sync); ``lookup`` is :func:`kernels.triton_attention.build_lookup` of
-    ``mask``, kept by a caller that reuses the mask.
+    block is selected (``None``: look, one sync); ``lookup`` is what the backend builds from ``mask``
+    (:func:`kernels.triton_attention.build_lookup` for Triton, :func:`kernels.flex.block_mask` for flex), kept by a
+    caller that reuses the mask.
     """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError("q, k, v must be (B, L, H, D)")
@@ -113,14 +114,13 @@ def block_sparse_attention(
         if (nq, nk) != (math.ceil(lq / bq), math.ceil(lk / bk)):
             raise ValueError(f"mask has {nq} x {nk} blocks, but blocks of {bq} x {bk} tokens make "
                              f"{math.ceil(lq / bq)} x {math.ceil(lk / bk)}")  # fmt: skip
-    chosen = dispatch.resolve(q.device, backend)
+    chosen = dispatch.resolve(q.device, backend, tokens=lq)
     if chosen == "triton" and not _triton_supports(q, k, v):
         if dispatch.requested_backend(backend) == "triton":
             raise NotImplementedError(
                 f"triton block-sparse attention: unsupported dtype {q.dtype} or head dim {q.shape[-1]}"
             )
         chosen = "torch"
-    dispatch.record("block_sparse_attention", chosen)
     if varlen and chosen == "triton" and q.device.type != "cpu":  # on CPU the host checks cost nothing
         if q_offsets is None or k_offsets is None:
             raise ValueError("varlen=True needs q_offsets and k_offsets")
@@ -134,8 +134,15 @@ def block_sparse_attention(
     else:
         q_off = uniform_offsets(lq, bq, q.device).expand(batch, heads, nq + 1)
         k_off = uniform_offsets(lk, bk, q.device).expand(batch, heads, nk + 1)
+    if chosen == "flex" and (bq is None or bk is None):
+        chosen = "torch"  # FlexAttention over variable-size clusters is not built yet
+    dispatch.record("block_sparse_attention", chosen)
     if chosen == "torch":
         return _reference(q, k, v, mask, q_off, k_off, scale)
+    if chosen == "flex":
+        from kernels.flex import flex_block_sparse_attention
+
+        return flex_block_sparse_attention(q, k, v, mask, bq, bk, scale, blocks=lookup)
     from kernels import triton_attention
 
     if bq is not None and bk is not None:

@@ -46,6 +46,7 @@ def test_xattention_run_folder(store, tiny_pipe):
     assert np.allclose(mask.mean((1, 2)), row["density"].to_numpy(), atol=0.08)  # last block is short
     assert set(reopened.metrics["stages"]) == {"load_s", "text_encode_s", "denoise_s", "vae_decode_s"}
     assert "xattention" in reopened.run_id and "tau0.8" in reopened.run_id
+    assert reopened.metrics["kernel_calls"]["block_sparse_attention/torch"] > 0  # which backend ran, counted
 
 
 def test_svg2_run_folder(store, tiny_pipe):

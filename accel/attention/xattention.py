@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -56,7 +57,7 @@ class XAttention(HeadwiseSparse):
     ):
         super().__init__(settings, recorder, model, tmr_delta)
         self.block_size = settings.block_size or block_size
-        self._lookups: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._lookups: dict[int, tuple[torch.Tensor, Any]] = {}
         self.stride = settings.stride
         if self.block_size % self.stride:
             raise ConfigError(f"block_size {self.block_size} must be a multiple of stride {self.stride}")
@@ -96,19 +97,27 @@ class XAttention(HeadwiseSparse):
     def state_density(self, state, q, k):
         return mask_density(state, *self._offsets(q, k))
 
-    def _lookup(self, layer: int, state: torch.Tensor, device: torch.device):
-        """The kernels' visit lists of ``state``, kept per layer while the mask is reused (TMR); None off Triton."""
-        if dispatch.resolve(device) != "triton":
+    def _lookup(self, layer: int, state: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        """What the kernel backend builds from ``state`` (Triton's visit lists, FlexAttention's BlockMask), kept per
+        layer while the mask is reused (TMR); None for the torch reference."""
+        backend = dispatch.resolve(q.device, tokens=q.shape[1])
+        if backend == "torch":
             return None
         kept = self._lookups.get(layer)
         if kept is None or kept[0] is not state:
-            from kernels.triton_attention import build_lookup
+            if backend == "flex":
+                from kernels.flex import block_mask
 
-            kept = self._lookups[layer] = (state, build_lookup(state))
+                built = block_mask(state, self.block_size, self.block_size, q.shape[1], k.shape[1])
+            else:
+                from kernels.triton_attention import build_lookup
+
+                built = build_lookup(state)
+            kept = self._lookups[layer] = (state, built)
         return kept[1]
 
     def apply(self, q, k, v, state, layer, thresholds, mask_ref):
-        lookup = self._lookup(layer, state, q.device)
+        lookup = self._lookup(layer, state, q, k)
         dense = self.dense_hint(q.device)
         out = block_sparse_attention(q, k, v, state, block_size=self.block_size, dense=dense, lookup=lookup)
         density = self.state_density(state, q, k).mean(0)

@@ -1,0 +1,117 @@
+"""FlexAttention as the third kernel backend: pinned against the torch reference, and the dispatch rules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import kernels
+from kernels import dispatch, flex
+from kernels.block_sparse import _reference, uniform_offsets
+
+needs_flex = pytest.mark.skipif(not flex.available(), reason="FlexAttention cannot be compiled here")
+
+
+def _case(lq: int, lk: int, bs: int, density: float, seed: int = 0, h: int = 2, d: int = 32):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, lq, h, d, generator=gen)
+    k, v = torch.randn(1, lk, h, d, generator=gen), torch.randn(1, lk, h, d, generator=gen)
+    nq, nk = math.ceil(lq / bs), math.ceil(lk / bs)
+    mask = torch.rand(1, h, nq, nk, generator=gen) < density
+    mask[0, 1, 1] = False  # a query block that selects nothing
+    ref = _reference(
+        q, k, v, mask, uniform_offsets(lq, bs).expand(1, h, nq + 1), uniform_offsets(lk, bs).expand(1, h, nk + 1), None
+    )
+    return q, k, v, mask, ref
+
+
+@pytest.mark.parametrize(("lq", "lk", "bs"), [(64, 64, 16), (100, 77, 16), (130, 300, 32), (257, 257, 128)])
+@pytest.mark.parametrize("density", [1.0, 0.5, 0.1])
+def test_flex_equals_the_reference(lq: int, lk: int, bs: int, density: float) -> None:
+    """Eager FlexAttention (no compiler) with the BlockMask built from the block mask: odd lengths (partial last
+    blocks on both sides), cross lengths, empty rows."""
+    q, k, v, mask, ref = _case(lq, lk, bs, density)
+    out = flex.flex_block_sparse_attention(q, k, v, mask, bs, bs, compiled=False)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert out[0, bs : min(2 * bs, lq), 1].abs().max() == 0
+
+
+@needs_flex
+@pytest.mark.slow
+def test_compiled_flex_through_the_public_entry() -> None:
+    """The compiled kernel (inductor's C++ on CPU) through ``block_sparse_attention``, forced and by ``auto``'s size
+    rule; the compile time is kept apart."""
+    q, k, v, mask, ref = _case(1100, 1100, 16, 0.3)
+    before = dispatch.calls[("block_sparse_attention", "flex")]
+    out = kernels.block_sparse_attention(q, k, v, mask, block_size=16, backend="flex")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert out[0, 16:32, 1].abs().max() == 0
+    out = kernels.block_sparse_attention(q, k, v, mask, block_size=16)  # auto: 1,100 tokens on CPU
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert dispatch.calls[("block_sparse_attention", "flex")] == before + 2
+    assert any(key[2] == 1100 and seconds > 0 for key, seconds in flex.compile_seconds.items())
+
+
+@needs_flex
+def test_dispatch_rules(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert dispatch.resolve(cpu, tokens=dispatch.FLEX_MIN_TOKENS) == "flex"
+    assert dispatch.resolve(cpu, tokens=dispatch.FLEX_MIN_TOKENS - 1) == "torch"  # compile would dominate
+    assert dispatch.resolve(cpu, "flex", tokens=10) == "flex"
+    assert dispatch.resolve(cpu, "torch", tokens=10**6) == "torch"
+    monkeypatch.setenv(dispatch.ENV_VAR, "flex")
+    assert dispatch.resolve(cpu, tokens=10) == "flex"
+    monkeypatch.setenv(dispatch.ENV_VAR, "auto")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter was asked for: the CPU path stays Triton's
+    assert dispatch.resolve(cpu, tokens=10**6) != "flex"
+
+
+def test_flex_forced_without_a_compiler_is_one_clear_error(monkeypatch) -> None:
+    monkeypatch.setattr(flex, "available", lambda: False)
+    with pytest.raises(RuntimeError, match="FlexAttention cannot be compiled here"):
+        dispatch.resolve(torch.device("cpu"), "flex")
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    assert dispatch.resolve(torch.device("cpu"), tokens=10**6) == "torch"
+
+
+@needs_flex
+def test_variable_size_clusters_fall_back_to_the_reference() -> None:
+    """FlexAttention over SVG2's variable-size clusters is not built yet: the entry runs the reference and counts it."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 40, 2, 16, generator=gen) for _ in range(3))
+    off = torch.tensor([0, 7, 20, 33, 40])
+    mask = torch.rand(1, 2, 4, 4, generator=gen) < 0.5
+    before = dispatch.calls[("block_sparse_attention", "torch")]
+    kernels.block_sparse_attention(q, k, v, mask, off, off, varlen=True, dense=False, backend="flex")
+    assert dispatch.calls[("block_sparse_attention", "torch")] == before + 1
+
+
+@needs_flex
+@pytest.mark.slow
+def test_a_generation_on_flex_is_the_reference_generation(tmp_path) -> None:
+    """XAttention on tiny-wan with FlexAttention forced: the same video as the torch reference (within float
+    rounding), the run says flex ran and how long it compiled, and the headline shows it."""
+    import numpy as np
+    from conftest import PROMPT
+
+    from accel import runner
+    from accel.config import RunConfig
+    from accel.runs import RunStore
+    from viz import panels
+
+    store = RunStore(tmp_path / "runs")
+    cfg = RunConfig(prompt=PROMPT, method="xattention", settings={"warmup_steps": 1, "block_size": 16, "stride": 4},
+                    height=128, width=128, frames=9, steps=3, device="cpu")  # fmt: skip
+    with kernels.use_backend("flex"):
+        run = runner.generate(cfg, store)
+    with kernels.use_backend("torch"):
+        ref = runner.generate(cfg, store)
+    assert run.metrics["kernel_calls"]["block_sparse_attention/flex"] > 0
+    assert "block_sparse_attention/flex" not in ref.metrics["kernel_calls"]
+    assert run.metrics["kernel_compile_s"] > 0 and "sparse attention ran on | flex x" in panels.headline(store, run)
+    diff = np.abs(run.frames().astype(int) - ref.frames().astype(int))
+    assert diff.max() <= 2  # uint8 frames of the same video up to float rounding
