@@ -201,7 +201,7 @@ def test_triton_path_reads_no_data_on_the_host(kind, monkeypatch):
             return lambda *args, **kwargs: grids.append(grid)
 
     monkeypatch.setattr(triton_attention, "jitted", lambda fn: Launcher())
-    monkeypatch.setattr(dispatch, "resolve", lambda device, backend=None: "triton")
+    monkeypatch.setattr(dispatch, "resolve", lambda device, backend=None, tokens=0: "triton")
     monkeypatch.setenv(triton_attention.ENV_AUTOTUNE, "0")
     q, k, v = (torch.empty(2, 1000, 3, 64, device="meta", dtype=torch.bfloat16) for _ in range(3))
     mask = torch.empty(2, 3, 8, 8, device="meta", dtype=torch.bool)
