@@ -218,10 +218,65 @@ def bench_shape(shape: Shape, kind: str, args: argparse.Namespace, device: torch
         )
 
 
+CPU_LENGTHS = (320, 1024, 2048, 4096)  # the default pocket run is 320 tokens; the pocket "bench" size is >= 2,000
+CPU_HEADS, CPU_DIM = 4, 64
+
+
+def _cpu_ratios(length: int, args: argparse.Namespace, backends: tuple[str, ...]) -> tuple[float, dict[str, list]]:
+    """Dense SDPA seconds at ``length`` and, per backend, SDPA time / backend time at each density."""
+    from kernels import flex
+    from kernels.block_sparse import _reference
+
+    gen = torch.Generator().manual_seed(length)
+    q, k, v = (torch.randn(1, length, CPU_HEADS, CPU_DIM, generator=gen) for _ in range(3))
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    n, bs = math.ceil(length / args.block), args.block
+    off = uniform_offsets(length, bs).expand(1, CPU_HEADS, n + 1)
+    sdpa = timeit(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt), args.warmup, args.iters)
+    ratios: dict[str, list[float]] = {name: [] for name in backends}
+    for d in args.densities:
+        m = random_mask(CPU_HEADS, n, d, torch.device("cpu"), seed=int(d * 100))
+        runs = {"torch": lambda m=m: _reference(q, k, v, m, off, off, None)}
+        if "flex" in backends:
+            blocks = flex.block_mask(m, bs, bs, length, length)
+            runs["flex"] = lambda m=m, b=blocks: flex.flex_block_sparse_attention(q, k, v, m, bs, bs, blocks=b)
+        for name in backends:
+            ratios[name].append(sdpa / timeit(runs[name], args.warmup, args.iters))
+    return sdpa, ratios
+
+
+def bench_cpu(args: argparse.Namespace) -> None:
+    """CPU table: dense SDPA against FlexAttention (compiled; its compile is timed apart) and the torch reference at
+    each length and density (random block masks, 4 heads x 64, block ``--block``), as SDPA time / backend time
+    (higher is faster), and the crossover: the highest density at which each backend beats dense."""
+    from kernels import dispatch, flex
+
+    backends = ("flex", "torch") if flex.available() else ("torch",)
+    if "flex" not in backends:
+        print("flex: FlexAttention cannot be compiled here (no C++ compiler): only the torch reference runs")
+    print(f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, {CPU_HEADS} heads x {CPU_DIM}, "
+          f"block {args.block}; ratio = SDPA time / backend time (higher is faster)")  # fmt: skip
+    print(f"{'L':>6} {'backend':>8} {'SDPA ms':>8} " + " ".join(f"{'d=' + format(d, 'g'):>8}" for d in args.densities))
+    crossover = []
+    for length in args.lengths or CPU_LENGTHS:
+        sdpa, ratios = _cpu_ratios(length, args, backends)
+        for name, row in ratios.items():
+            print(f"{length:>6} {name:>8} {sdpa * 1e3:>8.1f} " + " ".join(f"{r:>7.2f}x" for r in row), flush=True)
+            wins = [d for d, r in zip(args.densities, row, strict=True) if r >= 1.0]
+            crossover.append(f"L={length} {name} {max(wins) if wins else 'none'}")
+    if flex.compile_seconds:
+        print(f"flex compile: {sum(flex.compile_seconds.values()):.1f} s over {len(flex.compile_seconds)} shapes")
+    print("crossover (highest density that beats dense SDPA): " + ", ".join(crossover))
+    print(f"auto uses flex on CPU from {dispatch.FLEX_MIN_TOKENS} tokens")
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 1.3B 480p only, few iterations")
     p.add_argument("--interpret", action="store_true", help="tiny shapes on CPU through the Triton interpreter")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="cpu: SDPA vs FlexAttention vs the torch reference at CPU sizes (--lengths)")  # fmt: skip
+    p.add_argument("--lengths", nargs="+", type=int, default=None, help=f"CPU lengths (default {CPU_LENGTHS})")
     p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=None, help="shapes to run (default: all)")
     p.add_argument("--inputs", nargs="+", choices=["uniform", "structured"], default=["uniform", "structured"])
     p.add_argument("--densities", nargs="+", type=float, default=list(DENSITIES))
@@ -238,6 +293,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.device == "cpu":
+        bench_cpu(args)
+        return 0
     if args.interpret:
         reexec_interpreted("kernels.bench")
         shapes = list(TINY.values())
