@@ -206,6 +206,15 @@ class XAttentionSettings(HeadwiseSettings):
     warmup_steps: int = field(
         default=5, metadata=_help("Leading denoising steps computed densely (5 of 50 in the reference).", abbrev="w")
     )
+    dense_above: float | None = field(
+        default=None,
+        metadata=_help(
+            "Density-aware execution: a head whose mask keeps more than this share of blocks runs dense SDPA "
+            "(exact, and faster there); empty = the kernel backend's measured crossover (CPU: 0.55 flex, 0.45 torch; "
+            "Triton: off); 1 = off.",
+            abbrev="da",
+        ),
+    )
 
     def check(self) -> None:
         if isinstance(self.tau, list):
@@ -217,6 +226,8 @@ class XAttentionSettings(HeadwiseSettings):
             if self.block_size % self.stride:
                 raise ConfigError(f"block_size {self.block_size} must be a multiple of stride {self.stride}")
         _check_int("warmup_steps", self.warmup_steps, 0)
+        if self.dense_above is not None:
+            _check_unit("dense_above", self.dense_above, open_low=False)
         self._check_headwise()
 
     def dense_steps(self, num_steps: int) -> int:

@@ -162,7 +162,7 @@ def _headwise_variants(method: str) -> Callable[[ModelSpec], dict[str, dict[str,
 
 # -- events ------------------------------------------------------------------------------------------------
 CHUNKED = frozenset({Event.CHUNK_COMPUTE, Event.TOKENS_UPDATED, Event.CHUNK_DONE, Event.KV_TOKENS})
-SPARSE = frozenset({Event.DENSITY, Event.DENSE_WARMUP, Event.MASK_PREDICT})
+SPARSE = frozenset({Event.DENSITY, Event.DENSE_WARMUP, Event.DENSE_HEAD, Event.MASK_PREDICT})
 TMR = frozenset({Event.REUSE_CHECK, Event.DRIFT, Event.MASK_REFRESH})
 CACHE = CHUNKED | SPARSE | TMR | {Event.CHUNK_REUSE, Event.KV_COMPRESS}  # a cache may compose sparse attention
 

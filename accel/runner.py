@@ -91,6 +91,9 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
         per_call = dens.groupby(["step", "branch", "layer"]).size()
         out["attn_calls"] = len(per_call)
         out["attn_calls_dense"] = len(warm)
+    dense_heads = table[table["event"] == Event.DENSE_HEAD]
+    if not dense_heads.empty:  # density-aware execution: the share of sparse-step heads run on dense SDPA
+        out["dense_head_frac"] = float(dense_heads["value"].mean())
     pred = table[table["event"] == Event.MASK_PREDICT]
     out["mask_predict_s"] = float(pred["seconds"].sum()) if not pred.empty else 0.0
     out["mask_predictions"] = len(pred)

@@ -37,7 +37,7 @@ CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
 NUMERIC_METRICS = (
     "wall_s", "record_s", "record_loop_s", "save_s", "tokens", "layers", "heads", "density_mean",
     "density_mean_sparse", "mask_predict_s", "mask_skip_frac", "reuse_check_s", "chunk_computes", "chunk_reuses",
-    "chunk_partials", "kernel_compile_s",
+    "chunk_partials", "kernel_compile_s", "dense_head_frac",
 )  # fmt: skip
 
 COLUMNS = (
@@ -53,6 +53,7 @@ class Event(StrEnum):
     # sparse attention (accel.attention): one row per head
     DENSITY = "density"  # density: computed share of the head's query-key pairs; threshold: tau / top_p
     DENSE_WARMUP = "dense_warmup"  # one row per (step, layer) computed densely as warm-up
+    DENSE_HEAD = "dense_head"  # density-aware execution, per head: value 1 ran dense SDPA, 0 sparse; threshold: limit
     MASK_PREDICT = "mask_predict"  # value: heads that predicted a mask; seconds: time spent
     REUSE_CHECK = "reuse_check"  # seconds: time of the TMR drift check
     DRIFT = "drift"  # value: L1 drift of the head's pooled Q/K since its last refresh; threshold: delta

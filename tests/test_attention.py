@@ -50,7 +50,8 @@ def test_xattention_tau_one_equals_dense_pipeline(tiny_pipe):
     with installed(tiny_pipe.transformer, method):
         out = run_pipe(tiny_pipe, **MEDIUM)
     assert np.abs(out - ref).max() <= 1e-6
-    sparse = XAttention(XAttentionSettings(tau=0.5, warmup_steps=0, block_size=16, stride=4), 64)
+    settings = XAttentionSettings(tau=0.5, warmup_steps=0, block_size=16, stride=4, dense_above=1.0)  # all sparse
+    sparse = XAttention(settings, 64)
     with installed(tiny_pipe.transformer, sparse):
         out_sparse = run_pipe(tiny_pipe, **MEDIUM)
     assert np.abs(out_sparse - ref).max() > 1e-4  # the sparse path really changes the result
@@ -224,7 +225,7 @@ def test_xattention_attend_is_sdpa_under_its_token_mask(lq, lk):
     as in chunked generation, and lengths need not be multiples of the block)."""
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(1, n, 4, 32, generator=gen) for n in (lq, lk, lk))
-    method = XAttention(XAttentionSettings(tau=0.6, block_size=16, stride=4, warmup_steps=0), 16)
+    method = XAttention(XAttentionSettings(tau=0.6, block_size=16, stride=4, warmup_steps=0, dense_above=1.0), 16)
     method.setup(1, 4)
     out = method.attend(q, k, v, 0, StepInfo(step=3, num_steps=10))
     mask = method.predict(q, k, 0, "cond", method.threshold(0, "cond", q.device), None)  # deterministic: the same
@@ -232,3 +233,31 @@ def test_xattention_attend_is_sdpa_under_its_token_mask(lq, lk):
     tokens = mask.repeat_interleave(16, dim=-2).repeat_interleave(16, dim=-1)[..., :lq, :lk]
     expected = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=tokens)
     torch.testing.assert_close(out, expected.transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_density_aware_execution_runs_dense_heads_on_sdpa():
+    """Heads whose mask keeps more than dense_above of the blocks run dense SDPA (batched), the others block-sparse;
+    telemetry says which ran how; the default limit is the backend's measured crossover."""
+    from accel.attention.xattention import DENSE_CROSSOVER
+    from kernels import block_sparse_attention
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 64, 3, 16, generator=gen) for _ in range(3))
+    mask = torch.zeros(1, 3, 4, 4, dtype=torch.bool)
+    mask[0, 0] = True  # density 1: dense
+    mask[0, 1, :, :1] = True  # density 0.25: sparse
+    mask[0, 2, :, :3] = True  # density 0.75: dense
+    rec = Recorder()
+    method = XAttention(XAttentionSettings(block_size=16, stride=4, dense_above=0.5), 16, rec)
+    method.setup(1, 3)
+    out = method.apply(q, k, v, mask, 0, torch.full((3,), 0.9), None)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    torch.testing.assert_close(out[:, :, [0, 2]], sdpa.transpose(1, 2)[:, :, [0, 2]])
+    sparse = block_sparse_attention(q[:, :, [1]], k[:, :, [1]], v[:, :, [1]], mask[:, [1]], block_size=16)
+    torch.testing.assert_close(out[:, :, [1]], sparse)
+    table, _ = rec.finish()
+    rows = table[table.event == "dense_head"].sort_values("head")
+    assert rows["value"].tolist() == [1.0, 0.0, 1.0] and (rows["threshold"] == 0.5).all()
+    default = XAttention(XAttentionSettings(block_size=16, stride=4), 16)
+    assert default.dense_above(q) == DENSE_CROSSOVER["torch"]  # CPU, 64 tokens: the torch reference's crossover
+    assert XAttention(XAttentionSettings(dense_above=1.0), 16).dense_above(q) is None  # off

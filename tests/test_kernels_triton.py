@@ -225,7 +225,7 @@ def xattention_lookup() -> None:
 
     b, length, h, d = 1, 40, 2, 16
     q, k, v = qkv(b, length, length, h, d, seed=16)
-    method = XAttention(XAttentionSettings(block_size=16, stride=4), block_size=16)
+    method = XAttention(XAttentionSettings(block_size=16, stride=4, dense_above=1.0), block_size=16)
     method.setup(2, h)
     state = random_mask(b, h, 3, 3, 0.5, seed=17)
     before = dispatch.calls[("block_sparse_attention", "triton")]

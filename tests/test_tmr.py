@@ -12,7 +12,7 @@ from accel.attention.reuse import MaskReuse
 from accel.config import SVG2Settings, XAttentionSettings
 from accel.telemetry import Recorder
 
-XA = {"warmup_steps": 1, "block_size": 16, "stride": 4, "tau": 0.8}
+XA = {"warmup_steps": 1, "block_size": 16, "stride": 4, "tau": 0.8, "dense_above": 1.0}  # every head sparse
 SV = {"first_times_fp": 0.25, "first_layers_fp": 0.0, "top_p": 0.8, "query_clusters": 8, "key_clusters": 16}
 
 

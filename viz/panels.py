@@ -67,6 +67,8 @@ def headline(store: RunStore, run: Run) -> str:
         lines.append("| speedup vs dense | no dense run of this prompt and seed yet (Compare tab) |")
     if "density_mean_sparse" in m:
         lines.append(f"| mean density (sparse steps) | {m['density_mean_sparse']:.3f} |")
+    if m.get("dense_head_frac"):
+        lines.append(f"| heads run on dense SDPA (denser than the crossover) | {m['dense_head_frac']:.1%} |")
     if m.get("mask_skip_frac") is not None:
         lines.append(f"| mask reuse rate (TMR) | {m['mask_skip_frac']:.1%} |")
     steps = (m.get("chunk_computes") or 0) + (m.get("chunk_reuses") or 0) + (m.get("chunk_partials") or 0)

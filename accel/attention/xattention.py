@@ -116,10 +116,47 @@ class XAttention(HeadwiseSparse):
             kept = self._lookups[layer] = (state, built)
         return kept[1]
 
+    def dense_above(self, q: torch.Tensor) -> float | None:
+        """The density above which a head runs dense SDPA: the setting, else the backend's crossover (None: off)."""
+        if self.settings.dense_above is not None:
+            return self.settings.dense_above if self.settings.dense_above < 1 else None
+        return DENSE_CROSSOVER.get(dispatch.resolve(q.device, tokens=q.shape[1]))
+
     def apply(self, q, k, v, state, layer, thresholds, mask_ref):
-        lookup = self._lookup(layer, state, q, k)
-        dense = self.dense_hint(q.device)
-        out = block_sparse_attention(q, k, v, state, block_size=self.block_size, dense=dense, lookup=lookup)
-        density = self.state_density(state, q, k).mean(0)
+        density = self.state_density(state, q, k)  # (B, H)
+        limit = self.dense_above(q)
+        dense = (density > limit).any(0) if limit is not None else None  # heads cheaper on dense SDPA
+        if dense is None or not bool(dense.any()):
+            lookup = self._lookup(layer, state, q, k)
+            out = block_sparse_attention(
+                q, k, v, state, block_size=self.block_size, dense=self.dense_hint(q.device), lookup=lookup
+            )
+        elif bool(dense.all()):  # the same dense path as an all-true mask (bit for bit)
+            out = block_sparse_attention(q, k, v, state, block_size=self.block_size, dense=True)
+        else:
+            out = _split_heads(q, k, v, state, dense, self.block_size)
+        density = density.mean(0)
+        if dense is not None:
+            self.recorder.log(Event.DENSE_HEAD, dense.float(), layer=layer, threshold=limit, density=density)
         self.recorder.log(Event.DENSITY, density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
         return out
+
+
+# density above which dense SDPA beats the backend on a head (`python -m kernels.bench --device cpu`, L >= 1,024 on
+# 2 cores: flex wins up to 0.5 and loses at 1, the torch reference wins at 0.25 and loses at 0.5); Triton: not yet
+# measured on a GPU, so off
+DENSE_CROSSOVER = {"flex": 0.55, "torch": 0.45}
+
+
+def _split_heads(q, k, v, mask, dense: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Dense SDPA for the ``dense`` heads (one batched call), block-sparse attention for the others."""
+    out = torch.empty_like(q)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    qd, kd, vd = (x[:, :, dense].transpose(1, 2) for x in (q, k, v))
+    out[:, :, dense] = sdpa(qd, kd, vd).transpose(1, 2)
+    sparse = ~dense
+    if bool(sparse.any()):
+        out[:, :, sparse] = block_sparse_attention(
+            q[:, :, sparse], k[:, :, sparse], v[:, :, sparse], mask[:, sparse], block_size=block_size
+        )
+    return out
