@@ -149,14 +149,11 @@ DENSE_CROSSOVER = {"flex": 0.55, "torch": 0.45}
 
 
 def _split_heads(q, k, v, mask, dense: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Dense SDPA for the ``dense`` heads (one batched call), block-sparse attention for the others."""
-    out = torch.empty_like(q)
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+    """Dense SDPA for the ``dense`` heads (one batched call), block-sparse attention for the others. The sparse call
+    keeps every head (the dense ones with an empty mask: no work), so its shapes never change and a compiled
+    backend (FlexAttention) compiles once, not once per number of sparse heads."""
+    sparse_mask = mask & ~dense.view(1, -1, 1, 1)
+    out = block_sparse_attention(q, k, v, sparse_mask, block_size=block_size, dense=False)
     qd, kd, vd = (x[:, :, dense].transpose(1, 2) for x in (q, k, v))
-    out[:, :, dense] = sdpa(qd, kd, vd).transpose(1, 2)
-    sparse = ~dense
-    if bool(sparse.any()):
-        out[:, :, sparse] = block_sparse_attention(
-            q[:, :, sparse], k[:, :, sparse], v[:, :, sparse], mask[:, sparse], block_size=block_size
-        )
+    out[:, :, dense] = torch.nn.functional.scaled_dot_product_attention(qd, kd, vd).transpose(1, 2)
     return out
