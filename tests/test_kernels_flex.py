@@ -104,8 +104,9 @@ def test_a_generation_on_flex_is_the_reference_generation(tmp_path) -> None:
     from viz import panels
 
     store = RunStore(tmp_path / "runs")
-    cfg = RunConfig(prompt=PROMPT, method="xattention", settings={"warmup_steps": 1, "block_size": 16, "stride": 4},
-                    height=128, width=128, frames=9, steps=3, device="cpu")  # fmt: skip
+    settings = {"warmup_steps": 1, "block_size": 16, "stride": 4, "dense_above": 1.0}  # every head sparse
+    cfg = RunConfig(prompt=PROMPT, method="xattention", settings=settings, height=128, width=128, frames=9, steps=3,
+                    device="cpu")  # fmt: skip
     with kernels.use_backend("flex"):
         run = runner.generate(cfg, store)
     with kernels.use_backend("torch"):
@@ -113,5 +114,6 @@ def test_a_generation_on_flex_is_the_reference_generation(tmp_path) -> None:
     assert run.metrics["kernel_calls"]["block_sparse_attention/flex"] > 0
     assert "block_sparse_attention/flex" not in ref.metrics["kernel_calls"]
     assert run.metrics["kernel_compile_s"] > 0 and "sparse attention ran on | flex x" in panels.headline(store, run)
+    assert "dense_head_frac" not in run.metrics  # every head sparse (dense_above=1)
     diff = np.abs(run.frames().astype(int) - ref.frames().astype(int))
     assert diff.max() <= 2  # uint8 frames of the same video up to float rounding
