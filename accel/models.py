@@ -300,14 +300,15 @@ def _hub_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE).expanduser()
 
 
-def _in_hub_cache(repo_id: str, cache_dir: Path) -> bool:
-    """Whether the repo's ``model_index.json`` is in the local hub cache (no network)."""
+def _cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
+    """The repo's snapshot folder in the local hub cache if its ``model_index.json`` is there (no network)."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        return isinstance(try_to_load_from_cache(repo_id, "model_index.json", cache_dir=cache_dir), str)
+        index = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=cache_dir)
     except (OSError, ValueError):  # an invalid repo id or an unreadable cache: not usable offline
-        return False
+        return None
+    return Path(index).parent if isinstance(index, str) else None
 
 
 def _hub_unreachable() -> str | None:
@@ -329,15 +330,7 @@ def _hub_unreachable() -> str | None:
 
 def local_folder(spec: ModelSpec) -> Path | None:
     """The checkpoint's folder on disk: the local one, or its snapshot in the hub cache (None if not there)."""
-    if spec.is_local:
-        return Path(spec.source)
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        index = try_to_load_from_cache(spec.source, "model_index.json", cache_dir=_hub_cache_dir())
-    except (OSError, ValueError):
-        return None
-    return Path(index).parent if isinstance(index, str) else None
+    return Path(spec.source) if spec.is_local else _cached_snapshot(spec.source, _hub_cache_dir())
 
 
 def check_available(spec: ModelSpec) -> None:
@@ -351,7 +344,7 @@ def check_available(spec: ModelSpec) -> None:
 
 def _require_hub_or_cache(spec: ModelSpec, cache_dir: Path) -> None:
     """Fail at once, in one line, for a hub id that is not cached while the hub is off or unreachable."""
-    if _in_hub_cache(spec.source, cache_dir):
+    if _cached_snapshot(spec.source, cache_dir) is not None:
         return
     if _hub_offline():
         why = "the hub is offline (HF_HUB_OFFLINE is set)"

@@ -40,7 +40,11 @@ def block_token_ids(offsets: torch.Tensor, length: int) -> torch.Tensor:
     return torch.searchsorted(inner, pos, right=True)
 
 
-def _full_offsets(off: torch.Tensor | None, batch: int, heads: int, length: int, nblocks: int, device) -> torch.Tensor:
+def _full_offsets(
+    off: torch.Tensor | None, batch: int, heads: int, length: int, nblocks: int, device, on_device: bool = False
+) -> torch.Tensor:
+    """``off`` as ``(B, H, n + 1)`` long, checked to end at ``length``: on the host, or with ``on_device`` by a
+    device-side assert (no host sync; a bad end fails the launch)."""
     if off is None:
         if length % nblocks:
             raise ValueError(f"without offsets, length {length} must split evenly into {nblocks} blocks")
@@ -48,7 +52,9 @@ def _full_offsets(off: torch.Tensor | None, batch: int, heads: int, length: int,
     off = off.to(device=device, dtype=torch.long)
     if off.shape[-1] != nblocks + 1:
         raise ValueError(f"offsets have {off.shape[-1] - 1} blocks but the mask has {nblocks}")
-    if int(off[..., -1].min()) != length or int(off[..., -1].max()) != length:
+    if on_device:
+        torch._assert_async((off[..., -1] == length).all(), f"offsets must end at the sequence length {length}")
+    elif int(off[..., -1].min()) != length or int(off[..., -1].max()) != length:
         raise ValueError(f"offsets must end at the sequence length {length}")
     return off.expand(batch, heads, nblocks + 1)
 
@@ -124,8 +130,8 @@ def block_sparse_attention(
     if varlen and chosen == "triton" and q.device.type != "cpu":  # on CPU the host checks cost nothing
         if q_offsets is None or k_offsets is None:
             raise ValueError("varlen=True needs q_offsets and k_offsets")
-        q_off, k_off = (_device_checked(o, batch, heads, n, length) for o, n, length in
-                        ((q_offsets, nq, lq), (k_offsets, nk, lk)))  # fmt: skip
+        q_off = _full_offsets(q_offsets, batch, heads, lq, nq, q.device, on_device=True)
+        k_off = _full_offsets(k_offsets, batch, heads, lk, nk, q.device, on_device=True)
         bq = bk = None
     elif block_size is None:
         q_off = _full_offsets(q_offsets, batch, heads, lq, nq, q.device)
@@ -148,15 +154,6 @@ def block_sparse_attention(
     if bq is not None and bk is not None:
         return triton_attention.fixed_block_sparse_attention(q, k, v, mask, bq, bk, scale, lookup=lookup)
     return triton_attention.varlen_block_sparse_attention(q, k, v, mask, q_off, k_off, scale)
-
-
-def _device_checked(off: torch.Tensor, batch: int, heads: int, nblocks: int, length: int) -> torch.Tensor:
-    """``off`` as ``(B, H, n + 1)`` long, its end checked on the device (no host sync; a bad end fails the launch)."""
-    off = off.to(dtype=torch.long)
-    if off.shape[-1] != nblocks + 1:
-        raise ValueError(f"offsets have {off.shape[-1] - 1} blocks but the mask has {nblocks}")
-    torch._assert_async((off[..., -1] == length).all(), f"offsets must end at the sequence length {length}")
-    return off.expand(batch, heads, nblocks + 1)
 
 
 def _triton_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
