@@ -209,9 +209,9 @@ class XAttentionSettings(HeadwiseSettings):
     dense_above: float | None = field(
         default=None,
         metadata=_help(
-            "Density-aware execution: a head whose mask keeps more than this share of blocks runs dense SDPA "
-            "(exact, and faster there); empty = the kernel backend's measured crossover (CPU: 0.55 flex, 0.45 torch; "
-            "Triton: off); 1 = off.",
+            "Density-aware execution: a head whose blocks cost more than this share of dense attention (selected "
+            "blocks at full size, a partial last block counted whole) runs dense SDPA (exact, and faster there); "
+            "empty = the kernel backend's measured crossover (CPU: 0.45; Triton: off); 1 = off.",
             abbrev="da",
         ),
     )

@@ -53,7 +53,8 @@ class Event(StrEnum):
     # sparse attention (accel.attention): one row per head
     DENSITY = "density"  # density: computed share of the head's query-key pairs; threshold: tau / top_p
     DENSE_WARMUP = "dense_warmup"  # one row per (step, layer) computed densely as warm-up
-    DENSE_HEAD = "dense_head"  # density-aware execution, per head: value 1 ran dense SDPA, 0 sparse; threshold: limit
+    # density-aware execution, per head: value 1 ran dense SDPA, 0 sparse; threshold: the limit; density: block work
+    DENSE_HEAD = "dense_head"
     MASK_PREDICT = "mask_predict"  # value: heads that predicted a mask; seconds: time spent
     REUSE_CHECK = "reuse_check"  # seconds: time of the TMR drift check
     DRIFT = "drift"  # value: L1 drift of the head's pooled Q/K since its last refresh; threshold: delta

@@ -219,24 +219,26 @@ def bench_shape(shape: Shape, kind: str, args: argparse.Namespace, device: torch
 
 
 CPU_LENGTHS = (320, 1024, 2048, 4096)  # the default pocket run is 320 tokens; the pocket "bench" size is >= 2,000
-CPU_HEADS, CPU_DIM = 4, 64
 
 
 def _cpu_ratios(length: int, args: argparse.Namespace, backends: tuple[str, ...]) -> tuple[float, dict[str, list]]:
     """Dense SDPA seconds at ``length`` and, per backend, SDPA time / backend time at each density."""
     from kernels import flex
-    from kernels.block_sparse import _reference
+    from kernels.block_sparse import _reference, block_sparse_attention
 
     gen = torch.Generator().manual_seed(length)
-    q, k, v = (torch.randn(1, length, CPU_HEADS, CPU_DIM, generator=gen) for _ in range(3))
+    q, k, v = (torch.randn(1, length, args.heads, args.dim, generator=gen) for _ in range(3))
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     n, bs = math.ceil(length / args.block), args.block
-    off = uniform_offsets(length, bs).expand(1, CPU_HEADS, n + 1)
+    off = uniform_offsets(length, bs).expand(1, args.heads, n + 1)
     sdpa = timeit(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt), args.warmup, args.iters)
     ratios: dict[str, list[float]] = {name: [] for name in backends}
     for d in args.densities:
-        m = random_mask(CPU_HEADS, n, d, torch.device("cpu"), seed=int(d * 100))
-        runs = {"torch": lambda m=m: _reference(q, k, v, m, off, off, None)}
+        m = random_mask(args.heads, n, d, torch.device("cpu"), seed=int(d * 100))
+        runs = {
+            "torch": lambda m=m: block_sparse_attention(q, k, v, m, block_size=bs, dense=False, backend="torch"),
+            "loop": lambda m=m: _reference(q, k, v, m, off, off, None),
+        }
         if "flex" in backends:
             blocks = flex.block_mask(m, bs, bs, length, length)
             runs["flex"] = lambda m=m, b=blocks: flex.flex_block_sparse_attention(q, k, v, m, bs, bs, blocks=b)
@@ -246,15 +248,17 @@ def _cpu_ratios(length: int, args: argparse.Namespace, backends: tuple[str, ...]
 
 
 def bench_cpu(args: argparse.Namespace) -> None:
-    """CPU table: dense SDPA against FlexAttention (compiled; its compile is timed apart) and the torch reference at
-    each length and density (random block masks, 4 heads x 64, block ``--block``), as SDPA time / backend time
-    (higher is faster), and the crossover: the highest density at which each backend beats dense."""
-    from kernels import dispatch, flex
+    """CPU table: dense SDPA against FlexAttention (compiled; its compile is timed apart), the torch backend (query
+    blocks grouped by selected count, one SDPA per group) and the loop reference (one step per query block, the
+    path variable-size clusters take) at each length and density (random block masks, 4 heads x 64, block
+    ``--block``), as SDPA time / backend time (higher is faster), and the crossover: the highest density at which
+    each backend beats dense."""
+    from kernels import flex
 
-    backends = ("flex", "torch") if flex.available() else ("torch",)
+    backends = ("flex", "torch", "loop") if flex.available() else ("torch", "loop")
     if "flex" not in backends:
         print("flex: FlexAttention cannot be compiled here (no C++ compiler): only the torch reference runs")
-    print(f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, {CPU_HEADS} heads x {CPU_DIM}, "
+    print(f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.heads} heads x {args.dim}, "
           f"block {args.block}; ratio = SDPA time / backend time (higher is faster)")  # fmt: skip
     print(f"{'L':>6} {'backend':>8} {'SDPA ms':>8} " + " ".join(f"{'d=' + format(d, 'g'):>8}" for d in args.densities))
     crossover = []
@@ -267,7 +271,6 @@ def bench_cpu(args: argparse.Namespace) -> None:
     if flex.compile_seconds:
         print(f"flex compile: {sum(flex.compile_seconds.values()):.1f} s over {len(flex.compile_seconds)} shapes")
     print("crossover (highest density that beats dense SDPA): " + ", ".join(crossover))
-    print(f"auto uses flex on CPU from {dispatch.FLEX_MIN_TOKENS} tokens")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -277,6 +280,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="cpu: SDPA vs FlexAttention vs the torch reference at CPU sizes (--lengths)")  # fmt: skip
     p.add_argument("--lengths", nargs="+", type=int, default=None, help=f"CPU lengths (default {CPU_LENGTHS})")
+    p.add_argument("--heads", type=int, default=4, help="CPU heads (pocket-wan: 6)")
+    p.add_argument("--dim", type=int, default=64, help="CPU head dim (pocket-wan: 32)")
     p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=None, help="shapes to run (default: all)")
     p.add_argument("--inputs", nargs="+", choices=["uniform", "structured"], default=["uniform", "structured"])
     p.add_argument("--densities", nargs="+", type=float, default=list(DENSITIES))

@@ -9,12 +9,16 @@ as FlashAttention-style kernels return.
 
 :func:`block_sparse_attention` dispatches (see :mod:`kernels.dispatch`): the Triton kernels of
 :mod:`kernels.triton_attention` (fixed blocks when both offsets are uniform, the variable-size kernel
-otherwise) or the pure-torch :func:`_reference`.
+otherwise), FlexAttention (:mod:`kernels.flex`, fixed blocks), or torch: :func:`_gathered` for fixed blocks (query
+blocks grouped by how many key blocks they select, one batched SDPA per group) and the loop :func:`_reference` for
+variable-size blocks.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +76,26 @@ def mask_density(
     return num / (qs.sum(-1) * ks.sum(-1))
 
 
+@functools.lru_cache(maxsize=64)
+def _pair_shares(lq: int, lk: int, block_q: int, block_k: int, device: torch.device) -> torch.Tensor:
+    sizes_q = uniform_offsets(lq, block_q, device).diff().float()
+    sizes_k = uniform_offsets(lk, block_k, device).diff().float()
+    return torch.outer(sizes_q, sizes_k) / (lq * lk)
+
+
+def uniform_density(mask: torch.Tensor, block_q: int, block_k: int, lq: int, lk: int) -> torch.Tensor:
+    """:func:`mask_density` of a mask over :func:`uniform_offsets` blocks ``(B, H)``, from a per-shape table of each
+    block's share of the pairs (one product and one sum per call)."""
+    return (mask * _pair_shares(lq, lk, block_q, block_k, mask.device)).sum((-2, -1))
+
+
+def block_work(mask: torch.Tensor, block_q: int, block_k: int, lq: int, lk: int) -> torch.Tensor:
+    """Share ``(B, H)`` of the dense product a fixed-block kernel computes for ``mask``: every selected block at its
+    full size, so a partial last block costs as much as a whole one (above 1 when the padding outweighs the skips;
+    :func:`mask_density` counts the real pairs instead). This is what dense SDPA is weighed against."""
+    return mask.sum((-2, -1), dtype=torch.float32) * (block_q * block_k / (lq * lk))
+
+
 def block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -120,7 +144,7 @@ def block_sparse_attention(
         if (nq, nk) != (math.ceil(lq / bq), math.ceil(lk / bk)):
             raise ValueError(f"mask has {nq} x {nk} blocks, but blocks of {bq} x {bk} tokens make "
                              f"{math.ceil(lq / bq)} x {math.ceil(lk / bk)}")  # fmt: skip
-    chosen = dispatch.resolve(q.device, backend, tokens=lq)
+    chosen = dispatch.resolve(q.device, backend)
     if chosen == "triton" and not _triton_supports(q, k, v):
         if dispatch.requested_backend(backend) == "triton":
             raise NotImplementedError(
@@ -144,6 +168,8 @@ def block_sparse_attention(
         chosen = "torch"  # FlexAttention over variable-size clusters is not built yet
     dispatch.record("block_sparse_attention", chosen)
     if chosen == "torch":
+        if bq is not None and bk is not None:
+            return _gathered(q, k, v, mask, bq, bk, scale)
         return _reference(q, k, v, mask, q_off, k_off, scale)
     if chosen == "flex":
         from kernels.flex import flex_block_sparse_attention
@@ -174,6 +200,76 @@ def _uniform_block(off: torch.Tensor, length: int) -> int | None:
     if size <= 0 or math.ceil(length / size) != n:
         return None
     return size if torch.equal(flat, uniform_offsets(length, size, off.device).expand_as(flat)) else None
+
+
+# most bytes of gathered keys and values one batched SDPA call of :func:`_gathered` takes (rows are split beyond)
+GATHER_BYTES = 64 * 2**20
+
+
+_workspaces = threading.local()
+
+
+def _workspace(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A flat buffer of at least ``numel`` elements kept per thread between calls: the gathers write into it, since a
+    fresh allocation of this size is page-faulted in on every call (on CPU that cost as much as the gather itself)."""
+    buf = getattr(_workspaces, "buf", None)
+    if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+        with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode
+            buf = _workspaces.buf = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel]
+
+
+def _block_rows(x: torch.Tensor, n: int, size: int) -> torch.Tensor:
+    """``x`` ``(B, L, H, D)`` as rows of blocks ``(B * H * n, size, D)``, the last block zero-padded to ``size``."""
+    b, length, h, d = x.shape
+    x = x.transpose(1, 2)
+    if n * size != length:
+        x = F.pad(x, (0, 0, 0, n * size - length))
+    return x.reshape(b * h * n, size, d)
+
+
+def _gathered(q, k, v, mask, bq: int, bk: int, scale):
+    """Fixed-block torch path: the query blocks are grouped by how many key blocks they select, and each group is
+    one batched ``scaled_dot_product_attention`` over exactly its gathered key blocks. Work scales with density,
+    with one call per distinct count rather than a Python loop over query blocks (:func:`_reference`); the padding
+    keys of a partial last key block get a ``-inf`` bias. Groups are split to stay under :data:`GATHER_BYTES`."""
+    batch, lq, heads, d = q.shape
+    lk = k.shape[1]
+    nq, nk = mask.shape[-2:]
+    q_rows, k_rows, v_rows = _block_rows(q, nq, bq), _block_rows(k, nk, bk), _block_rows(v, nk, bk)
+    rows = mask.reshape(-1, nk)
+    counts = rows.sum(-1)
+    order = torch.sort((~rows).to(torch.uint8), dim=-1, stable=True).indices  # selected key blocks first, ascending
+    base = torch.div(torch.arange(rows.shape[0], device=q.device), nq, rounding_mode="floor") * nk
+    tail = lk - (nk - 1) * bk  # real keys in the last key block
+    out = q_rows.new_zeros(q_rows.shape)
+    groups = []
+    for c in counts.unique().tolist():
+        if c > 0:  # rows that select nothing stay zero
+            sel = (counts == c).nonzero().squeeze(1)
+            groups.append((c, sel.split(max(1, GATHER_BYTES // (2 * c * bk * d * q.element_size())))))
+    grad = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
+    size = 0 if grad else max((len(parts[0]) * c * bk * d for c, parts in groups), default=0)
+    k_buf, v_buf = _workspace(2 * size, q.dtype, q.device).chunk(2)
+    for c, parts in groups:
+        for r in parts:
+            blocks = order[r, :c]
+            idx = (blocks + base[r, None]).reshape(-1)
+            # 4-D (rows, 1, tokens, D): CPU's fused SDPA kernel takes 4-D inputs only (3-D falls back to the math path)
+            shape, used = (len(r), 1, c * bk, d), len(r) * c * bk * d
+            if grad:  # out= does not record autograd
+                ki, vi = k_rows.index_select(0, idx).view(shape), v_rows.index_select(0, idx).view(shape)
+            else:
+                ki = torch.index_select(k_rows, 0, idx, out=k_buf[:used].view(-1, bk, d)).view(shape)
+                vi = torch.index_select(v_rows, 0, idx, out=v_buf[:used].view(-1, bk, d)).view(shape)
+            bias = None
+            if tail < bk:  # the last key block is partial: mask its padding keys where a row selects it
+                bias = torch.zeros(len(r), 1, 1, c * bk, dtype=q.dtype, device=q.device)
+                last = (blocks[:, -1] == nk - 1).view(-1, 1, 1, 1)
+                bias[..., (c - 1) * bk + tail :].masked_fill_(last, float("-inf"))
+            qi = q_rows.index_select(0, r).unsqueeze(1)
+            out[r] = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=bias, scale=scale).squeeze(1)
+    return out.view(batch, heads, nq * bq, d)[:, :, :lq].transpose(1, 2)
 
 
 def _reference(q, k, v, mask, q_off, k_off, scale):

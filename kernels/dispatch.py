@@ -3,8 +3,10 @@
 Order of precedence: an explicit ``backend=`` argument, then :func:`use_backend` (a context
 manager), then the environment variable ``ACCEL_KERNELS`` (``auto`` | ``triton`` | ``flex`` | ``torch``,
 default ``auto``). ``auto`` picks Triton for CUDA tensors, and for CPU tensors only when
-``TRITON_INTERPRET=1``; on CPU, block-sparse attention over at least :data:`FLEX_MIN_TOKENS` tokens takes
-FlexAttention (:mod:`kernels.flex`) where it compiles; everything else uses torch. On CPU, Triton can only
+``TRITON_INTERPRET=1``; everything else uses torch. FlexAttention (:mod:`kernels.flex`) runs when forced: on CPU
+the torch path matched or beat it at every density at the pocket models' head shapes, without its 3-17 s compile
+per shape (``python -m kernels.bench --device cpu``), and on CUDA Triton stays the default until the GPU
+benchmark compares them. On CPU, Triton can only
 run in its interpreter, which Triton fixes when it is imported: ``TRITON_INTERPRET=1`` must be in the environment before
 anything imports ``triton`` (``import torch, diffusers`` does). Triton is optional: without it (macOS,
 no wheel) ``auto`` is always torch and forcing ``triton`` raises.
@@ -27,9 +29,6 @@ import torch
 
 BACKENDS = ("auto", "triton", "flex", "torch")
 ENV_VAR = "ACCEL_KERNELS"
-# auto takes FlexAttention on CPU from this many query tokens: it beat the torch reference at every density from
-# 1,000 tokens on 2 cores (`python -m kernels.bench --device cpu`); below, its compile (3-17 s per shape) dominates
-FLEX_MIN_TOKENS = 1024
 
 _forced: ContextVar[str | None] = ContextVar("accel_kernels_backend", default=None)
 calls: Counter[tuple[str, str]] = Counter()
@@ -92,9 +91,9 @@ _CPU_HINT = "Triton on CPU tensors needs its interpreter: set TRITON_INTERPRET=1
 _warned = False
 
 
-def resolve(device: torch.device, backend: str | None = None, tokens: int = 0) -> str:
-    """``"triton"``, ``"flex"`` or ``"torch"`` for tensors on ``device`` (``tokens``: query tokens of the call, for
-    ``auto``'s FlexAttention rule); raises when ``triton`` or ``flex`` is forced but cannot run."""
+def resolve(device: torch.device, backend: str | None = None) -> str:
+    """``"triton"``, ``"flex"`` or ``"torch"`` for tensors on ``device``; raises when ``triton`` or ``flex`` is
+    forced but cannot run."""
     global _warned
     want = requested_backend(backend)
     if want == "torch":
@@ -105,11 +104,6 @@ def resolve(device: torch.device, backend: str | None = None, tokens: int = 0) -
         if not flex.available():
             raise RuntimeError(f"{ENV_VAR}=flex but FlexAttention cannot be compiled here (no C++ compiler)")
         return "flex"
-    if want == "auto" and device.type == "cpu" and tokens >= FLEX_MIN_TOKENS and not interpret_requested():
-        from kernels import flex
-
-        if flex.available():
-            return "flex"
     if not triton_available():
         if want == "triton":
             raise RuntimeError(f"{ENV_VAR}=triton but triton cannot be imported on this machine")

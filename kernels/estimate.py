@@ -75,15 +75,17 @@ def _reference(q: torch.Tensor, k: torch.Tensor, stride: int, block_size: int, s
     qr = _regroup(q.float(), stride, nq * block_size, reverse=True)
     kr = _regroup(k.float(), stride, nk * block_size, reverse=False)
     scale = (1.0 / math.sqrt(d) if scale is None else scale) / stride
-    key_valid = torch.arange(nk * r, device=q.device) * stride < lk
-    query_valid = torch.arange(nq * r, device=q.device) * stride < lq
+    key_pad = torch.arange(nk * r, device=q.device) * stride >= lk if nk * block_size > lk else None
+    query_valid = (torch.arange(nq * r, device=q.device) * stride < lq).float() if nq * block_size > lq else None
     out = torch.empty(b, h, nq, nk, device=q.device, dtype=torch.float32)
     rows_per_chunk = max(r, (_MAX_LOGIT_ELEMS // max(1, b * h * nk * r)) // r * r)
     for start in range(0, nq * r, rows_per_chunk):
         stop = min(nq * r, start + rows_per_chunk)
-        logits = torch.matmul(qr[:, :, start:stop], kr.transpose(-1, -2)) * scale
-        logits = logits.masked_fill(~key_valid, float("-inf"))
-        probs = torch.softmax(logits, dim=-1) * query_valid[start:stop, None]
-        probs = probs.view(b, h, (stop - start) // r, r, nk, r).sum(dim=(3, 5))
-        out[:, :, start // r : stop // r] = probs
+        logits = torch.matmul(qr[:, :, start:stop], kr.transpose(-1, -2)).mul_(scale)
+        if key_pad is not None:  # reduced keys made only of padding
+            logits.masked_fill_(key_pad, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if query_valid is not None:  # padded reduced queries contribute nothing
+            probs.mul_(query_valid[start:stop, None])
+        out[:, :, start // r : stop // r] = probs.view(b, h, (stop - start) // r, r, nk, r).sum(dim=(3, 5))
     return out

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import kernels
 from kernels import antidiagonal_block_scores, block_sparse_attention, block_token_ids, mask_density, uniform_offsets
 
 
@@ -50,6 +51,40 @@ def test_block_sparse_matches_brute_force_fixed_blocks(density):
     ref = brute_attention(q, k, v, mask, off, off)
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
     assert torch.count_nonzero(out[0, bs : 2 * bs, 0]) == 0
+
+
+@pytest.mark.parametrize(("lq", "lk", "bq", "bk"), [(37, 53, 8, 8), (64, 40, 16, 8), (30, 30, 32, 32)])
+def test_grouped_fixed_blocks_match_brute_force(monkeypatch, lq, lk, bq, bk):
+    """The torch path for fixed blocks (query blocks grouped by selected count, gathered keys): cross lengths,
+    partial last blocks on both sides, empty rows, and groups split by the gather budget."""
+    from kernels import block_sparse
+
+    monkeypatch.setattr(block_sparse, "GATHER_BYTES", 4096)  # a few rows per SDPA call
+    gen = torch.Generator().manual_seed(lq + lk)
+    b, h, d = 2, 3, 8
+    q = torch.randn(b, lq, h, d, generator=gen)
+    k, v = torch.randn(b, lk, h, d, generator=gen), torch.randn(b, lk, h, d, generator=gen)
+    nq, nk = math.ceil(lq / bq), math.ceil(lk / bk)
+    mask = torch.rand(b, h, nq, nk, generator=gen) < 0.5
+    mask[0, 1, 0] = False  # an empty row
+    mask[1, 2, -1, -1] = True  # the partial last key block
+    out = block_sparse_attention(q, k, v, mask, block_size=(bq, bk), dense=False, backend="torch")
+    q_off = uniform_offsets(lq, bq).expand(b, h, nq + 1)
+    k_off = uniform_offsets(lk, bk).expand(b, h, nk + 1)
+    torch.testing.assert_close(out.double(), brute_attention(q, k, v, mask, q_off, k_off), atol=1e-5, rtol=1e-5)
+    assert torch.count_nonzero(out[0, :bq, 1]) == 0
+
+
+def test_uniform_density_and_block_work():
+    """Real pairs against the blocks a kernel computes: a partial last block counts whole in the work."""
+    mask = torch.zeros(1, 2, 2, 2, dtype=torch.bool)
+    mask[0, 0] = True
+    mask[0, 1, 1, 1] = True  # the 4 x 4 corner of a 20 x 20 product split 16 + 4
+    density = kernels.uniform_density(mask, 16, 16, 20, 20)
+    torch.testing.assert_close(density, mask_density(mask, uniform_offsets(20, 16), uniform_offsets(20, 16)))
+    assert density[0, 1].item() == pytest.approx(16 / 400)
+    work = kernels.block_work(mask, 16, 16, 20, 20)
+    assert work[0].tolist() == pytest.approx([4 * 256 / 400, 256 / 400])
 
 
 def test_block_sparse_variable_blocks():

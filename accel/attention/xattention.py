@@ -12,7 +12,13 @@ from accel.config import ConfigError, XAttentionSettings
 from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
-from kernels import antidiagonal_block_scores, block_sparse_attention, dispatch, mask_density, uniform_offsets
+from kernels import (
+    antidiagonal_block_scores,
+    block_sparse_attention,
+    block_work,
+    dispatch,
+    uniform_density,
+)
 
 
 def select_blocks(scores: torch.Tensor, tau: float | torch.Tensor, keep_first: bool = True) -> torch.Tensor:
@@ -88,19 +94,13 @@ class XAttention(HeadwiseSparse):
     def record(self, layer, state):
         return self.recorder.record_mask(layer, state[0])
 
-    def _offsets(self, q, k):
-        """Block boundaries of the queries and the keys (they differ when Q attends to a longer KV buffer)."""
-        return uniform_offsets(q.shape[1], self.block_size, q.device), uniform_offsets(
-            k.shape[1], self.block_size, q.device
-        )
-
     def state_density(self, state, q, k):
-        return mask_density(state, *self._offsets(q, k))
+        return uniform_density(state, self.block_size, self.block_size, q.shape[1], k.shape[1])
 
     def _lookup(self, layer: int, state: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """What the kernel backend builds from ``state`` (Triton's visit lists, FlexAttention's BlockMask), kept per
         layer while the mask is reused (TMR); None for the torch reference."""
-        backend = dispatch.resolve(q.device, tokens=q.shape[1])
+        backend = dispatch.resolve(q.device)
         if backend == "torch":
             return None
         kept = self._lookups.get(layer)
@@ -120,40 +120,52 @@ class XAttention(HeadwiseSparse):
         """The density above which a head runs dense SDPA: the setting, else the backend's crossover (None: off)."""
         if self.settings.dense_above is not None:
             return self.settings.dense_above if self.settings.dense_above < 1 else None
-        return DENSE_CROSSOVER.get(dispatch.resolve(q.device, tokens=q.shape[1]))
+        return DENSE_CROSSOVER.get(dispatch.resolve(q.device))
 
     def apply(self, q, k, v, state, layer, thresholds, mask_ref):
         density = self.state_density(state, q, k)  # (B, H)
         limit = self.dense_above(q)
-        dense = (density > limit).any(0) if limit is not None else None  # heads cheaper on dense SDPA
-        if dense is None or not bool(dense.any()):
+        dense = work = None
+        n_dense = 0
+        if limit is not None:  # heads cheaper on dense SDPA: the blocks the kernel would compute, padding included
+            work = block_work(state, self.block_size, self.block_size, q.shape[1], k.shape[1]).amax(0)
+            dense = work > limit
+            n_dense = int(dense.sum())
+        if n_dense == 0:
             lookup = self._lookup(layer, state, q, k)
             out = block_sparse_attention(
                 q, k, v, state, block_size=self.block_size, dense=self.dense_hint(q.device), lookup=lookup
             )
-        elif bool(dense.all()):  # the same dense path as an all-true mask (bit for bit)
+        elif n_dense == q.shape[2]:  # the same dense path as an all-true mask (bit for bit)
             out = block_sparse_attention(q, k, v, state, block_size=self.block_size, dense=True)
         else:
             out = _split_heads(q, k, v, state, dense, self.block_size)
         density = density.mean(0)
         if dense is not None:
-            self.recorder.log(Event.DENSE_HEAD, dense.float(), layer=layer, threshold=limit, density=density)
+            self.recorder.log(Event.DENSE_HEAD, dense.float(), layer=layer, threshold=limit, density=work)
         self.recorder.log(Event.DENSITY, density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
         return out
 
 
-# density above which dense SDPA beats the backend on a head (`python -m kernels.bench --device cpu`, L >= 1,024 on
-# 2 cores: flex wins up to 0.5 and loses at 1, the torch reference wins at 0.25 and loses at 0.5); Triton: not yet
-# measured on a GPU, so off
-DENSE_CROSSOVER = {"flex": 0.55, "torch": 0.45}
+# block work (:func:`kernels.block_work`) above which dense SDPA beats the backend on a head, from
+# `python -m kernels.bench --device cpu --heads 6 --dim 32` (pocket-wan's heads) on 2 cores, L 1,024-4,096: both win
+# at 0.25 and lose or tie at 0.5; Triton: not yet measured on a GPU, so off
+DENSE_CROSSOVER = {"flex": 0.45, "torch": 0.45}
 
 
 def _split_heads(q, k, v, mask, dense: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Dense SDPA for the ``dense`` heads (one batched call), block-sparse attention for the others. The sparse call
-    keeps every head (the dense ones with an empty mask: no work), so its shapes never change and a compiled
-    backend (FlexAttention) compiles once, not once per number of sparse heads."""
-    sparse_mask = mask & ~dense.view(1, -1, 1, 1)
-    out = block_sparse_attention(q, k, v, sparse_mask, block_size=block_size, dense=False)
+    """Dense SDPA for the ``dense`` heads (one batched call), block-sparse attention for the others. On a compiled
+    backend (FlexAttention) the sparse call keeps every head (the dense ones with an empty mask: no work), so its
+    shapes never change and it compiles once, not once per number of sparse heads; elsewhere it takes only the
+    sparse heads."""
+    out = torch.empty_like(q)
+    if dispatch.resolve(q.device) == "flex":
+        out = block_sparse_attention(q, k, v, mask & ~dense.view(1, -1, 1, 1), block_size=block_size, dense=False)
+    else:
+        sparse = ~dense
+        out[:, :, sparse] = block_sparse_attention(
+            q[:, :, sparse], k[:, :, sparse], v[:, :, sparse], mask[:, sparse], block_size=block_size, dense=False
+        )
     qd, kd, vd = (x[:, :, dense].transpose(1, 2) for x in (q, k, v))
     out[:, :, dense] = torch.nn.functional.scaled_dot_product_attention(qd, kd, vd).transpose(1, 2)
     return out
