@@ -26,7 +26,7 @@ from typing import Any
 import gradio as gr
 
 from accel import budget, forms, methods, models
-from accel.config import DEFAULT_MODEL
+from accel.config import DEFAULT_MODEL, KERNEL_BACKENDS
 from accel.errors import UserError, one_line
 from accel.fields import MODEL_DEFAULT, FieldSpec
 from accel.paths import TABLES
@@ -86,10 +86,10 @@ def _generate(cfg, profile: bool, progress) -> str:
 # -- event handlers ----------------------------------------------------------------------------------------
 def _form_signature() -> inspect.Signature:
     """The Generate form as named parameters (what gradio_client users see): ``model, method, prompt,
-    negative``, the sampling names, ``profile`` and ``<method>_<field>`` per method setting, each defaulting to
-    the form's default, then gradio's progress tracker. Gradio names an endpoint's parameters after its
+    negative``, the sampling names, ``profile``, ``kernels`` and ``<method>_<field>`` per method setting, each
+    defaulting to the form's default, then gradio's progress tracker. Gradio names an endpoint's parameters after its
     handler's signature (``param_<N>`` where it cannot, as for ``*args``)."""
-    names = ["model", "method", "prompt", "negative", *forms.SAMPLING, *forms.FORCING, "profile"]
+    names = ["model", "method", "prompt", "negative", *forms.SAMPLING, *forms.FORCING, "profile", "kernels"]
     names += [re.sub(r"\W", "_", f"{f.method}_{f.name}") for f in forms.FIELDS]
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     params = [inspect.Parameter(n, kind, default=d) for n, d in zip(names, forms.form_values(), strict=True)]
@@ -106,9 +106,9 @@ def run_generation(*args, **kwargs):
     values.apply_defaults()
     *form, progress = values.arguments.values()
     model, method, prompt, negative = form[:4]
-    n = 4 + len(forms.SAMPLING) + len(forms.FORCING)
-    sampling, profile_on, fields = form[4:n], form[n], form[n + 1 :]
-    cfg = forms.run_config(model, method, prompt, negative, list(sampling), list(fields))
+    n = forms.SETTINGS_START
+    sampling, (profile_on, kernels), fields = form[4 : n - 2], form[n - 2 : n], form[n:]
+    cfg = forms.run_config(model, method, prompt, negative, list(sampling), list(fields), kernels)
     run = _store().load(_generate(cfg, bool(profile_on), progress))
     choices = panels.run_choices(_store())
     return str(run.video_path), panels.headline(_store(), run), gr.update(choices=choices, value=run.run_id)
@@ -278,7 +278,12 @@ def generate_tab(run_pick: gr.Dropdown) -> gr.Markdown:
                 frames = _optional_number("Frames", "4k+1; empty = default")
             with gr.Accordion("Diffusion forcing (SkyReels-V2)", open=False):
                 forcing = [_optional_number(k.replace("_", " "), "empty = model default") for k in forms.FORCING]
-            profile_box = gr.Checkbox(False, label="Profile (torch.profiler trace + tables)")
+            with gr.Row():
+                profile_box = gr.Checkbox(False, label="Profile (torch.profiler trace + tables)")
+                kernels = gr.Dropdown(
+                    ["", *KERNEL_BACKENDS], value="", label="Kernel backend",
+                    info="empty = $ACCEL_KERNELS, else auto (Triton on CUDA, torch on CPU); flex compiles per shape",
+                )  # fmt: skip
             groups, field_inputs = [], []
             for m in names:
                 with gr.Group(visible=m == "xattention") as group:
@@ -292,7 +297,7 @@ def generate_tab(run_pick: gr.Dropdown) -> gr.Markdown:
     method.change(lambda m: [gr.update(visible=n == m) for n in names], method, groups, api_name=False)
     sampling = [seed, height, width, frames, steps, guidance, *forcing]  # forms.SAMPLING + forms.FORCING
     go_btn.click(
-        run_generation, [model, method, prompt, negative, *sampling, profile_box, *field_inputs],
+        run_generation, [model, method, prompt, negative, *sampling, profile_box, kernels, *field_inputs],
         [video, summary, run_pick], concurrency_limit=1, concurrency_id=GENERATE_QUEUE, api_name="generate",
     )  # fmt: skip
     return summary

@@ -211,7 +211,8 @@ class XAttentionSettings(HeadwiseSettings):
         metadata=_help(
             "Density-aware execution: a head whose blocks cost more than this share of dense attention (selected "
             "blocks at full size, a partial last block counted whole) runs dense SDPA (exact, and faster there); "
-            "empty = the kernel backend's measured crossover (CPU: 0.45; Triton: off); 1 = off.",
+            "empty = the kernel backend's measured crossover (CPU: 0.1 below 1,024 tokens, else 0.25 for blocks up to "
+            "32 tokens and 0.45 above; Triton: off); 1 = off.",
             abbrev="da",
         ),
     )
@@ -436,6 +437,9 @@ def settings_for(method: str, values: dict[str, Any] | None = None) -> MethodSet
     return methods.get(method).settings.from_dict(values)
 
 
+KERNEL_BACKENDS = ("auto", "triton", "flex", "torch")  # kernels.dispatch.BACKENDS (config imports no torch)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One generation: model, method and its settings, prompt and sampling parameters.
@@ -463,6 +467,7 @@ class RunConfig:
     addnoise_condition: float | None = None
     device: str | None = None
     dtype: str | None = None
+    kernels: str | None = None  # kernel backend (auto | triton | flex | torch); None = $ACCEL_KERNELS, else auto
 
     def __post_init__(self) -> None:
         if self.settings is None or isinstance(self.settings, dict):
@@ -508,6 +513,8 @@ class RunConfig:
             raise ConfigError(f"addnoise_condition must be in [0, 1000), got {self.addnoise_condition}")
         if self.dtype is not None and self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.kernels is not None and self.kernels not in KERNEL_BACKENDS:
+            raise ConfigError(f"kernels must be one of {', '.join(KERNEL_BACKENDS)}, got {self.kernels!r}")
 
     def resolve(self, defaults: dict[str, Any]) -> RunConfig:
         """A copy with every ``None`` sampling field replaced by ``defaults[field]`` (where the model has one)."""

@@ -1,7 +1,7 @@
 """The Generate form as plain values: what the app's widgets hold, turned into a :class:`RunConfig`.
 
-The app's form is ``model, method, prompt, negative, *SAMPLING, *FORCING, profile, *settings`` with one value
-per field of :data:`FIELDS` (every method's settings, registry order). Empty numbers mean the model's
+The app's form is ``model, method, prompt, negative, *SAMPLING, *FORCING, profile, kernels, *settings`` with one
+value per field of :data:`FIELDS` (every method's settings, registry order). Empty numbers mean the model's
 default. Nothing here imports gradio or torch; bad values raise :class:`accel.config.ConfigError`.
 """
 
@@ -18,6 +18,7 @@ SAMPLING = ("seed", "height", "width", "frames", "steps", "guidance")
 FORCING = ("ar_step", "causal_block_size", "base_num_frames", "overlap_history", "addnoise_condition")
 FIELDS = all_field_specs()
 INTEGER = {*SAMPLING, *FORCING} - {"guidance", "addnoise_condition"}
+SETTINGS_START = 4 + len(SAMPLING) + len(FORCING) + 2  # where the method settings start in the form's values
 
 
 def number(value: Any, name: str) -> int | float | None:
@@ -36,16 +37,24 @@ def number(value: Any, name: str) -> int | float | None:
 
 
 def run_config(
-    model: str, method: str, prompt: str, negative: str, sampling: list[Any], fields: list[Any]
+    model: str,
+    method: str,
+    prompt: str,
+    negative: str,
+    sampling: list[Any],
+    fields: list[Any],
+    kernels: str | None = None,
 ) -> RunConfig:
-    """The run of a filled-in form (``sampling`` in ``SAMPLING + FORCING`` order, ``fields`` in ``FIELDS`` order)."""
+    """The run of a filled-in form (``sampling`` in ``SAMPLING + FORCING`` order, ``fields`` in ``FIELDS`` order,
+    ``kernels`` the kernel backend: empty or None = the environment's)."""
     methods.get(method)  # an unknown method names the known ones
     values = {k: number(v, k) for k, v in zip((*SAMPLING, *FORCING), sampling, strict=True)}
     values["seed"] = values["seed"] or 0
     settings = settings_for(method, settings_from(method, FIELDS, list(fields)))
     return RunConfig(
-        prompt=prompt or "", model=model, method=method, settings=settings, negative_prompt=negative or "", **values
-    )
+        prompt=prompt or "", model=model, method=method, settings=settings, negative_prompt=negative or "",
+        kernels=kernels or None, **values,
+    )  # fmt: skip
 
 
 def dense_reference(config: dict[str, Any]) -> RunConfig:
@@ -67,6 +76,7 @@ def form_values(
     sampling: dict[str, Any] | None = None,
     settings: dict[str, Any] | None = None,
     profile: bool = False,
+    kernels: str = "",
 ) -> list[Any]:
     """Positional values of the Generate form (for scripts and the API): defaults plus overrides."""
     sampling, settings = dict(sampling or {}), dict(settings or {})
@@ -77,4 +87,4 @@ def form_values(
     for f in FIELDS:
         v = settings.get(f.name, f.default) if f.method == method else f.default
         fields.append(",".join(map(str, v)) if isinstance(v, tuple) else v)
-    return [model, method, prompt, negative, *values, profile, *fields]
+    return [model, method, prompt, negative, *values, profile, kernels, *fields]

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from accel import budget, methods, models
-from accel.config import RunConfig
+from accel.config import ConfigError, RunConfig
 from accel.errors import UserError, one_line
 from accel.methods import ProgressFn, Target
 from accel.runs import Run, RunStore
@@ -129,6 +129,15 @@ def _prompt_tokens(pipe, prompt: str) -> int:
     return len(pipe.tokenizer(prompt, add_special_tokens=True).input_ids)
 
 
+def _kernel_backend(requested: str | None, device_name: str) -> str:
+    """The kernel backend block-sparse attention resolves to on ``device_name``; a forced backend that cannot run
+    there (no Triton, no compiler for FlexAttention) is one clear error before anything loads."""
+    try:
+        return dispatch.resolve(torch.device(device_name), requested)
+    except RuntimeError as exc:
+        raise ConfigError(f"kernels={requested or dispatch.requested_backend()}: {one_line(exc)}") from None
+
+
 def generate(
     cfg: RunConfig,
     store: RunStore | None = None,
@@ -155,6 +164,7 @@ def generate(
     device_name = cfg.device or models.default_device()
     dtype = models.parse_dtype(cfg.dtype, device_name)
     models.check_available(spec)
+    backend = _kernel_backend(cfg.kernels, device_name)
     loaded = models.is_loaded(cfg.model, device_name, dtype)
     policy = policy or RecordPolicy()
     mask_bytes = int(policy.mask_budget_mb * 2**20) if record and policy.masks else 0
@@ -180,6 +190,8 @@ def generate(
     work = tempfile.TemporaryDirectory(prefix="accel-profile-") if profile else None
     try:
         with contextlib.ExitStack() as stack:
+            if cfg.kernels is not None:
+                stack.enter_context(dispatch.use_backend(cfg.kernels))
             if profile:
                 wait = profile_wait(cfg)
                 profiler = stack.enter_context(RunProfiler(work.name, wait=wait, run_name=cfg.label()))
@@ -226,6 +238,7 @@ def generate(
         "device": str(device),
         "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
         "versions": _versions(),
+        "kernel_backend": backend,  # the backend sparse attention resolves to on this device (kernels.dispatch)
         "kernel_calls": kernel_calls,  # which backend ran each kernel call (dispatch counters of this run)
         "kernel_compile_s": sum(flex.compile_seconds.values()) - compile_before,  # FlexAttention's first calls
         "prompt_tokens": min(prompt_tokens, spec.text_tokens),

@@ -33,6 +33,7 @@ else:  # pragma: no cover - Python 3.10
 CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
     "method": str, "model": str, "prompt": str, "label": str, "negative_prompt": str, "settings": dict,
     "seed": int, "fps": int, "height": int, "width": int, "frames": int, "steps": int, "guidance": (int, float),
+    "kernels": str,
 }  # fmt: skip
 NUMERIC_METRICS = (
     "wall_s", "record_s", "record_loop_s", "save_s", "tokens", "layers", "heads", "density_mean",

@@ -55,16 +55,6 @@ class Step:
     result: dict = field(default_factory=dict)
 
 
-def flex_backend() -> list[str]:
-    """Project files that use FlexAttention (none yet: the item-2 step is skipped with that reason)."""
-    hits = []
-    for folder in ("kernels", "accel"):
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            if "flex_attention" in path.read_text(encoding="utf-8", errors="replace"):
-                hits.append(str(path.relative_to(ROOT)))
-    return hits
-
-
 # GPU and dry-run command lines per step: "py" is this interpreter, {work} the scratch folder. A dry run runs the
 # GPU line too where the script exits early without CUDA (its flags are then checked against today's argparse).
 GEN = "py devicecheck/generate.py --device {dev} --json {work}/{name}.json --runs-dir {work}/runs-{name}"
@@ -81,11 +71,11 @@ PLAN = [
     ("pytest_gpu", 1, (60, 20), "pytest.log", "CUDA-only kernel tests (-m gpu: the interpreter cases are deselected)",
      ["py -m pytest -q -m gpu tests/test_kernels_triton.py -p no:cacheprovider -rfEs"],
      ["py -m pytest -q -m gpu tests/test_kernels_triton.py -p no:cacheprovider -rfEs"], False),
-    ("bench", 1, (70, 30), "bench.log", "kernels.bench at Wan2.1-1.3B 480p/720p, uniform + structured inputs",
+    ("bench", 1, (65, 30), "bench.log", "kernels.bench at Wan2.1-1.3B 480p/720p, uniform + structured inputs",
      ["py -m kernels.bench --shapes 1.3b-480p 1.3b-720p --warmup 2 --iters 8"],
      ["py -m kernels.bench --shapes 1.3b-480p 1.3b-720p --warmup 2 --iters 8",
       "py -m kernels.bench --interpret --inputs structured --densities 1.0 0.25"], True),
-    ("sweep", 1, (80, 30), "sweep.log",
+    ("sweep", 1, (68, 30), "sweep.log",
      "full-size correctness, SDPA backends, tile configs, host overhead, varlen vs fixed, estimation",
      ["py devicecheck/sweep.py --deadline-s {budget}"], ["py devicecheck/sweep.py --tiny --deadline-s {budget}"], True),
     ("generate", 1, (60, 40), "generate.log",
@@ -93,17 +83,19 @@ PLAN = [
      [GEN + " --variants dense,xattention,xattention+tmr,svg2,xattention+profile,svg2+profile"],
      [GEN + " --variants dense,xattention,xattention+tmr,svg2,xattention+profile,svg2+profile " + GEN_TINY
       + " '--xattn-args=--warmup-steps 1' '--svg2-args=--first-times-fp 0 --kmeans-init-iters 3'"], False),
-    ("bench_e2e", 1, (60, 30), "e2e.log", "kernels.bench_e2e 480p: densities 0.5/0.25/0.1 x random/local/xattention",
+    ("bench_e2e", 1, (50, 30), "e2e.log", "kernels.bench_e2e 480p: densities 0.5/0.25/0.1 x random/local/xattention",
      ["py -m kernels.bench_e2e --resolutions 480p --warmup 1 --iters 2"],
      ["py -m kernels.bench_e2e --resolutions 480p --warmup 1 --iters 2",
       "py -m kernels.bench_e2e --interpret --densities 0.25 --kinds local"], True),
-    ("flex", 2, (0, 0), "bench.log", "FlexAttention vs Triton vs SDPA at Wan shapes", [], [], False),
-    ("train", 3, (40, 25), "train.log", "accel.training.wan --device cuda: a new latent cache, then a short training",
+    ("flex", 2, (45, 10), "bench.log", "FlexAttention beside Triton and SDPA per density, 1.3B 480p structured",
+     ["py -m kernels.bench --shapes 1.3b-480p --inputs structured --flex --warmup 2 --iters 8"],
+     ["py -m kernels.bench --shapes 1.3b-480p --inputs structured --flex --warmup 2 --iters 8"], False),
+    ("train", 3, (32, 25), "train.log", "accel.training.wan --device cuda: a new latent cache, then a short training",
      ["mkdir -p {work}/train", TRAIN + " --device cuda --init assets/pocket-wan --clips 512 --cache-frames 17 "
       "--frames 17 --size 128 --steps 150 --batch 32 --workers 12 --log-every 25", "cat {work}/train/wan/loss.csv"],
      ["mkdir -p {work}/train", TRAIN + " --device cpu --init assets/pocket-wan --clips 4 --cache-frames 17 "
       "--frames 17 --size 32 --steps 2 --batch 2 --workers 2 --log-every 1", "cat {work}/train/wan/loss.csv"], False),
-    ("generate_720p", 4, (70, 25), "generate.log",
+    ("generate_720p", 4, (62, 25), "generate.log",
      "pocket-wan 1280x720x81 (75,600 tokens, 8 steps): dense vs XAttention+TMR+EBC with a profiler trace",
      [GEN + " --variants dense,xattention+tmr+ebc+profile --height 720 --width 1280 --frames 81 --steps 8 "
       "--no-masks '--xattn-args=--warmup-steps 2'"],
@@ -129,12 +121,6 @@ def plan(dry: bool, work: Path) -> list[Step]:
         env = {"TRITON_INTERPRET": "1"} if dry and interp else {}
         steps.append(Step(name, item, budgets[1] if dry else budgets[0], log, what, cmds, env))
     by = {s.name: s for s in steps}
-    flex = flex_backend()
-    by["flex"].skip = (
-        f"a FlexAttention backend appeared ({', '.join(flex)}): add its command to PLAN"
-        if flex
-        else "not built yet: no FlexAttention backend in kernels/ or accel/"
-    )
     if not (ROOT / "assets/pocket-wan/vae").is_dir():
         by["train"].skip = "assets/pocket-wan/vae missing"
     return steps

@@ -199,6 +199,8 @@ def bench_shape(shape: Shape, kind: str, args: argparse.Namespace, device: torch
         f"= {t_est / t_sdpa:6.1%} of dense SDPA (ideal 1/S = {1 / args.stride:.1%})"
     )
     header = f"  {'density':>8} {'actual':>7} {'tau':>6} {'ms':>9} {'TFLOP/s':>8} {'vs ours@1':>10} {'vs SDPA':>8}"
+    if args.flex:
+        header += f" {'flex ms':>9} {'flex/SDPA':>9}"
     print(header)
     t_full = None
     for density in args.densities:
@@ -212,10 +214,23 @@ def bench_shape(shape: Shape, kind: str, args: argparse.Namespace, device: torch
         if density >= 1.0:
             t_full = t
         rel = f"{t_full / t:9.2f}x" if t_full else f"{'-':>10}"
-        print(
+        line = (
             f"  {density:8.2f} {actual:7.3f} {tau:6.3f} {t * 1e3:9.2f} {flops * actual / t / 1e12:8.1f} "
             f"{rel} {t_sdpa / t:7.2f}x"
         )
+        if args.flex:  # FlexAttention (inductor's Triton on CUDA) on the same mask; its compile is timed apart
+            from kernels import flex
+
+            blocks = flex.block_mask(mask, bs, bs, length, length)
+            t_flex = timeit(
+                lambda m=mask, b=blocks: flex.flex_block_sparse_attention(q, k, v, m, bs, bs, blocks=b), w, it
+            )
+            line += f" {t_flex * 1e3:9.2f} {t_sdpa / t_flex:8.2f}x"
+        print(line)
+    if args.flex:
+        from kernels import flex
+
+        print(f"  flex compile so far: {sum(flex.compile_seconds.values()):.1f} s")
 
 
 CPU_LENGTHS = (320, 1024, 2048, 4096)  # the default pocket run is 320 tokens; the pocket "bench" size is >= 2,000
@@ -291,6 +306,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=10)
     for key in ("block_m", "block_n", "num_warps", "num_stages"):
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None, help="kernel config override")
+    p.add_argument("--flex", action="store_true", help="CUDA: add FlexAttention beside Triton and SDPA per density")
     p.add_argument("--est-tile", type=int, default=None, help="estimation tile (reduced rows = reduced keys)")
     p.add_argument("--est-warps", type=int, default=None, help="estimation num_warps override")
     return p.parse_args(argv)

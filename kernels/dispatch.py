@@ -27,7 +27,7 @@ from contextvars import ContextVar
 
 import torch
 
-BACKENDS = ("auto", "triton", "flex", "torch")
+BACKENDS = ("auto", "triton", "flex", "torch")  # accel.config.KERNEL_BACKENDS names the same
 ENV_VAR = "ACCEL_KERNELS"
 
 _forced: ContextVar[str | None] = ContextVar("accel_kernels_backend", default=None)

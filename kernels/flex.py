@@ -5,7 +5,9 @@ The ``BlockMask`` is built straight from the bool block mask, never from a token
 lie wholly inside the sequences are *full* blocks (no ``mask_mod`` evaluated in them), and the selected blocks of
 the last, partial key block are *partial* ones whose ``mask_mod`` drops the padding keys. The ``mask_mod`` also
 encodes block membership, so the eager (uncompiled) path, which ignores the block structure, computes the same
-thing. Rows whose block selects nothing return zeros, as the other backends.
+thing. Rows whose block selects nothing return zeros, as the other backends. SVG2's variable-size clusters run on a
+fixed grid over the permuted tokens (:func:`cluster_block_mask`): grid blocks that straddle a cluster edge are
+partial, and their ``mask_mod`` looks up each token's cluster pair.
 
 ``flex_attention`` is compiled once per process (``torch.compile``, static shapes: a new sequence length
 recompiles, a new mask never does); compiling needs a C++ compiler on CPU (:func:`available`). The seconds spent
@@ -15,6 +17,7 @@ compiling are kept in :data:`compile_seconds` so they can be shown apart from st
 from __future__ import annotations
 
 import functools
+import math
 import shutil
 import time
 
@@ -65,6 +68,56 @@ def block_mask(mask: torch.Tensor, block_q: int, block_k: int, lq: int, lk: int)
         lut_full.reshape(b, h, nq, nk).contiguous(),
         BLOCK_SIZE=(block_q, block_k),
         mask_mod=selected,
+        seq_lengths=(lq, lk),
+    )
+
+
+# FlexAttention's grid for variable-size clusters (SVG2): tokens are already permuted so each cluster is contiguous
+CLUSTER_GRID = 64
+
+
+def cluster_block_mask(mask: torch.Tensor, q_off: torch.Tensor, k_off: torch.Tensor, lq: int, lk: int,
+                       grid: int = CLUSTER_GRID):  # fmt: skip
+    """The ``BlockMask`` over a fixed ``grid`` x ``grid`` token grid of a mask ``(B, H, nq, nk)`` over variable-size
+    clusters with offsets ``(B, H, n + 1)``: a grid block is computed when any cluster pair it overlaps is selected,
+    *full* (no ``mask_mod``) when every one is, and *partial* otherwise, where the ``mask_mod`` looks up each token's
+    cluster pair. Nothing of size ``Lq x Lk`` is built: rectangle sums of the cluster mask give both answers."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from kernels.block_sparse import block_token_ids
+    from kernels.triton_attention import build_lookup
+
+    b, h, _, nk = mask.shape
+    q_ids, k_ids = block_token_ids(q_off, lq), block_token_ids(k_off, lk)  # (B, H, L): each token's cluster
+    gq, gk = math.ceil(lq / grid), math.ceil(lk / grid)
+    # first and last cluster each grid block overlaps
+    q_first, q_last = q_ids[..., ::grid], q_ids[..., torch.arange(1, gq + 1).mul(grid).clamp(max=lq) - 1]
+    k_first, k_last = k_ids[..., ::grid], k_ids[..., torch.arange(1, gk + 1).mul(grid).clamp(max=lk) - 1]
+    sums = torch.nn.functional.pad(mask.int().cumsum(-1).cumsum(-2), (1, 0, 1, 0))  # (B, H, nq + 1, nk + 1)
+
+    def corner(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        flat = rows[..., :, None] * (nk + 1) + cols[..., None, :]
+        return sums.flatten(-2).gather(-1, flat.flatten(-2)).view(b, h, gq, gk)
+
+    selected = (corner(q_last + 1, k_last + 1) - corner(q_first, k_last + 1) - corner(q_last + 1, k_first)
+                + corner(q_first, k_first))  # fmt: skip
+    pairs = (q_last - q_first + 1)[..., :, None] * (k_last - k_first + 1)[..., None, :]
+    full = (selected == pairs) & (lk % grid == 0 or torch.arange(gk) < gk - 1)  # a padded key block is partial
+    partial = (selected > 0) & ~full
+    lut_full, count_full = build_lookup(full)
+    lut_part, count_part = build_lookup(partial)
+
+    def selected_pair(batch, head, q_idx, kv_idx):
+        kv = kv_idx.clamp(max=lk - 1)
+        return mask[batch, head, q_ids[batch, head, q_idx], k_ids[batch, head, kv]] & (kv_idx < lk)
+
+    return BlockMask.from_kv_blocks(
+        count_part.view(b, h, gq),
+        lut_part.reshape(b, h, gq, gk).contiguous(),
+        count_full.view(b, h, gq),
+        lut_full.reshape(b, h, gq, gk).contiguous(),
+        BLOCK_SIZE=(grid, grid),
+        mask_mod=selected_pair,
         seq_lengths=(lq, lk),
     )
 

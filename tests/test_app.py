@@ -139,10 +139,10 @@ def test_settings_form_reads_every_method(stored_runs):
     from accel.methods import REGISTRY
 
     for method in REGISTRY:
-        values = forms.form_values(method=method)[4 + len(forms.SAMPLING) + len(forms.FORCING) + 1 :]
+        values = forms.form_values(method=method)[forms.SETTINGS_START :]
         assert settings_for(method, settings_from(method, forms.FIELDS, values)) == settings_for(method, {})
     xa = forms.form_values(method="xattention", settings={"tau": (0.8, 0.9)})
-    fields = xa[4 + len(forms.SAMPLING) + len(forms.FORCING) + 1 :]
+    fields = xa[forms.SETTINGS_START :]
     assert settings_from("xattention", forms.FIELDS, fields)["tau"] == (0.8, 0.9)
 
 

@@ -238,7 +238,7 @@ def test_xattention_attend_is_sdpa_under_its_token_mask(lq, lk):
 def test_density_aware_execution_runs_dense_heads_on_sdpa():
     """Heads whose mask keeps more than dense_above of the blocks run dense SDPA (batched), the others block-sparse;
     telemetry says which ran how; the default limit is the backend's measured crossover."""
-    from accel.attention.xattention import DENSE_CROSSOVER
+    from accel.attention.xattention import dense_crossover
     from kernels import block_sparse_attention
 
     gen = torch.Generator().manual_seed(5)
@@ -259,5 +259,6 @@ def test_density_aware_execution_runs_dense_heads_on_sdpa():
     rows = table[table.event == "dense_head"].sort_values("head")
     assert rows["value"].tolist() == [1.0, 0.0, 1.0] and (rows["threshold"] == 0.5).all()
     default = XAttention(XAttentionSettings(block_size=16, stride=4), 16)
-    assert default.dense_above(q) == DENSE_CROSSOVER["torch"]  # CPU, 64 tokens: the torch reference's crossover
+    assert default.dense_above(q) == dense_crossover("torch", 16, 64) == 0.1  # CPU, 64 tokens: the torch crossover
+    assert dense_crossover("torch", 128, 4096) == 0.45 and dense_crossover("triton", 128, 4096) is None
     assert XAttention(XAttentionSettings(dense_above=1.0), 16).dense_above(q) is None  # off

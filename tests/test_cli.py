@@ -19,7 +19,8 @@ from accel.runs import RunStore
 ROOT = Path(__file__).resolve().parent.parent
 # 128x128x5 -> latent 2 x 16 x 16 -> 2 x 8 x 8 = 128 tokens: 8 blocks of 16, so tau 0.5 can drop blocks.
 SIZE = ["--height", "128", "--width", "128", "--frames", "5", "--steps", "3"]
-XATTN = ["--method", "xattention", "--tau", "0.5", "--block-size", "16", "--stride", "4", "--warmup-steps", "1"]
+XATTN = ["--method", "xattention", "--tau", "0.5", "--block-size", "16", "--stride", "4", "--warmup-steps", "1",
+         "--kernels", "torch"]  # fmt: skip
 PROMPT = ["--prompt", "a red circle moves left over a blue background"]
 
 
@@ -62,6 +63,7 @@ def test_generate_xattention_is_sparse_after_warmup(generated) -> None:
     run = RunStore(generated["root"]).load(path)
     expected = {"tau": 0.5, "stride": 4, "block_size": 16, "warmup_steps": 1, "tmr": False, "threshold_table": None}
     assert expected.items() <= run.config["settings"].items()
+    assert run.config["kernels"] == "torch" and run.metrics["kernel_backend"] == "torch"
     assert run.metrics["tokens"] // 16 >= 4  # enough blocks for a sparse mask
     dens = run.telemetry[run.telemetry["event"] == "density"]
     assert (dens[dens["step"] == 0]["density"] == 1.0).all()
@@ -139,6 +141,7 @@ def empty_model(tmp_path: Path) -> Path:
         (["--model", "EMPTY"], "model_index.json"),
         (["--model", "/nonexistent/path"], "unknown model"),
         (["--mask-budget-mb", "-1"], "mask-budget-mb"),
+        (["--kernels", "cuda"], "--kernels: invalid choice"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], needle: str, tmp_path: Path, empty_model: Path) -> None:

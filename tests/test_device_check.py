@@ -93,7 +93,7 @@ def test_dry_run(tmp_path):
     for s in summary["steps"]:
         assert s["status"] == "ok" or (s["status"] == "skipped" and s["reason"]), s
     flex = next(s for s in summary["steps"] if s["name"] == "flex")
-    assert flex["status"] == "skipped" and "FlexAttention" in flex["reason"]
+    assert flex["status"] == "ok"  # without CUDA the bench says so and exits 0: its flags are checked
     assert summary["parsed"]["sweep"]["empty_row_zero"] is True
     generated = summary["parsed"]["generate"]
     assert all(generated[v]["rc"] == 0 for v in ("dense", "xattention", "svg2", "xattention+profile", "svg2+profile"))

@@ -79,16 +79,70 @@ def test_flex_forced_without_a_compiler_is_one_clear_error(monkeypatch) -> None:
     assert dispatch.resolve(torch.device("cpu")) == "torch"
 
 
+def _clusters(lq: int, lk: int, nq: int, nk: int, seed: int = 3, h: int = 2):
+    gen = torch.Generator().manual_seed(seed)
+
+    def offsets(length: int, n: int) -> torch.Tensor:
+        cuts = torch.randperm(length - 1, generator=gen)[: n - 1].sort().values + 1
+        return torch.cat([torch.tensor([0]), cuts, torch.tensor([length])])
+
+    q = torch.randn(1, lq, h, 16, generator=gen)
+    k, v = torch.randn(1, lk, h, 16, generator=gen), torch.randn(1, lk, h, 16, generator=gen)
+    q_off = torch.stack([offsets(lq, nq) for _ in range(h)])[None]
+    k_off = torch.stack([offsets(lk, nk) for _ in range(h)])[None]
+    mask = torch.rand(1, h, nq, nk, generator=gen) < 0.4
+    mask[0, 0, 1] = False  # a cluster that selects nothing
+    return q, k, v, mask, q_off, k_off
+
+
+def test_cluster_grid_marks_exactly_the_blocks_a_token_pair_needs() -> None:
+    """SVG2's clusters on a fixed grid: a grid block is full iff every token pair in it is selected, computed
+    (full or partial) iff any is; checked against the token mask built by brute force."""
+    from kernels.block_sparse import block_token_ids
+
+    lq, lk, grid = 150, 200, 16
+    _, _, _, mask, q_off, k_off = _clusters(lq, lk, 6, 9)
+    blocks = flex.cluster_block_mask(mask, q_off, k_off, lq, lk, grid=grid)
+    qi, ki = block_token_ids(q_off, lq)[0], block_token_ids(k_off, lk)[0]  # (H, L)
+    tokens = torch.stack([mask[0, h][qi[h]][:, ki[h]] for h in range(2)])  # (H, Lq, Lk)
+    gq, gk = math.ceil(lq / grid), math.ceil(lk / grid)
+    padded = torch.zeros(2, gq * grid, gk * grid, dtype=torch.bool)
+    padded[:, :lq, :lk] = tokens
+    per_block = padded.view(2, gq, grid, gk, grid).transpose(2, 3).flatten(-2)  # (H, gq, gk, grid * grid)
+    real = torch.zeros_like(padded)
+    real[:, :lq, :lk] = True
+    real = real.view(2, gq, grid, gk, grid).transpose(2, 3).flatten(-2)
+    any_pair = per_block.any(-1)
+    # padding queries do not matter (their rows are dropped); a block with padding keys is never full
+    all_pairs = (per_block | ~real).all(-1) & ((torch.arange(gk) + 1) * grid <= lk)
+    dense = blocks.to_dense()[0]  # full and partial blocks
+    assert torch.equal(dense.bool(), any_pair)
+    full = torch.zeros(2, gq, gk, dtype=torch.bool)
+    for h in range(2):
+        for i in range(gq):
+            n = int(blocks.full_kv_num_blocks[0, h, i])
+            full[h, i, blocks.full_kv_indices[0, h, i, :n]] = True
+    assert torch.equal(full, all_pairs & any_pair)
+
+
+def test_flex_over_clusters_equals_the_reference() -> None:
+    """Eager FlexAttention on the cluster grid through the public entry equals the loop reference."""
+    q, k, v, mask, q_off, k_off = _clusters(90, 130, 5, 7)
+    ref = _reference(q, k, v, mask, q_off.expand(1, 2, 6), k_off.expand(1, 2, 8), None)
+    blocks = flex.cluster_block_mask(mask, q_off, k_off, 90, 130, grid=32)
+    out = flex.flex_block_sparse_attention(q, k, v, mask, 32, 32, compiled=False, blocks=blocks)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
 @needs_flex
-def test_variable_size_clusters_fall_back_to_the_reference() -> None:
-    """FlexAttention over SVG2's variable-size clusters is not built yet: the entry runs the reference and counts it."""
-    gen = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(1, 40, 2, 16, generator=gen) for _ in range(3))
-    off = torch.tensor([0, 7, 20, 33, 40])
-    mask = torch.rand(1, 2, 4, 4, generator=gen) < 0.5
-    before = dispatch.calls[("block_sparse_attention", "torch")]
-    kernels.block_sparse_attention(q, k, v, mask, off, off, varlen=True, dense=False, backend="flex")
-    assert dispatch.calls[("block_sparse_attention", "torch")] == before + 1
+@pytest.mark.slow
+def test_compiled_flex_over_clusters_through_the_public_entry() -> None:
+    q, k, v, mask, q_off, k_off = _clusters(300, 300, 8, 12)
+    ref = _reference(q, k, v, mask, q_off.expand(1, 2, 9), k_off.expand(1, 2, 13), None)
+    before = dispatch.calls[("block_sparse_attention", "flex")]
+    out = kernels.block_sparse_attention(q, k, v, mask, q_off, k_off, varlen=True, dense=False, backend="flex")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert dispatch.calls[("block_sparse_attention", "flex")] == before + 1
 
 
 @needs_flex

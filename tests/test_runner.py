@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import PROMPT
@@ -29,7 +31,8 @@ def _after_warmup(run):
 
 
 def test_xattention_run_folder(store, tiny_pipe):
-    run = runner.generate(_cfg("xattention", tau=0.8, warmup_steps=1, block_size=16, stride=4), store)
+    cfg = _cfg("xattention", tau=0.8, warmup_steps=1, block_size=16, stride=4, dense_above=1.0)  # every head sparse
+    run = runner.generate(dataclasses.replace(cfg, kernels="torch"), store)
     reopened = RunStore(store.root).load(run.run_id)  # no model needed
     assert reopened.config["method"] == "xattention" and reopened.config["settings"]["tau"] == 0.8
     assert video_codec(reopened.video_path) == "h264"
@@ -47,6 +50,18 @@ def test_xattention_run_folder(store, tiny_pipe):
     assert set(reopened.metrics["stages"]) == {"load_s", "text_encode_s", "denoise_s", "vae_decode_s"}
     assert "xattention" in reopened.run_id and "tau0.8" in reopened.run_id
     assert reopened.metrics["kernel_calls"]["block_sparse_attention/torch"] > 0  # which backend ran, counted
+    assert reopened.metrics["kernel_backend"] == "torch" and reopened.config["kernels"] == "torch"
+
+
+def test_a_backend_that_cannot_run_is_refused_before_loading(store, monkeypatch):
+    from accel.config import ConfigError
+    from kernels import flex
+
+    monkeypatch.setattr(flex, "available", lambda: False)
+    with pytest.raises(ConfigError, match=r"kernels=flex: .*cannot be compiled here"):
+        runner.generate(dataclasses.replace(_cfg("xattention"), kernels="flex"), store)
+    with pytest.raises(ConfigError, match="kernels must be one of auto, triton, flex, torch"):
+        dataclasses.replace(_cfg("xattention"), kernels="cuda")
 
 
 def test_svg2_run_folder(store, tiny_pipe):

@@ -75,13 +75,9 @@ def headline(store: RunStore, run: Run) -> str:
     if steps:
         lines.append(f"| chunk steps reused | {(m.get('chunk_reuses') or 0) / steps:.1%} of {steps} |")
     lines.append(f"| tokens · device | {m.get('tokens')} · {m.get('device')} {m.get('dtype', '')} |")
-    ran = {k.split("/")[1]: v for k, v in (m.get("kernel_calls") or {}).items() if k.startswith("block_sparse")}
+    ran = profile.backends_ran(run)
     if ran:
-        compile_s = m.get("kernel_compile_s") or 0
-        text = ", ".join(f"{backend} x{n}" for backend, n in sorted(ran.items()))
-        lines.append(
-            f"| sparse attention ran on | {text}" + (f" (compile {compile_s:.1f} s)" if compile_s else "") + " |"
-        )
+        lines.append(f"| sparse attention ran on | {ran} |")
     lines += [f"\n**Warning**: {warning}" for warning in m.get("warnings") or []]
     return "\n".join(lines)
 

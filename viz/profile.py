@@ -56,6 +56,18 @@ def range_chart(run: RunLike) -> go.Figure:
     )
 
 
+def backends_ran(run: RunLike) -> str:
+    """Which kernel backend ran the run's block-sparse attention calls, e.g. ``"torch x110, dense x10 (compile
+    3.6 s)"``; empty for a run without sparse attention."""
+    m = as_run(run).metrics
+    ran = {k.split("/")[1]: v for k, v in (m.get("kernel_calls") or {}).items() if k.startswith("block_sparse")}
+    if not ran:
+        return ""
+    compile_s = m.get("kernel_compile_s") or 0
+    text = ", ".join(f"{backend} x{n}" for backend, n in sorted(ran.items()))
+    return text + (f" (compile {compile_s:.1f} s)" if compile_s else "")
+
+
 def kernel_chart(run: RunLike, top: int = 15) -> go.Figure:
     """The ``top`` kernels (GPU) or operators (CPU) by self time."""
     kernels = profile_tables(run)["kernels"]
@@ -72,9 +84,11 @@ def kernel_chart(run: RunLike, top: int = 15) -> go.Figure:
             hovertemplate="%{y}: %{x:.2f} ms, %{customdata[0]} calls, %{customdata[1]:.1%}<extra></extra>",
         )
     )
+    what = f"top {len(k)} {'kernels' if time_col == 'self_device_ms' else 'operators'} by self time"
+    ran = backends_ran(run)
     return lay_out(
         fig,
-        title(run, f"top {len(k)} {'kernels' if time_col == 'self_device_ms' else 'operators'} by self time"),
+        title(run, f"{what} · sparse attention on {ran}" if ran else what),
         140 + 26 * len(k),
         x=time_col.replace("_", " "),
         left=330,

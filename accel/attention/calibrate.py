@@ -39,6 +39,7 @@ from accel.attention.thresholds import write_table
 from accel.config import ConfigError, RunConfig
 from accel.methods import build_attention, calibratable
 from accel.models import pipeline_call
+from kernels import dispatch
 
 DEFAULT_PROMPTS = (
     "a red circle moves left over a blue background",
@@ -381,8 +382,9 @@ def calibrate(spec: CalibrationSpec, out_dir: str | Path, progress: Progress | N
     transformer = pipe.transformer
     layers, heads = len(transformer.blocks), transformer.config.num_attention_heads
     steps = sample_steps(cfg.steps, cfg.settings.dense_steps(cfg.steps), spec.samples_per_prompt)
-    samples = collect_trajectories(pipe, spec, steps, progress)
-    probes = probe_errors(pipe, spec, samples, progress)
+    with dispatch.use_backend(cfg.kernels or dispatch.requested_backend()):
+        samples = collect_trajectories(pipe, spec, steps, progress)
+        probes = probe_errors(pipe, spec, samples, progress)
     branches = assign(probes, spec, layers, heads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,7 @@ class XAttention(HeadwiseSparse):
         """The density above which a head runs dense SDPA: the setting, else the backend's crossover (None: off)."""
         if self.settings.dense_above is not None:
             return self.settings.dense_above if self.settings.dense_above < 1 else None
-        return DENSE_CROSSOVER.get(dispatch.resolve(q.device))
+        return dense_crossover(dispatch.resolve(q.device), self.block_size, q.shape[1])
 
     def apply(self, q, k, v, state, layer, thresholds, mask_ref):
         density = self.state_density(state, q, k)  # (B, H)
@@ -147,10 +147,17 @@ class XAttention(HeadwiseSparse):
         return out
 
 
-# block work (:func:`kernels.block_work`) above which dense SDPA beats the backend on a head, from
-# `python -m kernels.bench --device cpu --heads 6 --dim 32` (pocket-wan's heads) on 2 cores, L 1,024-4,096: both win
-# at 0.25 and lose or tie at 0.5; Triton: not yet measured on a GPU, so off
-DENSE_CROSSOVER = {"flex": 0.45, "torch": 0.45}
+def dense_crossover(backend: str, block_size: int, tokens: int) -> float | None:
+    """Block work (:func:`kernels.block_work`) above which dense SDPA beats ``backend`` on a head, as measured by
+    ``python -m kernels.bench --device cpu --heads 6 --dim 32 --block B`` on 2 cores (None: off). From 1,024 tokens
+    both CPU backends win at work 0.25 and lose at 0.5 with blocks of 16-32 tokens (small query tiles run SDPA
+    inefficiently), and win at 0.5 with blocks of 64-128; below 1,024 tokens (the default 320-token run) the torch
+    path only wins at 0.1. Triton: not yet measured on a GPU, so off."""
+    if backend == "triton":
+        return None
+    if tokens < 1024:
+        return 0.1
+    return 0.25 if block_size <= 32 else 0.45
 
 
 def _split_heads(q, k, v, mask, dense: torch.Tensor, block_size: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Any
 
 from accel import methods
 from accel.cli.common import CliError
-from accel.config import DEFAULT_MODEL, ConfigError
+from accel.config import DEFAULT_MODEL, KERNEL_BACKENDS, ConfigError
 from accel.fields import FieldSpec, all_field_specs
 
 SETTING_PREFIX = "setting_"
@@ -163,6 +163,13 @@ def add_hardware(group) -> None:
         "--dtype",
         choices=["float32", "bfloat16", "float16"],
         help="Transformer dtype (the VAE stays float32). Default: bfloat16 on CUDA, float32 on CPU.",
+    )
+    group.add_argument(
+        "--kernels",
+        choices=KERNEL_BACKENDS,
+        help="Block-sparse attention backend: triton (CUDA; CPU only under TRITON_INTERPRET=1), flex (PyTorch "
+        "FlexAttention, compiled once per shape), torch (pure torch). Default: $ACCEL_KERNELS, else auto "
+        "(Triton on CUDA, torch on CPU).",
     )
 
 

@@ -163,6 +163,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         addnoise_condition=args.addnoise_condition,
         device=args.device,
         dtype=args.dtype,
+        kernels=args.kernels,
     )
     policy = RecordPolicy(masks=not args.no_masks)
     if args.mask_budget_mb is not None:
@@ -237,6 +238,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         **sampling_kwargs(args),
         device=args.device,
         dtype=args.dtype,
+        kernels=args.kernels,
     )
     spec = CalibrationSpec(
         base=base,
