@@ -209,7 +209,6 @@ def _uniform_block(off: torch.Tensor, length: int) -> int | None:
 GATHER_BYTES = 64 * 2**20
 
 
-
 _workspaces = threading.local()
 
 
@@ -263,8 +262,7 @@ def _gathered(q, k, v, mask, bq: int, bk: int, scale):
     tail = lk - (nk - 1) * bk  # real keys in the last key block
     out = q_rows.new_zeros(q_rows.shape)
     groups = [
-        (c, sel.split(max(1, GATHER_BYTES // (2 * c * bk * d * q.element_size()))))
-        for sel, c in _count_groups(counts)
+        (c, sel.split(max(1, GATHER_BYTES // (2 * c * bk * d * q.element_size())))) for sel, c in _count_groups(counts)
     ]
     grad = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
     size = 0 if grad else max((len(parts[0]) * c * bk * d for c, parts in groups), default=0)
