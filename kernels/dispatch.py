@@ -4,9 +4,9 @@ Order of precedence: an explicit ``backend=`` argument, then :func:`use_backend`
 manager), then the environment variable ``ACCEL_KERNELS`` (``auto`` | ``triton`` | ``flex`` | ``torch``,
 default ``auto``). ``auto`` picks Triton for CUDA tensors, and for CPU tensors only when
 ``TRITON_INTERPRET=1``; everything else uses torch. FlexAttention (:mod:`kernels.flex`) runs when forced: on CPU
-the torch path matched or beat it at every density at the pocket models' head shapes, without its 3-17 s compile
-per shape (``python -m kernels.bench --device cpu``), and on CUDA Triton stays the default until the GPU
-benchmark compares them. On CPU, Triton can only
+the torch path needs no compile (flex: 5-22 s per shape), wins from blocks of 64 tokens and is even with flex at
+block 16 up to 2,304 tokens (``python -m kernels.bench --device cpu``); on CUDA Triton stays the default until the
+GPU benchmark compares them. On CPU, Triton can only
 run in its interpreter, which Triton fixes when it is imported: ``TRITON_INTERPRET=1`` must be in the environment before
 anything imports ``triton`` (``import torch, diffusers`` does). Triton is optional: without it (macOS,
 no wheel) ``auto`` is always torch and forcing ``triton`` raises.
