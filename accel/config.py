@@ -253,10 +253,16 @@ class SVG2Settings(HeadwiseSettings):
         default=0.10, metadata=_help("Always keep at least floor(ratio * kc) key clusters per query cluster.")
     )
     first_times_fp: float = field(
-        default=0.2, metadata=_help("Leading fraction of denoising steps computed densely.", abbrev="ft")
+        default=0.2,
+        metadata=_help("Leading fraction of denoising steps computed densely: floor(fraction x steps).", abbrev="ft"),
     )
     first_layers_fp: float = field(
-        default=0.03, metadata=_help("Leading fraction of layers computed densely (at least one if > 0).", abbrev="fl")
+        default=0.03,
+        metadata=_help(
+            "Leading fraction of layers computed densely: floor(fraction x layers) as the reference rounds "
+            "(0.03: 0 of 30 layers, 1 of 40).",
+            abbrev="fl",
+        ),
     )
     kmeans_init_iters: int = field(default=50, metadata=_help("k-means iterations on the first sparse step."))
     kmeans_warm_iters: int = field(
@@ -276,12 +282,12 @@ class SVG2Settings(HeadwiseSettings):
         self._check_headwise()
 
     def dense_steps(self, num_steps: int) -> int:
-        """``ceil(first_times_fp * steps)`` (the rounding is our reading of the reference)."""
-        return math.ceil(self.first_times_fp * num_steps - 1e-9)
+        """``floor(first_times_fp * steps)``, as the reference rounds (0.2 of 50 steps -> 10)."""
+        return math.floor(self.first_times_fp * num_steps + 1e-9)
 
     def dense_layers(self, num_layers: int) -> int:
-        """``ceil(first_layers_fp * layers)``: 0.03 of 30 layers -> 1 layer, as the reference reports."""
-        return math.ceil(self.first_layers_fp * num_layers - 1e-9)
+        """``floor(first_layers_fp * layers)``, as the reference rounds: 0.03 of 30 layers -> 0, of 40 -> 1."""
+        return math.floor(self.first_layers_fp * num_layers + 1e-9)
 
 
 FLOWCACHE_COEFFICIENTS = ("1.3b", "14b", "none")

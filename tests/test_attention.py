@@ -213,8 +213,10 @@ def test_svg2_error_shrinks_as_top_p_grows():
 
 def test_svg2_dense_warmup_fractions():
     method = SVG2(SVG2Settings(first_times_fp=0.2, first_layers_fp=0.03), (8, 16))
+    method.setup(num_layers=40, num_heads=4)
+    assert method.is_dense_step(0, StepInfo(step=20, num_steps=50))  # floor(0.03 * 40) = 1: the first layer dense
     method.setup(num_layers=30, num_heads=4)
-    assert method.is_dense_step(0, StepInfo(step=20, num_steps=50))  # 0.03 * 30 -> first layer dense
+    assert not method.is_dense_step(0, StepInfo(step=20, num_steps=50))  # floor(0.03 * 30) = 0, as the reference
     assert not method.is_dense_step(1, StepInfo(step=10, num_steps=50))
     assert method.is_dense_step(1, StepInfo(step=9, num_steps=50))  # 0.2 * 50 = 10 dense steps
 

@@ -56,7 +56,9 @@ def test_variants_follow_the_model_family_and_the_shipped_tables():
 def test_settings_say_their_dense_warmup():
     assert settings_for("xattention", {"warmup_steps": 3}).dense_steps(20) == 3
     svg2 = settings_for("svg2", {"first_times_fp": 0.2, "first_layers_fp": 0.03})
-    assert (svg2.dense_steps(20), svg2.dense_steps(50), svg2.dense_layers(30), svg2.dense_layers(4)) == (4, 10, 1, 1)
+    # floor, as the reference: 0.03 of 30 layers -> 0, of 40 -> 1
+    assert (svg2.dense_steps(20), svg2.dense_steps(50), svg2.dense_layers(30), svg2.dense_layers(40)) == (4, 10, 0, 1)
+    assert (svg2.dense_steps(3), svg2.dense_layers(4)) == (0, 0)
     assert settings_for("dense").dense_steps(50) == 0 == settings_for("flowcache").dense_steps(50)
     fc = settings_for("flowcache", {"attention": "svg2", "attention_tmr": True})
     assert fc.attention_settings() == settings_for("svg2", {"tmr": True})

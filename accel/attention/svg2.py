@@ -10,7 +10,7 @@ attention runs over the (query cluster, key cluster) tiles, and the output is pe
 Queries and keys are clustered with their own lengths: in chunked generation (METHODS 2) a group's
 keys are its cached context plus itself, longer than its queries.
 
-Dense warm-up: steps ``< ceil(first_times_fp * steps)`` and layers ``< ceil(first_layers_fp * layers)``
+Dense warm-up: steps ``< floor(first_times_fp * steps)`` and layers ``< floor(first_layers_fp * layers)``
 (:meth:`accel.config.SVG2Settings.dense_steps` / ``dense_layers``).
 """
 
