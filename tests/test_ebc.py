@@ -96,6 +96,32 @@ def test_probe_with_threshold_one_is_the_dense_output(tiny_pipe):
     assert (sparse["error"] > 0).all() and (sparse["sparsity"] > 0).all()
 
 
+def test_svg2_probes_score_a_heads_candidates_on_one_clustering(monkeypatch):
+    """Every candidate of a head sees the same clustering (identical rows give identical masks; a higher top_p
+    keeps a superset), kept across probe calls of one sample; the next sample warm-starts from it with the run's
+    few iterations, the first runs the cold initial k-means."""
+    from accel.attention import svg2 as svg2_module
+    from accel.attention.svg2 import SVG2
+    from accel.config import SVG2Settings
+
+    iters = []
+    real = svg2_module.kmeans
+    monkeypatch.setattr(svg2_module, "kmeans", lambda x, k, n, *a: iters.append(n) or real(x, k, n, *a))
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 96, 3, 16, generator=gen), torch.randn(1, 96, 3, 16, generator=gen)
+    method = SVG2(SVG2Settings(kmeans_init_iters=20, kmeans_warm_iters=2), (6, 12))
+    method.setup(1, 3)
+    memory = {"before": {}, "now": {}}
+    rows, top_p = [1, 1, 1, 1], torch.tensor([0.5, 0.5, 0.5, 0.9])
+    state = method.probe_state(q, k, 0, "cond", rows, top_p, memory)
+    assert torch.equal(state.mask[0], state.mask[1]) and torch.equal(state.mask[0], state.mask[2])
+    assert torch.equal(state.q_perm[0], state.q_perm[3]) and bool((state.mask[3] >= state.mask[0]).all())
+    again = method.probe_state(q, k, 0, "cond", [1, 2], torch.tensor([0.5, 0.5]), memory)  # a later probe call
+    assert torch.equal(again.mask[0], state.mask[0]) and iters == [20, 20, 20, 20]  # head 1 once, head 2 once
+    method.probe_state(q, k, 0, "cond", [1], torch.tensor([0.5]), {"before": memory["now"], "now": {}})
+    assert iters[-2:] == [2, 2]  # the next sample: warm start
+
+
 @pytest.fixture(scope="module")
 def table_path(tmp_path_factory):
     spec = calibration(prompts=(PROMPT, "a dog runs"), samples_per_prompt=2)

@@ -209,12 +209,15 @@ class _Probe(AttentionMethod):
     sparse at ``thresholds[p]``. At ``layer`` every batch element has the same Q/K/V (the prefix is
     dense and shared), so the probes run as the heads of one sparse call on element 0."""
 
-    def __init__(self, sparse: HeadwiseSparse, layer: int, heads: list[int], thresholds: list[float]):
+    def __init__(
+        self, sparse: HeadwiseSparse, layer: int, heads: list[int], thresholds: list[float], memory: dict | None = None
+    ):
         super().__init__()
         self.sparse = sparse
         self.layer = layer
         self.heads = heads
         self.thr = torch.tensor(thresholds, dtype=torch.float32)
+        self.memory = memory if memory is not None else {"before": {}, "now": {}}
         self.density: torch.Tensor | None = None
 
     def attend(self, q, k, v, layer, info):
@@ -226,7 +229,7 @@ class _Probe(AttentionMethod):
         heads = torch.tensor(self.heads, device=q.device)
         qs, ks, vs = q0[:, :, heads], k0[:, :, heads], v0[:, :, heads]  # probes as the heads of one batch
         thr = self.thr.to(q.device)
-        state = self.sparse.predict(qs, ks, layer, info.branch, thr, None)
+        state = self.sparse.probe_state(q0, k0, layer, info.branch, self.heads, thr, self.memory)
         sparse_out = self.sparse.apply(qs, ks, vs, state, layer, thr, None)  # (1, L, P, D)
         self.density = self.sparse.state_density(state, qs, ks).reshape(-1)
         out[torch.arange(p, device=q.device), :, heads] = sparse_out[0].transpose(0, 1).to(out.dtype)
@@ -294,15 +297,18 @@ def probe_errors(pipe, spec: CalibrationSpec, samples: list[Sample], progress: P
     n_layers, n_heads = len(transformer.blocks), transformer.config.num_attention_heads
     probes = [(h, c) for h in range(n_heads) for c in spec.candidates]
     rows: list[dict[str, Any]] = []
+    before: dict[tuple, dict] = {}  # (prompt, branch, layer) -> the method's probe state of the previous sample
     for s_idx, sample in enumerate(samples):
         with installed(transformer, AttentionMethod(), cfg.steps):
             cached, y_dense = _dense_block_outputs(transformer, sample, cfg.steps)
         for layer in range(n_layers):
+            key = (sample.prompt, sample.branch, layer)
+            memory = {"before": before.get(key, {}), "now": {}}  # SVG2: one clustering per head, warm-started
             for start in range(0, len(probes), spec.max_probe_batch):
                 chunk = probes[start : start + spec.max_probe_batch]
                 sparse = build_attention(cfg.settings, mspec, seed=cfg.seed)
                 sparse.num_layers, sparse.num_heads = n_layers, len(chunk)  # probes act as the heads
-                method = _Probe(sparse, layer, [h for h, _ in chunk], [c for _, c in chunk])
+                method = _Probe(sparse, layer, [h for h, _ in chunk], [c for _, c in chunk], memory)
                 with installed(transformer, method, cfg.steps), _skip_prefix(transformer, layer, cached, len(chunk)):
                     y = _call(transformer, sample, cfg.steps, batch=len(chunk))
                 err = spectral_error(y, y_dense, spec.band_weights, spec.low_freq).cpu()
@@ -315,6 +321,7 @@ def probe_errors(pipe, spec: CalibrationSpec, samples: list[Sample], progress: P
                             "error": float(err[p]), "sparsity": 1.0 - float(dens[p]),
                         }
                     )  # fmt: skip
+            before[key] = memory["now"]
         if progress:
             progress(f"probes {s_idx + 1}/{len(samples)}")
     return pd.DataFrame(rows)

@@ -93,6 +93,13 @@ class HeadwiseSparse(AttentionMethod):
         """A fresh mask state for ``heads`` (None = all heads)."""
         raise NotImplementedError
 
+    def probe_state(self, q, k, layer: int, branch: str, rows: list[int], thresholds: torch.Tensor, memory: dict):
+        """A state for calibration probes: row ``p`` is head ``rows[p]`` of ``q, k`` ``(1, L, H, D)`` at
+        ``thresholds[p]`` (a head may have several rows, one per candidate). ``memory`` is the calibration's
+        per-(trajectory, layer) scratch space. By default the rows are predicted as heads of one call (XAttention's
+        scores are deterministic, so a head's candidates share them)."""
+        return self.predict(q[:, :, rows], k[:, :, rows], layer, branch, thresholds, None)
+
     def merge(self, cached: Any, heads: list[int], fresh: Any) -> Any:
         """``cached`` with the state of ``heads`` replaced by ``fresh``."""
         raise NotImplementedError

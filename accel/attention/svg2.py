@@ -131,6 +131,20 @@ def _offsets(sizes: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(sizes.cumsum(-1), (1, 0))
 
 
+def _partition(q_clusters: tuple, k_clusters: tuple, top_p: torch.Tensor, min_keep: int) -> Partition:
+    """The partition of k-means results ``(labels, centroids, sizes)`` of queries and keys, one row per group."""
+    (q_labels, cq, sq), (k_labels, ck, sk) = q_clusters, k_clusters
+    return Partition(
+        q_perm=q_labels.argsort(dim=-1, stable=True),
+        k_perm=k_labels.argsort(dim=-1, stable=True),
+        q_offsets=_offsets(sq),
+        k_offsets=_offsets(sk),
+        mask=cluster_pair_mask(cq, ck, sk, top_p, min_keep),
+        q_centroids=cq,
+        k_centroids=ck,
+    )
+
+
 def _gather_tokens(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """``x`` (B, L, H, D) reordered per head by ``perm`` (B*H, L)."""
     b, length, h, d = x.shape
@@ -205,19 +219,32 @@ class SVG2(HeadwiseSparse):
         else:
             iters, init_q, init_k = self.settings.kmeans_init_iters, None, None
             gen = self._generator(layer, branch, q.device)
-        lq, cq, sq = kmeans(xq, qc, iters, init_q, gen)
-        lk, ck, sk = kmeans(xk, kc, iters, init_k, gen)
-        min_keep = math.floor(self.settings.min_kc_ratio * kc)
-        mask = cluster_pair_mask(cq, ck, sk, thresholds.repeat(b), min_keep)
-        return Partition(
-            q_perm=lq.argsort(dim=-1, stable=True),
-            k_perm=lk.argsort(dim=-1, stable=True),
-            q_offsets=_offsets(sq),
-            k_offsets=_offsets(sk),
-            mask=mask,
-            q_centroids=cq,
-            k_centroids=ck,
+        clusters = kmeans(xq, qc, iters, init_q, gen), kmeans(xk, kc, iters, init_k, gen)
+        return _partition(*clusters, thresholds.repeat(b), math.floor(self.settings.min_kc_ratio * kc))
+
+    def probe_state(self, q, k, layer, branch, rows, thresholds, memory):
+        """Every candidate of a head is scored on one clustering of that head, as a run would see it: k-means
+        warm-started (``kmeans_warm_iters``) from the head's centroids at the previous sample of the same trajectory
+        (``memory["before"]``), cold (``kmeans_init_iters``) at its first; a head's clustering is kept in
+        ``memory["now"]`` for the rest of the sample (candidates may span several probe calls)."""
+        qc, kc = min(self.qc, q.shape[1]), min(self.kc, k.shape[1])
+        s = self.settings
+        for head in dict.fromkeys(rows):
+            if head in memory["now"]:
+                continue
+            warm = memory["before"].get(head)  # (query, key) k-means results: (labels, centroids, sizes)
+            if warm is not None:
+                iters, init_q, init_k, gen = s.kmeans_warm_iters, warm[0][1], warm[1][1], None
+            else:
+                iters, init_q, init_k, gen = s.kmeans_init_iters, None, None, self._generator(layer, branch, q.device)
+            memory["now"][head] = (
+                kmeans(q[:, :, head], qc, iters, init_q, gen),
+                kmeans(k[:, :, head], kc, iters, init_k, gen),
+            )
+        q_clusters, k_clusters = (
+            tuple(torch.cat([memory["now"][h][side][i] for h in rows]) for i in range(3)) for side in (0, 1)
         )
+        return _partition(q_clusters, k_clusters, thresholds, math.floor(s.min_kc_ratio * kc))
 
     def fits(self, state, q, k):
         b, lq, h, _ = q.shape
