@@ -13,7 +13,7 @@ from accel import methods
 from accel.config import DEFAULT_MODEL, ConfigError, RunConfig, settings_for
 from accel.fields import all_field_specs, settings_from
 
-DEFAULT_PROMPT = "a red circle moves left over a blue background"
+DEFAULT_PROMPT = "a red circle moves quickly left over a blue background"
 SAMPLING = ("seed", "height", "width", "frames", "steps", "guidance")
 FORCING = ("ar_step", "causal_block_size", "base_num_frames", "overlap_history", "addnoise_condition")
 FIELDS = all_field_specs()

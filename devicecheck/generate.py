@@ -45,7 +45,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--model", default="pocket-wan")
     p.add_argument("--runs-dir", type=Path, default=Path(os.environ.get("ACCEL_RUNS_DIR", "/tmp/devicecheck-runs")))
     p.add_argument("--variants", default="dense,xattention,xattention+tmr,svg2")
-    p.add_argument("--prompt", default="a red circle moves left over a blue background")
+    p.add_argument("--prompt", default="a red circle moves quickly left over a blue background")
     p.add_argument("--xattn-args", default="", help="extra generate arguments for xattention variants (one string)")
     p.add_argument("--svg2-args", default="", help="extra generate arguments for svg2 variants (one string)")
     p.add_argument("--no-video", action="store_true", help="write an empty video.mp4 even if ffmpeg is there")

@@ -224,3 +224,22 @@ def test_score_video_details() -> None:
     assert row["all_ok"] is True and "objects" not in row
     with pytest.raises(ValueError):
         S.score_video(clip.frames.astype(np.float32), clip.prompt)
+
+
+def test_every_prompt_the_app_and_the_readme_offer_is_in_the_grammar() -> None:
+    """The embedded models learned the procedural grammar only: the app's default prompt, the bench scripts' default
+    and every ``--prompt "..."`` of the README (its commands run on the embedded model) must parse."""
+    import re
+    from pathlib import Path
+
+    from accel.forms import DEFAULT_PROMPT
+
+    root = Path(__file__).resolve().parents[1]
+    readme = re.findall(r'--prompt "([^"]+)"', (root / "README.md").read_text(encoding="utf-8"))
+    device_check = re.findall(r'"--prompt", default="([^"]+)"', (root / "devicecheck/generate.py").read_text())
+    offered = [DEFAULT_PROMPT, *readme, *device_check]
+    assert len(offered) >= 5
+    for prompt in offered:
+        P.parse_prompt(prompt)  # raises on a prompt outside the grammar
+    with pytest.raises(ValueError, match="without motion"):
+        P.parse_prompt("a red circle moves left over a blue background")  # no speed word: not in the grammar

@@ -42,7 +42,7 @@ from accel.models import pipeline_call
 from kernels import dispatch
 
 DEFAULT_PROMPTS = (
-    "a red circle moves left over a blue background",
+    "a red circle moves quickly left over a blue background",
     "a small boat drifts on a calm lake at sunset",
     "a dog runs across a green field",
     "clouds move slowly over snowy mountains",

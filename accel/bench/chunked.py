@@ -14,6 +14,7 @@ from pathlib import Path
 
 from accel.bench.headwise import row
 from accel.config import BASELINE_NAMES, RunConfig
+from accel.forms import DEFAULT_PROMPT
 from accel.runner import generate
 from accel.runs import RunStore
 
@@ -30,7 +31,7 @@ METHODS: dict[str, tuple[str, dict]] = {
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-skyreels")
-    parser.add_argument("--prompt", default="a red circle moves left over a blue background")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--frames", type=int)

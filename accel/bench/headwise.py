@@ -16,6 +16,7 @@ from pathlib import Path
 
 from accel import models
 from accel.config import DEFAULT_MODEL, RunConfig
+from accel.forms import DEFAULT_PROMPT
 from accel.paths import shipped_table
 from accel.runner import generate
 from accel.runs import Run, RunStore
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--methods", nargs="+", default=["xattention", "svg2"], choices=["xattention", "svg2"])
-    parser.add_argument("--prompt", default="a red circle moves left over a blue background")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--device")

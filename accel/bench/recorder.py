@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from accel.forms import DEFAULT_PROMPT
 from accel.runs import RunStore
 from accel.schema import Event
 from accel.telemetry import Recorder, RecordPolicy
@@ -84,7 +85,7 @@ def overhead(method: str = "xattention", repeats: int = 5, **settings) -> dict[s
     from accel.config import RunConfig
     from accel.runner import generate
 
-    cfg = RunConfig(prompt="a red circle moves left over a blue background", method=method, settings=settings)
+    cfg = RunConfig(prompt=DEFAULT_PROMPT, method=method, settings=settings)
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(tmp)
         generate(cfg, store)  # load and warm up
