@@ -143,3 +143,39 @@ def test_the_transformer_overfits_one_clip(tmp_path):
               log_every=30)  # fmt: skip
     loss = _logged(out / "loss.csv", "loss")
     assert len(loss) == 4 and loss[-1] < 0.5 * loss[0], loss
+
+
+@pytest.mark.slow
+def test_the_text_encoder_trains_jointly_and_ships_in_the_folder(tmp_path):
+    """``train_text``: the encoder's weights move with the transformer's, are saved in the pipeline folder, load back
+    through the checkpoint path and condition generation; a warm start takes the init's encoder."""
+    import torch
+    from safetensors.torch import load_file
+
+    from accel.models import load_pipeline
+    from accel.training.vae import train as train_vae
+    from accel.training.wan import cache_latents, embed, tokenize
+    from accel.training.wan import train as train_wan
+
+    train_vae(tmp_path / "vae", steps=1, batch=1, size=32, crop=32, frames=5, log_every=1)
+    cache = tmp_path / "latents.safetensors"
+    cache_latents(tmp_path / "vae", cache, clips=2, size=32, frames=5, seed=0)
+    base = Path(__file__).resolve().parent.parent / "assets" / "tiny-wan"
+    out = tmp_path / "wan"
+    train_wan(base, tmp_path / "vae", out, cache, steps=3, batch=2, frames=5, lr=1e-2, warmup=0, log_every=1,
+              train_text=True)  # fmt: skip
+    before = load_file(base / "text_encoder" / "model.safetensors")
+    after = load_file(out / "text_encoder" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before), "the text encoder did not train"
+    pipe = load_pipeline(str(out), "cpu", "float32")
+    ids, mask = tokenize(pipe, ["a red circle moves quickly left over a blue background"])
+    with torch.no_grad():
+        ours = embed(pipe.text_encoder, ids, mask)
+        theirs, _ = pipe.encode_prompt("a red circle moves quickly left over a blue background",
+                                       do_classifier_free_guidance=False, max_sequence_length=ids.shape[1])  # fmt: skip
+    torch.testing.assert_close(ours, theirs)  # training embeds prompts exactly as the pipeline does
+    again = tmp_path / "again"
+    train_wan(base, tmp_path / "vae", again, cache, steps=1, batch=2, frames=5, lr=0.0, warmup=0, log_every=1,
+              init=out)  # fmt: skip
+    kept = load_file(again / "text_encoder" / "model.safetensors")
+    assert all(torch.equal(after[k], kept[k]) for k in after)  # warm start: the init's encoder, kept frozen

@@ -80,6 +80,18 @@ def encode_texts(pipe, prompts: list[str]) -> list[torch.Tensor]:
     return out
 
 
+def tokenize(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask ``(N, TEXT_TOKENS)``, padded as the pipeline pads (``max_sequence_length``)."""
+    ids = pipe.tokenizer(prompts, padding="max_length", max_length=TEXT_TOKENS, truncation=True, return_tensors="pt")
+    return ids.input_ids, ids.attention_mask
+
+
+def embed(text_encoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Prompt embeddings ``(B, TEXT_TOKENS, D)`` as the pipeline builds them: the encoder's states, zero past each
+    prompt's tokens (differentiable, for training the encoder with the transformer)."""
+    return text_encoder(ids, mask).last_hidden_state * mask[..., None].to(torch.float32)
+
+
 def _render(job: tuple[int, int, int, int, int]) -> np.ndarray:
     """Frames ``(n, F, H, W, 3)`` of training clips ``start .. start + n`` (a worker's share of the cache)."""
     start, n, seed, size, frames = job
@@ -154,8 +166,12 @@ def train(
     warmup: int = 200,
     device: str = "cpu",
     layers: int = 4,
+    train_text: bool = False,
 ) -> dict[str, float]:
     """Train on the cached latents (first latent frames of each clip for ``frames``) and save a pipeline folder.
+
+    ``train_text`` trains the text encoder jointly (same optimizer and learning rate) and saves it in the folder in
+    place of the base's frozen one, so the conditioning can learn to bind words to colour and motion.
 
     ``init`` warm-starts from another pocket pipeline's transformer (SkyReels-V2's DF models are fine-tuned from
     Wan2.1 the same way; both classes share one state-dict layout). On ``device`` ``cuda`` the data, the random
@@ -177,15 +193,25 @@ def train(
     if latents.shape[2] < latent_frames:
         raise ValueError(f"{latents_file} holds {latents.shape[2]} latent frames, {frames} frames need {latent_frames}")
     latents = latents[:, :, :latent_frames].to(device).contiguous()
-    texts = encode_texts(pipe, prompts)
+    text_encoder = pipe.text_encoder
+    init_text = Path(init) / "text_encoder" / "model.safetensors" if init is not None else None
+    if init_text is not None and init_text.is_file():  # the encoder the init's transformer was trained against
+        text_encoder.load_state_dict(load_file(init_text), strict=False)  # strict: tied embeddings are saved once
     # the unconditional branch (last row) sees the empty prompt, as at sampling
-    contexts = pad_texts([*texts, encode_texts(pipe, [""])[0]], texts[0].shape[-1]).to(device)
+    ids, mask = (t.to(device) for t in tokenize(pipe, [*prompts, ""]))
+    if train_text:
+        text_encoder.to(device).train()
+        contexts = None
+    else:
+        texts = encode_texts(pipe, [*prompts, ""])
+        contexts = pad_texts(texts, texts[0].shape[-1]).to(device)
     prep_s = time.perf_counter() - t0
-    model = build_transformer(family, contexts.shape[-1], layers=layers)
+    model = build_transformer(family, text_encoder.config.d_model, layers=layers)
     if init is not None:
         model.load_state_dict(load_file(Path(init) / "transformer" / "diffusion_pytorch_model.safetensors"))
     model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    params = [*model.parameters(), *(text_encoder.parameters() if train_text else ())]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
     gen = torch.Generator(device).manual_seed(seed)
     out = Path(out)
@@ -199,7 +225,8 @@ def train(
             idx = torch.randint(len(latents), (batch,), generator=gen, device=device)
             x0 = latents[idx]
             keep = torch.rand(batch, generator=gen, device=device) >= drop
-            ctx = contexts[torch.where(keep, idx, len(texts))]
+            rows = torch.where(keep, idx, len(prompts))
+            ctx = embed(text_encoder, ids[rows], mask[rows]) if train_text else contexts[rows]
             if family == "wan":
                 sigma = sample_sigmas(batch, shift, gen).view(-1, 1, 1, 1, 1)
                 kwargs = {}
@@ -215,7 +242,7 @@ def train(
             loss = F.mse_loss(pred, noise - x0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             running += loss.detach()
@@ -228,7 +255,7 @@ def train(
     model.cpu()
     cls = WanPipeline if family == "wan" else SkyReelsV2DiffusionForcingPipeline
     pipe = cls(
-        tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=vae, scheduler=pipe.scheduler,
+        tokenizer=pipe.tokenizer, text_encoder=text_encoder.cpu().eval(), vae=vae, scheduler=pipe.scheduler,
         transformer=model.eval(),
     )  # fmt: skip
     pipe.save_pretrained(out, safe_serialization=True)
@@ -256,6 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", type=Path, default=None, help="pocket pipeline whose transformer starts training")
     parser.add_argument("--layers", type=int, default=4, help="transformer blocks")
+    parser.add_argument(
+        "--train-text", action="store_true", help="train the text encoder jointly (saved in the folder), not frozen"
+    )
     parser.add_argument("--device", default="cpu", help="where to encode the cache and train (cpu, cuda)")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering clips for a new cache")
     parser.add_argument("--log-every", type=int, default=20, help="steps per row of loss.csv")
@@ -273,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cached {args.clips} clips in {time.perf_counter() - t0:.0f} s")
     last = train(args.base, args.vae, args.out, args.latents, args.steps, args.batch, args.frames, args.lr,
                  args.seed, log_every=args.log_every, family=args.family, init=args.init, device=args.device,
-                 layers=args.layers)  # fmt: skip
+                 layers=args.layers, train_text=args.train_text)  # fmt: skip
     print(f"saved {args.out}: last loss {last['loss']:.4f}, {last['seconds']:.0f} s (data {last['prep_s']:.0f} s)")
 
 
