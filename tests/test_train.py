@@ -175,7 +175,10 @@ def test_the_text_encoder_trains_jointly_and_ships_in_the_folder(tmp_path):
                                        do_classifier_free_guidance=False, max_sequence_length=ids.shape[1])  # fmt: skip
     torch.testing.assert_close(ours, theirs)  # training embeds prompts exactly as the pipeline does
     again = tmp_path / "again"
-    train_wan(base, tmp_path / "vae", again, cache, steps=1, batch=2, frames=5, lr=0.0, warmup=0, log_every=1,
-              init=out)  # fmt: skip
+    last = train_wan(base, tmp_path / "vae", again, cache, steps=2, batch=2, frames=5, lr=0.0, warmup=0,
+                     log_every=1, init=out, eval_every=1, eval_prompts=1)  # fmt: skip
     kept = load_file(again / "text_encoder" / "model.safetensors")
     assert all(torch.equal(after[k], kept[k]) for k in after)  # warm start: the init's encoder, kept frozen
+    rows = (again / "accuracy.csv").read_text().splitlines()  # held-out accuracy every step, the best one kept
+    assert rows[0] == "step,colour,direction,count,all,mean,seconds" and len(rows) == 3
+    assert last["best_step"] in (1, 2) and 0 <= last["best_accuracy"] <= 1

@@ -15,11 +15,13 @@ same path as a real checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 
 from accel.models import POCKET_TEXT_TOKENS
 from accel.paths import ASSETS
-from accel.synthetic.procedural import dataset, spec_at
+from accel.synthetic.procedural import BASIC_DIRECTIONS, BASIC_SHAPES, dataset, held_out_prompts, spec_at
 from accel.training.vae import frames_as_batch, load_vae, lr_factor
 
 # Prompt embeddings are zero-padded to TEXT_TOKENS, as the pipeline does with max_sequence_length (the
@@ -90,6 +92,33 @@ def embed(text_encoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Prompt embeddings ``(B, TEXT_TOKENS, D)`` as the pipeline builds them: the encoder's states, zero past each
     prompt's tokens (differentiable, for training the encoder with the transformer)."""
     return text_encoder(ids, mask).last_hidden_state * mask[..., None].to(torch.float32)
+
+
+def evaluate(pipe, family: str, prompts: Sequence[str], seeds: Sequence[int]) -> dict[str, float]:
+    """Accuracy of a pipeline (being trained) on ``prompts`` x ``seeds``: each generated densely at the embedded
+    model's defaults (size, steps, guidance) and scored against its prompt by :mod:`accel.synthetic.scoring`."""
+    from accel import models
+    from accel.config import RunConfig
+    from accel.synthetic.scoring import aggregate, score_many
+
+    spec = models.resolve("pocket-wan" if family == "wan" else "pocket-skyreels")
+    videos, texts = [], []
+    for prompt in prompts:
+        for seed in seeds:
+            cfg = RunConfig(prompt=prompt, model=spec.name, seed=seed).resolve(spec.defaults)
+            with torch.inference_mode():
+                frames = pipe(**models.pipeline_call(cfg, spec)).frames[0]
+            videos.append((np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8))
+            texts.append(prompt)
+    return aggregate(score_many(videos, texts))
+
+
+def _save(pipe, out: Path, base: Path) -> None:
+    """The pipeline folder (safetensors), with the base's tokenizer files verbatim (a re-saved tokenizer would
+    record where it was loaded from)."""
+    pipe.save_pretrained(out, safe_serialization=True)
+    for src in (Path(base) / "tokenizer").iterdir():
+        shutil.copyfile(src, out / "tokenizer" / src.name)
 
 
 def _render(job: tuple[int, int, int, int, int]) -> np.ndarray:
@@ -167,11 +196,18 @@ def train(
     device: str = "cpu",
     layers: int = 4,
     train_text: bool = False,
+    eval_every: int = 0,
+    eval_prompts: int = 8,
+    eval_seeds: Sequence[int] = (0,),
 ) -> dict[str, float]:
     """Train on the cached latents (first latent frames of each clip for ``frames``) and save a pipeline folder.
 
     ``train_text`` trains the text encoder jointly (same optimizer and learning rate) and saves it in the folder in
     place of the base's frozen one, so the conditioning can learn to bind words to colour and motion.
+
+    ``eval_every`` > 0 scores the model on ``eval_prompts`` held-out prompts x ``eval_seeds`` every that many steps
+    and at the end (:func:`evaluate`; ``accuracy.csv`` beside ``loss.csv``) and keeps the best checkpoint (mean of
+    colour, direction and count accuracy; ties go to the later one) as the saved folder instead of the last.
 
     ``init`` warm-starts from another pocket pipeline's transformer (SkyReels-V2's DF models are fine-tuned from
     Wan2.1 the same way; both classes share one state-dict layout). On ``device`` ``cuda`` the data, the random
@@ -199,12 +235,11 @@ def train(
         text_encoder.load_state_dict(load_file(init_text), strict=False)  # strict: tied embeddings are saved once
     # the unconditional branch (last row) sees the empty prompt, as at sampling
     ids, mask = (t.to(device) for t in tokenize(pipe, [*prompts, ""]))
-    if train_text:
-        text_encoder.to(device).train()
-        contexts = None
-    else:
+    contexts = None
+    if not train_text:
         texts = encode_texts(pipe, [*prompts, ""])
         contexts = pad_texts(texts, texts[0].shape[-1]).to(device)
+    text_encoder.to(device).train(train_text)
     prep_s = time.perf_counter() - t0
     model = build_transformer(family, text_encoder.config.d_model, layers=layers)
     if init is not None:
@@ -217,7 +252,17 @@ def train(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     last: dict[str, float] = {}
-    with open(out / "loss.csv", "w", newline="") as fh:
+    cls = WanPipeline if family == "wan" else SkyReelsV2DiffusionForcingPipeline
+    current = cls(tokenizer=pipe.tokenizer, text_encoder=text_encoder, vae=vae.to(device), scheduler=pipe.scheduler,
+                  transformer=model)  # fmt: skip
+    held_out = held_out_prompts(eval_prompts, shapes=BASIC_SHAPES, directions=BASIC_DIRECTIONS)
+    best, best_step = -1.0, 0
+    with contextlib.ExitStack() as files:
+        fh = files.enter_context(open(out / "loss.csv", "w", newline=""))
+        acc_file = files.enter_context(open(out / "accuracy.csv", "w", newline="")) if eval_every > 0 else None
+        acc_writer = csv.writer(acc_file) if acc_file else None
+        if acc_writer:
+            acc_writer.writerow(["step", "colour", "direction", "count", "all", "mean", "seconds"])
         writer = csv.writer(fh)
         writer.writerow(["step", "loss", "seconds"])
         running = torch.zeros((), device=device)
@@ -252,16 +297,26 @@ def train(
                 writer.writerow([step, f"{last['loss']:.5f}", f"{last['seconds']:.1f}"])
                 fh.flush()
                 running.zero_()
-    model.cpu()
-    cls = WanPipeline if family == "wan" else SkyReelsV2DiffusionForcingPipeline
-    pipe = cls(
-        tokenizer=pipe.tokenizer, text_encoder=text_encoder.cpu().eval(), vae=vae, scheduler=pipe.scheduler,
-        transformer=model.eval(),
-    )  # fmt: skip
-    pipe.save_pretrained(out, safe_serialization=True)
-    # the tokenizer files verbatim: a re-saved tokenizer would record where it was loaded from
-    for src in (Path(base) / "tokenizer").iterdir():
-        shutil.copyfile(src, out / "tokenizer" / src.name)
+            if acc_writer and (step % eval_every == 0 or step == steps):
+                model.eval()
+                text_encoder.eval()
+                acc = evaluate(current, family, held_out, eval_seeds)
+                model.train()
+                text_encoder.train(train_text)
+                mean = (acc["colour_acc"] + acc["direction_acc"] + acc["count_acc"]) / 3
+                acc_writer.writerow([step, *(f"{acc[k]:.4f}" for k in ("colour_acc", "direction_acc", "count_acc",
+                                                                       "all_acc")), f"{mean:.4f}",
+                                     f"{time.perf_counter() - t0:.1f}"])  # fmt: skip
+                acc_file.flush()
+                if mean >= best:
+                    best, best_step = mean, step
+                    _save(current, out, base)
+    if eval_every > 0:
+        last.update(best_step=best_step, best_accuracy=best)
+    else:
+        model.eval()
+        text_encoder.eval()
+        _save(current, out, base)
     return last
 
 
@@ -284,6 +339,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", type=Path, default=None, help="pocket pipeline whose transformer starts training")
     parser.add_argument("--layers", type=int, default=4, help="transformer blocks")
     parser.add_argument(
+        "--eval-every", type=int, default=0, help="score held-out prompts every N steps, keep the best checkpoint"
+    )
+    parser.add_argument("--eval-prompts", type=int, default=8, help="held-out prompts per evaluation")
+    parser.add_argument("--eval-seeds", default="0", help="comma-separated seeds per evaluation prompt")
+    parser.add_argument(
         "--train-text", action="store_true", help="train the text encoder jointly (saved in the folder), not frozen"
     )
     parser.add_argument("--device", default="cpu", help="where to encode the cache and train (cpu, cuda)")
@@ -303,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cached {args.clips} clips in {time.perf_counter() - t0:.0f} s")
     last = train(args.base, args.vae, args.out, args.latents, args.steps, args.batch, args.frames, args.lr,
                  args.seed, log_every=args.log_every, family=args.family, init=args.init, device=args.device,
-                 layers=args.layers, train_text=args.train_text)  # fmt: skip
+                 layers=args.layers, train_text=args.train_text, eval_every=args.eval_every,
+                 eval_prompts=args.eval_prompts, eval_seeds=[int(s) for s in args.eval_seeds.split(",")])  # fmt: skip
     print(f"saved {args.out}: last loss {last['loss']:.4f}, {last['seconds']:.0f} s (data {last['prep_s']:.0f} s)")
 
 
