@@ -126,6 +126,13 @@ def run_dense_reference(run_id: str | None, progress=PROGRESS):
 
 
 @_shown
+def preset_sizes(model: str, name: str) -> list[Any]:
+    """Height, width and frames of a size preset for the form (empty = the model's defaults)."""
+    sizes = models.size_preset(models.resolve(model), name)
+    return [sizes.get(k, "") for k in ("height", "width", "frames")]
+
+
+@_shown
 def headline(run_id: str | None) -> str:
     return panels.headline(_store(), _open(run_id)) if run_id else ""
 
@@ -276,6 +283,10 @@ def generate_tab(run_pick: gr.Dropdown) -> gr.Markdown:
                 height = _optional_number("Height", "px; empty = default")
                 width = _optional_number("Width", "px; empty = default")
                 frames = _optional_number("Frames", "4k+1; empty = default")
+            size_preset = gr.Radio(
+                list(models.SIZE_PRESETS), value="default", label="Size preset",
+                info="bench: over 2,000 tokens per call (pocket models), where sparse attention can pay off on a CPU",
+            )  # fmt: skip
             with gr.Accordion("Diffusion forcing (SkyReels-V2)", open=False):
                 forcing = [_optional_number(k.replace("_", " "), "empty = model default") for k in forms.FORCING]
             with gr.Row():
@@ -295,6 +306,7 @@ def generate_tab(run_pick: gr.Dropdown) -> gr.Markdown:
             video = gr.Video(label="Output", autoplay=True)
             summary = gr.Markdown()
     method.change(lambda m: [gr.update(visible=n == m) for n in names], method, groups, api_name=False)
+    size_preset.change(preset_sizes, [model, size_preset], [height, width, frames], api_name=False)
     sampling = [seed, height, width, frames, steps, guidance, *forcing]  # forms.SAMPLING + forms.FORCING
     go_btn.click(
         run_generation, [model, method, prompt, negative, *sampling, profile_box, kernels, *field_inputs],

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import torch
 
+from accel.config import ConfigError
 from accel.errors import UserError
 from accel.paths import ASSETS
 
@@ -63,6 +64,8 @@ class ModelSpec:
     # FlowCache rescale polynomial and threshold presets (fitted on SkyReels-V2 1.3B / 14B)
     flowcache: dict[str, Any] = field(default_factory=lambda: dict(FLOWCACHE_13B))
     description: str = ""
+    # named sampling sizes beside the defaults, e.g. "bench": a size where attention dominates (see size_preset)
+    presets: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def is_local(self) -> bool:
@@ -114,9 +117,27 @@ EMBEDDED_FLOWCACHE = {"coefficients": "none", "slow": 0.3, "fast": 0.5, "motion"
 EMBEDDED_TMR_DELTA = {"xattention": 3.0, "svg2": 3.0}
 
 
+SIZE_PRESETS = ("default", "bench")
+# pocket "bench" sizes: over 2,000 tokens per transformer call, where attention is most of a step and sparse
+# attention can pay off on a CPU (256x256x33: 9 latent frames of 16x16 = 2,304; 304x304x21: 6 x 19 x 19 = 2,166)
+POCKET_BENCH = {"wan": {"height": 256, "width": 256, "frames": 33}, "skyreels": {"height": 304, "width": 304}}
+
+
+def size_preset(spec: ModelSpec, name: str) -> dict[str, int]:
+    """The sampling sizes of the size preset ``name``: ``default`` is the model's defaults (nothing to fill in),
+    others come from the model's ``presets``; an unknown name or one the model lacks is a one-line error."""
+    if name not in SIZE_PRESETS:
+        raise ConfigError(f"size preset must be one of {', '.join(SIZE_PRESETS)}, got {name!r}")
+    if name == "default":
+        return {}
+    if name not in spec.presets:
+        raise ConfigError(f"{spec.name} has no {name!r} size preset (the pocket models have one)")
+    return dict(spec.presets[name])
+
+
 def _embedded(name: str, family: str, defaults: dict[str, Any], description: str, pocket: bool) -> ModelSpec:
     """An embedded model under assets/: small blocks and clusters, the embedded TMR deltas, FlowCache thresholds
-    and (pocket models) the 32-token prompts they were trained with."""
+    and (pocket models) the 32-token prompts they were trained with and the bench size preset."""
     return ModelSpec(
         name=name,
         source=str(ASSETS / name),
@@ -129,6 +150,7 @@ def _embedded(name: str, family: str, defaults: dict[str, Any], description: str
         text_tokens=POCKET_TEXT_TOKENS if pocket else 512,
         flowcache=dict(EMBEDDED_FLOWCACHE if family == "skyreels" else FLOWCACHE_13B),
         description=description,
+        presets={"bench": POCKET_BENCH[family]} if pocket else {},
     )
 
 

@@ -248,3 +248,26 @@ def test_project_packages_do_not_shadow_hf_kernels():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_size_presets_fill_only_the_sizes_not_given() -> None:
+    """``--size-preset bench``: the pocket models' attention-heavy size (over 2,000 tokens per call); explicit sizes
+    win; a model without the preset or an unknown name is a one-line error."""
+    from accel import models
+    from accel.cli import build_parser
+    from accel.cli.flags import preset_sizes
+    from accel.config import ConfigError
+
+    for name in ("pocket-wan", "pocket-skyreels"):
+        spec = models.resolve(name)
+        sizes = {**spec.defaults, **models.size_preset(spec, "bench")}
+        latent = (sizes["frames"] - 1) // 4 + 1
+        assert latent * (sizes["height"] // 16) * (sizes["width"] // 16) >= 2000, name
+    parse = build_parser().parse_args
+    args = parse(["generate", "--prompt", "p", "--size-preset", "bench", "--frames", "17"])
+    assert {k: v for k, v in preset_sizes(args).items() if v} == {"height": 256, "width": 256, "frames": 17}
+    assert preset_sizes(parse(["generate", "--prompt", "p", "--size-preset", "default"]))["height"] is None
+    with pytest.raises(ConfigError, match="tiny-wan has no 'bench' size preset"):
+        preset_sizes(parse(["generate", "--prompt", "p", "--model", "tiny-wan", "--size-preset", "bench"]))
+    with pytest.raises(ConfigError, match="size preset must be one of"):
+        models.size_preset(models.resolve("pocket-wan"), "huge")

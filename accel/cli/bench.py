@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from accel.cli.common import STORE_HELP, CliError, Formatter, quiet_loading
-from accel.cli.flags import SIZE_FIELDS, add_sizes
+from accel.cli.flags import add_sizes, preset_sizes
 from accel.config import DEFAULT_MODEL
 
 
@@ -44,7 +44,7 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise CliError(f"--seeds must be integers separated by commas, got {args.seeds!r}") from None
-    sampling = {k: getattr(args, k) for k in SIZE_FIELDS if getattr(args, k) is not None}
+    sampling = {k: v for k, v in preset_sizes(args).items() if v is not None}
     names = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     rows = run_benchmark(args.model, names, args.prompts, seeds or [0], RunStore(args.out_dir), sampling,
                          log=lambda line: print(line, file=sys.stderr))  # fmt: skip

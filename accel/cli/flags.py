@@ -10,6 +10,7 @@ from accel import methods
 from accel.cli.common import CliError
 from accel.config import DEFAULT_MODEL, KERNEL_BACKENDS, ConfigError
 from accel.fields import FieldSpec, all_field_specs
+from accel.models import SIZE_PRESETS
 
 SETTING_PREFIX = "setting_"
 SIZE_FIELDS = ("height", "width", "frames", "steps", "guidance")
@@ -125,6 +126,12 @@ def add_sizes(parser: argparse.ArgumentParser) -> None:
     size.add_argument(
         "--frames", type=int, metavar="N", help="Number of frames, 4k+1 (5, 9, ..., 81). Default: the model's."
     )
+    size.add_argument(
+        "--size-preset",
+        choices=SIZE_PRESETS,
+        help="Named size: default (the model's) or bench (pocket models: over 2,000 tokens per call, where "
+        "attention dominates: 256x256x33 for pocket-wan). --height/--width/--frames still override it.",
+    )
     size.add_argument("--steps", type=int, metavar="N", help="Denoising steps. Default: the model's.")
     size.add_argument(
         "--guidance",
@@ -180,6 +187,17 @@ def floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def preset_sizes(args: argparse.Namespace) -> dict[str, Any]:
+    """The sizes given (``SIZE_FIELDS``), unset ones filled from ``--size-preset`` (unset ones mean the model's)."""
+    sizes = {name: getattr(args, name) for name in SIZE_FIELDS}
+    if getattr(args, "size_preset", None):
+        from accel import models
+
+        preset = models.size_preset(models.resolve(args.model), args.size_preset)
+        sizes.update({k: v for k, v in preset.items() if sizes.get(k) is None})
+    return sizes
+
+
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The sampling fields generate and calibrate both pass on (unset ones mean the model's defaults)."""
-    return {name: getattr(args, name) for name in ("negative_prompt", "seed", *SIZE_FIELDS)}
+    return {"negative_prompt": args.negative_prompt, "seed": args.seed, **preset_sizes(args)}
