@@ -7,13 +7,15 @@ import os
 import pytest
 import torch
 
+from accel.forms import DEFAULT_PROMPT
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # 64x64x5 frames -> latent 2 x 8 x 8 -> 2 x 4 x 4 = 32 tokens; 128x128x9 -> 3 x 8 x 8 = 192 tokens.
 SMALL = {"height": 64, "width": 64, "num_frames": 5, "num_inference_steps": 3, "guidance_scale": 5.0}
 MEDIUM = {"height": 128, "width": 128, "num_frames": 9, "num_inference_steps": 4, "guidance_scale": 5.0}
-PROMPT = "a red circle moves left over a blue background"
+PROMPT = DEFAULT_PROMPT  # the app's default: the browser test finds its dense reference among these runs
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZE = ["--height", "128", "--width", "128", "--frames", "5", "--steps", "3"]
 XATTN = ["--method", "xattention", "--tau", "0.5", "--block-size", "16", "--stride", "4", "--warmup-steps", "1",
          "--kernels", "torch"]  # fmt: skip
-PROMPT = ["--prompt", "a red circle moves left over a blue background"]
+PROMPT = ["--prompt", "a red circle moves quickly left over a blue background"]
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

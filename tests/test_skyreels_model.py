@@ -11,7 +11,7 @@ import torch
 from accel import models
 from accel.models import ModelLoadError, ModelSpec, load_pipeline, resolve
 
-PROMPT = "a red circle moves left over a blue background"
+PROMPT = "a red circle moves quickly left over a blue background"
 # 64x64, 21 frames -> 6 latent frames of 4 x 4 patches = 3 chunks of 2 latent frames
 SMALL = {"height": 64, "width": 64, "num_frames": 21, "base_num_frames": 21, "num_inference_steps": 3}
 
