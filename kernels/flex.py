@@ -45,29 +45,34 @@ def _compiled():
 
 def block_mask(mask: torch.Tensor, block_q: int, block_k: int, lq: int, lk: int):
     """The ``BlockMask`` of a bool block mask ``(B, H, nq, nk)`` over blocks of ``block_q`` x ``block_k`` tokens."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    from kernels.triton_attention import build_lookup
-
-    b, h, nq, nk = mask.shape
     tail = lk % block_k != 0  # the last key block is partial: its keys past lk are padding
     full = mask.clone() if tail else mask
     if tail:
         full[..., -1] = False
-    partial = mask & ~full
-    lut_full, count_full = build_lookup(full)
-    lut_part, count_part = build_lookup(partial)
 
     def selected(batch, head, q_idx, kv_idx):
         return mask[batch, head, q_idx // block_q, kv_idx // block_k] & (kv_idx < lk)
 
+    return _from_blocks(full, mask & ~full, (block_q, block_k), selected, lq, lk)
+
+
+def _from_blocks(full: torch.Tensor, partial: torch.Tensor, block: tuple[int, int], mask_mod, lq: int, lk: int):
+    """The ``BlockMask`` of bool ``full`` and ``partial`` block maps ``(B, H, nq, nk)`` (``mask_mod`` is evaluated in
+    the partial blocks only)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from kernels.triton_attention import build_lookup
+
+    b, h, nq, nk = full.shape
+    lut_full, count_full = build_lookup(full)
+    lut_part, count_part = build_lookup(partial)
     return BlockMask.from_kv_blocks(
         count_part.view(b, h, nq),
         lut_part.reshape(b, h, nq, nk).contiguous(),
         count_full.view(b, h, nq),
         lut_full.reshape(b, h, nq, nk).contiguous(),
-        BLOCK_SIZE=(block_q, block_k),
-        mask_mod=selected,
+        BLOCK_SIZE=block,
+        mask_mod=mask_mod,
         seq_lengths=(lq, lk),
     )
 
@@ -82,10 +87,7 @@ def cluster_block_mask(mask: torch.Tensor, q_off: torch.Tensor, k_off: torch.Ten
     clusters with offsets ``(B, H, n + 1)``: a grid block is computed when any cluster pair it overlaps is selected,
     *full* (no ``mask_mod``) when every one is, and *partial* otherwise, where the ``mask_mod`` looks up each token's
     cluster pair. Nothing of size ``Lq x Lk`` is built: rectangle sums of the cluster mask give both answers."""
-    from torch.nn.attention.flex_attention import BlockMask
-
     from kernels.block_sparse import block_token_ids
-    from kernels.triton_attention import build_lookup
 
     b, h, _, nk = mask.shape
     q_ids, k_ids = block_token_ids(q_off, lq), block_token_ids(k_off, lk)  # (B, H, L): each token's cluster
@@ -103,23 +105,12 @@ def cluster_block_mask(mask: torch.Tensor, q_off: torch.Tensor, k_off: torch.Ten
                 + corner(q_first, k_first))  # fmt: skip
     pairs = (q_last - q_first + 1)[..., :, None] * (k_last - k_first + 1)[..., None, :]
     full = (selected == pairs) & (lk % grid == 0 or torch.arange(gk) < gk - 1)  # a padded key block is partial
-    partial = (selected > 0) & ~full
-    lut_full, count_full = build_lookup(full)
-    lut_part, count_part = build_lookup(partial)
 
     def selected_pair(batch, head, q_idx, kv_idx):
         kv = kv_idx.clamp(max=lk - 1)
         return mask[batch, head, q_ids[batch, head, q_idx], k_ids[batch, head, kv]] & (kv_idx < lk)
 
-    return BlockMask.from_kv_blocks(
-        count_part.view(b, h, gq),
-        lut_part.reshape(b, h, gq, gk).contiguous(),
-        count_full.view(b, h, gq),
-        lut_full.reshape(b, h, gq, gk).contiguous(),
-        BLOCK_SIZE=(grid, grid),
-        mask_mod=selected_pair,
-        seq_lengths=(lq, lk),
-    )
+    return _from_blocks(full, (selected > 0) & ~full, (grid, grid), selected_pair, lq, lk)
 
 
 def flex_block_sparse_attention(
