@@ -97,10 +97,9 @@ class XAttention(HeadwiseSparse):
     def state_density(self, state, q, k):
         return uniform_density(state, self.block_size, self.block_size, q.shape[1], k.shape[1])
 
-    def _lookup(self, layer: int, state: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """What the kernel backend builds from ``state`` (Triton's visit lists, FlexAttention's BlockMask), kept per
-        layer while the mask is reused (TMR); None for the torch reference."""
-        backend = dispatch.resolve(q.device)
+    def _lookup(self, backend: str, layer: int, state: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        """What ``backend`` builds from ``state`` (Triton's visit lists, FlexAttention's BlockMask), kept per layer
+        while the mask is reused (TMR); None for torch."""
         if backend == "torch":
             return None
         kept = self._lookups.get(layer)
@@ -116,15 +115,17 @@ class XAttention(HeadwiseSparse):
             kept = self._lookups[layer] = (state, built)
         return kept[1]
 
-    def dense_above(self, q: torch.Tensor) -> float | None:
-        """The density above which a head runs dense SDPA: the setting, else the backend's crossover (None: off)."""
+    def dense_above(self, q: torch.Tensor, backend: str | None = None) -> float | None:
+        """The block work above which a head runs dense SDPA: the setting, else the crossover of ``backend`` (default:
+        the one ``q``'s device resolves to); None: off."""
         if self.settings.dense_above is not None:
             return self.settings.dense_above if self.settings.dense_above < 1 else None
-        return dense_crossover(dispatch.resolve(q.device), self.block_size, q.shape[1])
+        return dense_crossover(backend or dispatch.resolve(q.device), self.block_size, q.shape[1])
 
     def apply(self, q, k, v, state, layer, thresholds, mask_ref):
+        backend = dispatch.resolve(q.device)
         density = self.state_density(state, q, k)  # (B, H)
-        limit = self.dense_above(q)
+        limit = self.dense_above(q, backend)
         dense = work = None
         n_dense = 0
         if limit is not None:  # heads cheaper on dense SDPA: the blocks the kernel would compute, padding included
@@ -132,14 +133,14 @@ class XAttention(HeadwiseSparse):
             dense = work > limit
             n_dense = int(dense.sum())
         if n_dense == 0:
-            lookup = self._lookup(layer, state, q, k)
+            lookup = self._lookup(backend, layer, state, q, k)
             out = block_sparse_attention(
                 q, k, v, state, block_size=self.block_size, dense=self.dense_hint(q.device), lookup=lookup
             )
         elif n_dense == q.shape[2]:  # the same dense path as an all-true mask (bit for bit)
             out = block_sparse_attention(q, k, v, state, block_size=self.block_size, dense=True)
         else:
-            out = _split_heads(q, k, v, state, dense, self.block_size)
+            out = _split_heads(q, k, v, state, dense, self.block_size, compiled=backend == "flex")
         density = density.mean(0)
         if dense is not None:
             self.recorder.log(Event.DENSE_HEAD, dense.float(), layer=layer, threshold=limit, density=work)
@@ -160,15 +161,15 @@ def dense_crossover(backend: str, block_size: int, tokens: int) -> float | None:
     return 0.25 if block_size <= 32 else 0.45
 
 
-def _split_heads(q, k, v, mask, dense: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Dense SDPA for the ``dense`` heads (one batched call), block-sparse attention for the others. On a compiled
-    backend (FlexAttention) the sparse call keeps every head (the dense ones with an empty mask: no work), so its
-    shapes never change and it compiles once, not once per number of sparse heads; elsewhere it takes only the
-    sparse heads."""
-    out = torch.empty_like(q)
-    if dispatch.resolve(q.device) == "flex":
+def _split_heads(q, k, v, mask, dense: torch.Tensor, block_size: int, compiled: bool) -> torch.Tensor:
+    """Dense SDPA for the ``dense`` heads (one batched call), block-sparse attention for the others. On a
+    ``compiled`` backend (FlexAttention) the sparse call keeps every head (the dense ones with an empty mask: no
+    work), so its shapes never change and it compiles once, not once per number of sparse heads; elsewhere it takes
+    only the sparse heads."""
+    if compiled:
         out = block_sparse_attention(q, k, v, mask & ~dense.view(1, -1, 1, 1), block_size=block_size, dense=False)
     else:
+        out = torch.empty_like(q)
         sparse = ~dense
         out[:, :, sparse] = block_sparse_attention(
             q[:, :, sparse], k[:, :, sparse], v[:, :, sparse], mask[:, sparse], block_size=block_size, dense=False
