@@ -2,14 +2,13 @@
 
 ``python -m accel.training.wan --vae DIR --latents F.safetensors --out assets/pocket-wan --steps 4000`` encodes
 ``--clips`` training clips of :mod:`accel.synthetic.procedural` once with the (trained) VAE into a latent cache, embeds
-their prompts with the embedded text encoder (frozen: its word-level tokens already tell the prompts apart),
-and trains a small
+their prompts with the embedded text encoder (frozen, or trained jointly with ``--train-text``), and trains a small
 ``WanTransformer3DModel`` to predict ``noise - x0`` at ``x_sigma = (1 - sigma) x0 + sigma noise`` (the flow
 convention of diffusers' Wan schedulers), dropping the prompt 10% of the time for classifier-free guidance.
 With ``--family skyreels`` (and ``--base assets/tiny-skyreels``) it trains a SkyReels-V2 diffusion-forcing
 transformer instead: every chunk of latent frames gets its own noise level, so chunked autoregressive sampling
-works. The result is a complete diffusers pipeline folder (safetensors) plus ``loss.csv``; it loads through the
-same path as a real checkpoint.
+works. The result is a complete diffusers pipeline folder (safetensors) plus ``loss.csv`` (and ``accuracy.csv`` with
+``--eval-every``); it loads through the same path as a real checkpoint.
 """
 
 from __future__ import annotations
@@ -69,17 +68,6 @@ def encode_latents(vae, pixels: np.ndarray, batch: int = 16, device: str = "cpu"
         mu = vae.encode(frames_as_batch(pixels[i : i + batch]).to(device)).latent_dist.mean
         out.append((mu - mean) / std)
     return torch.cat(out)
-
-
-@torch.no_grad()
-def encode_texts(pipe, prompts: list[str]) -> list[torch.Tensor]:
-    """Per prompt, its token embeddings without the padding ``(n_tokens, D)``."""
-    out = []
-    for p in prompts:
-        ids = pipe.tokenizer(p, return_tensors="pt", truncation=True, max_length=TEXT_TOKENS)
-        emb = pipe.text_encoder(ids.input_ids, ids.attention_mask).last_hidden_state[0]
-        out.append(emb[: int(ids.attention_mask.sum())])
-    return out
 
 
 def tokenize(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,14 +151,6 @@ def read_latents(path: Path) -> tuple[torch.Tensor, list[str]]:
         return fh.get_tensor("latents"), json.loads(fh.metadata()["prompts"])
 
 
-def pad_texts(embs: list[torch.Tensor], dim: int) -> torch.Tensor:
-    """Zero-padded ``(B, TEXT_TOKENS, D)`` batch, as the pipeline builds it."""
-    batch = torch.zeros(len(embs), TEXT_TOKENS, dim)
-    for i, e in enumerate(embs):
-        batch[i, : len(e)] = e
-    return batch
-
-
 def sample_sigmas(n: int, shift: float, generator: torch.Generator) -> torch.Tensor:
     """Logit-normal sigmas, shifted like the sampler's ``flow_shift`` so training matches sampling."""
     s = torch.sigmoid(torch.randn(n, generator=generator, device=generator.device))
@@ -232,14 +212,14 @@ def train(
     text_encoder = pipe.text_encoder
     init_text = Path(init) / "text_encoder" / "model.safetensors" if init is not None else None
     if init_text is not None and init_text.is_file():  # the encoder the init's transformer was trained against
-        text_encoder.load_state_dict(load_file(init_text), strict=False)  # strict: tied embeddings are saved once
+        text_encoder.load_state_dict(load_file(init_text), strict=False)  # not strict: tied embeddings saved once
     # the unconditional branch (last row) sees the empty prompt, as at sampling
     ids, mask = (t.to(device) for t in tokenize(pipe, [*prompts, ""]))
-    contexts = None
-    if not train_text:
-        texts = encode_texts(pipe, [*prompts, ""])
-        contexts = pad_texts(texts, texts[0].shape[-1]).to(device)
     text_encoder.to(device).train(train_text)
+    contexts = None
+    if not train_text:  # a frozen encoder: every prompt embedded once
+        with torch.no_grad():
+            contexts = embed(text_encoder, ids, mask)
     prep_s = time.perf_counter() - t0
     model = build_transformer(family, text_encoder.config.d_model, layers=layers)
     if init is not None:
