@@ -72,12 +72,14 @@ def _program(H):
 
 @device
 def _attend_tile(
-    acc, m_i, l_i, q, k_base, v_base, offs_n, n_ok, offs_d, d_ok, stride_kl, stride_vl, qk_scale,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    acc, m_i, l_i, q, k_base, v_base, k_lo, k_hi, offs_d, d_ok, stride_kl, stride_vl, qk_scale,
+    BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """One key tile of the online softmax (FlashAttention-2): scores of the query rows ``q`` against keys
-    ``offs_n`` (``n_ok``: in range), the running max ``m_i`` and sum ``l_i`` rescaled, ``P V`` accumulated in fp32
-    (log2 domain: ``qk_scale`` includes log2(e))."""
+    """One key tile of the online softmax (FlashAttention-2): scores of the query rows ``q`` against the ``BLOCK_N``
+    keys from ``k_lo`` (those from ``k_hi`` on masked out), the running max ``m_i`` and sum ``l_i`` rescaled, ``P V``
+    accumulated in fp32 (log2 domain: ``qk_scale`` includes log2(e))."""
+    offs_n = k_lo + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < k_hi
     kt = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
     if DOT_FP32:
         kt = kt.to(tl.float32)
@@ -168,11 +170,9 @@ def _fixed_fwd(
         kblk = tl.load(lut + t // TILES_K)
         k_lo = kblk * BS_K + (t % TILES_K) * BLOCK_N
         k_hi = tl.minimum(kblk * BS_K + BS_K, LK)
-        offs_n = k_lo + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < k_hi
         acc, m_i, l_i = _attend_tile(
-            acc, m_i, l_i, q, k_base, v_base, offs_n, n_ok, offs_d, d_ok, stride_kl, stride_vl, qk_scale,
-            DOT_FP32, PRECISION,
+            acc, m_i, l_i, q, k_base, v_base, k_lo, k_hi, offs_d, d_ok, stride_kl, stride_vl, qk_scale,
+            BLOCK_N, DOT_FP32, PRECISION,
         )  # fmt: skip
     _store_rows(Out + b * stride_ob + h * stride_oh, acc, l_i, offs_m, m_ok, offs_d, d_ok, stride_ol)
 
@@ -236,11 +236,9 @@ def _varlen_fwd(
     for t in range(0, cnt):  # one flat list of key tiles: the selected clusters merged into runs, cut in BLOCK_N
         k_lo = tl.load(KT_LO + kt + t)
         k_hi = tl.load(KT_HI + kt + t)
-        offs_n = k_lo + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < k_hi
         acc, m_i, l_i = _attend_tile(
-            acc, m_i, l_i, q, k_base, v_base, offs_n, n_ok, offs_d, d_ok, stride_kl, stride_vl, qk_scale,
-            DOT_FP32, PRECISION,
+            acc, m_i, l_i, q, k_base, v_base, k_lo, k_hi, offs_d, d_ok, stride_kl, stride_vl, qk_scale,
+            BLOCK_N, DOT_FP32, PRECISION,
         )  # fmt: skip
     _store_rows(Out + b * stride_ob + h * stride_oh, acc, l_i, offs_m, m_ok, offs_d, d_ok, stride_ol)
 
