@@ -244,18 +244,24 @@ def xattention_lookup() -> None:
 # -- interpreter cases: estimation ------------------------------------------------------------------------
 
 
+def _scores_match_the_reference(q: torch.Tensor, k: torch.Tensor, stride: int, block: int) -> None:
+    """The Triton estimator ran and equals the float64 torch reference; each reduced query row of each of the 2 heads
+    sums to one."""
+    before = dispatch.calls[("antidiagonal_block_scores", "triton")]
+    got = kernels.antidiagonal_block_scores(q, k, stride, block)
+    ran_triton("antidiagonal_block_scores", before)
+    ref = kernels.antidiagonal_block_scores(q.double(), k.double(), stride, block, backend="torch")
+    torch.testing.assert_close(got.double(), ref.double(), atol=1e-5, rtol=1e-5)
+    assert got.sum().item() == pytest.approx(math.ceil(q.shape[1] / stride) * 2, rel=1e-5)
+
+
 @case("estimate_64_64_s4_b16_d64", lq=64, lk=64, stride=4, block=16, d=64)
 @case("estimate_odd_45_53_s4_b8", lq=45, lk=53, stride=4, block=8, d=16)
 @case("estimate_odd_100_77_s8_b32_d128", lq=100, lk=77, stride=8, block=32, d=128)
 @case("estimate_30_30_s2_b4_d24", lq=30, lk=30, stride=2, block=4, d=24)
 def estimate(lq: int, lk: int, stride: int, block: int, d: int) -> None:
     q, k, _ = qkv(1, lq, lk, 2, d, seed=16)
-    before = dispatch.calls[("antidiagonal_block_scores", "triton")]
-    got = kernels.antidiagonal_block_scores(q, k, stride, block)
-    ran_triton("antidiagonal_block_scores", before)
-    ref = kernels.antidiagonal_block_scores(q.double(), k.double(), stride, block, backend="torch")
-    torch.testing.assert_close(got.double(), ref.double(), atol=1e-5, rtol=1e-5)
-    assert got.sum().item() == pytest.approx(math.ceil(lq / stride) * 2, rel=1e-5)
+    _scores_match_the_reference(q, k, stride, block)
 
 
 @case("estimate_growing_logits_517_611_s4_b16_d32", lq=517, lk=611, stride=4, block=16, d=32, growth=4.0)
@@ -278,12 +284,7 @@ def estimate_growing_logits(lq: int, lk: int, stride: int, block: int, d: int, g
     assert logits.shape[-1] >= 4 * tile  # several key tiles per row
     rise = logits.amax(-1) - logits[..., :tile].amax(-1)
     assert rise.min() > 4  # in every row the first tile's max is far below the final one: rescales far from 1
-    before = dispatch.calls[("antidiagonal_block_scores", "triton")]
-    got = kernels.antidiagonal_block_scores(q, k, stride, block)
-    ran_triton("antidiagonal_block_scores", before)
-    ref = kernels.antidiagonal_block_scores(q.double(), k.double(), stride, block, backend="torch")
-    torch.testing.assert_close(got.double(), ref.double(), atol=1e-5, rtol=1e-5)
-    assert got.sum().item() == pytest.approx(math.ceil(lq / stride) * 2, rel=1e-5)
+    _scores_match_the_reference(q, k, stride, block)
 
 
 @case("dispatch_under_interpreter")

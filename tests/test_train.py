@@ -106,6 +106,17 @@ def test_vae_cli_resume_continues_from_the_saved_weights(tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)  # lr 0: a resumed run keeps every weight
 
 
+def _vae_and_cache(tmp_path: Path, clips: int) -> Path:
+    """A one-step VAE in ``tmp_path / "vae"`` and a latent cache of ``clips`` 5-frame 32-px clips; returns the cache."""
+    from accel.training.vae import train as train_vae
+    from accel.training.wan import cache_latents
+
+    train_vae(tmp_path / "vae", steps=1, batch=1, size=32, crop=32, frames=5, log_every=1)
+    cache = tmp_path / "latents.safetensors"
+    cache_latents(tmp_path / "vae", cache, clips=clips, size=32, frames=5, seed=0)
+    return cache
+
+
 def _logged(path: Path, column: str) -> list[float]:
     lines = path.read_text().splitlines()
     at = lines[0].split(",").index(column)
@@ -130,13 +141,9 @@ def test_the_vae_overfits_one_clip(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_the_transformer_overfits_one_clip(tmp_path):
     """Flow matching on one cached clip, no prompt dropout: the loss falls far below where it started."""
-    from accel.training.vae import train as train_vae
-    from accel.training.wan import cache_latents
     from accel.training.wan import train as train_wan
 
-    train_vae(tmp_path / "vae", steps=1, batch=1, size=32, crop=32, frames=5, log_every=1)
-    cache = tmp_path / "latents.safetensors"
-    cache_latents(tmp_path / "vae", cache, clips=1, size=32, frames=5, seed=0)
+    cache = _vae_and_cache(tmp_path, clips=1)
     base = Path(__file__).resolve().parent.parent / "assets" / "tiny-wan"
     out = tmp_path / "wan"
     train_wan(base, tmp_path / "vae", out, cache, steps=120, batch=4, frames=5, lr=2e-3, drop=0.0, warmup=0,
@@ -153,13 +160,10 @@ def test_the_text_encoder_trains_jointly_and_ships_in_the_folder(tmp_path):
     from safetensors.torch import load_file
 
     from accel.models import load_pipeline
-    from accel.training.vae import train as train_vae
-    from accel.training.wan import cache_latents, embed, tokenize
+    from accel.training.wan import embed, tokenize
     from accel.training.wan import train as train_wan
 
-    train_vae(tmp_path / "vae", steps=1, batch=1, size=32, crop=32, frames=5, log_every=1)
-    cache = tmp_path / "latents.safetensors"
-    cache_latents(tmp_path / "vae", cache, clips=2, size=32, frames=5, seed=0)
+    cache = _vae_and_cache(tmp_path, clips=2)
     base = Path(__file__).resolve().parent.parent / "assets" / "tiny-wan"
     out = tmp_path / "wan"
     train_wan(base, tmp_path / "vae", out, cache, steps=3, batch=2, frames=5, lr=1e-2, warmup=0, log_every=1,
