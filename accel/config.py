@@ -355,7 +355,11 @@ class FlowCacheSettings(KVSettings):
         metadata=_help("Accumulator threshold; empty = the preset's value for the model; <= 0 disables reuse.",
                        abbrev="t"),
     )  # fmt: skip
-    ret_steps: int = field(default=5, metadata=_help("Leading steps of each chunk always computed (warm-up)."))
+    ret_steps: int | None = field(
+        default=None,
+        metadata=_help("Leading steps of each chunk always computed (warm-up); empty = the reference's 5 of 50 "
+                       "steps scaled to the run (2 of 20), 1 without the ret-steps polynomial."),
+    )  # fmt: skip
     coefficients: str | None = field(
         default=None,
         metadata=_help(
@@ -369,7 +373,8 @@ class FlowCacheSettings(KVSettings):
         _check_choice("preset", self.preset, PRESETS)
         if self.thresh is not None and not isinstance(self.thresh, (int, float)):
             raise ConfigError(f"thresh must be a number, got {self.thresh!r}")
-        _check_int("ret_steps", self.ret_steps, 0)
+        if self.ret_steps is not None:
+            _check_int("ret_steps", self.ret_steps, 0)
         self._check_kv()
         _check_choice("coefficients", self.coefficients, FLOWCACHE_COEFFICIENTS, optional=True)
 
@@ -384,7 +389,11 @@ class MotionCacheSettings(KVSettings):
         metadata=_help("Per-token accumulator threshold; empty = the model's (0.1 on SkyReels-V2); <= 0: no reuse.",
                        abbrev="t"),
     )  # fmt: skip
-    warmup: int = field(default=4, metadata=_help("Steps of each chunk computed fully before reuse starts."))
+    warmup: int | None = field(
+        default=None,
+        metadata=_help("Steps of each chunk computed fully before reuse starts; empty = the reference's 4 of 50 "
+                       "steps scaled to the run (2 of 20)."),
+    )  # fmt: skip
     phase1_updates: int | None = field(
         default=None,
         metadata=_help("Updating steps with uniform weights before motion weights apply; empty = the model's "
@@ -406,7 +415,8 @@ class MotionCacheSettings(KVSettings):
     )
 
     def check(self) -> None:
-        _check_int("warmup", self.warmup, 0)
+        if self.warmup is not None:
+            _check_int("warmup", self.warmup, 0)
         if self.phase1_updates is not None:
             _check_int("phase1_updates", self.phase1_updates, 0)
         for name in ("floor", "min_update_ratio", "vote"):
@@ -444,6 +454,9 @@ def settings_for(method: str, values: dict[str, Any] | None = None) -> MethodSet
 
 
 KERNEL_BACKENDS = ("auto", "triton", "flex", "torch")  # kernels.dispatch.BACKENDS (config imports no torch)
+# How a finished chunk's K/V are frozen in chunked diffusion-forcing runs (accel.cache.chunked): the K/V of its
+# last denoising step (both seed implementations) or one more pass at timestep 0 (diffusers' full window).
+COMMIT_MODES = ("last-step", "clean-pass")
 
 
 @dataclass(frozen=True)
@@ -471,6 +484,7 @@ class RunConfig:
     base_num_frames: int | None = None
     overlap_history: int | None = None
     addnoise_condition: float | None = None
+    kv_commit: str = "last-step"  # COMMIT_MODES: how chunked (SkyReels-V2) runs freeze a finished chunk's K/V
     device: str | None = None
     dtype: str | None = None
     kernels: str | None = None  # kernel backend (auto | triton | flex | torch); None = $ACCEL_KERNELS, else auto
@@ -517,6 +531,7 @@ class RunConfig:
             raise ConfigError(f"overlap_history {overlap} must be smaller than base_num_frames {base}")
         if self.addnoise_condition is not None and not 0 <= self.addnoise_condition < 1000:
             raise ConfigError(f"addnoise_condition must be in [0, 1000), got {self.addnoise_condition}")
+        _check_choice("kv_commit", self.kv_commit, COMMIT_MODES)
         if self.dtype is not None and self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.kernels is not None and self.kernels not in KERNEL_BACKENDS:

@@ -104,3 +104,41 @@ def test_config_validation(wan) -> None:
     cfg = baseline_config("taylorseer", wan, cache_interval=2)
     assert cfg.cache_interval == 2 and r"blocks\.\d+\.ffn" in cfg.cache_identifiers
     assert baseline_config("fastercache", wan).is_guidance_distilled
+
+
+@pytest.mark.parametrize("name", ["pab", "fastercache"])
+def test_a_reused_attention_output_comes_from_its_own_cfg_branch(wan, name: str) -> None:
+    """diffusers 0.42 keeps one PAB / FasterCache state for both CFG calls; BranchStates keeps one per branch: a
+    skipped call returns its own branch's last computed output (PAB) or extrapolates its own branch's last two
+    outputs (FasterCache, weight 0.5, which caches every output, approximated ones too)."""
+    from diffusers.hooks.hooks import HookRegistry
+
+    from accel.cache.baselines import BRANCH_HOOK
+
+    attn = wan.transformer.blocks[1].attn1
+    computed: dict[str, list[torch.Tensor]] = {"cond": [], "uncond": []}
+    outputs: dict[str, list[torch.Tensor]] = {"cond": [], "uncond": []}
+    skipped: list[tuple[str, torch.Tensor, list[torch.Tensor]]] = []
+    ran: list[bool] = []
+
+    def after(_module, _args, output) -> None:
+        branch = HookRegistry.check_if_exists_or_initialize(wan.transformer).get_hook(BRANCH_HOOK).current
+        (computed[branch].append(output) if ran else skipped.append((branch, output, list(outputs[branch]))))
+        outputs[branch].append(output)
+        ran.clear()
+
+    handles = [attn.to_q.register_forward_hook(lambda *_: ran.append(True)), attn.register_forward_hook(after)]
+    try:
+        with baseline_installed(wan, name) as counter:
+            _run(wan, output_type="latent", **{**WAN, "num_inference_steps": 8})
+    finally:
+        for h in handles:
+            h.remove()
+    assert skipped and counter.summary()["skipped_fraction"] > 0
+    assert {b for b, *_ in skipped} == {"cond", "uncond"}
+    for branch, out, before in skipped:
+        mine, other = computed[branch], computed["uncond" if branch == "cond" else "cond"]
+        if name == "pab":
+            assert any(out is c for c in mine) and not any(out is c for c in other)
+        else:
+            torch.testing.assert_close(out, before[-1] + 0.5 * (before[-1] - before[-2]))

@@ -60,12 +60,22 @@ def test_uncached_runner_equals_the_diffusers_pipeline(sky_pipe, ar_step):
     with torch.inference_mode():
         ref = sky_pipe(PROMPT, negative_prompt="blurry", generator=torch.Generator().manual_seed(3), ar_step=ar_step,
                        causal_block_size=cbs, output_type="latent", **common).frames  # fmt: skip
-    runner = ChunkedRunner(sky_pipe)
+    runner = ChunkedRunner(sky_pipe, commit="clean-pass")
     got = runner.generate(PROMPT, "blurry", 64, 64, frames, 4, 5.0, seed=3, ar_step=ar_step, causal_block_size=cbs,
                           output_type="latent")  # fmt: skip
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
     assert runner.stats["group_steps"] == 3 * 4
     assert runner.stats["commit_passes"] == 3 * 2  # every finished group, both branches
+    # the seeds' commit: no extra pass, the last step's K/V stay; a different (still finite) video
+    seeds = ChunkedRunner(sky_pipe)
+    assert seeds.commit == "last-step"
+    other = seeds.generate(PROMPT, "blurry", 64, 64, frames, 4, 5.0, seed=3, ar_step=ar_step, causal_block_size=cbs,
+                           output_type="latent")  # fmt: skip
+    assert seeds.stats["commit_passes"] == 0 and seeds.stats["group_steps"] == 3 * 4
+    if ar_step == 0:  # synchronous: every group finishes in the last row, no one attends a committed group
+        torch.testing.assert_close(other, ref, atol=1e-4, rtol=1e-4)
+    else:  # later groups attend the earlier ones' last-step K/V instead of their clean pass
+        assert torch.isfinite(other).all() and not torch.allclose(other, ref, atol=1e-3)
 
 
 def test_trailing_partial_group_is_denoised(sky_pipe):
@@ -236,7 +246,7 @@ def test_long_video_segments_equal_the_diffusers_pipeline(sky_pipe):
     with torch.inference_mode():
         ref = sky_pipe(PROMPT, negative_prompt="", generator=torch.Generator().manual_seed(2), ar_step=1,
                        causal_block_size=cbs, output_type="latent", **common, **long).frames  # fmt: skip
-    runner = ChunkedRunner(sky_pipe)
+    runner = ChunkedRunner(sky_pipe, commit="clean-pass")
     got = runner.generate(PROMPT, "", 64, 64, 29, 3, 5.0, seed=2, ar_step=1, causal_block_size=cbs,
                           output_type="latent", **long)  # fmt: skip
     assert got.shape == ref.shape == (1, 16, 8, 8, 8)
@@ -281,14 +291,48 @@ def test_chunk_cache_fills_in_the_models_motioncache_and_flowcache_defaults():
 def test_block_executions_count_recomputed_tokens():
     from accel.cache.chunked import work_metrics
 
-    # 10 group steps x 2 branches; 15 full recomputes of 32-token chunks, 2 partial ones of 8 tokens; 3 commits
-    stats = {"group_steps": 10, "commit_passes": 3, "tokens_recomputed": 15 * 32 + 2 * 8,
-             "chunk_compute": 15, "chunk_partial": 2, "chunk_reuse": 3}  # fmt: skip
-    m = work_metrics(stats, layers=4, chunk_tokens=32, cfg_branches=2)
-    assert m["block_executions"] == (15 + 0.5 + 3) * 4 == 74.0
-    assert m["block_executions_uncached"] == (20 + 3) * 4 == 92
-    assert m["linear_flops_saved_frac"] == pytest.approx(1 - 74 / 92)
+    # 10 group steps x 2 branches, the last group of 16 tokens (a short chunk); 15 full recomputes of 32-token
+    # chunks, 2 partial ones of 8 tokens, 3 reuses; 3 commit passes over 32, 32 and 16 tokens
+    stats = {"group_steps": 10, "commit_passes": 3, "tokens_recomputed": 15 * 32 + 2 * 8, "commit_tokens": 80,
+             "tokens_scheduled": 16 * 32 + 4 * 16, "chunk_compute": 15, "chunk_partial": 2,
+             "chunk_reuse": 3}  # fmt: skip
+    m = work_metrics([stats], layers=4, chunk_tokens=32)
+    assert m["block_executions"] == (15 + 0.5 + 2.5) * 4 == 72.0
+    assert m["block_executions_uncached"] == (16 + 2 + 2.5) * 4 == 82
+    assert m["linear_flops_saved_frac"] == pytest.approx(1 - 72 / 82)
     assert (m["chunk_computes"], m["chunk_partials"], m["chunk_reuses"], m["chunk_defers"]) == (15, 2, 3, 0)
+    # a long video's windows: the totals are the sums over them, and each window is reported
+    two = work_metrics([stats, dict(stats, tokens_recomputed=stats["tokens_scheduled"])], layers=4, chunk_tokens=32)
+    assert [s["block_executions"] for s in two["segments"]] == [72.0, 82.0]
+    assert two["block_executions"] == 72 + 82 and two["block_executions_uncached"] == 2 * 82
+    assert two["group_steps"] == sum(s["group_steps"] for s in two["segments"]) == 20
+
+
+@pytest.mark.parametrize("frames", [17, 33])
+def test_the_uncached_runner_saves_nothing_at_any_length(sky_pipe, frames):
+    """A short last chunk (17 frames: 5 latent frames, chunks of 2, 2, 1) counts the same on both sides."""
+    from accel.cache.chunked import work_metrics
+
+    runner = ChunkedRunner(sky_pipe, commit="clean-pass")
+    runner.generate(PROMPT, "", 32, 32, frames, 2, 5.0, seed=0, ar_step=1, causal_block_size=2, output_type="latent")
+    m = work_metrics(runner.segments, 4, runner.chunk_tokens)
+    assert m["linear_flops_saved_frac"] == 0.0 and m["block_executions"] == m["block_executions_uncached"]
+
+
+def test_long_video_counts_every_segment(sky_pipe):
+    """A 3-segment video reports all its group steps, not only the last window's."""
+    from accel.cache.chunked import work_metrics
+    from accel.cache.flowcache import FlowCache
+
+    runner = ChunkedRunner(sky_pipe, cache=FlowCache(thresh=1e9, ret_steps=1, coefficients="none"))
+    long = {"base_num_frames": 13, "overlap_history": 5}  # 37 frames: 10 latent frames, windows of 4, overlap 2
+    runner.generate(PROMPT, "", 32, 32, 37, 4, 5.0, seed=0, ar_step=1, causal_block_size=2, output_type="latent",
+                    **long)  # fmt: skip
+    assert len(runner.segments) == 4
+    m = work_metrics(runner.segments, 4, runner.chunk_tokens)
+    assert m["group_steps"] == 2 * 4 + 3 * (1 * 4) == sum(s["group_steps"] for s in m["segments"])
+    assert m["block_executions"] == pytest.approx(sum(s["block_executions"] for s in m["segments"]))
+    assert 0 < m["block_executions"] < m["block_executions_uncached"]
 
 
 def test_a_motioncache_runs_block_count_is_its_telemetry(stored_runs):
@@ -298,6 +342,6 @@ def test_a_motioncache_runs_block_count_is_its_telemetry(stored_runs):
     run = runs["motion"]
     t, m = run.telemetry, run.metrics
     tokens = t[t.event == "tokens_updated"]["value"].sum()
-    commits = (t.event == "chunk_done").sum()
+    commits = t[t.event == "chunk_done"]["value"].sum()  # 1 per commit pass, 0 where the last step's K/V stay
     assert m["block_executions"] == pytest.approx((tokens / 32 + commits) * 4)
     assert m["chunk_partials"] == (t.event == "chunk_partial").sum() and m["commit_passes"] == commits

@@ -232,14 +232,32 @@ def test_every_prompt_the_app_and_the_readme_offer_is_in_the_grammar() -> None:
     import re
     from pathlib import Path
 
+    from accel.attention.calibrate import GRAMMAR_PROMPTS, default_prompts
     from accel.forms import DEFAULT_PROMPT
 
+    assert default_prompts("pocket-wan") == GRAMMAR_PROMPTS != default_prompts("wan2.1-1.3b")
     root = Path(__file__).resolve().parents[1]
     readme = re.findall(r'--prompt "([^"]+)"', (root / "README.md").read_text(encoding="utf-8"))
     device_check = re.findall(r'"--prompt", default="([^"]+)"', (root / "devicecheck/generate.py").read_text())
-    offered = [DEFAULT_PROMPT, *readme, *device_check]
+    offered = [DEFAULT_PROMPT, *readme, *device_check, *GRAMMAR_PROMPTS]
     assert len(offered) >= 5
     for prompt in offered:
         P.parse_prompt(prompt)  # raises on a prompt outside the grammar
     with pytest.raises(ValueError, match="without motion"):
         P.parse_prompt("a red circle moves left over a blue background")  # no speed word: not in the grammar
+
+
+def test_the_embedded_tokenizers_know_every_grammar_word() -> None:
+    """No grammar word may be <unk> (diamond, vertical/horizontal and upper/lower once were): the models could not
+    tell a diamond from a star, or an upper-left motion from a lower-left one."""
+    from transformers import AutoTokenizer
+
+    from accel.paths import ASSETS
+
+    words = {w for group in (P.COLOURS, P.SHAPES, P.BACKGROUNDS, P.DIRECTION_PHRASES.values(), P.SPEED_WORDS.values())
+             for phrase in group for w in phrase.split()}  # fmt: skip
+    words |= {"an", "over", "background", "moves", "move", "and", "while", "the", "camera", "pans"}
+    for model in ("tiny-wan", "tiny-skyreels", "pocket-wan", "pocket-skyreels"):
+        tok = AutoTokenizer.from_pretrained(ASSETS / model / "tokenizer")
+        unknown = [w for w in sorted(words) if tok.convert_tokens_to_ids(w) == tok.unk_token_id]
+        assert not unknown, (model, unknown)

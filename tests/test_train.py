@@ -186,3 +186,10 @@ def test_the_text_encoder_trains_jointly_and_ships_in_the_folder(tmp_path):
     rows = (again / "accuracy.csv").read_text().splitlines()  # held-out accuracy every step, the best one kept
     assert rows[0] == "step,colour,direction,count,all,mean,seconds" and len(rows) == 3
     assert last["best_step"] in (1, 2) and 0 <= last["best_accuracy"] <= 1
+    # a moving average that barely moves is what gets saved: the raw weights took steps of lr 1e-2, it did not
+    ema = tmp_path / "ema"
+    train_wan(base, tmp_path / "vae", ema, cache, steps=2, batch=2, frames=5, lr=1e-2, warmup=0, log_every=1,
+              init=out, ema=1.0 - 1e-9)  # fmt: skip
+    start = load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
+    saved = load_file(ema / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.allclose(start[k], saved[k], atol=1e-6) for k in start)

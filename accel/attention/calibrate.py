@@ -41,15 +41,33 @@ from accel.methods import build_attention, calibratable
 from accel.models import pipeline_call
 from kernels import dispatch
 
+# Calibration prompts for real checkpoints: natural captions like the seeds' evaluation prompts.
 DEFAULT_PROMPTS = (
     "a red circle moves quickly left over a blue background",
     "a small boat drifts on a calm lake at sunset",
     "a dog runs across a green field",
     "clouds move slowly over snowy mountains",
 )
+# For the embedded models: their word-level tokenizer only knows the procedural grammar, so natural captions
+# would be mostly unknown words. The app's default prompt plus training-split clips 0, 5 and 9 of
+# accel.synthetic.procedural (no held-out combination, so bench-quality's prompts stay unseen).
+GRAMMAR_PROMPTS = (
+    "a red circle moves quickly left over a blue background",
+    "a yellow circle and a blue star move slowly left over a horizontal gradient purple background",
+    "a white triangle moves slowly down over a vertical gradient yellow background while the camera pans down",
+    "a green square moves quickly down and a purple diamond moves slowly to the upper left over a vertical "
+    "gradient blue background",
+)
 BAND_NAMES = ("LL", "LH", "HL", "HH")  # temporal x spatial
 REPLAY_HOOK = "accel_calibration_replay"
 Progress = Callable[[str], None]
+
+
+def default_prompts(model: str) -> tuple[str, ...]:
+    """The calibration prompts used when none are given: the grammar's for embedded models, else captions."""
+    from accel import models
+
+    return GRAMMAR_PROMPTS if models.resolve(model).embedded else DEFAULT_PROMPTS
 
 
 def _default_base() -> RunConfig:

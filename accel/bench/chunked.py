@@ -1,9 +1,16 @@
 """Chunk caches on the embedded diffusion-forcing model: work done, wall time and quality vs uncached.
 
 ``python -m accel.bench.chunked`` generates the uncached chunked run and each cache method with the
-same prompt and seed on ``tiny-skyreels`` (or ``--model``) and prints one row per method: block
-executions (token-weighted) against the uncached run, chunk decisions, wall-time ratio and PSNR/SSIM
-against the uncached video. Timings on shared machines are noisy: compare ratios within one run.
+same prompt and seed on ``tiny-skyreels`` (or ``--model``) and prints one row per method. Every row counts
+work in one unit, token-weighted block executions (one block over one chunk's tokens, per CFG branch):
+``blocks`` done, ``of`` what the same runner does without skipping (for a diffusers baseline: its own
+full-window pipeline), ``saved`` between the two, and ``work`` = blocks / the uncached chunked run's blocks.
+Then chunk decisions, PSNR/SSIM against the uncached video, wall time and its ratio. Timings on shared
+machines are noisy: compare ratios within one run.
+
+``--preset seeds`` is the seeds' evaluation setting: 50 steps and a long video in three overlapping
+segments (53 frames in windows of 21 with 5 frames of overlap on the embedded models), run once per
+commit mode (``--kv-commit``: last-step, the seeds' behaviour, and clean-pass, diffusers').
 """
 
 from __future__ import annotations
@@ -13,10 +20,10 @@ import tempfile
 from pathlib import Path
 
 from accel.bench.headwise import row
-from accel.config import BASELINE_NAMES, RunConfig
+from accel.config import BASELINE_NAMES, COMMIT_MODES, RunConfig
 from accel.forms import DEFAULT_PROMPT
 from accel.runner import generate
-from accel.runs import RunStore
+from accel.runs import Run, RunStore
 
 METHODS: dict[str, tuple[str, dict]] = {
     "flowcache slow": ("flowcache", {"preset": "slow"}),
@@ -26,6 +33,41 @@ METHODS: dict[str, tuple[str, dict]] = {
     "motioncache +kv": ("motioncache", {"kv_compress": True}),
     **{f"baseline {c}": ("baseline", {"cache": c}) for c in BASELINE_NAMES},
 }
+# the seeds' setting on the embedded models: 50 steps; 53 frames = 14 latent frames in windows of 6 (21 frames)
+# overlapping by 2 (5 frames): segments of 6, 4 and 4 new latent frames
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "seeds": {"steps": 50, "frames": 53, "base_num_frames": 21, "overlap_history": 5},
+}
+
+
+def work(run: Run) -> tuple[float, float]:
+    """(blocks done, blocks without skipping) of a run, token-weighted, whatever ran it."""
+    m = run.metrics
+    key = "block_executions_possible" if "baseline" in m else "block_executions_uncached"
+    return float(m["block_executions"]), float(m[key])
+
+
+def table(runs: list[tuple[str, Run]], ref: Run) -> list[str]:
+    """The printed rows (header first) of ``runs`` against the uncached run ``ref``."""
+    ref_blocks = work(ref)[0]
+    lines = [
+        f"{'method':<20} {'blocks':>8} {'of':>8} {'saved':>6} {'work':>6} {'computed':>8} {'partial':>7} "
+        f"{'reused':>6} {'PSNR':>7} {'SSIM':>6} {'wall s':>7} {'speedup':>7}"
+    ]
+    for name, run in runs:
+        m, q = run.metrics, row(name, run, ref)
+        blocks, possible = work(run)
+        if "baseline" in m:
+            decisions = f"{'-':>8} {'-':>7} {'-':>6}"
+        else:
+            decisions = f"{m['chunk_computes']:>8} {m['chunk_partials']:>7} {m['chunk_reuses'] + m['chunk_defers']:>6}"
+        saved = 1.0 - blocks / possible if possible else 0.0
+        lines.append(
+            f"{name:<20} {blocks:>8.1f} {possible:>8.1f} {saved:>6.1%} {blocks / ref_blocks:>6.3f} {decisions} "
+            f"{q['psnr']:>7.2f} {q['ssim']:>6.4f} {q['wall_s']:>7.2f} {q['speedup']:>7.2f}"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,39 +75,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="tiny-skyreels")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="default")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--frames", type=int)
+    parser.add_argument("--kv-commit", choices=COMMIT_MODES, nargs="+", help="default: last-step; seeds: both")
+    parser.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=list(METHODS))
     parser.add_argument("--device")
     parser.add_argument("--out-dir", type=Path, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    commits = args.kv_commit or (list(COMMIT_MODES) if args.preset == "seeds" else [COMMIT_MODES[0]])
+    common = {"prompt": args.prompt, "model": args.model, "seed": args.seed, "device": args.device, **preset}
+    common.update({k: v for k, v in (("steps", args.steps), ("frames", args.frames)) if v is not None})
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(args.out_dir or tmp)
-        common = {"prompt": args.prompt, "model": args.model, "seed": args.seed, "steps": args.steps}
-        common.update(frames=args.frames, device=args.device)
-        ref = generate(RunConfig(method="dense", **common), store)
-        runs = [("uncached", ref)]
-        for name, (method, settings) in METHODS.items():
-            runs.append((name, generate(RunConfig(method=method, settings=settings, **common), store)))
-        print(f"{'method':<20} {'blocks':>8} {'of':>6} {'saved':>6} {'computed':>8} {'partial':>7} {'reused':>6} "
-              f"{'PSNR':>7} {'SSIM':>6} {'wall s':>7} {'speedup':>7}")  # fmt: skip
-        for name, run in runs:
-            m, q = run.metrics, row(name, run, ref)
-            if "baseline" in m:  # diffusers' full-window pipeline with a hook: blocks counted per call
-                blocks, possible, saved = m["block_executions"], m["block_executions_possible"], m["skipped_fraction"]
-                decisions = f"{'-':>8} {'-':>7} {'-':>6}"
-            else:
-                blocks, possible, saved = (
-                    m["block_executions"],
-                    m["block_executions_uncached"],
-                    m["linear_flops_saved_frac"],
-                )
-                decisions = (
-                    f"{m['chunk_computes']:>8} {m['chunk_partials']:>7} {m['chunk_reuses'] + m['chunk_defers']:>6}"
-                )
-            print(
-                f"{name:<20} {blocks:>8.1f} {possible:>6} {saved:>6.1%} {decisions} "
-                f"{q['psnr']:>7.2f} {q['ssim']:>6.4f} {q['wall_s']:>7.2f} {q['speedup']:>7.2f}"
-            )
+        for commit in commits:
+            ref = generate(RunConfig(method="dense", kv_commit=commit, **common), store)
+            runs = [("uncached", ref)]
+            for name in args.methods:
+                method, settings = METHODS[name]
+                runs.append((name, generate(RunConfig(method=method, settings=settings, kv_commit=commit, **common),
+                                            store)))  # fmt: skip
+            segments = len(ref.metrics.get("segments", [])) or 1
+            print(f"\n{args.model}, kv_commit {commit}, {ref.config.get('steps')} steps, {ref.config.get('frames')} "
+                  f"frames in {segments} segment(s), uncached {work(ref)[0]:.1f} blocks")  # fmt: skip
+            print("\n".join(table(runs, ref)))
 
 
 if __name__ == "__main__":

@@ -13,13 +13,19 @@ A baseline that silently skips nothing is a bug, so :class:`SkipCounter` measure
 plain torch forward hooks on the first ``nn.Linear`` inside every block's ``attn1``/``attn2``/``ffn``
 ("units"). diffusers' hooks replace ``module.forward`` and return a cached value without calling the
 original forward, so these inner layers only fire when the unit was computed (a hook on the unit or block
-itself would still fire on a cache hit). Known limitation of diffusers 0.42: the PAB and FasterCache hook
-states are not per ``cache_context``; with Wan's separate cond/uncond transformer calls, a reused attention
-output can come from the other CFG branch.
+itself would still fire on a cache hit). Block executions are token-weighted like the chunked runner's
+(:func:`accel.cache.chunked.work_metrics`): a call over ``n`` tokens counts ``n / unit_tokens`` per block
+run, with ``unit_tokens`` one chunk on diffusion-forcing models (the whole video on Wan: one per call).
+
+diffusers 0.42 keeps one PAB / FasterCache hook state for all calls, while the Wan and SkyReels pipelines
+call the transformer once per CFG branch (inside ``cache_context("cond")`` / ``("uncond")``): a reused
+attention output of the uncond call would be the cond call's. :class:`BranchStates` gives each branch its
+own hook states, keyed by that context name.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +40,9 @@ from diffusers.hooks import (
     TaylorSeerCacheConfig,
 )
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+from diffusers.hooks.faster_cache import FasterCacheBlockHook, FasterCacheDenoiserHook
+from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
+from diffusers.hooks.pyramid_attention_broadcast import PyramidAttentionBroadcastHook
 
 from accel.config import BASELINE_NAMES as BASELINES
 from accel.methods import Generation, Target
@@ -123,6 +132,53 @@ def baseline_config(name: str, pipe: Any, **overrides: Any) -> Any:
     return TaylorSeerCacheConfig(**{**kw, **overrides})
 
 
+BRANCH_HOOK = "accel_branch_states"
+PER_CALL_STATE_HOOKS = (PyramidAttentionBroadcastHook, FasterCacheBlockHook, FasterCacheDenoiserHook)
+
+
+class BranchStates(ModelHook):
+    """One state per CFG branch for diffusers hooks that keep a single one (PAB, FasterCache in 0.42).
+
+    Registered on the transformer after the cache (so it runs first), it reads the pipeline's
+    ``cache_context`` name through a :class:`StateManager` (which diffusers sets on every stateful hook) and
+    swaps the ``state`` of every such hook under the transformer to that branch's own, fresh on first use.
+    """
+
+    _is_stateful = True
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        super().__init__()
+        self.context = StateManager(BaseState)  # only its context is used
+        self.hooks = [
+            hook
+            for module in transformer.modules()
+            for hook in getattr(getattr(module, "_diffusers_hook", None), "hooks", {}).values()
+            if isinstance(hook, PER_CALL_STATE_HOOKS)
+        ]
+        self.fresh = [copy.deepcopy(h.state) for h in self.hooks]
+        self.states: dict[str | None, list[Any]] = {}
+        self.current: str | None = None
+        self.branches_seen: set[str | None] = set()
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        name = self.context._context.name if self.context._context is not None else None
+        if name != self.current:
+            self.states[self.current] = [h.state for h in self.hooks]
+            fresh = self.states.get(name) or [copy.deepcopy(s) for s in self.fresh]
+            for hook, state in zip(self.hooks, fresh, strict=True):
+                hook.state = state
+            self.current = name
+        self.branches_seen.add(name)
+        return args, kwargs
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Forget every branch's state (diffusers resets stateful hooks between runs)."""
+        self.states, self.current = {}, None
+        for hook, fresh in zip(self.hooks, self.fresh, strict=True):
+            hook.state = copy.deepcopy(fresh)
+        return module
+
+
 def _first_linear(module: torch.nn.Module) -> torch.nn.Module:
     for sub in module.modules():
         if isinstance(sub, torch.nn.Linear):
@@ -133,16 +189,20 @@ def _first_linear(module: torch.nn.Module) -> torch.nn.Module:
 class SkipCounter:
     """Counts, per transformer call, which block units (attn1/attn2/ffn) really computed."""
 
-    def __init__(self, transformer: torch.nn.Module, recorder: Any = None) -> None:
+    def __init__(self, transformer: torch.nn.Module, recorder: Any = None, unit_tokens: int | None = None) -> None:
         self.recorder = recorder
         self.num_blocks = len(transformer.blocks)
+        self.patch = tuple(transformer.config.patch_size)
+        self.unit_tokens = unit_tokens
         self.calls = 0
         self.unit_executions = 0
-        self.block_executions = 0
+        self.block_executions = 0.0  # token-weighted (see the module docstring)
+        self.block_executions_possible = 0.0
         self.per_call: list[int] = []  # executed blocks per transformer call
         self._ran: set[tuple[int, str]] = set()
+        self._weight = 1.0
         self._handles: list[torch.utils.hooks.RemovableHandle] = [
-            transformer.register_forward_pre_hook(self._start),
+            transformer.register_forward_pre_hook(self._start, with_kwargs=True),
             transformer.register_forward_hook(self._end),
         ]
         for i, block in enumerate(transformer.blocks):
@@ -155,14 +215,20 @@ class SkipCounter:
 
         return hook
 
-    def _start(self, *_: Any) -> None:
+    def _start(self, _: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         self._ran = set()
+        x = kwargs.get("hidden_states", args[0] if args else None)
+        self._weight = 1.0
+        if self.unit_tokens and torch.is_tensor(x) and x.ndim == 5:  # (B, C, F, H, W) latents
+            pt, ph, pw = self.patch
+            self._weight = x.shape[0] * (x.shape[2] // pt) * (x.shape[3] // ph) * (x.shape[4] // pw) / self.unit_tokens
 
     def _end(self, *_: Any) -> None:
         blocks = len({i for i, _ in self._ran})
         self.calls += 1
         self.unit_executions += len(self._ran)
-        self.block_executions += blocks
+        self.block_executions += blocks * self._weight
+        self.block_executions_possible += self.num_blocks * self._weight
         self.per_call.append(blocks)
         if self.recorder is not None:
             self.recorder.log(Event.BASELINE_BLOCKS, blocks)
@@ -179,8 +245,8 @@ class SkipCounter:
         units_possible = self.calls * self.num_blocks * len(UNITS)
         return {
             "calls": self.calls,
-            "block_executions": self.block_executions,
-            "block_executions_possible": self.calls * self.num_blocks,
+            "block_executions": round(self.block_executions, 2),
+            "block_executions_possible": round(self.block_executions_possible, 2),
             "unit_executions": self.unit_executions,
             "unit_executions_possible": units_possible,
             "skipped_fraction": 1.0 - self.unit_executions / units_possible if units_possible else 0.0,
@@ -188,19 +254,27 @@ class SkipCounter:
 
 
 @contextmanager
-def baseline_installed(pipe: Any, name: str, recorder: Any = None, **overrides: Any) -> Iterator[SkipCounter]:
-    """Enable baseline ``name`` on ``pipe.transformer`` for the block, yielding its :class:`SkipCounter`.
+def baseline_installed(
+    pipe: Any, name: str, recorder: Any = None, unit_tokens: int | None = None, **overrides: Any
+) -> Iterator[SkipCounter]:
+    """Enable baseline ``name`` on ``pipe.transformer`` for the block, yielding its :class:`SkipCounter`
+    (``unit_tokens``: see the module docstring). PAB and FasterCache get one hook state per CFG branch.
 
     The cache and the counting hooks are always removed on exit, leaving the pipeline dense.
     """
     transformer = pipe.transformer
     config = baseline_config(name, pipe, **overrides)
-    counter = SkipCounter(transformer, recorder)
+    counter = SkipCounter(transformer, recorder, unit_tokens)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
     try:
         transformer.enable_cache(config)
         try:
+            if name in ("pab", "fastercache"):
+                registry.register_hook(BranchStates(transformer), BRANCH_HOOK)
             yield counter
         finally:
+            if registry.get_hook(BRANCH_HOOK) is not None:
+                registry.remove_hook(BRANCH_HOOK, recurse=False)
             transformer.disable_cache()
     finally:
         counter.remove()
@@ -269,7 +343,12 @@ def install(target: Target) -> Iterator[Generation]:
             ratios = calibrate_mag_ratios(pipe, **{**pipeline_call(cfg, spec), "output_type": "latent"})
         overrides.update(mag_ratios=ratios, num_inference_steps=len(ratios))
         extra["magcache_calibration_s"] = time.perf_counter() - t0
-    with baseline_installed(pipe, s.cache, target.recorder, **overrides) as counter:
+    unit = None
+    if spec.family == "skyreels":  # one chunk of latent frames, as the chunked runner counts
+        _, ph, pw = pipe.transformer.config.patch_size
+        scale = pipe.vae_scale_factor_spatial
+        unit = cfg.causal_block_size * (cfg.height // scale // ph) * (cfg.width // scale // pw)
+    with baseline_installed(pipe, s.cache, target.recorder, unit, **overrides) as counter:
 
         def run(progress):
             return run_pipeline(pipe, cfg, spec, progress), {**extra, **counter.summary()}

@@ -3,9 +3,11 @@
 Each row of the schedule forwards only the groups that take a step, in order, with a persistent
 per-layer KV buffer: group ``g``'s self-attention uses its fresh Q and K/V = [earlier groups ; itself].
 Under the model's block-causal attention (``num_frame_per_block = causal_block_size``) a group's
-output depends only on groups up to itself, so this equals the full-window forward that diffusers'
-pipeline runs: unstarted groups are skipped, and a group that just finished is forwarded once more at
-timestep 0 (as the full window sees it afterwards) to freeze its K/V. Buffers, counters and cache
+output depends only on groups up to itself, so unstarted groups are skipped. When a group finishes, its
+K/V are frozen one of two ways (``commit``): ``last-step`` keeps the K/V of its last denoising step, as
+both seed implementations (FlowCache, MotionCache) do; ``clean-pass`` forwards it once more at timestep 0,
+as the full window of diffusers' pipeline sees it afterwards, which reproduces that pipeline. A long
+video's clean prefix is forwarded once in both modes (it has no K/V yet). Buffers, counters and cache
 state are kept per CFG branch. The model's modules are used as they are; the glue below follows
 ``SkyReelsV2Transformer3DModel.forward`` (patch embedding, per-frame modulation, RoPE, blocks, head).
 """
@@ -27,7 +29,7 @@ from accel.attention.base import AttentionMethod, output_projection, self_attent
 from accel.cache.kv import KVCompression, gather_heads
 from accel.cache.kv import select as kv_select
 from accel.cache.schedule import COMPUTE, DONE, GroupSchedule, build_schedule
-from accel.config import ConfigError
+from accel.config import COMMIT_MODES, ConfigError
 from accel.methods import Generation, ProgressFn, Target, build_attention, build_cache
 from accel.schema import Event
 from accel.telemetry import Recorder
@@ -42,7 +44,8 @@ class Call:
     branch: str = "cond"
     group: int = 0
     tokens: torch.Tensor | None = None  # token subset of the group being recomputed (None = all)
-    clean: tuple[int, ...] = ()  # set on a finished group's commit pass: the clean groups to compress
+    # per branch: finished groups whose K/V the branch's next attention compresses with its own queries
+    pending: dict[str, tuple[int, ...]] = field(default_factory=dict)
     buffer: KVBuffer = field(default_factory=lambda: KVBuffer())
     compress: Callable[[int, torch.Tensor], None] | None = None  # (layer, queries): KV compression, if on
 
@@ -113,6 +116,8 @@ class GroupAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kw):
         query, key, value = self_attention_heads(attn, hidden_states, rotary_emb)
         c = self.call
+        if c.compress is not None and c.pending.get(c.branch):  # compress first, then attend (as the reference)
+            c.compress(self.layer, query)
         c.buffer.write(c.branch, self.layer, c.group, key, value, c.tokens)
         k_ctx, v_ctx = c.buffer.context(c.branch, self.layer, c.group)
         if self.attention is not None:  # sparse attention over [earlier groups ; this group]
@@ -120,8 +125,6 @@ class GroupAttnProcessor:
         else:
             out = dispatch_attention_fn(query, k_ctx, v_ctx, attn_mask=None, dropout_p=0.0, is_causal=False,
                                         backend=self.backend)  # fmt: skip
-        if c.clean and c.compress is not None:
-            c.compress(self.layer, query)
         return output_projection(attn, out, query)
 
 
@@ -234,7 +237,13 @@ class GroupCache:
 
 
 class ChunkedRunner:
-    """Denoise a video group by group with a persistent per-layer KV buffer."""
+    """Denoise a video group by group with a persistent per-layer KV buffer.
+
+    ``stats`` counts the current window; ``segments`` keeps one such dict per window of the run (a long
+    video has several), so a run's totals are their sum (:func:`work_metrics`). Token counts are per CFG
+    branch: ``tokens_scheduled`` is what the uncached runner computes, ``tokens_recomputed`` what the cache
+    let run, ``commit_tokens`` what the commit (and prefix) passes ran.
+    """
 
     def __init__(
         self,
@@ -244,7 +253,11 @@ class ChunkedRunner:
         fps: int = 24,
         kv: KVCompression | None = None,
         attention: AttentionMethod | None = None,
+        commit: str = "last-step",
     ):
+        if commit not in COMMIT_MODES:
+            raise ConfigError(f"kv_commit must be one of {', '.join(COMMIT_MODES)}, got {commit!r}")
+        self.commit = commit
         self.pipe = pipe
         self.kv = kv
         self.attention = attention  # a sparse method (XAttention / SVG2, +TMR) composed with the cache
@@ -256,6 +269,7 @@ class ChunkedRunner:
         self.call = Call()
         self.info = StepInfo()
         self.stats: dict[str, int] = {}
+        self.segments: list[dict[str, int]] = []
         self.schedule: GroupSchedule | None = None
         self.chunk_tokens = 0  # tokens of one whole chunk, set per run
         self.frame_tokens = 0
@@ -266,12 +280,15 @@ class ChunkedRunner:
         return self.call.buffer
 
     def _compress(self, layer: int, query: torch.Tensor) -> None:
-        """KV compression of the clean groups at ``layer`` (a commit pass, after attention)."""
+        """KV compression at ``layer`` of the groups finished since this branch last attended, scored with the
+        queries of the group now running (the next active group, at its current step, as the reference)."""
         c = self.call
         keep = self.kv.budget_chunks * self.chunk_tokens
         block = {"token": 1, "frame": self.frame_tokens, "chunk": self.chunk_tokens}[self.kv.granularity]
         with named_range("kv.compress"):
-            sizes = c.buffer.compress(c.branch, layer, c.clean, query, keep, self.kv, block)
+            sizes = c.buffer.compress(c.branch, layer, c.pending[c.branch], query, keep, self.kv, block)
+        if layer == len(self.transformer.blocks) - 1:
+            del c.pending[c.branch]  # every layer has compressed
         if sizes is not None and layer == 0 and sizes[0] > sizes[1]:
             self.recorder.log(Event.KV_COMPRESS, float(sizes[1]), chunk=c.group, threshold=float(sizes[0]))
             self.stats["kv_compressions"] = self.stats.get("kv_compressions", 0) + 1
@@ -298,9 +315,9 @@ class ChunkedRunner:
         finally:
             self.call.tokens = None
 
-    def _forward(self, x_g, t_g, context, group, frame0, branch, step, commit_only=False, clean=()) -> torch.Tensor:
-        """Predict the flow of one group (B, C, f, H, W); a commit pass only refreshes its K/V (and compresses)."""
-        self.call.branch, self.call.group, self.call.tokens, self.call.clean = branch, group, None, tuple(clean)
+    def _forward(self, x_g, t_g, context, group, frame0, branch, step, commit_only=False) -> torch.Tensor:
+        """Predict the flow of one group (B, C, f, H, W); a commit pass only refreshes its K/V."""
+        self.call.branch, self.call.group, self.call.tokens = branch, group, None
         self.info.chunk = group
         num_steps = self.schedule.steps if self.schedule else 0
         a = self.attn_info
@@ -308,8 +325,8 @@ class ChunkedRunner:
         emb, enc = self.model.embed(x_g, t_g, context, frame0)
         if commit_only:
             self.model.blocks(emb, enc)
-            self.call.clean = ()
-            self.stats["commit_passes"] = self.stats.get("commit_passes", 0) + 1
+            self.stats["commit_passes"] += 1
+            self.stats["commit_tokens"] += emb.tokens.shape[1]
             return emb.tokens
         run_blocks = functools.partial(self._run_blocks, emb, enc)
         log = functools.partial(self._log_chunk, group)
@@ -317,7 +334,7 @@ class ChunkedRunner:
             hidden = self.cache.predict(GroupStep(group, branch, step, num_steps, emb, run_blocks, log))
         return self.model.head(hidden, emb)
 
-    def _commit(self, latents, group: int, branches, finished: list[int], noise: float = 0.0) -> None:
+    def _commit(self, latents, group: int, branches, noise: float = 0.0) -> None:
         """Freeze a done group's K/V: forward it at timestep 0 (or at ``noise`` * 1000 with that much fresh noise,
         as diffusers' ``addnoise_condition`` conditions a long video's prefix), both branches."""
         f0, f1 = self.schedule.frames[group]
@@ -330,8 +347,22 @@ class ChunkedRunner:
         t = torch.full((x.shape[0], f1 - f0), t_value, dtype=torch.long, device=x.device)
         for branch, ctx in branches:
             self.info.branch, self.info.timestep = branch, float(t_value)
-            self._forward(x, t, ctx, group, f0, branch, -1, commit_only=True, clean=finished)
+            self._forward(x, t, ctx, group, f0, branch, -1, commit_only=True)
             self.recorder.log(Event.CHUNK_DONE, 1.0, chunk=group)
+
+    def _finish(self, latents, group: int, branches, finished: list[int], prefix_noise: float | None = None) -> None:
+        """A group is done: freeze its K/V by the runner's ``commit`` mode (a prefix group, ``prefix_noise`` not
+        None, is always forwarded) and queue every finished group for KV compression in each branch."""
+        finished.append(group)
+        if prefix_noise is not None or self.commit == "clean-pass":
+            self._commit(latents, group, branches, prefix_noise or 0.0)
+        else:  # last-step: the buffer already holds the K/V of the group's last denoising step
+            for branch, _ in branches:
+                self.info.branch = branch
+                self.recorder.log(Event.CHUNK_DONE, 0.0, chunk=group)
+        if self.kv is not None:
+            for branch, _ in branches:
+                self.call.pending[branch] = tuple(finished)
 
     @torch.inference_mode()
     def denoise(
@@ -352,11 +383,12 @@ class ChunkedRunner:
             s.set_timesteps(schedule.steps, device=latents.device)
             schedulers.append(s)
         branches = [("cond", prompt_embeds)] + ([("uncond", negative_embeds)] if guidance > 1.0 else [])
-        self.call.buffer = KVBuffer()
+        self.call.buffer, self.call.pending = KVBuffer(), {}
         self.call.compress = self._compress if self.kv is not None else None
         self.cache.reset()
         self.schedule = schedule
-        self.stats = {"group_steps": 0, "commit_passes": 0}
+        self.stats = {"group_steps": 0, "commit_passes": 0, "tokens_scheduled": 0, "commit_tokens": 0}
+        self.segments.append(self.stats)
         pt, ph, pw = self.transformer.config.patch_size
         self.frame_tokens = (latents.shape[3] // ph) * (latents.shape[4] // pw)
         self.chunk_tokens = self.frame_tokens * (schedule.frames[0][1] - schedule.frames[0][0]) // pt
@@ -370,8 +402,7 @@ class ChunkedRunner:
         try:
             for g in range(schedule.groups):  # a long video's clean prefix: done before the first row
                 if schedule.state(0, g) == DONE:
-                    finished.append(g)
-                    self._commit(latents, g, branches, finished, prefix_noise)
+                    self._finish(latents, g, branches, finished, prefix_noise)
             for row in range(schedule.rows):
                 for g in range(schedule.groups):
                     if schedule.state(row, g) != COMPUTE:
@@ -385,6 +416,7 @@ class ChunkedRunner:
                     for branch, ctx in branches:
                         self.info.step, self.info.branch, self.info.timestep = row, branch, float(t)
                         preds[branch] = self._forward(x_g, t_g, ctx, g, f0, branch, step)
+                        self.stats["tokens_scheduled"] += self.frame_tokens * (f1 - f0) // pt
                     noise = preds["cond"]
                     if "uncond" in preds:
                         noise = preds["uncond"] + guidance * (preds["cond"] - preds["uncond"])
@@ -394,8 +426,7 @@ class ChunkedRunner:
                         )[0]
                     self.stats["group_steps"] += 1
                 for g in schedule.finishing(row):
-                    finished.append(g)
-                    self._commit(latents, g, branches, finished)
+                    self._finish(latents, g, branches, finished)
                 self.info.branch, self.info.timestep, self.info.chunk = "cond", float("nan"), None
                 self.recorder.log(Event.KV_TOKENS, float(self.buffer.tokens()), threshold=float(self.buffer.nbytes()))
                 if progress is not None:
@@ -432,6 +463,7 @@ class ChunkedRunner:
         """
         pipe = self.pipe
         device = self.transformer.device
+        self.segments = []  # the run's windows: one, or a long video's segments
         pe, ne = pipe.encode_prompt(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -490,25 +522,45 @@ class ChunkedRunner:
         return self.pipe.video_processor.postprocess_video(video, output_type=output_type)
 
 
-def work_metrics(stats: dict[str, int], layers: int, chunk_tokens: int, cfg_branches: int) -> dict[str, Any]:
-    """Counts of a chunked run from its runner's ``stats``: decisions, and block executions against the uncached
-    runner. Token-weighted: a partial recompute of a quarter of a chunk's tokens counts a quarter of a block
-    execution; commit passes (a finished chunk's K/V frozen at timestep 0) run in every run."""
-    uncached = stats["group_steps"] * cfg_branches
-    executed = (stats.get("tokens_recomputed", 0) / chunk_tokens + stats["commit_passes"]) * layers
-    possible = (uncached + stats["commit_passes"]) * layers
+def _work(stats: dict[str, int], layers: int, chunk_tokens: int) -> tuple[float, float]:
+    """(executed, uncached) block executions of one window, token-weighted in whole chunks."""
+    commits = stats.get("commit_tokens", 0)
+    executed = (stats.get("tokens_recomputed", 0) + commits) / chunk_tokens * layers
+    return executed, (stats.get("tokens_scheduled", 0) + commits) / chunk_tokens * layers
+
+
+def work_metrics(segments: list[dict[str, int]], layers: int, chunk_tokens: int) -> dict[str, Any]:
+    """Counts of a chunked run from its runner's ``segments`` (one stats dict per window): decisions, and block
+    executions against the uncached runner, summed over the windows and per window (``segments``).
+
+    The unit is one block run over one whole chunk's tokens, per CFG branch: a partial recompute of a quarter of
+    a chunk's tokens counts a quarter, and so does a short last chunk, in both the executed and the uncached
+    count (so the uncached runner itself saves exactly 0). Commit passes (``clean-pass``) and a long video's
+    prefix passes run in every run and count on both sides.
+    """
+    totals: dict[str, int] = {}
+    for seg in segments:
+        for k, v in seg.items():
+            totals[k] = totals.get(k, 0) + v
+    executed, possible = _work(totals, layers, chunk_tokens)
+    per_window = []
+    for seg in segments:
+        done, uncached = _work(seg, layers, chunk_tokens)
+        per_window.append({"group_steps": seg["group_steps"], "block_executions": round(done, 2),
+                           "block_executions_uncached": round(uncached, 2)})  # fmt: skip
     return {
-        "group_steps": stats["group_steps"],
-        "chunk_computes": stats.get(Event.CHUNK_COMPUTE, 0),
-        "chunk_reuses": stats.get(Event.CHUNK_REUSE, 0),
-        "chunk_partials": stats.get(Event.CHUNK_PARTIAL, 0),
-        "chunk_defers": stats.get(Event.CHUNK_DEFER, 0),
-        "commit_passes": stats["commit_passes"],
+        "group_steps": totals.get("group_steps", 0),
+        "chunk_computes": totals.get(Event.CHUNK_COMPUTE, 0),
+        "chunk_reuses": totals.get(Event.CHUNK_REUSE, 0),
+        "chunk_partials": totals.get(Event.CHUNK_PARTIAL, 0),
+        "chunk_defers": totals.get(Event.CHUNK_DEFER, 0),
+        "commit_passes": totals.get("commit_passes", 0),
         "block_executions": round(executed, 2),
-        "block_executions_uncached": possible,
-        "tokens_recomputed": stats.get("tokens_recomputed", 0),
-        "kv_compressions": stats.get("kv_compressions", 0),
-        "linear_flops_saved_frac": 1.0 - executed / possible,  # per-token work; attention grows faster
+        "block_executions_uncached": round(possible, 2),
+        "tokens_recomputed": totals.get("tokens_recomputed", 0),
+        "kv_compressions": totals.get("kv_compressions", 0),
+        "linear_flops_saved_frac": 1.0 - executed / possible if possible else 0.0,  # attention grows faster
+        "segments": per_window,
     }
 
 
@@ -520,7 +572,8 @@ def install(target: Target) -> Iterator[Generation]:
     cache = build_cache(s, spec)
     attention = build_attention(s, spec, target.recorder, cfg.seed)
     kv = KVCompression(s.kv_budget_chunks, s.kv_lambda, s.kv_granularity) if getattr(s, "kv_compress", False) else None
-    runner = ChunkedRunner(pipe, cache=cache, recorder=target.recorder, kv=kv, attention=attention)
+    runner = ChunkedRunner(pipe, cache=cache, recorder=target.recorder, kv=kv, attention=attention,
+                           commit=cfg.kv_commit)  # fmt: skip
 
     def run(progress):
         with torch.inference_mode():
@@ -530,9 +583,8 @@ def install(target: Target) -> Iterator[Generation]:
                 base_num_frames=cfg.base_num_frames, overlap_history=cfg.overlap_history,
                 addnoise_condition=cfg.addnoise_condition or 0, text_tokens=spec.text_tokens,
             )  # fmt: skip
-        branches = 2 if cfg.guidance > 1.0 else 1
-        extra = work_metrics(runner.stats, len(pipe.transformer.blocks), runner.chunk_tokens, branches)
-        extra.update(schedule_rows=runner.schedule.rows, kv_bytes_final=runner.buffer.nbytes())
+        extra = work_metrics(runner.segments, len(pipe.transformer.blocks), runner.chunk_tokens)
+        extra.update(schedule_rows=runner.schedule.rows, kv_bytes_final=runner.buffer.nbytes(), kv_commit=cfg.kv_commit)
         return video[0], extra
 
     yield run

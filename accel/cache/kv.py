@@ -3,11 +3,13 @@
 Over the keys of clean (fully denoised) chunks, per layer and per head:
 1. importance ``imp_j = mean_i softmax_j(q_i k_j / sqrt(d))`` over the clean keys (queries in chunks
    to bound memory), then ``max_pool1d`` (kernel 7, padding 3, stride 1) along the keys;
-2. redundancy ``red_j = softmax_j(mean_{i != j} cos(k_i, k_j))`` in O(L·D) from the sum of the unit
-   keys: ``mean_{i != j} cos = (k̂_j · sum_i k̂_i - 1) / (L - 1)`` (no L x L matrix);
+2. redundancy ``red_j = softmax_j(sum_{i != j} cos(k_i, k_j) / L)`` in O(L·D) from the sum of the unit
+   keys: ``(k̂_j · sum_i k̂_i - 1) / L`` (no L x L matrix; the reference zeroes the diagonal of the cosine
+   matrix and takes the mean over all L keys, so it divides by L, not L - 1);
 3. ``score = λ·imp − (1−λ)·red`` (λ = 0.07); keep the top-k per head, at token, frame or chunk
    granularity (a block's score is its mean), in their original order.
-The queries are those of the chunk that has just become clean (its final, timestep-0 pass).
+The queries are those of the next active chunk at its current step, as in the reference (the runner
+compresses just before that chunk attends).
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ def importance(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def redundancy(k: torch.Tensor) -> torch.Tensor:
-    """Softmax over keys of each key's mean cosine similarity to the others; (B, H, Lk), O(L·D)."""
+    """Softmax over keys of each key's summed cosine similarity to the others over L; (B, H, Lk), O(L·D)."""
     unit = F.normalize(k.transpose(1, 2).float(), dim=-1)  # (B, H, L, D)
     length = unit.shape[2]
-    mean_cos = ((unit * unit.sum(2, keepdim=True)).sum(-1) - 1.0) / max(1, length - 1)
+    mean_cos = ((unit * unit.sum(2, keepdim=True)).sum(-1) - 1.0) / length
     return torch.softmax(mean_cos, dim=-1)
 
 

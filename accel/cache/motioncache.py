@@ -1,6 +1,8 @@
 """MotionCache: per-token, motion-weighted reuse for diffusion-forcing models (METHODS 4, SkyReels-V2 variant).
 
 Per group and CFG branch, with ``k`` the group's own step:
+``warmup`` left unset is the reference's 4 of 50 steps scaled to the run (2 of 20).
+
 1. ``k < warmup``: full forward, store ``R = x_out - x_in`` and ``e0``.
 2. ``k == warmup``: full forward, reset the per-token accumulator ``A = 0``, start phase 1.
 3. Later steps: ``d`` = FlowCache's distance of ``e0`` (one scalar per group); ``A_i += d * w_i``
@@ -12,7 +14,8 @@ Per group and CFG branch, with ``k`` the group's own step:
 4. Phase 1 lasts ``phase1_updates`` steps that updated anything; then motion weights apply, recomputed
    after every step from the assembled block output ``h``:
    ``m[f,s] = mean_c|h[f,s] - h[f-1,s]| / (mean_c|h[f-1,s]| + 1e-8)`` (frame 0 against the stored last
-   frame of group ``g-1``; group 0 copies frame 1's value), min-max normalised per frame to ``[floor, 1]``.
+   frame of group ``g-1``, stored once that group is past its own phase 1, as the reference stores it; until
+   then, and for group 0, frame 0 copies frame 1's value), min-max normalised per frame to ``[floor, 1]``.
 A threshold <= 0 disables reuse (every step computes all tokens).
 """
 
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from accel.cache.chunked import GroupCache, GroupStep
-from accel.cache.flowcache import FlowCache
+from accel.cache.flowcache import FlowCache, reference_steps
 from accel.schema import ArrayKind, Event, group_key
 from accel.telemetry import Recorder
 
@@ -70,7 +73,7 @@ class MotionCache(GroupCache):
     def __init__(
         self,
         thresh: float = 0.1,
-        warmup: int = 4,
+        warmup: int | None = None,
         phase1_updates: int = 6,
         floor: float = 0.6,
         min_update_ratio: float = 0.4,
@@ -105,9 +108,10 @@ class MotionCache(GroupCache):
         if st.updates is None:
             st.updates = torch.zeros(fh, hh * wh, dtype=torch.int32)
         e0 = emb.e0.float()
-        if self.thresh <= 0 or step.step <= self.warmup or st.residual is None or st.e0_prev is None:
+        warmup = self.warmup if self.warmup is not None else reference_steps(4, step.num_steps)
+        if self.thresh <= 0 or step.step <= warmup or st.residual is None or st.e0_prev is None:
             out = self._full(step, st)
-            if step.step >= self.warmup or self.thresh <= 0:
+            if step.step >= warmup or self.thresh <= 0:
                 st.acc = torch.zeros(b, length, device=out.device)
             st.updates += 1
             need_n = length
@@ -137,13 +141,13 @@ class MotionCache(GroupCache):
                 st.updates.view(-1)[sel.cpu()] += 1
                 step.log(Event.CHUNK_PARTIAL, float(st.acc.mean()), self.thresh, need_n)
         st.e0_prev = e0
-        if step.step > self.warmup and need_n > 0 and st.weights is None:
+        if step.step > warmup and need_n > 0 and st.weights is None:
             st.phase1_done += 1
         h = out.view(b, fh, hh * wh, -1)
-        if st.phase1_done >= self.phase1_updates and step.step >= self.warmup:
+        if st.phase1_done >= self.phase1_updates and step.step >= warmup:
             st.weights = motion_weights(h, self.last_frame.get((group - 1, branch)), self.floor)
             st.weight_history.append(st.weights[0].detach().to(torch.float16).cpu())
-        self.last_frame[(group, branch)] = h[:, -1].detach()
+            self.last_frame[(group, branch)] = h[:, -1].detach()  # for group g+1, once past phase 1
         return out
 
     def export(self, recorder: Recorder) -> None:

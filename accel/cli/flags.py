@@ -8,7 +8,7 @@ from typing import Any
 
 from accel import methods
 from accel.cli.common import CliError
-from accel.config import DEFAULT_MODEL, KERNEL_BACKENDS, ConfigError
+from accel.config import COMMIT_MODES, DEFAULT_MODEL, KERNEL_BACKENDS, ConfigError
 from accel.fields import FieldSpec, all_field_specs
 from accel.models import SIZE_PRESETS
 
@@ -160,6 +160,14 @@ def add_diffusion_forcing(parser: argparse.ArgumentParser) -> None:
     )
     for flag, kind, metavar, text in flags:
         df.add_argument(flag, type=kind, metavar=metavar, help=text)
+    df.add_argument(
+        "--kv-commit",
+        choices=COMMIT_MODES,
+        default=COMMIT_MODES[0],
+        help="How a finished chunk's K/V are frozen: last-step keeps those of its last denoising step (the "
+        "FlowCache and MotionCache implementations); clean-pass forwards it once more at timestep 0 (diffusers' "
+        "pipeline, one more pass per chunk). Default: last-step.",
+    )
 
 
 def add_hardware(group) -> None:

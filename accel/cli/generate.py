@@ -161,6 +161,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         base_num_frames=args.base_num_frames,
         overlap_history=args.overlap_history,
         addnoise_condition=args.addnoise_condition,
+        kv_commit=args.kv_commit,
         device=args.device,
         dtype=args.dtype,
         kernels=args.kernels,
@@ -225,13 +226,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import time
 
     from accel import models
-    from accel.attention.calibrate import DEFAULT_PROMPTS, CalibrationSpec
+    from accel.attention.calibrate import CalibrationSpec, default_prompts
 
     prompts = list(args.prompt or [])
     if args.prompts_file:
         prompts += read_prompts(args.prompts_file)
+    prompts = prompts or list(default_prompts(args.model))
     base = RunConfig(
-        prompt=(prompts or DEFAULT_PROMPTS)[0],
+        prompt=prompts[0],
         model=args.model,
         method=args.method,
         settings=settings_for(args.method, method_settings(args.method, args)),
@@ -242,7 +244,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     spec = CalibrationSpec(
         base=base,
-        prompts=tuple(prompts) or DEFAULT_PROMPTS,
+        prompts=tuple(prompts),
         samples_per_prompt=args.samples_per_prompt,
         candidates=args.candidates,
         reference=args.reference,

@@ -57,6 +57,9 @@ worst static overexposed subtitles artwork picture gray overall worst jpeg artif
 incomplete extra fingers poorly drawn hands faces deformed disfigured misshapen limbs fused
 messy cluttered walking backwards
 """
+# Grammar words of accel.synthetic.procedural the first vocabulary missed (they were <unk>): appended after the
+# sorted WORDS so every earlier id, and so every trained embedding row, keeps its meaning.
+ADDED_WORDS = ("diamond", "horizontal", "lower", "upper", "vertical")
 
 
 def build_tokenizer(out_dir: Path, model_max_length: int = 512):
@@ -67,7 +70,7 @@ def build_tokenizer(out_dir: Path, model_max_length: int = 512):
 
     specials = ["<pad>", "</s>", "<unk>"]
     words = sorted({w for w in WORDS.split()})
-    vocab = {tok: i for i, tok in enumerate(specials + words)}
+    vocab = {tok: i for i, tok in enumerate([*specials, *words, *ADDED_WORDS])}
     tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence(

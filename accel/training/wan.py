@@ -179,6 +179,7 @@ def train(
     eval_every: int = 0,
     eval_prompts: int = 8,
     eval_seeds: Sequence[int] = (0,),
+    ema: float = 0.0,
 ) -> dict[str, float]:
     """Train on the cached latents (first latent frames of each clip for ``frames``) and save a pipeline folder.
 
@@ -188,6 +189,9 @@ def train(
     ``eval_every`` > 0 scores the model on ``eval_prompts`` held-out prompts x ``eval_seeds`` every that many steps
     and at the end (:func:`evaluate`; ``accuracy.csv`` beside ``loss.csv``) and keeps the best checkpoint (mean of
     colour, direction and count accuracy; ties go to the later one) as the saved folder instead of the last.
+
+    ``ema`` > 0 keeps an exponential moving average of the trained weights (decay ``ema`` per step, as diffusion
+    models are usually sampled from) and evaluates and saves it in place of the raw weights.
 
     ``init`` warm-starts from another pocket pipeline's transformer (SkyReels-V2's DF models are fine-tuned from
     Wan2.1 the same way; both classes share one state-dict layout). On ``device`` ``cuda`` the data, the random
@@ -227,6 +231,7 @@ def train(
     model.to(device).train()
     params = [*model.parameters(), *(text_encoder.parameters() if train_text else ())]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    averaged = [p.detach().clone() for p in params] if ema > 0 else None
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
     gen = torch.Generator(device).manual_seed(seed)
     out = Path(out)
@@ -270,6 +275,10 @@ def train(
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
+            if averaged is not None:
+                with torch.no_grad():
+                    for avg, p in zip(averaged, params, strict=True):
+                        avg.lerp_(p, 1.0 - ema)
             running += loss.detach()
             if step % log_every == 0 or step == steps:
                 n = step - (step - 1) // log_every * log_every  # steps since the last log line
@@ -278,26 +287,46 @@ def train(
                 fh.flush()
                 running.zero_()
             if acc_writer and (step % eval_every == 0 or step == steps):
-                model.eval()
-                text_encoder.eval()
-                acc = evaluate(current, family, held_out, eval_seeds)
+                with _averaged_weights(params, averaged):
+                    model.eval()
+                    text_encoder.eval()
+                    acc = evaluate(current, family, held_out, eval_seeds)
+                    mean = (acc["colour_acc"] + acc["direction_acc"] + acc["count_acc"]) / 3
+                    acc_writer.writerow([step, *(f"{acc[k]:.4f}" for k in ("colour_acc", "direction_acc", "count_acc",
+                                                                           "all_acc")), f"{mean:.4f}",
+                                         f"{time.perf_counter() - t0:.1f}"])  # fmt: skip
+                    acc_file.flush()
+                    if mean >= best:
+                        best, best_step = mean, step
+                        _save(current, out, base)
                 model.train()
                 text_encoder.train(train_text)
-                mean = (acc["colour_acc"] + acc["direction_acc"] + acc["count_acc"]) / 3
-                acc_writer.writerow([step, *(f"{acc[k]:.4f}" for k in ("colour_acc", "direction_acc", "count_acc",
-                                                                       "all_acc")), f"{mean:.4f}",
-                                     f"{time.perf_counter() - t0:.1f}"])  # fmt: skip
-                acc_file.flush()
-                if mean >= best:
-                    best, best_step = mean, step
-                    _save(current, out, base)
     if eval_every > 0:
         last.update(best_step=best_step, best_accuracy=best)
     else:
         model.eval()
         text_encoder.eval()
-        _save(current, out, base)
+        with _averaged_weights(params, averaged):
+            _save(current, out, base)
     return last
+
+
+@contextlib.contextmanager
+def _averaged_weights(params: list[torch.nn.Parameter], averaged: list[torch.Tensor] | None):
+    """The parameters hold the moving average inside the block (nothing changes without one)."""
+    if averaged is None:
+        yield
+        return
+    raw = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, avg in zip(params, averaged, strict=True):
+            p.copy_(avg)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, kept in zip(params, raw, strict=True):
+                p.copy_(kept)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -326,6 +355,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--train-text", action="store_true", help="train the text encoder jointly (saved in the folder), not frozen"
     )
+    parser.add_argument(
+        "--ema", type=float, default=0.0, help="decay of a moving average of the weights, evaluated and saved (0 = off)"
+    )
     parser.add_argument("--device", default="cpu", help="where to encode the cache and train (cpu, cuda)")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering clips for a new cache")
     parser.add_argument("--log-every", type=int, default=20, help="steps per row of loss.csv")
@@ -344,7 +376,8 @@ def main(argv: list[str] | None = None) -> None:
     last = train(args.base, args.vae, args.out, args.latents, args.steps, args.batch, args.frames, args.lr,
                  args.seed, log_every=args.log_every, family=args.family, init=args.init, device=args.device,
                  layers=args.layers, train_text=args.train_text, eval_every=args.eval_every,
-                 eval_prompts=args.eval_prompts, eval_seeds=[int(s) for s in args.eval_seeds.split(",")])  # fmt: skip
+                 eval_prompts=args.eval_prompts, eval_seeds=[int(s) for s in args.eval_seeds.split(",")],
+                 ema=args.ema)  # fmt: skip
     print(f"saved {args.out}: last loss {last['loss']:.4f}, {last['seconds']:.0f} s (data {last['prep_s']:.0f} s)")
 
 
