@@ -134,6 +134,8 @@ def test_calibrated_table_meets_budget_and_beats_uniform(table_path):
     assert (table["layers"], table["heads"]) == (4, 6)
     probes = pd.read_parquet(table_path.parent / "probes.parquet")
     assert set(probes.branch) == {"cond", "uncond"}
+    # the probes measure the masks (192 tokens: density-aware execution would have run every head dense, exact)
+    assert (probes.error > 1e-9).mean() > 0.5
     for branch, entry in table["branches"].items():
         tau = np.array(entry["tau"])
         assert tau.shape == (4, 6) and set(np.unique(tau)) <= {0.85, 0.9, 0.95}

@@ -308,9 +308,15 @@ def _call(transformer, sample: Sample, num_steps: int, batch: int) -> torch.Tens
 
 
 def probe_errors(pipe, spec: CalibrationSpec, samples: list[Sample], progress: Progress | None = None) -> pd.DataFrame:
-    """Single-head probes: one row per (sample, layer, head, candidate) with the error and the sparsity."""
+    """Single-head probes: one row per (sample, layer, head, candidate) with the error and the sparsity.
+
+    Probes measure each candidate's mask: density-aware execution (XAttention's ``dense_above``, which runs a
+    dense-enough head as exact SDPA) is off here, else every probe of such a head would report no error.
+    """
     mspec = models.resolve(spec.model)
     cfg = spec.run_config().resolve(mspec.defaults)
+    if hasattr(cfg.settings, "dense_above"):
+        cfg = dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings, dense_above=1.0))
     transformer = pipe.transformer
     n_layers, n_heads = len(transformer.blocks), transformer.config.num_attention_heads
     probes = [(h, c) for h in range(n_heads) for c in spec.candidates]
