@@ -437,8 +437,10 @@ class BaselineSettings(MethodSettings):
         ),
     )
     threshold: float | None = field(
-        default=None, metadata=_help("FBC / MagCache threshold; empty = the baseline's default.", abbrev="t")
-    )
+        default=None,
+        metadata=_help("FBC / MagCache threshold; empty = the baseline's default (FBC: 0.05, 0.1 on the embedded "
+                       "models, where 0.05 never skips).", abbrev="t"),
+    )  # fmt: skip
 
     def check(self) -> None:
         _check_choice("cache", self.cache, BASELINE_NAMES)

@@ -142,3 +142,18 @@ def test_a_reused_attention_output_comes_from_its_own_cfg_branch(wan, name: str)
             assert any(out is c for c in mine) and not any(out is c for c in other)
         else:
             torch.testing.assert_close(out, before[-1] + 0.5 * (before[-1] - before[-2]))
+
+
+def test_fbc_on_the_embedded_models_defaults_to_a_threshold_that_skips(tmp_path) -> None:
+    """ParaAttention's 0.05 never skipped on the pocket models; their default is the measured 0.1, and it skips."""
+    from accel.config import RunConfig
+    from accel.runner import generate
+    from accel.runs import RunStore
+
+    cfg = RunConfig(prompt="a red circle moves quickly left over a blue background", model="pocket-wan",
+                    method="baseline", settings={"cache": "fbc"})  # fmt: skip
+    m = generate(cfg, RunStore(tmp_path)).metrics
+    assert m["baseline_threshold"] == 0.1 and m["skipped_fraction"] > 0
+    explicit = generate(RunConfig(**{**cfg.to_dict(), "settings": {"cache": "fbc", "threshold": 0.05}}),
+                        RunStore(tmp_path)).metrics  # fmt: skip
+    assert explicit["baseline_threshold"] == 0.05

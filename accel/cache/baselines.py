@@ -50,6 +50,10 @@ from accel.models import pipeline_call, run_pipeline
 from accel.schema import Event
 
 UNITS = ("attn1", "attn2", "ffn")
+# FBC's default threshold on the embedded models: 0.05 (ParaAttention's video setting) never skipped there. Measured
+# on the app's default prompt at the models' defaults (docs/measurements/fbc_embedded.txt): 0.1 skips 15% of
+# blocks on pocket-wan at 39 dB and 23% on pocket-skyreels at 36 dB against dense.
+EMBEDDED_FBC_THRESHOLD = 0.1
 # TaylorSeer uses re.fullmatch on module names; these match Wan/SkyReels blocks (the diffusers default
 # "^blocks.*attn" would not fullmatch "blocks.0.attn1", and it leaves the FFN out).
 TAYLORSEER_IDENTIFIERS = (r"blocks\.\d+\.attn[12]", r"blocks\.\d+\.ffn")
@@ -336,7 +340,9 @@ def install(target: Target) -> Iterator[Generation]:
     """
     pipe, cfg, spec, s = target.pipe, target.cfg, target.spec, target.cfg.settings
     overrides: dict[str, Any] = {} if s.threshold is None else {"threshold": s.threshold}
-    extra: dict[str, Any] = {"baseline": s.cache}
+    if s.threshold is None and s.cache == "fbc" and spec.embedded:
+        overrides["threshold"] = EMBEDDED_FBC_THRESHOLD
+    extra: dict[str, Any] = {"baseline": s.cache, "baseline_threshold": overrides.get("threshold")}
     if s.cache == "magcache":
         t0 = time.perf_counter()
         with torch.inference_mode():
