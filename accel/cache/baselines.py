@@ -162,7 +162,6 @@ class BranchStates(ModelHook):
         self.fresh = [copy.deepcopy(h.state) for h in self.hooks]
         self.states: dict[str | None, list[Any]] = {}
         self.current: str | None = None
-        self.branches_seen: set[str | None] = set()
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
         name = self.context._context.name if self.context._context is not None else None
@@ -172,7 +171,6 @@ class BranchStates(ModelHook):
             for hook, state in zip(self.hooks, fresh, strict=True):
                 hook.state = state
             self.current = name
-        self.branches_seen.add(name)
         return args, kwargs
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -538,10 +539,7 @@ def work_metrics(segments: list[dict[str, int]], layers: int, chunk_tokens: int)
     count (so the uncached runner itself saves exactly 0). Commit passes (``clean-pass``) and a long video's
     prefix passes run in every run and count on both sides.
     """
-    totals: dict[str, int] = {}
-    for seg in segments:
-        for k, v in seg.items():
-            totals[k] = totals.get(k, 0) + v
+    totals = sum(map(Counter, segments), Counter())
     executed, possible = _work(totals, layers, chunk_tokens)
     per_window = []
     for seg in segments:
