@@ -10,8 +10,12 @@ The TensorBoard child never outlives the process that started it:
   disposition is restored and the signal re-raised, so the app still ends "killed by SIGTERM").
 * SIGKILL, a crash, or a signal arriving before the handlers are installed: on Linux the child is started with
   ``PR_SET_PDEATHSIG = SIGTERM`` (``prctl`` from libc, set in ``preexec_fn``), so the kernel sends it SIGTERM when
-  its parent dies; TensorBoard handles SIGTERM by exiting cleanly, taking its helpers (data server,
-  multiprocessing manager) with it. Elsewhere this backstop is skipped silently.
+  its parent dies. Elsewhere this backstop is skipped silently.
+
+On POSIX the child is :mod:`profiling.tensorboard_guard`, a stdlib-only session leader that runs TensorBoard and,
+on SIGTERM / SIGHUP or when TensorBoard ends, kills TensorBoard's whole process group after a short grace: its
+helpers (data server, multiprocessing resource tracker, torch-tb-profiler's loader) do not reliably follow
+TensorBoard out on a busy machine, and once the app is dead nobody else could reap them.
 
 PDEATHSIG fires when the *thread* that forked the child exits, not the process. The app calls :func:`start` from
 gradio handlers, which run in anyio worker threads that are retired after 10 idle seconds; forking there
@@ -107,6 +111,7 @@ def _spawn(cmd: list[str]) -> subprocess.Popen:
     kwargs: dict = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     if os.name == "posix":
         kwargs["start_new_session"] = True
+        cmd = [sys.executable, str(Path(__file__).with_name("tensorboard_guard.py")), *cmd]
     preexec = _pdeathsig_preexec()
     if preexec is None:
         return subprocess.Popen(cmd, **kwargs)

@@ -179,3 +179,32 @@ def test_install_signal_handlers_chains_a_python_handler_and_keeps_ignored_signa
                          timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == ["stop", signal.SIGTERM]  # stopped once, then the old handler; SIGHUP ignored
+
+
+# CMD for the guard: a helper that ignores SIGTERM (as a loader still importing torch would fail to act on its
+# parent's exit), then CMD itself either waits to be stopped or exits at once.
+LINGERING = r"""
+import subprocess, sys, time
+IGNORE = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"
+helper = subprocess.Popen([sys.executable, "-c", IGNORE])
+print(helper.pid, flush=True)
+if sys.argv[1] == "wait":
+    time.sleep(3600)
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "exits"])
+def test_guard_sweeps_helpers_that_outlive_tensorboard(how):
+    guard = Path(__file__).resolve().parents[1] / "profiling" / "tensorboard_guard.py"
+    cmd = [sys.executable, str(guard), sys.executable, "-c", LINGERING, "wait" if how == "SIGTERM" else "exit"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        helper = int(proc.stdout.readline())
+        assert _stat(helper)[1] == proc.pid  # the helper is in the guard's group
+        if how == "SIGTERM":
+            proc.terminate()
+        assert proc.wait(timeout=DEADLINE_S) == -signal.SIGKILL  # the guard's sweep takes the guard too
+        _wait_for(lambda: not _group(proc.pid), f"the guard's group {proc.pid} gone")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
