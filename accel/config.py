@@ -348,7 +348,8 @@ class FlowCacheSettings(KVSettings):
     method: ClassVar[str] = "flowcache"
     preset: str = field(
         default="slow",
-        metadata=_help("Threshold preset, slow or fast (0.1 / 0.15 on SkyReels-V2).", abbrev="", choices=PRESETS),
+        metadata=_help("Threshold preset, slow or fast (0.1 / 0.15 on SkyReels-V2, 0.1 / 0.16 on the embedded models).",
+                       abbrev="", choices=PRESETS),
     )
     thresh: float | None = field(
         default=None,
@@ -386,7 +387,7 @@ class MotionCacheSettings(KVSettings):
     method: ClassVar[str] = "motioncache"
     thresh: float | None = field(
         default=None,
-        metadata=_help("Per-token accumulator threshold; empty = the model's (0.1 on SkyReels-V2); <= 0: no reuse.",
+        metadata=_help("Per-token accumulator threshold; empty = the model's (0.1); <= 0: no reuse.",
                        abbrev="t"),
     )  # fmt: skip
     warmup: int | None = field(
@@ -396,8 +397,8 @@ class MotionCacheSettings(KVSettings):
     )  # fmt: skip
     phase1_updates: int | None = field(
         default=None,
-        metadata=_help("Updating steps with uniform weights before motion weights apply; empty = the model's "
-                       "(6 of 50 steps on SkyReels-V2, 3 in the demo; 2 of 20 on the embedded models)."),
+        metadata=_help("Updating steps with uniform weights before motion weights apply; empty = the VBench setup's "
+                       "6 of 50 steps scaled to the run (2 of 20; the reference demo uses 3)."),
     )  # fmt: skip
     floor: float = field(default=0.6, metadata=_help("Lowest motion weight; weights span [floor, 1] per frame."))
     min_update_ratio: float = field(

@@ -143,7 +143,7 @@ def test_skyreels_runs_are_stored_with_chunk_telemetry(sky_pipe, tmp_path):
     size = {"height": 64, "width": 64, "frames": 21, "steps": 6}
     dense = generate(RunConfig(prompt=PROMPT, model="tiny-skyreels", method="dense", **size), store)
     fast = generate(
-        RunConfig(prompt=PROMPT, model="tiny-skyreels", method="flowcache", settings={"preset": "fast", "ret_steps": 2},
+        RunConfig(prompt=PROMPT, model="tiny-skyreels", method="flowcache", settings={"thresh": 0.5, "ret_steps": 2},
                   **size), store)  # fmt: skip
     m, d = fast.metrics, dense.metrics
     assert d["chunk_reuses"] == 0 and d["block_executions"] == d["block_executions_uncached"]
@@ -225,7 +225,7 @@ def test_sparse_attention_composes_with_the_chunk_caches(sky_pipe, tmp_path):
     assert abs(full.frames().astype(int) - dense.frames().astype(int)).max() <= 1  # tau = 1 is dense attention
     both = generate(
         RunConfig(prompt=PROMPT, model="tiny-skyreels", method="flowcache",
-                  settings={"preset": "fast", "ret_steps": 2, "attention": "xattention", "attention_tmr": True},
+                  settings={"thresh": 0.5, "ret_steps": 2, "attention": "xattention", "attention_tmr": True},
                   **size), store)  # fmt: skip
     t = both.telemetry
     dens = t[t.event == "density"]
@@ -278,9 +278,9 @@ def test_chunk_cache_fills_in_the_models_motioncache_and_flowcache_defaults():
 
     pocket, real = models.resolve("pocket-skyreels"), models.resolve("skyreels-v2-df-1.3b")
     mc = settings_for("motioncache", {})
-    assert chunk_cache(mc, pocket).phase1_updates == 2  # 6 of 50 steps, scaled to the embedded 20
-    assert chunk_cache(mc, real).phase1_updates == 6
-    assert chunk_cache(settings_for("motioncache", {"phase1_updates": 4}), pocket).phase1_updates == 4
+    for spec in (pocket, real):  # 6 of 50 steps, scaled to the run
+        assert [chunk_cache(mc, spec).phase1(n) for n in (20, 50, 8)] == [2, 6, 1]
+    assert chunk_cache(settings_for("motioncache", {"phase1_updates": 4}), pocket).phase1(50) == 4
     assert chunk_cache(mc, real).thresh == real.flowcache["motion"]
     assert chunk_cache(settings_for("flowcache", {"preset": "fast"}), pocket).thresh == pocket.flowcache["fast"]
     assert type(chunk_cache(settings_for("xattention", {}), pocket)).__name__ == "GroupCache"  # no reuse

@@ -11,7 +11,8 @@ Per group and CFG branch, with ``k`` the group's own step:
    the forward is skipped and nothing is reset (deferred); no token: ``x_out = x_in + R``; all tokens:
    full forward; otherwise only the selected tokens S go through all blocks (their Q/K/V only, the other
    tokens' K/V stay stale in the buffer), ``x_out[S]`` and ``R[S]`` are refreshed and ``A[S] = 0``.
-4. Phase 1 lasts ``phase1_updates`` steps that updated anything; then motion weights apply, recomputed
+4. Phase 1 lasts ``phase1_updates`` steps that updated anything (unset: the VBench setup's 6 of 50 steps scaled
+   to the run, 2 of 20); then motion weights apply, recomputed
    after every step from the assembled block output ``h``:
    ``m[f,s] = mean_c|h[f,s] - h[f-1,s]| / (mean_c|h[f-1,s]| + 1e-8)`` (frame 0 against the stored last
    frame of group ``g-1``, stored once that group is past its own phase 1, as the reference stores it; until
@@ -74,7 +75,7 @@ class MotionCache(GroupCache):
         self,
         thresh: float = 0.1,
         warmup: int | None = None,
-        phase1_updates: int = 6,
+        phase1_updates: int | None = None,
         floor: float = 0.6,
         min_update_ratio: float = 0.4,
         vote_share: float = 0.5,
@@ -93,6 +94,10 @@ class MotionCache(GroupCache):
 
     def reset(self) -> None:
         self.state, self.last_frame = {}, {}
+
+    def phase1(self, num_steps: int) -> int:
+        """Updating steps of phase 1: ``phase1_updates``, or the reference's 6 of 50 scaled to the run."""
+        return self.phase1_updates if self.phase1_updates is not None else reference_steps(6, num_steps)
 
     def _full(self, step: GroupStep, st: _TokenState) -> torch.Tensor:
         out = step.run_blocks(None)
@@ -144,7 +149,7 @@ class MotionCache(GroupCache):
         if step.step > warmup and need_n > 0 and st.weights is None:
             st.phase1_done += 1
         h = out.view(b, fh, hh * wh, -1)
-        if st.phase1_done >= self.phase1_updates and step.step >= warmup:
+        if st.phase1_done >= self.phase1(step.num_steps) and step.step >= warmup:
             st.weights = motion_weights(h, self.last_frame.get((group - 1, branch)), self.floor)
             st.weight_history.append(st.weights[0].detach().to(torch.float16).cpu())
             self.last_frame[(group, branch)] = h[:, -1].detach()  # for group g+1, once past phase 1
