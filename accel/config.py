@@ -348,8 +348,11 @@ class FlowCacheSettings(KVSettings):
     method: ClassVar[str] = "flowcache"
     preset: str = field(
         default="slow",
-        metadata=_help("Threshold preset, slow or fast (0.1 / 0.15 on SkyReels-V2, 0.1 / 0.16 on the embedded models).",
-                       abbrev="", choices=PRESETS),
+        metadata=_help(
+            "Threshold preset, slow or fast (0.1 / 0.15 on SkyReels-V2, 0.1 / 0.16 on the embedded models).",
+            abbrev="",
+            choices=PRESETS,
+        ),
     )
     thresh: float | None = field(
         default=None,
