@@ -112,9 +112,10 @@ EMBEDDED_DF = {
 }
 # No fitted polynomial for the embedded models: the raw relative L1 of e0 (a degree-4 fit of the residual's
 # change on 2,872 step pairs, R^2 0.82, gave the same work-PSNR front). Thresholds measured in the seeds'
-# setting (bench.chunked --preset seeds: 50 steps, 3 windows; docs/measurements/bench_chunked_seeds.txt):
-# slow 0.1 does 0.32 of the uncached block work at 29 dB on the bench prompt, fast 0.16 0.26 at 27 dB. At the
-# default 20 steps the same thresholds do 0.50 / 0.40 at 43 / 35 dB: a short schedule leaves less to skip.
+# setting (bench.chunked --preset seeds: 50 steps, 3 windows; docs/measurements/bench_chunked_seeds.txt): on
+# the bench prompt slow 0.1 did 0.32 of the uncached block work at 29 dB, fast 0.16 0.26 at 27 dB on the
+# pocket-skyreels they were chosen on (0.30 / 0.24 at 21 / 18 dB on the one fine-tuned since). At the default
+# 20 steps they do about 0.50 / 0.40: a short schedule leaves less to skip.
 EMBEDDED_FLOWCACHE = {"coefficients": "none", "slow": 0.1, "fast": 0.16, "motion": 0.1, "phase1_updates": None}
 # Measured step-to-step drift of a head on tiny-wan is ~1.4 (0.9-2.1): refresh the masks after about two steps.
 EMBEDDED_TMR_DELTA = {"xattention": 3.0, "svg2": 3.0}
