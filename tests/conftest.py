@@ -72,7 +72,7 @@ def stored_runs(tmp_path_factory):
                 prompt=PROMPT,
                 model="tiny-skyreels",
                 method="motioncache",
-                settings={"warmup": 1, "phase1_updates": 1},
+                settings={"warmup": 1, "phase1_updates": 1, "thresh": 0.3},
                 **SKY,
             ),
             store,

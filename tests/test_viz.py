@@ -155,3 +155,17 @@ def test_runs_report_the_time_spent_recording(stored_runs):
         m = run.metrics
         assert 0 <= m["record_loop_s"] <= m["wall_s"] and m["record_s"] >= 0
     assert r["xattention"].metrics["record_loop_s"] > 0  # it logged rows and masks
+
+
+def test_chunk_bench_rows_count_work_and_the_first_windows_psnr(stored_runs):
+    from accel.bench.chunked import first_window_psnr, table
+    from viz.compare import PSNR_CAP, versus
+
+    _, r = stored_runs
+    dense, motion = r["sky_dense"], r["motion"]
+    assert first_window_psnr(dense, dense) == PSNR_CAP  # identical frames, capped as everywhere
+    one_window = first_window_psnr(motion, dense)  # a 21-frame video is one window: the whole-video PSNR
+    assert one_window == pytest.approx(versus(dense, motion)["psnr_db"]) and one_window < PSNR_CAP
+    header, uncached, cached = table([("uncached", dense), ("motioncache", motion)], dense)
+    assert "PSNR w1" in header and " 0.0% " in uncached and " 1.000 " in uncached
+    assert f" {one_window:.2f} " in cached
