@@ -133,8 +133,13 @@ def preset_sizes(model: str, name: str) -> list[Any]:
 
 
 @_shown
-def headline(run_id: str | None) -> str:
-    return panels.headline(_store(), _open(run_id)) if run_id else ""
+def shown_run(run_id: str | None) -> tuple[str | None, str]:
+    """The picked run's video (it loops) and headline numbers; empty for no run."""
+    if not run_id:
+        return None, ""
+    run = _open(run_id)
+    video = run.video_path
+    return (str(video) if video is not None else None), panels.headline(_store(), run)
 
 
 @_shown
@@ -263,7 +268,7 @@ def _optional_number(label: str, info: str) -> gr.Textbox:
 
 
 # -- tabs ----------------------------------------------------------------------------------------------------
-def generate_tab(run_pick: gr.Dropdown) -> gr.Markdown:
+def generate_tab(run_pick: gr.Dropdown) -> tuple[gr.Video, gr.Markdown]:
     """Model, method and every setting of it, prompt and sampling; the video and its headline numbers."""
     names = list(methods.REGISTRY)
     with gr.Tab("Generate", id="generate"), gr.Row():
@@ -303,7 +308,7 @@ def generate_tab(run_pick: gr.Dropdown) -> gr.Markdown:
                 groups.append(group)
             go_btn = gr.Button("Generate", variant="primary")
         with gr.Column(scale=1):
-            video = gr.Video(label="Output", autoplay=True)
+            video = gr.Video(label="Output", autoplay=True, loop=True)
             summary = gr.Markdown()
     method.change(lambda m: [gr.update(visible=n == m) for n in names], method, groups, api_name=False)
     size_preset.change(preset_sizes, [model, size_preset], [height, width, frames], api_name=False)
@@ -312,7 +317,7 @@ def generate_tab(run_pick: gr.Dropdown) -> gr.Markdown:
         run_generation, [model, method, prompt, negative, *sampling, profile_box, kernels, *field_inputs],
         [video, summary, run_pick], concurrency_limit=1, concurrency_id=GENERATE_QUEUE, api_name="generate",
     )  # fmt: skip
-    return summary
+    return video, summary
 
 
 def sparsity_tab(run_pick: gr.Dropdown) -> None:
@@ -440,13 +445,13 @@ def build_app() -> gr.Blocks:
             report_btn = gr.Button("HTML report", scale=0)
             report_file = gr.File(label="Report", scale=1, visible=False)
         with gr.Tabs():
-            summary = generate_tab(run_pick)
+            video, summary = generate_tab(run_pick)
             for tab in (sparsity_tab, reuse_tab, chunks_tab, motion_tab, compare_tab, profile_tab):
                 tab(run_pick)
             runs_table = runs_tab(run_pick)
         refresh.click(_run_list, None, run_pick, api_name=False)
         report_btn.click(export_report, run_pick, report_file, api_name="report")
-        run_pick.change(headline, run_pick, summary, api_name=False)
+        run_pick.change(shown_run, run_pick, [video, summary], api_name="shown_run")
         demo.load(lambda: (panels.runs_table(_store()), _run_list()), None, [runs_table, run_pick], api_name=False)
     return demo
 

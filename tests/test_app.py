@@ -240,3 +240,14 @@ def test_sigterm_to_the_app_stops_its_tensorboard(stored_runs, tmp_path):
             time.sleep(0.5)
     finally:
         proc.kill()
+
+
+def test_a_stored_run_shows_its_video_and_numbers(served):
+    _app, _, client, _, runs = served
+    for run in (runs["dense"], runs["motion"]):
+        video, summary = client.predict(run.run_id, api_name="/shown_run")
+        path = Path(video["video"] if isinstance(video, dict) else video)
+        assert path.suffix == ".mp4" and path.read_bytes() == run.video_path.read_bytes()
+        assert summary.strip()
+    video, summary = client.predict(None, api_name="/shown_run")
+    assert video is None and summary == ""

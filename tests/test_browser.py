@@ -94,6 +94,7 @@ def _drive(page, url: str, shots: Path, motion_run: str) -> float:
     page.get_by_role("button", name="Generate", exact=True).click()
     page.locator("video[src]").first.wait_for(timeout=180_000)
     click_to_video = time.perf_counter() - t0
+    generated = page.locator("video[src]").first.get_attribute("src")
     page.get_by_text("speedup vs dense").wait_for(timeout=30_000)
     page.screenshot(path=str(shots / "generate.png"), full_page=True)
     for tab, needle in TABS.items():
@@ -115,6 +116,10 @@ def _drive(page, url: str, shots: Path, motion_run: str) -> float:
             expect(panel.get_by_label("Selected run")).to_have_value(motion_run, timeout=30_000)  # then Open
             panel.get_by_role("button", name="Open", exact=True).click()
             expect(page.get_by_label("Run shown in the views")).to_have_value(re.compile("motioncache"), timeout=30_000)
+            page.get_by_role("tab", name="Generate").click()  # the Output now plays the opened run's video
+            output = page.locator("[role=tabpanel]:visible video[src]").first
+            expect(output).not_to_have_attribute("src", generated, timeout=30_000)
+            page.get_by_role("tab", name=tab).click()
         if tab == "Chunk cache":
             panel.get_by_text("chunk timeline").first.wait_for(timeout=30_000)
         page.screenshot(path=str(shots / f"{tab.lower().replace(' ', '_')}.png"), full_page=True)
