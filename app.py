@@ -72,8 +72,10 @@ def _picker(pick: panels.Pick, **extra: Any):
     return gr.update(choices=pick.options, value=pick.value, **extra)
 
 
-def _run_list():
-    return gr.update(choices=panels.run_choices(_store()))
+def _run_lists():
+    """The run picker's choices and the Runs table, fresh from the store; what is picked or selected stays."""
+    store = _store()
+    return gr.update(choices=panels.run_choices(store)), panels.runs_table(store)
 
 
 def _generate(cfg, profile: bool, progress) -> str:
@@ -377,7 +379,8 @@ def motion_tab(run_pick: gr.Dropdown) -> None:
     source.input(motion_view, [run_pick, frame, source], out, api_name=False)
 
 
-def compare_tab(run_pick: gr.Dropdown) -> None:
+def compare_tab(run_pick: gr.Dropdown):
+    """Runs side by side against a reference; returns the dense-reference event (it adds a run to the store)."""
     with gr.Tab("Compare", id="compare"):
         with gr.Row():
             runs = gr.Dropdown([], multiselect=True, label="Runs (first = reference)", scale=4, allow_custom_value=True)
@@ -392,7 +395,7 @@ def compare_tab(run_pick: gr.Dropdown) -> None:
         pareto = gr.Plot(label="Speed vs quality")
     run_pick.change(compare_choices, run_pick, [runs, pareto, note], api_name="compare_choices")
     cmp_btn.click(compare_runs, runs, [side, diff, curves, table], api_name="compare")
-    dense_btn.click(
+    return dense_btn.click(
         run_dense_reference, run_pick, [runs, pareto, note],
         concurrency_limit=1, concurrency_id=GENERATE_QUEUE, api_name="dense_reference",
     )  # fmt: skip
@@ -446,13 +449,19 @@ def build_app() -> gr.Blocks:
             report_file = gr.File(label="Report", scale=1, visible=False)
         with gr.Tabs():
             video, summary = generate_tab(run_pick)
-            for tab in (sparsity_tab, reuse_tab, chunks_tab, motion_tab, compare_tab, profile_tab):
+            for tab in (sparsity_tab, reuse_tab, chunks_tab, motion_tab):
                 tab(run_pick)
+            dense_reference = compare_tab(run_pick)
+            profile_tab(run_pick)
             runs_table = runs_tab(run_pick)
-        refresh.click(_run_list, None, run_pick, api_name=False)
+        lists = [run_pick, runs_table]
+        refresh.click(_run_lists, None, lists, api_name=False)
         report_btn.click(export_report, run_pick, report_file, api_name="report")
         run_pick.change(shown_run, run_pick, [video, summary], api_name="shown_run")
-        demo.load(lambda: (panels.runs_table(_store()), _run_list()), None, [runs_table, run_pick], api_name=False)
+        # a generation picks its new run; the dense reference adds one: every run list shows it at once
+        run_pick.change(lambda: panels.runs_table(_store()), None, runs_table, api_name=False)
+        dense_reference.then(_run_lists, None, lists, api_name=False)
+        demo.load(_run_lists, None, lists, api_name=False)
     return demo
 
 

@@ -95,6 +95,7 @@ def _drive(page, url: str, shots: Path, motion_run: str) -> float:
     page.locator("video[src]").first.wait_for(timeout=180_000)
     click_to_video = time.perf_counter() - t0
     generated = page.locator("video[src]").first.get_attribute("src")
+    new_run = page.get_by_label("Run shown in the views").input_value().rsplit(" ", 1)[-1]  # "... · <id suffix>"
     page.get_by_text("speedup vs dense").wait_for(timeout=30_000)
     page.screenshot(path=str(shots / "generate.png"), full_page=True)
     for tab, needle in TABS.items():
@@ -108,7 +109,8 @@ def _drive(page, url: str, shots: Path, motion_run: str) -> float:
             panel.get_by_text("dense ·").first.wait_for(timeout=30_000)  # the dense reference is preselected
             panel.get_by_role("button", name="Compare", exact=True).click()
             panel.locator("video[src]").first.wait_for(timeout=60_000)
-        if tab == "Runs":  # reopen a stored SkyReels-V2 MotionCache run, no model needed
+        if tab == "Runs":  # lists the new run without a reload; reopen a stored SkyReels-V2 MotionCache run
+            expect(panel).to_contain_text(new_run, timeout=30_000)
             panel.get_by_role("button", name="Open", exact=True).click()  # nothing selected: the run shown stays
             panel.get_by_text("select a run in the table first").wait_for(timeout=30_000)
             expect(page.get_by_label("Run shown in the views")).to_have_value(re.compile("xattention", re.I))
