@@ -157,7 +157,8 @@ def test_the_app_starts_and_serves_a_damaged_store(damaged_store, monkeypatch):
     import app
 
     app.build_app()  # the page load reads the run table
-    assert app.headline(healthy["dense"]).startswith("**dense")
+    video, headline = app.shown_run(healthy["dense"])
+    assert headline.startswith("**dense") and video.endswith(".mp4")
     app.compare_choices(healthy["dense"])
     with pytest.raises(gr.Error) as err:
         app.motion_view(victim)
