@@ -270,8 +270,9 @@ def _optional_number(label: str, info: str) -> gr.Textbox:
 
 
 # -- tabs ----------------------------------------------------------------------------------------------------
-def generate_tab(run_pick: gr.Dropdown) -> tuple[gr.Video, gr.Markdown]:
-    """Model, method and every setting of it, prompt and sampling; the video and its headline numbers."""
+def generate_tab(run_pick: gr.Dropdown):
+    """Model, method and every setting of it, prompt and sampling; the video and its headline numbers.
+    Returns the Output video, the headline and the generation event (it adds a run to the store)."""
     names = list(methods.REGISTRY)
     with gr.Tab("Generate", id="generate"), gr.Row():
         with gr.Column(scale=1):
@@ -315,11 +316,11 @@ def generate_tab(run_pick: gr.Dropdown) -> tuple[gr.Video, gr.Markdown]:
     method.change(lambda m: [gr.update(visible=n == m) for n in names], method, groups, api_name=False)
     size_preset.change(preset_sizes, [model, size_preset], [height, width, frames], api_name=False)
     sampling = [seed, height, width, frames, steps, guidance, *forcing]  # forms.SAMPLING + forms.FORCING
-    go_btn.click(
+    generated = go_btn.click(
         run_generation, [model, method, prompt, negative, *sampling, profile_box, kernels, *field_inputs],
         [video, summary, run_pick], concurrency_limit=1, concurrency_id=GENERATE_QUEUE, api_name="generate",
     )  # fmt: skip
-    return video, summary
+    return video, summary, generated
 
 
 def sparsity_tab(run_pick: gr.Dropdown) -> None:
@@ -448,7 +449,7 @@ def build_app() -> gr.Blocks:
             report_btn = gr.Button("HTML report", scale=0)
             report_file = gr.File(label="Report", scale=1, visible=False)
         with gr.Tabs():
-            video, summary = generate_tab(run_pick)
+            video, summary, generated = generate_tab(run_pick)
             for tab in (sparsity_tab, reuse_tab, chunks_tab, motion_tab):
                 tab(run_pick)
             dense_reference = compare_tab(run_pick)
@@ -458,9 +459,8 @@ def build_app() -> gr.Blocks:
         refresh.click(_run_lists, None, lists, api_name=False)
         report_btn.click(export_report, run_pick, report_file, api_name="report")
         run_pick.change(shown_run, run_pick, [video, summary], api_name="shown_run")
-        # a generation picks its new run; the dense reference adds one: every run list shows it at once
-        run_pick.change(lambda: panels.runs_table(_store()), None, runs_table, api_name=False)
-        dense_reference.then(_run_lists, None, lists, api_name=False)
+        for adds_a_run in (generated, dense_reference):  # every run list shows the new run at once
+            adds_a_run.then(_run_lists, None, lists, api_name=False)
         demo.load(_run_lists, None, lists, api_name=False)
     return demo
 
