@@ -180,6 +180,8 @@ def train(
     eval_prompts: int = 8,
     eval_seeds: Sequence[int] = (0,),
     ema: float = 0.0,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> dict[str, float]:
     """Train on the cached latents (first latent frames of each clip for ``frames``) and save a pipeline folder.
 
@@ -196,6 +198,11 @@ def train(
     ``init`` warm-starts from another pocket pipeline's transformer (SkyReels-V2's DF models are fine-tuned from
     Wan2.1 the same way; both classes share one state-dict layout). On ``device`` ``cuda`` the data, the random
     draws and the model all live on the GPU (seeded there, so a GPU run does not repeat a CPU run bit for bit).
+
+    ``checkpoint_every`` > 0 writes a resume point (``resume.safetensors`` in ``out``: weights, moving average,
+    optimizer moments, random states, best accuracy so far) every that many steps, atomically; ``resume`` continues
+    from it (same arguments), appending to the curves, so a killed background training loses at most that many
+    steps and ends where an uninterrupted one would.
     """
     from diffusers import DiffusionPipeline, SkyReelsV2DiffusionForcingPipeline, WanPipeline
     from safetensors.torch import load_file
@@ -232,26 +239,32 @@ def train(
     params = [*model.parameters(), *(text_encoder.parameters() if train_text else ())]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     averaged = [p.detach().clone() for p in params] if ema > 0 else None
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
     gen = torch.Generator(device).manual_seed(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    start, best, best_step = 0, -1.0, 0
+    if resume:
+        start, best, best_step = _load_resume(out / RESUME_FILE, params, averaged, opt, gen)
+        for name in ("loss.csv", "accuracy.csv"):  # rows logged after the resume point are trained again
+            _keep_rows_until(out / name, start)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s + start, steps, warmup))
     last: dict[str, float] = {}
     cls = WanPipeline if family == "wan" else SkyReelsV2DiffusionForcingPipeline
     current = cls(tokenizer=pipe.tokenizer, text_encoder=text_encoder, vae=vae.to(device), scheduler=pipe.scheduler,
                   transformer=model)  # fmt: skip
     held_out = held_out_prompts(eval_prompts, shapes=BASIC_SHAPES, directions=BASIC_DIRECTIONS)
-    best, best_step = -1.0, 0
+    mode = "a" if start else "w"  # a resumed run appends to its curves
     with contextlib.ExitStack() as files:
-        fh = files.enter_context(open(out / "loss.csv", "w", newline=""))
-        acc_file = files.enter_context(open(out / "accuracy.csv", "w", newline="")) if eval_every > 0 else None
+        fh = files.enter_context(open(out / "loss.csv", mode, newline=""))
+        acc_file = files.enter_context(open(out / "accuracy.csv", mode, newline="")) if eval_every > 0 else None
         acc_writer = csv.writer(acc_file) if acc_file else None
-        if acc_writer:
+        if acc_writer and not start:
             acc_writer.writerow(["step", "colour", "direction", "count", "all", "mean", "seconds"])
         writer = csv.writer(fh)
-        writer.writerow(["step", "loss", "seconds"])
-        running = torch.zeros((), device=device)
-        for step in range(1, steps + 1):
+        if not start:
+            writer.writerow(["step", "loss", "seconds"])
+        running, counted = torch.zeros((), device=device), 0
+        for step in range(start + 1, steps + 1):
             idx = torch.randint(len(latents), (batch,), generator=gen, device=device)
             x0 = latents[idx]
             keep = torch.rand(batch, generator=gen, device=device) >= drop
@@ -280,12 +293,13 @@ def train(
                     for avg, p in zip(averaged, params, strict=True):
                         avg.lerp_(p, 1.0 - ema)
             running += loss.detach()
+            counted += 1
             if step % log_every == 0 or step == steps:
-                n = step - (step - 1) // log_every * log_every  # steps since the last log line
-                last = {"loss": float(running) / n, "seconds": time.perf_counter() - t0, "prep_s": prep_s}
+                last = {"loss": float(running) / counted, "seconds": time.perf_counter() - t0, "prep_s": prep_s}
                 writer.writerow([step, f"{last['loss']:.5f}", f"{last['seconds']:.1f}"])
                 fh.flush()
                 running.zero_()
+                counted = 0
             if acc_writer and (step % eval_every == 0 or step == steps):
                 with _averaged_weights(params, averaged):
                     model.eval()
@@ -301,6 +315,8 @@ def train(
                         _save(current, out, base)
                 model.train()
                 text_encoder.train(train_text)
+            if checkpoint_every > 0 and step % checkpoint_every == 0 and step < steps:
+                _save_resume(out / RESUME_FILE, step, params, averaged, opt, gen, best, best_step)
     if eval_every > 0:
         last.update(best_step=best_step, best_accuracy=best)
     else:
@@ -309,6 +325,67 @@ def train(
         with _averaged_weights(params, averaged):
             _save(current, out, base)
     return last
+
+
+RESUME_FILE = "resume.safetensors"
+
+
+def _save_resume(path: Path, step: int, params: list[torch.nn.Parameter], averaged: list[torch.Tensor] | None,
+                 opt: torch.optim.Optimizer, gen: torch.Generator, best: float, best_step: int) -> None:  # fmt: skip
+    """Everything :func:`train` needs to continue after ``step``, written to a temporary file then renamed."""
+    from safetensors.torch import save_file
+
+    tensors = {"generator": gen.get_state(), "torch_rng": torch.get_rng_state()}  # the latter drives dropout
+    if torch.cuda.is_available():
+        tensors["cuda_rng"] = torch.cuda.get_rng_state()
+    for i, p in enumerate(params):
+        tensors[f"param.{i}"] = p.detach()
+        if averaged is not None:
+            tensors[f"ema.{i}"] = averaged[i]
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in opt.state[p]:
+                tensors[f"{key}.{i}"] = opt.state[p][key]
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {"step": str(step), "best": repr(best), "best_step": str(best_step), "params": str(len(params))}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def _keep_rows_until(path: Path, step: int) -> None:
+    """Drop the rows of a training curve (CSV with a step column first) logged after ``step``."""
+    if not path.is_file():
+        return
+    head, *rows = path.read_text().splitlines()
+    path.write_text("\n".join([head, *(r for r in rows if int(r.split(",")[0]) <= step)]) + "\n")
+
+
+def _load_resume(path: Path, params: list[torch.nn.Parameter], averaged: list[torch.Tensor] | None,
+                 opt: torch.optim.Optimizer, gen: torch.Generator) -> tuple[int, float, int]:  # fmt: skip
+    """Restore a :func:`_save_resume` point in place; the step it was written after, best accuracy and its step."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no resume point {path} (train with checkpoint_every > 0 first)")
+    with safe_open(str(path), framework="pt") as fh:
+        meta, names = fh.metadata(), set(fh.keys())
+        if int(meta["params"]) != len(params) or ("ema.0" in names) != (averaged is not None):
+            raise ValueError(f"{path} was written by a training with other parameters or another --ema setting")
+        step = int(meta["step"])
+        gen.set_state(fh.get_tensor("generator"))
+        torch.set_rng_state(fh.get_tensor("torch_rng"))
+        if "cuda_rng" in names and torch.cuda.is_available():
+            torch.cuda.set_rng_state(fh.get_tensor("cuda_rng"))
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.copy_(fh.get_tensor(f"param.{i}"))
+                if averaged is not None:
+                    averaged[i].copy_(fh.get_tensor(f"ema.{i}"))
+                if f"exp_avg.{i}" in names:
+                    opt.state[p] = {"step": torch.tensor(float(step)),
+                                    "exp_avg": fh.get_tensor(f"exp_avg.{i}").to(p.device),
+                                    "exp_avg_sq": fh.get_tensor(f"exp_avg_sq.{i}").to(p.device)}  # fmt: skip
+    return step, float(meta["best"]), int(meta["best_step"])
 
 
 @contextlib.contextmanager
@@ -358,6 +435,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ema", type=float, default=0.0, help="decay of a moving average of the weights, evaluated and saved (0 = off)"
     )
+    parser.add_argument("--checkpoint-every", type=int, default=0,
+                        help="write a resume point (resume.safetensors in --out) every N steps")  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help="continue from --out's resume point (same arguments)")
     parser.add_argument("--device", default="cpu", help="where to encode the cache and train (cpu, cuda)")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering clips for a new cache")
     parser.add_argument("--log-every", type=int, default=20, help="steps per row of loss.csv")
@@ -377,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
                  args.seed, log_every=args.log_every, family=args.family, init=args.init, device=args.device,
                  layers=args.layers, train_text=args.train_text, eval_every=args.eval_every,
                  eval_prompts=args.eval_prompts, eval_seeds=[int(s) for s in args.eval_seeds.split(",")],
-                 ema=args.ema)  # fmt: skip
+                 ema=args.ema, checkpoint_every=args.checkpoint_every, resume=args.resume)  # fmt: skip
     print(f"saved {args.out}: last loss {last['loss']:.4f}, {last['seconds']:.0f} s (data {last['prep_s']:.0f} s)")
 
 
