@@ -224,3 +224,39 @@ def test_a_resumed_training_ends_where_an_uninterrupted_one_does(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), part
     with pytest.raises(ValueError, match="--ema"):
         train_wan(base, tmp_path / "vae", out, cache, resume=True, **{**kwargs, "ema": 0.0})
+
+
+@pytest.mark.slow
+def test_mixed_sizes_train_in_turn(tmp_path, monkeypatch):
+    """``mix``: a second cache of another size, frame count and batch is drawn from every other step."""
+    from accel.training import wan
+    from accel.training.wan import cache_latents
+
+    cache = _vae_and_cache(tmp_path, clips=2)
+    big = tmp_path / "big.safetensors"
+    cache_latents(tmp_path / "vae", big, clips=2, size=48, frames=9, seed=1)
+    seen = []
+    build = wan.build_transformer
+
+    def recording(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_pre_hook(lambda _m, inputs: seen.append(tuple(inputs[0].shape)))
+        return model
+
+    monkeypatch.setattr(wan, "build_transformer", recording)
+    base = Path(__file__).resolve().parent.parent / "assets" / "tiny-wan"
+    wan.train(base, tmp_path / "vae", tmp_path / "out", cache, steps=4, batch=2, frames=5, log_every=2,
+              mix=[(big, 9, 1)])  # fmt: skip
+    assert seen == [(1, 16, 3, 6, 6), (2, 16, 2, 4, 4)] * 2
+
+
+def test_mix_argument_reads_file_frames_and_batch():
+    import argparse
+
+    from accel.training.wan import _mix_arg
+
+    assert _mix_arg("/a:b/c.safetensors:33:4") == (Path("/a:b/c.safetensors"), 33, 4)
+    assert _mix_arg("c.safetensors:33") == (Path("c.safetensors"), 33, None)
+    for bad in ("c.safetensors", ":33", "c.safetensors:x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="FILE:FRAMES"):
+            _mix_arg(bad)

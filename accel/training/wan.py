@@ -21,6 +21,7 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,7 @@ def train(
     eval_prompts: int = 8,
     eval_seeds: Sequence[int] = (0,),
     ema: float = 0.0,
+    mix: Sequence[tuple[Path, int, int | None]] = (),
     checkpoint_every: int = 0,
     resume: bool = False,
 ) -> dict[str, float]:
@@ -199,6 +201,10 @@ def train(
     Wan2.1 the same way; both classes share one state-dict layout). On ``device`` ``cuda`` the data, the random
     draws and the model all live on the GPU (seeded there, so a GPU run does not repeat a CPU run bit for bit).
 
+    ``mix`` adds latent caches trained on in turn with the main one (step ``s`` draws from cache ``s mod n``), each
+    as ``(file, frames, batch)`` (batch None: ``batch``): one model learns several sizes, e.g. the default size and
+    a bench size of 256x256x33 whose positions the default clips never reach.
+
     ``checkpoint_every`` > 0 writes a resume point (``resume.safetensors`` in ``out``: weights, moving average,
     optimizer moments, random states, best accuracy so far) every that many steps, atomically; ``resume`` continues
     from it (same arguments), appending to the curves, so a killed background training loses at most that many
@@ -207,30 +213,19 @@ def train(
     from diffusers import DiffusionPipeline, SkyReelsV2DiffusionForcingPipeline, WanPipeline
     from safetensors.torch import load_file
 
-    latent_frames = (frames - 1) // 4 + 1
-    if family == "skyreels" and latent_frames % CHUNK_FRAMES:
-        raise ValueError(f"diffusion forcing needs whole chunks: {frames} frames give {latent_frames} latent frames, "
-                         f"not a multiple of {CHUNK_FRAMES} (use 5, 13, 21, ...)")  # fmt: skip
     torch.manual_seed(seed)
     pipe = DiffusionPipeline.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
     shift = float(pipe.scheduler.config.get("flow_shift", 3.0)) if shift is None else shift  # the sampler's
     vae = load_vae(vae_dir)
     t0 = time.perf_counter()
-    latents, prompts = read_latents(latents_file)
-    if latents.shape[2] < latent_frames:
-        raise ValueError(f"{latents_file} holds {latents.shape[2]} latent frames, {frames} frames need {latent_frames}")
-    latents = latents[:, :, :latent_frames].to(device).contiguous()
     text_encoder = pipe.text_encoder
     init_text = Path(init) / "text_encoder" / "model.safetensors" if init is not None else None
     if init_text is not None and init_text.is_file():  # the encoder the init's transformer was trained against
         text_encoder.load_state_dict(load_file(init_text), strict=False)  # not strict: tied embeddings saved once
-    # the unconditional branch (last row) sees the empty prompt, as at sampling
-    ids, mask = (t.to(device) for t in tokenize(pipe, [*prompts, ""]))
     text_encoder.to(device).train(train_text)
-    contexts = None
-    if not train_text:  # a frozen encoder: every prompt embedded once
-        with torch.no_grad():
-            contexts = embed(text_encoder, ids, mask)
+    sources = [_Source.load(latents_file, frames, batch, pipe, text_encoder, family, train_text, device)]
+    sources += [_Source.load(Path(f), n, b or batch, pipe, text_encoder, family, train_text, device)
+                for f, n, b in mix]  # fmt: skip
     prep_s = time.perf_counter() - t0
     model = build_transformer(family, text_encoder.config.d_model, layers=layers)
     if init is not None:
@@ -265,11 +260,13 @@ def train(
             writer.writerow(["step", "loss", "seconds"])
         running, counted = torch.zeros((), device=device), 0
         for step in range(start + 1, steps + 1):
-            idx = torch.randint(len(latents), (batch,), generator=gen, device=device)
-            x0 = latents[idx]
+            data = sources[step % len(sources)]
+            batch = data.batch
+            idx = torch.randint(len(data.latents), (batch,), generator=gen, device=device)
+            x0 = data.latents[idx]
             keep = torch.rand(batch, generator=gen, device=device) >= drop
-            rows = torch.where(keep, idx, len(prompts))
-            ctx = embed(text_encoder, ids[rows], mask[rows]) if train_text else contexts[rows]
+            rows = torch.where(keep, idx, len(data.latents))
+            ctx = embed(text_encoder, data.ids[rows], data.mask[rows]) if train_text else data.contexts[rows]
             if family == "wan":
                 sigma = sample_sigmas(batch, shift, gen).view(-1, 1, 1, 1, 1)
                 kwargs = {}
@@ -325,6 +322,35 @@ def train(
         with _averaged_weights(params, averaged):
             _save(current, out, base)
     return last
+
+
+@dataclass
+class _Source:
+    """One latent cache as training draws from it: latents cut to the trained frames, token ids and masks of its
+    prompts plus the empty prompt (last row, the unconditional branch), their embeddings when the encoder is frozen."""
+
+    latents: torch.Tensor
+    ids: torch.Tensor
+    mask: torch.Tensor
+    contexts: torch.Tensor | None
+    batch: int
+
+    @classmethod
+    def load(cls, path: Path, frames: int, batch: int, pipe, text_encoder, family: str, train_text: bool,
+             device: str) -> _Source:  # fmt: skip
+        latent_frames = (frames - 1) // 4 + 1
+        if family == "skyreels" and latent_frames % CHUNK_FRAMES:
+            raise ValueError(f"diffusion forcing needs whole chunks: {frames} frames give {latent_frames} latent "
+                             f"frames, not a multiple of {CHUNK_FRAMES} (use 5, 13, 21, ...)")  # fmt: skip
+        latents, prompts = read_latents(path)
+        if latents.shape[2] < latent_frames:
+            raise ValueError(f"{path} holds {latents.shape[2]} latent frames, {frames} frames need {latent_frames}")
+        ids, mask = (t.to(device) for t in tokenize(pipe, [*prompts, ""]))
+        contexts = None
+        if not train_text:  # a frozen encoder: every prompt embedded once
+            with torch.no_grad():
+                contexts = embed(text_encoder, ids, mask)
+        return cls(latents[:, :, :latent_frames].to(device).contiguous(), ids, mask, contexts, batch)
 
 
 RESUME_FILE = "resume.safetensors"
@@ -406,6 +432,16 @@ def _averaged_weights(params: list[torch.nn.Parameter], averaged: list[torch.Ten
                 p.copy_(kept)
 
 
+def _mix_arg(text: str) -> tuple[Path, int, int | None]:
+    """``FILE:FRAMES[:BATCH]`` of ``--mix`` (the file name may hold colons)."""
+    parts = text.split(":")
+    numbers = 2 if len(parts) > 2 and parts[-1].isdigit() and parts[-2].isdigit() else 1
+    file, counts = ":".join(parts[:-numbers]), parts[-numbers:]
+    if not file or not all(c.isdigit() for c in counts):
+        raise argparse.ArgumentTypeError(f"--mix takes FILE:FRAMES[:BATCH], got {text!r}")
+    return Path(file), int(counts[0]), int(counts[1]) if numbers == 2 else None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, default=ASSETS / "tiny-wan",
@@ -435,6 +471,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ema", type=float, default=0.0, help="decay of a moving average of the weights, evaluated and saved (0 = off)"
     )
+    parser.add_argument("--mix", action="append", default=[], type=_mix_arg, metavar="FILE:FRAMES[:BATCH]",
+                        help="another latent cache trained on in turn with --latents (repeatable)")  # fmt: skip
     parser.add_argument("--checkpoint-every", type=int, default=0,
                         help="write a resume point (resume.safetensors in --out) every N steps")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue from --out's resume point (same arguments)")
@@ -457,7 +495,8 @@ def main(argv: list[str] | None = None) -> None:
                  args.seed, log_every=args.log_every, family=args.family, init=args.init, device=args.device,
                  layers=args.layers, train_text=args.train_text, eval_every=args.eval_every,
                  eval_prompts=args.eval_prompts, eval_seeds=[int(s) for s in args.eval_seeds.split(",")],
-                 ema=args.ema, checkpoint_every=args.checkpoint_every, resume=args.resume)  # fmt: skip
+                 ema=args.ema, mix=args.mix,
+                 checkpoint_every=args.checkpoint_every, resume=args.resume)  # fmt: skip
     print(f"saved {args.out}: last loss {last['loss']:.4f}, {last['seconds']:.0f} s (data {last['prep_s']:.0f} s)")
 
 
