@@ -319,6 +319,7 @@ def generate_tab(run_pick: gr.Dropdown):
     generated = go_btn.click(
         run_generation, [model, method, prompt, negative, *sampling, profile_box, kernels, *field_inputs],
         [video, summary, run_pick], concurrency_limit=1, concurrency_id=GENERATE_QUEUE, api_name="generate",
+        show_progress_on=video,
     )  # fmt: skip
     return video, summary, generated
 
@@ -333,9 +334,9 @@ def sparsity_tab(run_pick: gr.Dropdown) -> None:
         masks = gr.Plot(label="Per-head masks")
         density = gr.Plot(label="Density over step x layer")
     out = [branch, step, layer, masks, density, note]
-    run_pick.change(sparsity_view, run_pick, out, api_name="sparsity")
+    run_pick.change(sparsity_view, run_pick, out, api_name="sparsity", show_progress_on=masks)
     for ctl in (branch, step, layer):
-        ctl.input(sparsity_view, [run_pick, branch, step, layer], out, api_name=False)
+        ctl.input(sparsity_view, [run_pick, branch, step, layer], out, api_name=False, show_progress_on=masks)
 
 
 def reuse_tab(run_pick: gr.Dropdown) -> None:
@@ -350,9 +351,9 @@ def reuse_tab(run_pick: gr.Dropdown) -> None:
         picked = gr.Markdown()
         drift = gr.Plot(label="Drift")
     out = [branch, grid, heads, drift, note]
-    run_pick.change(reuse_view, run_pick, out, api_name="reuse")
+    run_pick.change(reuse_view, run_pick, out, api_name="reuse", show_progress_on=drift)
     for ctl in (branch, heads):
-        ctl.input(reuse_view, [run_pick, branch, heads], out, api_name=False)
+        ctl.input(reuse_view, [run_pick, branch, heads], out, api_name=False, show_progress_on=drift)
     grid.select(reuse_pick, [run_pick, branch], [mask, picked], api_name=False)
 
 
@@ -360,8 +361,8 @@ def chunks_tab(run_pick: gr.Dropdown) -> None:
     with gr.Tab("Chunk cache", id="chunks"):
         branch = gr.Dropdown([], label="Branch")
         out = [branch, gr.Plot(label="Timeline"), gr.Plot(label="Accumulators"), gr.Plot(label="KV buffer")]
-    run_pick.change(chunks_view, run_pick, out, api_name="chunks")
-    branch.input(chunks_view, [run_pick, branch], out, api_name=False)
+    run_pick.change(chunks_view, run_pick, out, api_name="chunks", show_progress_on=out[1])
+    branch.input(chunks_view, [run_pick, branch], out, api_name=False, show_progress_on=out[1])
 
 
 def motion_tab(run_pick: gr.Dropdown) -> None:
@@ -375,9 +376,9 @@ def motion_tab(run_pick: gr.Dropdown) -> None:
         image = gr.Image(label="Motion heatmap over the frame", interactive=False, type="numpy", height=420)
         counts = gr.Plot(label="Token updates")
     out = [frame, source, image, counts]
-    run_pick.change(motion_view, run_pick, out, api_name="motion")
-    frame.release(motion_view, [run_pick, frame, source], out, api_name=False)
-    source.input(motion_view, [run_pick, frame, source], out, api_name=False)
+    run_pick.change(motion_view, run_pick, out, api_name="motion", show_progress_on=image)
+    frame.release(motion_view, [run_pick, frame, source], out, api_name=False, show_progress_on=image)
+    source.input(motion_view, [run_pick, frame, source], out, api_name=False, show_progress_on=image)
 
 
 def compare_tab(run_pick: gr.Dropdown):
@@ -394,11 +395,12 @@ def compare_tab(run_pick: gr.Dropdown):
         table = gr.Dataframe(label="Quality and speed against the first run")
         curves = gr.Plot(label="Per-frame PSNR / SSIM")
         pareto = gr.Plot(label="Speed vs quality")
-    run_pick.change(compare_choices, run_pick, [runs, pareto, note], api_name="compare_choices")
-    cmp_btn.click(compare_runs, runs, [side, diff, curves, table], api_name="compare")
+    run_pick.change(compare_choices, run_pick, [runs, pareto, note], api_name="compare_choices",
+                    show_progress_on=pareto)  # fmt: skip
+    cmp_btn.click(compare_runs, runs, [side, diff, curves, table], api_name="compare", show_progress_on=side)
     return dense_btn.click(
         run_dense_reference, run_pick, [runs, pareto, note],
-        concurrency_limit=1, concurrency_id=GENERATE_QUEUE, api_name="dense_reference",
+        concurrency_limit=1, concurrency_id=GENERATE_QUEUE, api_name="dense_reference", show_progress_on=pareto,
     )  # fmt: skip
 
 
@@ -433,7 +435,8 @@ def runs_tab(run_pick: gr.Dropdown) -> gr.Dataframe:
         note = gr.Markdown()
     table.select(runs_select, table, selected, api_name=False)
     open_btn.click(open_selected, selected, [run_pick, note], api_name=False)
-    del_btn.click(delete_run, [selected, confirm], [table, selected, confirm, run_pick, note], api_name=False)
+    del_btn.click(delete_run, [selected, confirm], [table, selected, confirm, run_pick, note], api_name=False,
+                  show_progress_on=note)  # fmt: skip
     return table
 
 

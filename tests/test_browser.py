@@ -79,6 +79,32 @@ def test_every_tab_in_headless_chromium(browser_driver, app_url, tmp_path):
     assert not bad, f"browser console errors: {bad}"
 
 
+@pytest.mark.slow
+def test_an_error_leaves_every_picker_usable(browser_driver, app_url, tmp_path):
+    """A refused generation shows its message, and its error badge lands on the Output video, not on the run
+    picker (where it covered the list and swallowed clicks): a run can be picked right after."""
+    from playwright.sync_api import expect
+
+    url, runs = app_url
+    with browser_driver() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url, wait_until="networkidle")
+            page.locator("#in-steps textarea, #in-steps input").first.fill("-3")
+            page.get_by_role("button", name="Generate", exact=True).click()
+            page.get_by_text("steps").filter(has_text="-3").first.wait_for(timeout=30_000)  # the message
+            picker = page.get_by_label("Run shown in the views")
+            picker.click(timeout=5_000)  # covered by a badge, this times out
+            page.get_by_role("option").filter(has_text=runs["motion"].run_id[-6:]).first.click(timeout=5_000)
+            expect(picker).to_have_value(re.compile("motioncache"), timeout=30_000)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+
+
 def _drive(page, url: str, shots: Path, motion_run: str) -> float:
     """Generate a small XAttention + TMR run with profiling, then visit every tab; returns seconds from the
     Generate click to the video."""
