@@ -390,8 +390,9 @@ def compare_tab(run_pick: gr.Dropdown):
             dense_btn = gr.Button("Run dense reference", scale=0)
         note = gr.Markdown()
         with gr.Row():
-            side = gr.Video(label="Side by side")
-            diff = gr.Video(label="Difference of the second run")
+            side = gr.Video(label="Side by side", height=340, loop=True, scale=3)
+            diff = gr.Video(label="Difference of the second run (colour bar in pixel levels)", height=340, loop=True,
+                            scale=1)  # fmt: skip
         table = gr.Dataframe(label="Quality and speed against the first run")
         curves = gr.Plot(label="Per-frame PSNR / SSIM")
         pareto = gr.Plot(label="Speed vs quality")

@@ -108,9 +108,12 @@ def test_compare_quality_and_pareto(stored_runs):
     assert ref is not None and ref.run_id == r["dense"].run_id
     assert compare.dense_reference(store, r["motion"]).run_id == r["sky_dense"].run_id
     both = compare.side_by_side([r["dense"], r["xattention"], r["svg2"]])
-    assert both.shape == (9, 128, 384, 3)
+    band = compare.CAPTION_PX  # 128-px panels enlarged 2x, a caption band under each
+    assert both.shape == (9, 256 + band, 3 * 256, 3)
+    assert np.array_equal(both[:, :256:2, 256:512:2], r["xattention"].frames())  # pixels kept, in their panel
+    assert both[:, 256:, :, :].std() > 0  # the captions are drawn
     diff, gain = compare.difference_video(r["dense"], r["dense"])
-    assert diff.shape == (9, 128, 128, 3) and gain == 64.0
+    assert diff.shape == (9, 256 + band, 256 + 56, 3) and gain == 64.0  # the panel, its colour bar, a caption
     assert compare.difference_video(r["dense"], r["svg2"], gain=2.0)[1] == 2.0
     table = compare.quality(r["dense"], [r["dense"], r["svg2"]])
     assert table.loc[0, "psnr_db"] == compare.PSNR_CAP and table.loc[0, "speedup_wall"] == pytest.approx(1.0)
@@ -122,6 +125,10 @@ def test_compare_quality_and_pareto(stored_runs):
     assert table.loc[1, "speedup_wall"] == pytest.approx(wall)
     with pytest.raises(UserError, match="frame shapes differ"):
         compare.side_by_side([r["dense"], r["motion"]])
+    curves = compare.quality_curves(r["dense"], [r["xattention"], r["svg2"]])
+    legend = {t.legendgroup: t.line.color for t in curves.data if t.showlegend is not False}
+    assert len(set(legend.values())) == 2  # one colour per run, and its SSIM line (no legend entry) wears it
+    assert all(t.line.color == legend[t.legendgroup] for t in curves.data)
     fig = compare.pareto(store, r["xattention"])
     points = sum(len(tr.x) for tr in fig.data if tr.mode == "markers")
     others = [i for i in compare.comparable_runs(store, r["xattention"]) if i.run_id != ref.run_id]

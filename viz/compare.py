@@ -56,12 +56,34 @@ def speedup(reference: RunLike, run: RunLike, stage: str = "wall") -> float | No
     return a / b if a and b else None
 
 
-def _label(frame: np.ndarray, text: str) -> np.ndarray:
-    out = frame.copy()
-    scale = max(0.35, frame.shape[1] / 640)
-    cv2.putText(out, text, (6, int(18 * scale + 6)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(out, text, (6, int(18 * scale + 6)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
+PANEL_MIN_PX = 256  # panels narrower than this are enlarged (nearest neighbour) so captions stay legible
+CAPTION_PX = 22  # height of the caption band under each panel (below the video, clear of the player's badge)
+TRACE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def _enlarged(video: np.ndarray) -> np.ndarray:
+    """``(F, H, W, C)`` frames repeated by a whole factor so that ``W >= PANEL_MIN_PX`` (pixels stay sharp)."""
+    k = max(1, math.ceil(PANEL_MIN_PX / video.shape[2]))
+    return video.repeat(k, axis=1).repeat(k, axis=2) if k > 1 else video
+
+
+def _fitted(text: str, width: int) -> tuple[str, float]:
+    """``text`` and an opencv font scale at which it fits ``width`` px (shortened with '..' if it cannot)."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for scale in (0.5, 0.45, 0.4, 0.35):
+        if cv2.getTextSize(text, font, scale, 1)[0][0] <= width - 8:
+            return text, scale
+    while len(text) > 3 and cv2.getTextSize(text + "..", font, 0.35, 1)[0][0] > width - 8:
+        text = text[:-1]
+    return text + "..", 0.35
+
+
+def _captioned(video: np.ndarray, text: str) -> np.ndarray:
+    """Frames with a dark band underneath holding ``text`` (fitted to the width), the same on every frame."""
+    band = np.full((CAPTION_PX, video.shape[2], 3), 32, np.uint8)
+    shown, scale = _fitted(text, video.shape[2])
+    cv2.putText(band, shown, (4, CAPTION_PX - 7), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([video, np.broadcast_to(band, (len(video), *band.shape))], axis=1)
 
 
 def _same_shape(runs: Sequence[Run]) -> list[np.ndarray]:
@@ -73,32 +95,55 @@ def _same_shape(runs: Sequence[Run]) -> list[np.ndarray]:
     return videos
 
 
+def run_name(run: Run) -> str:
+    """How a run is named in comparisons: its label (method and settings), else its method."""
+    return str(run.config.get("label") or run.config.get("method", "") or run.run_id)
+
+
 def side_by_side(runs: Sequence[RunLike]) -> np.ndarray:
-    """Frames of all runs next to each other, each labelled with its method: ``(F, H, W * n, 3)``."""
+    """Frames of all runs next to each other, enlarged to at least :data:`PANEL_MIN_PX` wide, each captioned with
+    its name underneath: ``(F, k H + CAPTION_PX, k W n, 3)``."""
     rs = [as_run(r) for r in runs]
     if len(rs) < 2:
         raise UserError("pick at least two runs to compare")
     videos = _same_shape(rs)
-    labelled = [
-        np.stack([_label(f, r.config.get("label") or r.config.get("method", "")) for f in v])
-        for r, v in zip(rs, videos, strict=True)
-    ]
-    return np.concatenate(labelled, axis=2)
+    return np.concatenate([_captioned(_enlarged(v), run_name(r)) for r, v in zip(rs, videos, strict=True)], axis=2)
+
+
+def _colour_bar(height: int, gain: float, width: int = 56) -> np.ndarray:
+    """A vertical INFERNO scale for a difference panel: bright = large, ticks in 0-255 pixel units."""
+    ramp = np.linspace(255, 0, height).astype(np.uint8)[:, None].repeat(14, axis=1)
+    bar = np.full((height, width, 3), 32, np.uint8)
+    bar[:, 4:18] = cv2.cvtColor(cv2.applyColorMap(ramp, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+    top = 255.0 / gain  # the difference shown at full brightness
+    for frac in (0.0, 0.5, 1.0):
+        y = round((1 - frac) * (height - 1))
+        value = frac * top
+        text = f"{value:.0f}" if top >= 10 else f"{value:.1f}"
+        cv2.putText(bar, text, (21, min(max(y + 4, 10), height - 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                    (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+    return bar
 
 
 def difference_video(reference: RunLike, run: RunLike, gain: float | None = None) -> tuple[np.ndarray, float]:
-    """``|run - reference|`` per pixel (max over RGB), times ``gain``, coloured with opencv INFERNO.
+    """``|run - reference|`` per pixel (max over RGB), times ``gain``, coloured with opencv INFERNO, enlarged like
+    :func:`side_by_side`'s panels, with a colour bar (in 0-255 pixel units) and a caption.
 
     ``gain=None`` picks one for the whole video so that its 99.9th-percentile difference is bright (at most 64x,
     at least 1x); returns the frames and the gain used.
     """
-    a, b = _same_shape([as_run(reference), as_run(run)])
+    ref, r = as_run(reference), as_run(run)
+    a, b = _same_shape([ref, r])
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=-1).astype(np.float32)
     if gain is None:
         gain = float(np.clip(200.0 / max(float(np.percentile(diff, 99.9)), 1.0), 1.0, 64.0))
     diff = np.clip(diff * gain, 0, 255).astype(np.uint8)
-    frames = np.stack([cv2.cvtColor(cv2.applyColorMap(d, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB) for d in diff])
-    return frames, gain
+    frames = _enlarged(
+        np.stack([cv2.cvtColor(cv2.applyColorMap(d, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB) for d in diff])
+    )
+    bar = _colour_bar(frames.shape[1], gain)
+    frames = np.concatenate([frames, np.broadcast_to(bar, (len(frames), *bar.shape))], axis=2)
+    return _captioned(frames, f"|{run_name(r)} - {run_name(ref)}| x{gain:.0f}"), gain
 
 
 @lru_cache(maxsize=64)
@@ -145,17 +190,16 @@ def quality_curves(reference: RunLike, runs: Sequence[RunLike]) -> go.Figure:
     if not others:
         return empty_figure("pick a second run to compare against the reference")
     fig = make_subplots(1, 2, subplot_titles=["PSNR (dB)", "SSIM"])
-    for r in others:
+    for i, r in enumerate(others):  # one colour per run in both panels, as in the legend
         q = frame_quality(ref, r)
-        name = r.config.get("label") or r.run_id
+        name, colour = run_name(r), TRACE_COLOURS[i % len(TRACE_COLOURS)]
         psnr = [min(v, PSNR_CAP) for v in q["psnr"]]
-        fig.add_trace(go.Scatter(y=psnr, mode="lines+markers", name=name, legendgroup=name), row=1, col=1)
-        fig.add_trace(
-            go.Scatter(y=q["ssim"], mode="lines+markers", name=name, legendgroup=name, showlegend=False), row=1, col=2
-        )
+        common = {"mode": "lines+markers", "name": name, "legendgroup": r.run_id, "line": {"color": colour}}
+        fig.add_trace(go.Scatter(y=psnr, **common), row=1, col=1)
+        fig.add_trace(go.Scatter(y=q["ssim"], showlegend=False, **common), row=1, col=2)
     fig.update_xaxes(title_text="frame")
     fig.update_layout(
-        title=f"per-frame quality against {ref.config.get('label') or ref.run_id}",
+        title=f"per-frame quality against {run_name(ref)}",
         height=360,
         margin={"l": 50, "r": 20, "t": 70, "b": 40},
     )
