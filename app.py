@@ -26,7 +26,7 @@ from typing import Any
 import gradio as gr
 
 from accel import budget, forms, methods, models
-from accel.config import DEFAULT_MODEL, KERNEL_BACKENDS
+from accel.config import DEFAULT_MODEL, KERNEL_BACKENDS, MAX_REPEATS
 from accel.errors import UserError, one_line
 from accel.fields import MODEL_DEFAULT, FieldSpec
 from accel.paths import TABLES
@@ -287,6 +287,8 @@ def generate_tab(run_pick: gr.Dropdown):
                 seed = gr.Number(0, label="Seed", precision=0)
                 steps = _optional_number("Steps", "empty = model default")
                 guidance = _optional_number("Guidance", "empty = model default")
+                repeats = gr.Number(1, label="Timing repeats", precision=0, minimum=1, maximum=MAX_REPEATS,
+                                    info="runs it N times; times are the median (benchmarks: 3 or more)")  # fmt: skip
             with gr.Row():
                 height = _optional_number("Height", "px; empty = default")
                 width = _optional_number("Width", "px; empty = default")
@@ -315,7 +317,7 @@ def generate_tab(run_pick: gr.Dropdown):
             summary = gr.Markdown()
     method.change(lambda m: [gr.update(visible=n == m) for n in names], method, groups, api_name=False)
     size_preset.change(preset_sizes, [model, size_preset], [height, width, frames], api_name=False)
-    sampling = [seed, height, width, frames, steps, guidance, *forcing]  # forms.SAMPLING + forms.FORCING
+    sampling = [seed, height, width, frames, steps, guidance, repeats, *forcing]  # forms.SAMPLING + forms.FORCING
     generated = go_btn.click(
         run_generation, [model, method, prompt, negative, *sampling, profile_box, kernels, *field_inputs],
         [video, summary, run_pick], concurrency_limit=1, concurrency_id=GENERATE_QUEUE, api_name="generate",

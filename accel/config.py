@@ -463,6 +463,7 @@ KERNEL_BACKENDS = ("auto", "triton", "flex", "torch")  # kernels.dispatch.BACKEN
 # How a finished chunk's K/V are frozen in chunked diffusion-forcing runs (accel.cache.chunked): the K/V of its
 # last denoising step (both seed implementations) or one more pass at timestep 0 (diffusers' full window).
 COMMIT_MODES = ("last-step", "clean-pass")
+MAX_REPEATS = 20  # timing repeats of one run (RunConfig.repeats)
 
 
 @dataclass(frozen=True)
@@ -494,6 +495,7 @@ class RunConfig:
     device: str | None = None
     dtype: str | None = None
     kernels: str | None = None  # kernel backend (auto | triton | flex | torch); None = $ACCEL_KERNELS, else auto
+    repeats: int = 1  # the generation runs this many times; its times are the median (the video is the first's)
 
     def __post_init__(self) -> None:
         if self.settings is None or isinstance(self.settings, dict):
@@ -538,6 +540,9 @@ class RunConfig:
         if self.addnoise_condition is not None and not 0 <= self.addnoise_condition < 1000:
             raise ConfigError(f"addnoise_condition must be in [0, 1000), got {self.addnoise_condition}")
         _check_choice("kv_commit", self.kv_commit, COMMIT_MODES)
+        _check_int("repeats", self.repeats, 1)
+        if self.repeats > MAX_REPEATS:
+            raise ConfigError(f"repeats must be at most {MAX_REPEATS}, got {self.repeats}")
         if self.dtype is not None and self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.kernels is not None and self.kernels not in KERNEL_BACKENDS:

@@ -14,7 +14,7 @@ from accel.config import DEFAULT_MODEL, ConfigError, RunConfig, settings_for
 from accel.fields import all_field_specs, settings_from
 
 DEFAULT_PROMPT = "a red circle moves quickly left over a blue background"
-SAMPLING = ("seed", "height", "width", "frames", "steps", "guidance")
+SAMPLING = ("seed", "height", "width", "frames", "steps", "guidance", "repeats")  # repeats: timing passes
 FORCING = ("ar_step", "causal_block_size", "base_num_frames", "overlap_history", "addnoise_condition")
 FIELDS = all_field_specs()
 INTEGER = {*SAMPLING, *FORCING} - {"guidance", "addnoise_condition"}
@@ -50,6 +50,7 @@ def run_config(
     methods.get(method)  # an unknown method names the known ones
     values = {k: number(v, k) for k, v in zip((*SAMPLING, *FORCING), sampling, strict=True)}
     values["seed"] = values["seed"] or 0
+    values["repeats"] = 1 if values["repeats"] is None else values["repeats"]
     settings = settings_for(method, settings_from(method, FIELDS, list(fields)))
     return RunConfig(
         prompt=prompt or "", model=model, method=method, settings=settings, negative_prompt=negative or "",
@@ -58,14 +59,12 @@ def run_config(
 
 
 def dense_reference(config: dict[str, Any]) -> RunConfig:
-    """The dense run that matches a stored run's ``config.json`` (same prompt, seed, model and sampling)."""
-    return RunConfig(
-        prompt=config["prompt"],
-        model=config["model"],
-        method="dense",
-        negative_prompt=config.get("negative_prompt", ""),
-        **{k: config.get(k) for k in (*SAMPLING, *FORCING, "fps")},
-    )
+    """The dense run that matches a stored run's ``config.json`` (same prompt, seed, model and sampling, timed
+    with as many repeats)."""
+    sampling = {k: config.get(k) for k in (*SAMPLING, *FORCING, "fps")}
+    sampling["repeats"] = sampling["repeats"] or 1  # runs stored before timing repeats existed
+    return RunConfig(prompt=config["prompt"], model=config["model"], method="dense",
+                     negative_prompt=config.get("negative_prompt", ""), **sampling)  # fmt: skip
 
 
 def form_values(

@@ -24,6 +24,7 @@ import torch
 from accel import budget, methods, models
 from accel.config import ConfigError, RunConfig
 from accel.errors import UserError, one_line
+from accel.load import LoadMeter
 from accel.methods import ProgressFn, Target
 from accel.runs import Run, RunStore
 from accel.schema import Event
@@ -181,24 +182,31 @@ def generate(
             f"the prompt is {prompt_tokens} tokens; the text encoder takes {spec.text_tokens}: the rest was cut"
         )
         LOG.warning(warnings_[-1])
-    recorder = Recorder(policy, enabled=record)  # record=False: for measuring what recording costs
-    times: dict[str, float] = {}
-    _sync(device)
+    samples: list[dict[str, float]] = []  # one per pass: wall, text encode, VAE decode, denoise seconds
     calls_before, compile_before = Counter(dispatch.calls), sum(flex.compile_seconds.values())
-    t0 = time.perf_counter()
     profiler = None
     work = tempfile.TemporaryDirectory(prefix="accel-profile-") if profile else None
     try:
-        with contextlib.ExitStack() as stack:
-            if cfg.kernels is not None:
-                stack.enter_context(dispatch.use_backend(cfg.kernels))
-            if profile:
-                wait = profile_wait(cfg)
-                profiler = stack.enter_context(RunProfiler(work.name, wait=wait, run_name=cfg.label()))
-                profiler.attach(pipe.transformer)
-            with _stage_timers(pipe, device, times), method.install(Target(pipe, cfg, spec, recorder)) as run:
-                video, extra = run(progress)
-            _sync(device)
+        with LoadMeter() as load:
+            for i in range(cfg.repeats):  # the first pass is kept (video, telemetry, profile); all are timed
+                recording = Recorder(policy, enabled=record)  # record=False: for measuring what recording costs
+                times: dict[str, float] = {}
+                _sync(device)
+                t0 = time.perf_counter()
+                with contextlib.ExitStack() as stack:
+                    if cfg.kernels is not None:
+                        stack.enter_context(dispatch.use_backend(cfg.kernels))
+                    if profile and i == 0:
+                        wait = profile_wait(cfg)
+                        profiler = stack.enter_context(RunProfiler(work.name, wait=wait, run_name=cfg.label()))
+                        profiler.attach(pipe.transformer)
+                    with _stage_timers(pipe, device, times), method.install(Target(pipe, cfg, spec, recording)) as run:
+                        output = run(progress)
+                    _sync(device)
+                samples.append(_pass_times(time.perf_counter() - t0, times))
+                if i == 0:
+                    (video, extra), recorder = output, recording
+                    kernel_calls = {f"{op}/{b}": n for (op, b), n in (dispatch.calls - calls_before).items()}
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
         if not _is_out_of_memory(exc) or isinstance(exc, UserError):
             raise
@@ -208,27 +216,31 @@ def generate(
             f"out of memory on {device} at {cfg.width}x{cfg.height}x{cfg.frames}: lower the size or frames "
             f"({one_line(exc)})"
         ) from None
-    generate_s = time.perf_counter() - t0
-    kernel_calls = {f"{op}/{backend}": n for (op, backend), n in (dispatch.calls - calls_before).items()}
+    generate_s = samples[0]["wall_s"]
+    timed = samples[1:] if profile and len(samples) > 1 else samples  # a profiled pass runs slower
     frames = (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     t_rec = time.perf_counter()
     table, arrays = recorder.finish()
     record_s = time.perf_counter() - t_rec
-
-    stages = {
-        "load_s": load_s,
-        "text_encode_s": times.get("text_encode_s", 0.0),
-        "vae_decode_s": times.get("vae_decode_s", 0.0),
+    stages = {"load_s": load_s, **{k: float(np.median([t[k] for t in timed])) for k in STAGES}}
+    if load.warning():
+        warnings_.append(load.warning())
+        LOG.warning(warnings_[-1])
+    timing = {  # the timed passes' seconds (a profiled first pass of several is left out: it runs slower)
+        "repeats": cfg.repeats,
+        **{k: [t[k] for t in timed] for k in ("wall_s", "denoise_s")},
+        "profiled_pass_wall_s": generate_s if len(timed) < len(samples) else None,
+        "load": load.result(),
     }
-    stages["denoise_s"] = generate_s - stages["text_encode_s"] - stages["vae_decode_s"]
     grid = (
         (cfg.frames - 1) // pipe.vae_scale_factor_temporal + 1,
         cfg.height // pipe.vae_scale_factor_spatial // spec_patch(pipe, 1),
         cfg.width // pipe.vae_scale_factor_spatial // spec_patch(pipe, 2),
     )
     metrics = {
-        "wall_s": generate_s,
+        "wall_s": float(np.median([t["wall_s"] for t in timed])),  # the median over the timed passes
         "stages": stages,
+        "timing": timing,
         "record_s": record_s,
         "record_loop_s": recorder.loop_s,
         "tokens": int(np.prod(grid)),
@@ -255,7 +267,7 @@ def generate(
             if arrays:
                 w.write_arrays("arrays.npz", arrays)
             if profiler is not None:
-                metrics["profile"] = profiler.save(w.path, generate_s)
+                metrics["profile"] = profiler.save(w.path, generate_s)  # the profiled (first) pass
             metrics["save_s"] = time.perf_counter() - t_save
             w.write_json("metrics.json", metrics)
     except OSError as exc:
@@ -265,6 +277,15 @@ def generate(
         if work is not None:
             work.cleanup()
     return store.load(w.final_path)
+
+
+STAGES = ("text_encode_s", "vae_decode_s", "denoise_s")  # parts of a pass's wall time in metrics["stages"]
+
+
+def _pass_times(wall_s: float, times: dict[str, float]) -> dict[str, float]:
+    """One pass's wall and :data:`STAGES` seconds; denoising is what neither text encoding nor VAE decoding took."""
+    text, vae = times.get("text_encode_s", 0.0), times.get("vae_decode_s", 0.0)
+    return {"wall_s": wall_s, "text_encode_s": text, "vae_decode_s": vae, "denoise_s": wall_s - text - vae}
 
 
 def spec_patch(pipe, axis: int) -> int:

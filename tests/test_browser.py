@@ -24,6 +24,11 @@ TABS = {  # tab -> what must be on it after a run
     "Chunk cache": ".js-plotly-plot",  # after reopening the stored MotionCache run from the Runs tab
     "Motion": "img",
 }
+CURVE_COLOURS = """() => {
+  const gd = [...document.querySelectorAll('.js-plotly-plot')]
+    .find(g => ((g.layout && g.layout.title && g.layout.title.text) || '').includes('per-frame quality'));
+  return gd ? gd._fullData.map(t => [t.legendgroup, t.line.color]) : null;
+}"""
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]  # fmt: skip
 
@@ -135,6 +140,11 @@ def _drive(page, url: str, shots: Path, motion_run: str) -> float:
             panel.get_by_text("dense ·").first.wait_for(timeout=30_000)  # the dense reference is preselected
             panel.get_by_role("button", name="Compare", exact=True).click()
             panel.locator("video[src]").first.wait_for(timeout=60_000)
+            panel.get_by_text("per-frame quality").first.wait_for(timeout=30_000)
+            drawn = page.evaluate(CURVE_COLOURS)  # [legend group, drawn line colour] per trace
+            assert drawn and all(c == dict(drawn)[g] for g, c in drawn), drawn  # SSIM lines wear the legend's colours
+            assert len(set(dict(drawn).values())) == len(dict(drawn))
+            expect(panel.get_by_text(re.compile("dense noise band")).first).to_be_visible(timeout=30_000)
         if tab == "Runs":  # lists the new run without a reload; reopen a stored SkyReels-V2 MotionCache run
             expect(panel).to_contain_text(new_run, timeout=30_000)
             panel.get_by_role("button", name="Open", exact=True).click()  # nothing selected: the run shown stays

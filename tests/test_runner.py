@@ -98,3 +98,30 @@ def test_failure_while_saving_leaves_no_run(store, tiny_pipe, monkeypatch):
         runner.generate(_cfg("dense"), store)
     assert store.list() == []
     assert not any(store.root.iterdir())
+
+
+def test_repeats_time_every_pass_and_keep_the_first(store, tiny_pipe, monkeypatch):
+    """``repeats``: the generation runs that many times; wall and stage times are medians over the timed passes (a
+    profiled first pass is left out), the samples and the machine's load are stored, the video is the first's."""
+    cfg = RunConfig(prompt=PROMPT, method="dense", device="cpu", height=32, width=32, frames=5, steps=2, repeats=3)
+    passes = []
+    real = runner._pass_times
+
+    def counted(wall_s, times):
+        passes.append(wall_s)
+        return real(wall_s, times)
+
+    monkeypatch.setattr(runner, "_pass_times", counted)
+    run = runner.generate(cfg, store, profile=True)
+    timing = run.metrics["timing"]
+    assert len(passes) == 3 and timing["repeats"] == 3 and run.config["repeats"] == 3
+    assert timing["wall_s"] == passes[1:] and timing["profiled_pass_wall_s"] == passes[0]
+    assert run.metrics["wall_s"] == pytest.approx(np.median(passes[1:]))
+    assert run.metrics["stages"]["denoise_s"] == pytest.approx(np.median(timing["denoise_s"]))
+    assert timing["load"]["cpus"] >= 1 and timing["load"]["own_cores"] > 0
+    once = runner.generate(dataclasses.replace(cfg, repeats=1), store)
+    assert np.array_equal(once.frames(), run.frames())  # every pass draws the same video
+    assert once.metrics["timing"]["wall_s"] == [once.metrics["wall_s"]]
+    for bad in (0, 21, 1.5):
+        with pytest.raises(ValueError, match="repeats"):
+            dataclasses.replace(cfg, repeats=bad)

@@ -130,9 +130,15 @@ def test_compare_quality_and_pareto(stored_runs):
     assert len(set(legend.values())) == 2  # one colour per run, and its SSIM line (no legend entry) wears it
     assert all(t.line.color == legend[t.legendgroup] for t in curves.data)
     fig = compare.pareto(store, r["xattention"])
-    points = sum(len(tr.x) for tr in fig.data if tr.mode == "markers")
+    points = sum(len(tr.x) for tr in fig.data if tr.mode == "markers" and "noise" not in tr.name)
     others = [i for i in compare.comparable_runs(store, r["xattention"]) if i.run_id != ref.run_id]
-    assert points == len(others) >= 2  # xattention, svg2 (and any app-made run of the same video) vs dense
+    assert points == 2 * len(others) >= 4  # xattention, svg2 (and any app-made run) vs dense: wall and denoise
+    lo, hi, n = compare.noise_band(store, ref.path)
+    walls = r["dense"].metrics["timing"]["wall_s"]
+    assert n >= 2 and lo == pytest.approx(np.median(walls) / max(walls)) and lo <= 1.0 <= hi
+    assert len(fig.layout.shapes) >= 2 and any("dense noise band" in (t.name or "") for t in fig.data)
+    low, high = compare.speedup_range(ref.path, r["dense"].path)
+    assert (low, high) == pytest.approx((lo, hi)) and compare.speedup(ref.path, r["dense"].path) == 1.0
 
 
 def test_profile_views_and_report(stored_runs, tmp_path):

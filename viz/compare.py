@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,7 +16,7 @@ from plotly.subplots import make_subplots
 from accel.errors import UserError
 from accel.metrics import compare_videos
 from accel.runs import DamagedRunError, Run, RunInfo, RunStore
-from viz.common import RunLike, as_run, empty_figure, lay_out
+from viz.common import RunLike, as_run, empty_figure
 
 # config keys that must agree for two runs to show the same video (method and its settings may differ)
 SAME_VIDEO_KEYS = (
@@ -45,15 +46,46 @@ def dense_reference(store: RunStore, run: RunLike) -> RunInfo | None:
     return None
 
 
+def speed_samples(run: RunLike, stage: str = "wall") -> list[float]:
+    """The timed passes' seconds of ``wall`` (whole run) or ``denoise`` (the transformer loop); one value for a
+    run timed once (or stored before timing repeats)."""
+    m = as_run(run).metrics
+    samples = (m.get("timing") or {}).get(f"{stage}_s") or []
+    if samples:
+        return [float(v) for v in samples]
+    one = m.get("wall_s") if stage == "wall" else m.get("stages", {}).get("denoise_s")
+    return [float(one)] if one else []
+
+
+def seconds(run: RunLike, stage: str = "wall") -> float | None:
+    """The run's time for ``stage``: the median of its timed passes."""
+    samples = speed_samples(run, stage)
+    return float(np.median(samples)) if samples else None
+
+
 def speedup(reference: RunLike, run: RunLike, stage: str = "wall") -> float | None:
-    """``reference`` time / ``run`` time for ``wall`` (whole run) or ``denoise`` (the transformer loop)."""
-
-    def seconds(r: Run) -> float | None:
-        m = r.metrics
-        return m.get("wall_s") if stage == "wall" else m.get("stages", {}).get("denoise_s")
-
-    a, b = seconds(as_run(reference)), seconds(as_run(run))
+    """``reference`` time / ``run`` time for ``wall`` (whole run) or ``denoise`` (the transformer loop), medians."""
+    a, b = seconds(reference, stage), seconds(run, stage)
     return a / b if a and b else None
+
+
+def speedup_range(reference: RunLike, run: RunLike, stage: str = "wall") -> tuple[float, float] | None:
+    """The slowest and fastest speedup ``run``'s timed passes show against ``reference``'s median time."""
+    ref, samples = seconds(reference, stage), speed_samples(run, stage)
+    return (ref / max(samples), ref / min(samples)) if ref and samples else None
+
+
+def noise_band(store: RunStore, reference: RunLike, stage: str = "wall") -> tuple[float, float, int] | None:
+    """How far dense runs of ``reference``'s video stray from it: the lowest and highest speedup over
+    ``reference`` of every timed pass of every comparable dense run (its own repeats included), and how many
+    passes that is; None with fewer than two. A method inside the band is not measurably faster than dense."""
+    ref = as_run(reference)
+    dense = [i.path for i in comparable_runs(store, ref) if i.config.get("method") == "dense"]
+    samples = [v for path in dense for v in speed_samples(path, stage)]
+    base = seconds(ref, stage)
+    if len(samples) < 2 or not base:
+        return None
+    return base / max(samples), base / min(samples), len(samples)
 
 
 PANEL_MIN_PX = 256  # panels narrower than this are enlarged (nearest neighbour) so captions stay legible
@@ -169,8 +201,9 @@ def versus(reference: RunLike, run: RunLike) -> dict:
         "run": r.run_id,
         "method": r.config.get("method"),
         "label": r.config.get("label"),
-        "wall_s": r.metrics.get("wall_s"),
-        "denoise_s": r.metrics.get("stages", {}).get("denoise_s"),
+        "wall_s": seconds(r, "wall"),
+        "denoise_s": seconds(r, "denoise"),
+        "repeats": len(speed_samples(r, "wall")),
         "speedup_wall": speedup(ref, r, "wall"),
         "speedup_denoise": speedup(ref, r, "denoise"),
         "psnr_db": min(q["psnr_mean"], PSNR_CAP),
@@ -218,10 +251,11 @@ def pareto(store: RunStore, run: RunLike) -> go.Figure:
     runs = [info.path for info in comparable_runs(store, r) if info.run_id != ref.run_id]
     if not runs:
         return empty_figure("only the dense reference exists: generate with a method to compare")
-    rows, damaged = [], []
+    rows, damaged, run_id_path = [], [], {}
     for path in runs:
         try:
             rows.append(versus(ref.path, path))
+            run_id_path[rows[-1]["run"]] = path
         except DamagedRunError as exc:  # one unreadable run never hides the others
             if exc.run_id == ref.run_id:
                 return empty_figure(f"the dense reference cannot be read: {exc}")
@@ -229,40 +263,67 @@ def pareto(store: RunStore, run: RunLike) -> go.Figure:
     if not rows:
         return empty_figure(f"every run to compare is damaged: {', '.join(damaged)}")
     table = pd.DataFrame(rows).dropna(subset=["speedup_wall"])
-    fig = go.Figure()
-    for method, sel in table.groupby("method"):
+    stages = (("wall", "wall time"), ("denoise", "denoise only (transformer loop)"))
+    fig = make_subplots(1, 2, shared_yaxes=True, subplot_titles=[t for _, t in stages], horizontal_spacing=0.06)
+    colours = {m: TRACE_COLOURS[i % len(TRACE_COLOURS)] for i, m in enumerate(sorted(table["method"].unique()))}
+    bands = []
+    for col, (stage, _) in enumerate(stages, start=1):
+        x = f"speedup_{stage}"
+        for method, sel in table.dropna(subset=[x]).groupby("method"):
+            below, above = _error_bars(ref.path, [run_id_path[r] for r in sel["run"]], list(sel[x]), stage)
+            fig.add_trace(
+                go.Scatter(
+                    x=sel[x], y=sel["psnr_db"], mode="markers", name=method, legendgroup=method, showlegend=col == 1,
+                    marker={"size": 11, "color": colours[method]},
+                    error_x={"type": "data", "symmetric": False, "array": above, "arrayminus": below, "thickness": 1},
+                    customdata=np.stack([sel["label"].astype(str), sel["ssim"], sel["repeats"]], axis=-1),
+                    hovertemplate="%{customdata[0]}<br>speedup %{x:.2f}x (median of %{customdata[2]}) · "
+                    "PSNR %{y:.1f} dB · SSIM %{customdata[1]:.3f}",
+                ),
+                row=1, col=col,
+            )  # fmt: skip
+        front = _frontier(table.dropna(subset=[x]), x)
         fig.add_trace(
-            go.Scatter(
-                x=sel["speedup_wall"],
-                y=sel["psnr_db"],
-                mode="markers",
-                name=method,
-                marker={"size": 11},
-                customdata=np.stack([sel["label"].astype(str), sel["ssim"]], axis=-1),
-                hovertemplate="%{customdata[0]}<br>speedup %{x:.2f}x · PSNR %{y:.1f} dB · SSIM %{customdata[1]:.3f}",
-            )
-        )
-    front = _frontier(table)
-    fig.add_trace(
-        go.Scatter(x=front["speedup_wall"], y=front["psnr_db"], mode="lines", name="Pareto front", line={"dash": "dot"})
-    )
-    fig.add_vline(x=1.0, line_color="#999999")
-    return lay_out(
-        fig,
-        f"speed vs quality over {len(table)} runs of this prompt and seed (dense = 1x)"
-        + (f"; damaged, skipped: {', '.join(damaged)}" if damaged else ""),
-        420,
-        x="speedup over dense (wall time)",
-        y=f"PSNR vs dense (dB, identical = {PSNR_CAP:g})",
-    )
+            go.Scatter(x=front[x], y=front["psnr_db"], mode="lines", name="Pareto front", legendgroup="front",
+                       showlegend=col == 1, line={"dash": "dot", "color": "#555555"}),
+            row=1, col=col,
+        )  # fmt: skip
+        band = noise_band(store, ref.path, stage)
+        if band is not None:
+            fig.add_vrect(x0=band[0], x1=band[1], fillcolor="#888888", opacity=0.25, line_width=0, row=1, col=col)
+            bands.append(band)
+        fig.add_vline(x=1.0, line_color="#999999", row=1, col=col)
+        fig.update_xaxes(title_text=f"speedup over dense ({stage})", row=1, col=col)
+    if bands:  # a legend entry for the shaded band
+        swatch = {"symbol": "square", "size": 14, "color": "rgba(136,136,136,0.4)"}
+        name = f"dense noise band ({bands[0][2]} passes)"
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, marker=swatch))
+    noise = "" if bands else "; time dense twice (or with repeats >= 2) to see its noise band"
+    fig.update_yaxes(title_text=f"PSNR vs dense (dB, identical = {PSNR_CAP:g})", row=1, col=1)
+    fig.update_layout(
+        title=f"speed vs quality over {len(table)} runs of this prompt and seed (dense = 1x; bars: min-max of "
+        f"repeats){noise}" + (f"; damaged, skipped: {', '.join(damaged)}" if damaged else ""),
+        height=440, margin={"l": 50, "r": 20, "t": 80, "b": 40},
+    )  # fmt: skip
+    return fig
 
 
-def _frontier(table: pd.DataFrame) -> pd.DataFrame:
-    """Runs not dominated in (speedup, PSNR), sorted by speedup."""
-    rows = table.sort_values(["speedup_wall", "psnr_db"], ascending=[False, False])
+def _error_bars(reference: Path, runs: list[Path], speedups: list[float], stage: str) -> tuple[list, list]:
+    """How far below and above its median speedup each run's fastest and slowest timed pass lie."""
+    below, above = [], []
+    for run, value in zip(runs, speedups, strict=True):
+        lo, hi = speedup_range(reference, run, stage) or (value, value)
+        below.append(value - lo)
+        above.append(hi - value)
+    return below, above
+
+
+def _frontier(table: pd.DataFrame, x: str = "speedup_wall") -> pd.DataFrame:
+    """Runs not dominated in (speedup ``x``, PSNR), sorted by speedup."""
+    rows = table.sort_values([x, "psnr_db"], ascending=[False, False])
     best, keep = -math.inf, []
     for i, row in rows.iterrows():
         if row["psnr_db"] > best:
             keep.append(i)
             best = row["psnr_db"]
-    return table.loc[keep].sort_values("speedup_wall")
+    return table.loc[keep].sort_values(x)

@@ -56,13 +56,16 @@ def headline(store: RunStore, run: Run) -> str:
     """Markdown of the numbers a user looks at first: time, speedup vs dense, density or reuse."""
     m = run.metrics
     lines = [f"**{run.config.get('label')}** · run `{run.run_id}`", "", "| metric | value |", "|---|---|"]
-    lines.append(
-        f"| wall time | {m.get('wall_s') or 0:.2f} s (denoise {(m.get('stages') or {}).get('denoise_s') or 0:.2f} s) |"
-    )
+    walls = compare.speed_samples(run, "wall")
+    spread = f"median of {len(walls)}: {min(walls):.2f}-{max(walls):.2f} s; " if len(walls) > 1 else ""
+    denoise = compare.seconds(run, "denoise") or 0.0
+    lines.append(f"| wall time | {compare.seconds(run, 'wall') or 0:.2f} s ({spread}denoise {denoise:.2f} s) |")
     ref = compare.dense_reference(store, run)
     if ref is not None:
         s_wall, s_den = compare.speedup(ref.path, run, "wall"), compare.speedup(ref.path, run, "denoise")
-        lines.append(f"| speedup vs dense `{ref.run_id}` | {s_wall:.2f}x wall, {s_den:.2f}x denoise |")
+        band = compare.noise_band(store, ref.path, "wall")
+        noise = f"; dense itself varies {band[0]:.2f}-{band[1]:.2f}x" if band else ""
+        lines.append(f"| speedup vs dense `{ref.run_id}` | {s_wall:.2f}x wall, {s_den:.2f}x denoise{noise} |")
     elif run.config.get("method") != "dense":
         lines.append("| speedup vs dense | no dense run of this prompt and seed yet (Compare tab) |")
     if "density_mean_sparse" in m:
