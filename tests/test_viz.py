@@ -26,13 +26,20 @@ def test_masks_and_densities_follow_the_telemetry(stored_runs):
     t = run.telemetry
     d = t[(t.event == "density") & (t.step == first["step"]) & (t.layer == first["layer"]) & (t.branch == "cond")]
     assert fig.layout.annotations[0].text == f"head 0 · {float(d[d['head'] == 0]['density'].iloc[0]):.2f}"
-    assert sparsity.warmup_steps(run) == [0, 1]
+    assert sparsity.warmup_structure(run) == ([0, 1], [])  # XAttention: whole warm-up steps, no dense layers
+    assert sparsity.warmup_note(run) == "dense warm-up: steps 0-1 (every layer)"
     dens = sparsity.density_heatmaps(run)
     assert len(dens.data) == run.metrics["heads"] and len(dens.layout.shapes) == run.metrics["heads"]
     z = np.asarray(dens.data[0].z, dtype=float)
     assert z.shape == (run.metrics["layers"], run.config["steps"]) and np.allclose(z[:, :2], 1.0)
     # SVG2 cluster masks are drawn at token scale
     svg = r["svg2"]
+    steps, layers = sparsity.warmup_structure(svg)  # its first steps at every layer, its first layers at every step
+    t = svg.telemetry
+    warm = t[t.event == "dense_warmup"][["step", "layer"]].drop_duplicates()
+    assert len(warm) == len(steps) * svg.metrics["layers"] + len(layers) * (svg.config["steps"] - len(steps))
+    assert steps == [0] and layers == [0]  # 0.3 of 6 steps, 0.25 of 4 layers (both floored)
+    assert sparsity.warmup_note(svg) == "dense warm-up: step 0 (every layer); layer 0 (every step)"
     sidx = sparsity.mask_index(svg)
     assert sidx["q_offsets"].notna().all()
     assert sparsity.mask_image(svg, sidx.iloc[0]["key"], 1).shape == (192, 192)

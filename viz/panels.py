@@ -102,8 +102,8 @@ def sparsity_panel(run: Run, branch: str | None = None, step: Any = None, layer:
         if step_pick.value is not None
         else empty_figure("no masks recorded in this run (a dense or cache-only run, or --no-masks)")
     )
-    warm = sparsity.warmup_steps(run, branch_pick.value)
-    note = f"Dense warm-up steps: {sparsity.step_ranges(warm)}." if warm else "No dense warm-up steps recorded."
+    warm = sparsity.warmup_note(run, branch_pick.value)
+    note = f"{warm[0].upper()}{warm[1:]}." if warm else "No dense warm-up recorded."
     note += f" Masks are kept for {len(step_pick.options)} steps (evenly spaced within the recording budget)."
     return branch_pick, step_pick, layer_pick, masks, sparsity.density_heatmaps(run, branch_pick.value), note
 

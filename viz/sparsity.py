@@ -106,12 +106,29 @@ def head_masks(run: RunLike, step: int, layer: int, branch: str = "cond") -> go.
     return fig
 
 
-def warmup_steps(run: RunLike, branch: str | None = None) -> list[int]:
-    """Steps computed densely as warm-up (every layer or some: the steps that logged ``dense_warmup``)."""
+def warmup_structure(run: RunLike, branch: str | None = None) -> tuple[list[int], list[int]]:
+    """Warm-up as the methods define it: the steps where every layer ran dense (XAttention's ``warmup_steps``,
+    SVG2's first steps), and the layers that ran dense at every step (SVG2's dense first layers)."""
     rows = events(run, Event.DENSE_WARMUP)
+    every = events(run, Event.DENSE_WARMUP, Event.DENSITY)  # every (step, layer) attention ran at
     if branch is not None:
-        rows = rows[rows["branch"] == branch]
-    return sorted(int(s) for s in rows["step"].dropna().unique())
+        rows, every = rows[rows["branch"] == branch], every[every["branch"] == branch]
+    if rows.empty:
+        return [], []
+    cells = rows[["step", "layer"]].dropna().astype(int).drop_duplicates()
+    layers, steps = every["layer"].dropna().astype(int).nunique(), every["step"].dropna().astype(int).nunique()
+    per_step, per_layer = cells.groupby("step")["layer"].nunique(), cells.groupby("layer")["step"].nunique()
+    warm_steps = sorted(int(s) for s, n in per_step.items() if n >= layers)
+    warm_layers = sorted(int(layer) for layer, n in per_layer.items() if n >= steps and steps > len(warm_steps))
+    return warm_steps, warm_layers
+
+
+def warmup_note(run: RunLike, branch: str | None = None) -> str:
+    """One line on dense warm-up: steps at every layer, layers at every step."""
+    steps, layers = warmup_structure(run, branch)
+    parts = [f"step{'s' if len(steps) > 1 else ''} {step_ranges(steps)} (every layer)"] if steps else []
+    parts += [f"layer{'s' if len(layers) > 1 else ''} {step_ranges(layers)} (every step)"] if layers else []
+    return "dense warm-up: " + "; ".join(parts) if parts else ""
 
 
 def density_table(run: RunLike, branch: str = "cond") -> pd.DataFrame:
@@ -132,7 +149,7 @@ def density_heatmaps(run: RunLike, branch: str = "cond") -> go.Figure:
     cols = min(len(heads), 4)
     nrows = math.ceil(len(heads) / cols)
     fig = make_subplots(nrows, cols, subplot_titles=[f"head {h}" for h in heads], shared_xaxes=True, shared_yaxes=True)
-    warm = set(warmup_steps(run, branch))
+    warm, warm_layers = warmup_structure(run, branch)
     for i, h in enumerate(heads):
         grid = table[table["head"] == h].pivot(index="layer", columns="step", values="density")
         grid = grid.reindex(index=layers, columns=steps)
@@ -152,15 +169,18 @@ def density_heatmaps(run: RunLike, branch: str = "cond") -> go.Figure:
             col=i % cols + 1,
         )
     shapes = []  # built directly: add_vrect(row="all") is quadratic in the number of panels
+    shade = {"fillcolor": "white", "opacity": 0.3, "line": {"width": 0}}
     for i in range(len(heads)):
         axis = "" if i == 0 else str(i + 1)
-        for a, b in _spans(sorted(warm)):
-            shapes.append(
-                {"type": "rect", "xref": f"x{axis}", "yref": f"y{axis} domain", "x0": a - 0.5, "x1": b + 0.5,
-                 "y0": 0, "y1": 1, "fillcolor": "white", "opacity": 0.3, "line": {"width": 0}}
-            )  # fmt: skip
+        for a, b in _spans(warm):  # warm-up steps: columns
+            shapes.append({"type": "rect", "xref": f"x{axis}", "yref": f"y{axis} domain", "x0": a - 0.5,
+                           "x1": b + 0.5, "y0": 0, "y1": 1, **shade})  # fmt: skip
+        for a, b in _spans(warm_layers):  # dense layers: rows
+            shapes.append({"type": "rect", "xref": f"x{axis} domain", "yref": f"y{axis}", "x0": 0, "x1": 1,
+                           "y0": a - 0.5, "y1": b + 0.5, **shade})  # fmt: skip
     fig.update_layout(shapes=shapes)
-    note = f" · dense warm-up steps: {step_ranges(sorted(warm))}" if warm else ""
+    note = warmup_note(run, branch)
+    note = f" · {note} (shaded)" if note else ""
     fig.update_xaxes(title_text="step", row=nrows)
     fig.update_yaxes(title_text="layer", col=1)
     fig.update_layout(
