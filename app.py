@@ -194,10 +194,18 @@ def compare_runs(run_ids: list[str] | None):
     return str(side), gr.update(value=str(diff), label=f"|second - first| x{gain:.0f}"), curves, table
 
 
+TENSORBOARD_NOTE = (
+    "TensorBoard's profiler plugin draws with Google Charts, loaded from the internet: offline its views stay blank. "
+    "Everything on this tab works offline, and the trace file opens offline in chrome://tracing (or in Perfetto)."
+)
+
+
 @_shown
 def profile_view(run_id: str | None):
-    """Profiler tables and charts, the breakdown beside the dense reference, and the trace file."""
-    return panels.profile_panel(_store(), _open(run_id))
+    """Profiler tables and charts, the breakdown beside the dense reference, the trace file; TensorBoard only for
+    a profiled run."""
+    *shown, profiled = panels.profile_panel(_store(), _open(run_id))
+    return *shown, gr.update(interactive=profiled)
 
 
 @_shown
@@ -375,7 +383,7 @@ def motion_tab(run_pick: gr.Dropdown) -> None:
                 info="method: MotionCache's token weights; flow: optical flow of the video",
             )  # fmt: skip
             frame = gr.Slider(0, 1, value=0, step=1, label="Frame")
-        image = gr.Image(label="Motion heatmap over the frame", interactive=False, type="numpy", height=420)
+        image = gr.Image(label="Motion heatmap over the frame", interactive=False, type="numpy", height=460)
         counts = gr.Plot(label="Token updates")
     out = [frame, source, image, counts]
     run_pick.change(motion_view, run_pick, out, api_name="motion", show_progress_on=image)
@@ -407,12 +415,15 @@ def compare_tab(run_pick: gr.Dropdown):
     )  # fmt: skip
 
 
-def profile_tab(run_pick: gr.Dropdown) -> None:
+def profile_tab(run_pick: gr.Dropdown) -> list[gr.components.Component]:
+    """Profiler views of the run shown; returns their outputs (refreshed when a dense reference arrives)."""
     with gr.Tab("Profile", id="profile"):
         with gr.Row():
-            tb_btn = gr.Button("Open in TensorBoard", scale=0)
-            tb_note = gr.Markdown()
-            trace = gr.File(label="trace.json.gz (Perfetto / chrome://tracing)")
+            with gr.Column(scale=2):
+                tb_btn = gr.Button("Open in TensorBoard (needs the internet)", interactive=False)
+                gr.Markdown(TENSORBOARD_NOTE)
+                tb_note = gr.Markdown()
+            trace = gr.File(label="trace.json.gz (chrome://tracing offline, or Perfetto)", scale=1)
         breakdown = gr.Plot(label="Breakdown vs dense")
         with gr.Row():
             phases = gr.Dataframe(label="Phases (ms per transformer call)")
@@ -422,9 +433,10 @@ def profile_tab(run_pick: gr.Dropdown) -> None:
         ranges = gr.Dataframe(label="Ranges")
         kernels = gr.Dataframe(label="Kernels")
         memory = gr.Dataframe(label="Peak memory")
-    out = [ranges_fig, kernels_fig, ranges, kernels, memory, breakdown, phases, amdahl, trace]
-    run_pick.change(profile_view, run_pick, out, api_name="profile")
+    out = [ranges_fig, kernels_fig, ranges, kernels, memory, breakdown, phases, amdahl, trace, tb_btn]
+    run_pick.change(profile_view, run_pick, out, api_name="profile", show_progress_on=ranges_fig)
     tb_btn.click(open_tensorboard, run_pick, tb_note, api_name="tensorboard")
+    return out
 
 
 def runs_tab(run_pick: gr.Dropdown) -> gr.Dataframe:
@@ -459,7 +471,7 @@ def build_app() -> gr.Blocks:
             for tab in (sparsity_tab, reuse_tab, chunks_tab, motion_tab):
                 tab(run_pick)
             dense_reference = compare_tab(run_pick)
-            profile_tab(run_pick)
+            profile_out = profile_tab(run_pick)
             runs_table = runs_tab(run_pick)
         lists = [run_pick, runs_table]
         refresh.click(_run_lists, None, lists, api_name=False)
@@ -467,6 +479,10 @@ def build_app() -> gr.Blocks:
         run_pick.change(shown_run, run_pick, [video, summary], api_name="shown_run")
         for adds_a_run in (generated, dense_reference):  # every run list shows the new run at once
             adds_a_run.then(_run_lists, None, lists, api_name=False)
+        # a new dense reference changes the headline's speedup and the profile breakdown of the run shown
+        dense_reference.success(shown_run, run_pick, [video, summary], api_name=False).success(
+            profile_view, run_pick, profile_out, api_name=False, show_progress_on=profile_out[0]
+        )
         demo.load(_run_lists, None, lists, api_name=False)
     return demo
 

@@ -88,7 +88,7 @@ def test_chunk_timeline_states_and_kv(stored_runs):
 
 
 def test_motion_heatmaps_over_frames(stored_runs):
-    from viz import motion
+    from viz import images, motion
 
     _, r = stored_runs
     run = r["motion"]
@@ -96,31 +96,38 @@ def test_motion_heatmaps_over_frames(stored_runs):
     maps = motion.token_maps(run, "updates")
     assert maps.shape == (6, 4, 4) and maps.max() >= 1
     frame = run.frames()[9]
-    over = motion.motion_overlay(run, 9, "method")
-    assert over.shape == frame.shape and over.dtype == np.uint8 and not np.array_equal(over, frame)
+    over = motion.motion_overlay(run, 9, "method")  # 64-px frames enlarged 6x, a colour bar and a caption
+    assert over.shape == (384 + images.CAPTION_PX, 384 + 64, 3) and over.dtype == np.uint8
+    assert not np.array_equal(over[:384:6, :384:6], frame)  # the heat is blended in
+    bar = over[:384, 388:402]  # the colour bar's ramp runs from bright (top) to dark
+    assert bar[5].astype(int).sum() != bar[-5].astype(int).sum()
     assert motion.latent_frame(0) == 0 and motion.latent_frame(4) == 1 and motion.latent_frame(5) == 2
     flow = motion.motion_map(r["dense"], 3, "flow")
     assert flow.shape == r["dense"].frames().shape[1:3] and flow.min() >= 0 and flow.max() <= 1
     assert motion.motion_map(r["dense"], 3, "method") is None
     with pytest.raises(ValueError, match="frame"):
         motion.motion_map(run, 999)
-    assert len(motion.update_counts(run).data) == 6
+    counts = motion.update_counts(run)
+    assert len(counts.data) == 6 and (counts.data[0].zmin, counts.data[0].zmax) == (
+        maps.min(),
+        max(maps.max(), maps.min() + 1),
+    )
 
 
 def test_compare_quality_and_pareto(stored_runs):
-    from viz import compare
+    from viz import compare, images
 
     store, r = stored_runs
     ref = compare.dense_reference(store, r["xattention"])
     assert ref is not None and ref.run_id == r["dense"].run_id
     assert compare.dense_reference(store, r["motion"]).run_id == r["sky_dense"].run_id
     both = compare.side_by_side([r["dense"], r["xattention"], r["svg2"]])
-    band = compare.CAPTION_PX  # 128-px panels enlarged 2x, a caption band under each
+    band = images.CAPTION_PX  # 128-px panels enlarged 2x, a caption band under each
     assert both.shape == (9, 256 + band, 3 * 256, 3)
     assert np.array_equal(both[:, :256:2, 256:512:2], r["xattention"].frames())  # pixels kept, in their panel
     assert both[:, 256:, :, :].std() > 0  # the captions are drawn
     diff, gain = compare.difference_video(r["dense"], r["dense"])
-    assert diff.shape == (9, 256 + band, 256 + 56, 3) and gain == 64.0  # the panel, its colour bar, a caption
+    assert diff.shape == (9, 256 + band, 256 + 64, 3) and gain == 64.0  # the panel, its colour bar, a caption
     assert compare.difference_video(r["dense"], r["svg2"], gain=2.0)[1] == 2.0
     table = compare.quality(r["dense"], [r["dense"], r["svg2"]])
     assert table.loc[0, "psnr_db"] == compare.PSNR_CAP and table.loc[0, "speedup_wall"] == pytest.approx(1.0)
@@ -149,7 +156,7 @@ def test_compare_quality_and_pareto(stored_runs):
 
 
 def test_profile_views_and_report(stored_runs, tmp_path):
-    from viz import profile
+    from viz import panels, profile
     from viz.report import all_figures, write_report
 
     store, r = stored_runs
@@ -159,6 +166,13 @@ def test_profile_views_and_report(stored_runs, tmp_path):
     assert len(fig.data) == len(profile.PHASES) and amdahl["attention_fraction"] > 0
     # the profiler records sparse steps of a method with dense warm-up
     assert phases.set_index("phase").loc["attn_sparse_ms", "run"] > 0
+    assert profile.times(0.00412) == "0.00412x" and profile.times(1.234) == "1.23x"
+    *_, memory, _, _, _, _, profiled = panels.profile_panel(store, r["xattention"])
+    assert profiled and list(memory["what"]) == ["cuda peak", "cpu peak"]  # megabytes, not "..._bytes"
+    ranges, kernels, memory, _, phases, amdahl, trace, profiled = panels.profile_panel(store, r["svg2"])[2:]
+    assert not profiled and trace is None
+    for table in (ranges, kernels, memory, phases, amdahl):  # a note, not placeholder columns 1 2 3
+        assert list(table.columns) == ["note"] and len(table) == 1
     figs = all_figures(r["xattention"], store)
     assert {"Sparsity: masks", "Mask reuse: refresh grid", "Compare: speed vs quality",
             "Profile: breakdown vs dense"} <= set(figs)  # fmt: skip

@@ -17,6 +17,7 @@ from accel.errors import UserError
 from accel.metrics import compare_videos
 from accel.runs import DamagedRunError, Run, RunInfo, RunStore
 from viz.common import RunLike, as_run, empty_figure
+from viz.images import captioned, coloured, enlarged, with_colour_bar
 
 # config keys that must agree for two runs to show the same video (method and its settings may differ)
 SAME_VIDEO_KEYS = (
@@ -89,33 +90,7 @@ def noise_band(store: RunStore, reference: RunLike, stage: str = "wall") -> tupl
 
 
 PANEL_MIN_PX = 256  # panels narrower than this are enlarged (nearest neighbour) so captions stay legible
-CAPTION_PX = 22  # height of the caption band under each panel (below the video, clear of the player's badge)
 TRACE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-
-
-def _enlarged(video: np.ndarray) -> np.ndarray:
-    """``(F, H, W, C)`` frames repeated by a whole factor so that ``W >= PANEL_MIN_PX`` (pixels stay sharp)."""
-    k = max(1, math.ceil(PANEL_MIN_PX / video.shape[2]))
-    return video.repeat(k, axis=1).repeat(k, axis=2) if k > 1 else video
-
-
-def _fitted(text: str, width: int) -> tuple[str, float]:
-    """``text`` and an opencv font scale at which it fits ``width`` px (shortened with '..' if it cannot)."""
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for scale in (0.5, 0.45, 0.4, 0.35):
-        if cv2.getTextSize(text, font, scale, 1)[0][0] <= width - 8:
-            return text, scale
-    while len(text) > 3 and cv2.getTextSize(text + "..", font, 0.35, 1)[0][0] > width - 8:
-        text = text[:-1]
-    return text + "..", 0.35
-
-
-def _captioned(video: np.ndarray, text: str) -> np.ndarray:
-    """Frames with a dark band underneath holding ``text`` (fitted to the width), the same on every frame."""
-    band = np.full((CAPTION_PX, video.shape[2], 3), 32, np.uint8)
-    shown, scale = _fitted(text, video.shape[2])
-    cv2.putText(band, shown, (4, CAPTION_PX - 7), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return np.concatenate([video, np.broadcast_to(band, (len(video), *band.shape))], axis=1)
 
 
 def _same_shape(runs: Sequence[Run]) -> list[np.ndarray]:
@@ -139,22 +114,8 @@ def side_by_side(runs: Sequence[RunLike]) -> np.ndarray:
     if len(rs) < 2:
         raise UserError("pick at least two runs to compare")
     videos = _same_shape(rs)
-    return np.concatenate([_captioned(_enlarged(v), run_name(r)) for r, v in zip(rs, videos, strict=True)], axis=2)
-
-
-def _colour_bar(height: int, gain: float, width: int = 56) -> np.ndarray:
-    """A vertical INFERNO scale for a difference panel: bright = large, ticks in 0-255 pixel units."""
-    ramp = np.linspace(255, 0, height).astype(np.uint8)[:, None].repeat(14, axis=1)
-    bar = np.full((height, width, 3), 32, np.uint8)
-    bar[:, 4:18] = cv2.cvtColor(cv2.applyColorMap(ramp, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
-    top = 255.0 / gain  # the difference shown at full brightness
-    for frac in (0.0, 0.5, 1.0):
-        y = round((1 - frac) * (height - 1))
-        value = frac * top
-        text = f"{value:.0f}" if top >= 10 else f"{value:.1f}"
-        cv2.putText(bar, text, (21, min(max(y + 4, 10), height - 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
-                    (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
-    return bar
+    panels = [captioned(enlarged(v, PANEL_MIN_PX), run_name(r)) for r, v in zip(rs, videos, strict=True)]
+    return np.concatenate(panels, axis=2)
 
 
 def difference_video(reference: RunLike, run: RunLike, gain: float | None = None) -> tuple[np.ndarray, float]:
@@ -169,13 +130,9 @@ def difference_video(reference: RunLike, run: RunLike, gain: float | None = None
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=-1).astype(np.float32)
     if gain is None:
         gain = float(np.clip(200.0 / max(float(np.percentile(diff, 99.9)), 1.0), 1.0, 64.0))
-    diff = np.clip(diff * gain, 0, 255).astype(np.uint8)
-    frames = _enlarged(
-        np.stack([cv2.cvtColor(cv2.applyColorMap(d, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB) for d in diff])
-    )
-    bar = _colour_bar(frames.shape[1], gain)
-    frames = np.concatenate([frames, np.broadcast_to(bar, (len(frames), *bar.shape))], axis=2)
-    return _captioned(frames, f"|{run_name(r)} - {run_name(ref)}| x{gain:.0f}"), gain
+    frames = enlarged(coloured(np.clip(diff * gain, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO), PANEL_MIN_PX)
+    frames = with_colour_bar(frames, 0.0, 255.0 / gain, cv2.COLORMAP_INFERNO)  # in 0-255 pixel levels
+    return captioned(frames, f"|{run_name(r)} - {run_name(ref)}| x{gain:.0f}"), gain
 
 
 @lru_cache(maxsize=64)

@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 
 from accel.schema import ArrayKind, find_arrays, read_index
 from viz.common import RunLike, as_run, empty_figure, title
+from viz.images import captioned, coloured, enlarged, with_colour_bar
 
 SOURCES = ("method", "flow")
 TOKEN_MAPS = {"weights": ArrayKind.MOTION_WEIGHTS, "updates": ArrayKind.TOKEN_COUNTS}
@@ -53,8 +54,8 @@ def _flow_magnitudes(path: str) -> np.ndarray:
     return np.stack(mags)
 
 
-def motion_map(run: RunLike, frame: int, source: str = "method", branch: str = "cond") -> np.ndarray | None:
-    """Motion of video frame ``frame`` as float ``(H, W)`` in [0, 1], or None when the source is absent."""
+def _motion(run: RunLike, frame: int, source: str, branch: str) -> np.ndarray | None:
+    """Raw motion of video frame ``frame`` at pixel size (MotionCache weight, or flow in px/frame); None if absent."""
     r = as_run(run)
     frames = r.frames()
     if not 0 <= frame < len(frames):
@@ -69,23 +70,40 @@ def motion_map(run: RunLike, frame: int, source: str = "method", branch: str = "
         m = maps[min(latent_frame(frame), len(maps) - 1)]
     else:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    m = cv2.resize(np.asarray(m, np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(np.asarray(m, np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def motion_map(run: RunLike, frame: int, source: str = "method", branch: str = "cond") -> np.ndarray | None:
+    """Motion of video frame ``frame`` as float ``(H, W)`` in [0, 1] (min to max of the frame), or None when the
+    source is absent."""
+    m = _motion(run, frame, source, branch)
+    if m is None:
+        return None
     lo, hi = float(m.min()), float(m.max())
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+
+
+UNITS = {"method": "MotionCache weight", "flow": "flow, px/frame"}
+OVERLAY_MIN_PX = 384  # small frames are enlarged to at least this width, so the heatmap fills its box
 
 
 def motion_overlay(
     run: RunLike, frame: int, source: str = "method", alpha: float = 0.5, branch: str = "cond"
 ) -> np.ndarray:
-    """RGB uint8 frame with the motion heatmap (opencv TURBO colormap) blended over it."""
+    """RGB uint8 frame with the motion heatmap (opencv TURBO colormap, the frame's min to max) blended over it,
+    enlarged to at least :data:`OVERLAY_MIN_PX` wide, with a colour bar in the source's units and a caption."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     rgb = as_run(run).frames()[frame]
-    m = motion_map(run, frame, source, branch)
-    if m is None:
-        return rgb
-    heat = cv2.cvtColor(cv2.applyColorMap((m * 255).astype(np.uint8), cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
-    return cv2.addWeighted(rgb, 1 - alpha, heat, alpha, 0)
+    raw = _motion(run, frame, source, branch)
+    if raw is None:
+        return captioned(enlarged(rgb, OVERLAY_MIN_PX), f"frame {frame}: no {source} motion in this run")
+    lo, hi = float(raw.min()), float(raw.max())
+    m = (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
+    heat = coloured((m * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
+    shown = with_colour_bar(enlarged(cv2.addWeighted(rgb, 1 - alpha, heat, alpha, 0), OVERLAY_MIN_PX), lo, hi,
+                            cv2.COLORMAP_TURBO)  # fmt: skip
+    return captioned(shown, f"frame {frame} · motion: {UNITS[source]} (this frame's min to max)")
 
 
 def update_counts(run: RunLike, branch: str = "cond") -> go.Figure:
@@ -94,6 +112,9 @@ def update_counts(run: RunLike, branch: str = "cond") -> go.Figure:
     if counts is None:
         return empty_figure("no per-token update counts (a MotionCache run has them)")
     n = len(counts)
+    lo, hi = int(counts.min()), int(counts.max())  # the range the counts span, not 0 to max: 7 and 8 must differ
+    hi = max(hi, lo + 1)
+    ticks = sorted({lo, (lo + hi) // 2, hi})
     cols = min(n, 6)
     rows = math.ceil(n / cols)
     fig = make_subplots(rows, cols, subplot_titles=[f"latent frame {i}" for i in range(n)])
@@ -101,18 +122,25 @@ def update_counts(run: RunLike, branch: str = "cond") -> go.Figure:
         fig.add_trace(
             go.Heatmap(
                 z=c,
-                zmin=0,
-                zmax=float(counts.max()),
+                zmin=lo,
+                zmax=hi,
                 colorscale="Turbo",
                 showscale=i == 0,
-                colorbar={"title": "updates"},
+                colorbar={
+                    "title": "updates",
+                    "tickmode": "array",
+                    "tickvals": ticks,
+                    "ticktext": [str(t) for t in ticks],
+                },
                 hovertemplate="row %{y} · col %{x}: %{z:.0f} updates<extra></extra>",
             ),
             row=i // cols + 1,
             col=i % cols + 1,
         )
-    fig.update_yaxes(autorange="reversed", showticklabels=False)
-    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor="x", constrain="domain")
+    fig.update_xaxes(showticklabels=False, constrain="domain")
+    fig.update_xaxes(title_text="token column", row=rows)
+    fig.update_yaxes(title_text="token row", col=1)
     fig.update_layout(
         title=title(run, f"token updates per latent frame, {branch}"),
         height=220 * rows + 80,

@@ -186,27 +186,37 @@ def compare_runs_panel(runs: list[Run]):
     return out_dir / "side_by_side.mp4", out_dir / "difference.mp4", gain, curves, table
 
 
+def _note_table(text: str) -> pd.DataFrame:
+    """A one-cell table saying why a table is empty (an empty frame shows placeholder columns 1 2 3)."""
+    return pd.DataFrame({"note": [text]})
+
+
 def profile_panel(store: RunStore, run: Run):
-    """Range and kernel charts and tables, peak memory, the breakdown beside the dense reference, the trace."""
+    """Range and kernel charts and tables, peak memory, the breakdown beside the dense reference, the trace, and
+    whether the run was profiled (TensorBoard has something to show)."""
+    profiled = profile.is_profiled(run)
     t = profile.profile_tables(run)
     ref = compare.dense_reference(store, run)
-    if ref is not None and profile.is_profiled(run) and profile.is_profiled(ref.path):
+    if ref is not None and profiled and profile.is_profiled(ref.path):
         fig, phases, amdahl = profile.breakdown_chart(run, ref.path)
+        phases = phases.round(3)
         amdahl_df = pd.DataFrame([{"quantity": k, "value": round(v, 3)} for k, v in amdahl.items()])
     else:
         why = "profile this run and its dense reference (same prompt and seed) to see the breakdown"
-        fig, phases, amdahl_df = empty_figure(why), pd.DataFrame(), pd.DataFrame()
+        fig, phases, amdahl_df = empty_figure(why), _note_table(why), _note_table(why)
+    unprofiled = "not profiled: tick 'Profile' (or --profile) and generate again"
+    tables = [t[k].round(r) if profiled else _note_table(unprofiled) for k, r in (("ranges", 3), ("kernels", 3),
+                                                                                  ("memory", 1))]  # fmt: skip
     trace = run.path / "trace.json.gz"
     return (
         profile.range_chart(run),
         profile.kernel_chart(run),
-        t["ranges"].round(3),
-        t["kernels"].round(3),
-        t["memory"].round(1),
+        *tables,
         fig,
-        phases.round(3) if len(phases) else phases,
+        phases,
         amdahl_df,
         str(trace) if trace.is_file() else None,
+        profiled,
     )
 
 

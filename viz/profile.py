@@ -28,7 +28,9 @@ def profile_tables(run: RunLike) -> dict[str, pd.DataFrame]:
     return {
         "ranges": r.table("profile_ranges.parquet"),
         "kernels": r.table("profile_kernels.parquet"),
-        "memory": pd.DataFrame([{"what": k, "MB": v / 2**20} for k, v in memory.items()]),
+        "memory": pd.DataFrame(
+            [{"what": k.removesuffix("_bytes").replace("_", " "), "MB": v / 2**20} for k, v in memory.items()]
+        ),
     }
 
 
@@ -95,6 +97,11 @@ def kernel_chart(run: RunLike, top: int = 15) -> go.Figure:
     )
 
 
+def times(ratio: float) -> str:
+    """A speed ratio with three significant digits: ``1.23x``, ``0.00412x`` (never ``0.00x``)."""
+    return f"{ratio:.3g}x"
+
+
 def breakdown_chart(run: RunLike, reference: RunLike) -> tuple[go.Figure, pd.DataFrame, dict[str, float]]:
     """Stacked phases per transformer call of ``run`` beside ``reference`` (dense), with the Amdahl numbers."""
     r, ref = as_run(run), as_run(reference)
@@ -111,9 +118,10 @@ def breakdown_chart(run: RunLike, reference: RunLike) -> tuple[go.Figure, pd.Dat
     fig.update_layout(
         barmode="stack",
         title=(
-            f"per transformer call: attention {amdahl['attention_speedup']:.2f}x faster, "
-            f"{amdahl['attention_fraction']:.0%} of the dense call → bound {amdahl['transformer_speedup_bound']:.2f}x, "
-            f"measured {amdahl['transformer_speedup']:.2f}x (end to end {amdahl['end_to_end_speedup']:.2f}x)"
+            f"per transformer call: attention {times(amdahl['attention_speedup'])} as fast, "
+            f"{amdahl['attention_fraction']:.0%} of the dense call → bound "
+            f"{times(amdahl['transformer_speedup_bound'])}, measured {times(amdahl['transformer_speedup'])} "
+            f"(end to end {times(amdahl['end_to_end_speedup'])})"
         ),
         yaxis_title="ms per transformer call",
         height=420,
