@@ -37,7 +37,8 @@ def test_generate_then_every_view_through_the_api(served):
     assert picked == run_id or picked.get("value") == run_id
     assert "speedup vs dense" in summary and "mean density" in summary and "mask reuse rate" in summary
     *_, masks, density, note = client.predict(run_id, api_name="/sparsity")
-    assert masks["type"] == "plotly" and density["type"] == "plotly" and "Dense warm-up: steps 0-1 (every layer)" in note
+    assert masks["type"] == "plotly" and density["type"] == "plotly"
+    assert "Dense warm-up: steps 0-1 (every layer)" in note
     _, grid, _, drift, _ = client.predict(run_id, api_name="/reuse")
     assert Path(grid).is_file() and drift["type"] == "plotly"
     chunk_views = client.predict(runs["motion"].run_id, api_name="/chunks")
@@ -50,7 +51,7 @@ def test_generate_then_every_view_through_the_api(served):
     assert Path(side["video"] if isinstance(side, dict) else side).is_file()
     assert table["headers"][:2] == ["run", "method"]
     profile = client.predict(runs["xattention"].run_id, api_name="/profile")
-    assert profile[0]["type"] == "plotly" and Path(profile[-2]).name == "trace.json.gz"
+    assert profile[0]["type"] == "plotly" and Path(profile[-1]).name == "trace.json.gz"  # the button is no output
     report = client.predict(run_id, api_name="/report")
     assert Path(report["value"] if isinstance(report, dict) else report).suffix == ".html"
 
