@@ -260,3 +260,23 @@ def test_mix_argument_reads_file_frames_and_batch():
     for bad in ("c.safetensors", ":33", "c.safetensors:x"):
         with pytest.raises(argparse.ArgumentTypeError, match="FILE:FRAMES"):
             _mix_arg(bad)
+
+
+def test_curves_resume_after_their_last_kept_row(tmp_path):
+    """A resumed curve keeps the rows up to the resume point; one stopped before its header reached the disk (empty)
+    starts afresh with the header."""
+    import contextlib
+
+    from accel.training.wan import _curve, _keep_rows_until
+
+    loss, empty = tmp_path / "loss.csv", tmp_path / "accuracy.csv"
+    loss.write_text("step,loss\n10,0.5\n20,0.4\n30,0.3\n")
+    empty.write_text("")
+    for path in (loss, empty, tmp_path / "missing.csv"):
+        _keep_rows_until(path, 20)
+    with contextlib.ExitStack() as files:
+        for path in (loss, empty):
+            fh, writer = _curve(files, path, ["step", "loss"], start=20)
+            writer.writerow([40, 0.2])
+    assert loss.read_text().splitlines() == ["step,loss", "10,0.5", "20,0.4", "40,0.2"]
+    assert empty.read_text().splitlines() == ["step,loss", "40,0.2"]

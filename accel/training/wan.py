@@ -248,16 +248,12 @@ def train(
     current = cls(tokenizer=pipe.tokenizer, text_encoder=text_encoder, vae=vae.to(device), scheduler=pipe.scheduler,
                   transformer=model)  # fmt: skip
     held_out = held_out_prompts(eval_prompts, shapes=BASIC_SHAPES, directions=BASIC_DIRECTIONS)
-    mode = "a" if start else "w"  # a resumed run appends to its curves
     with contextlib.ExitStack() as files:
-        fh = files.enter_context(open(out / "loss.csv", mode, newline=""))
-        acc_file = files.enter_context(open(out / "accuracy.csv", mode, newline="")) if eval_every > 0 else None
-        acc_writer = csv.writer(acc_file) if acc_file else None
-        if acc_writer and not start:
-            acc_writer.writerow(["step", "colour", "direction", "count", "all", "mean", "seconds"])
-        writer = csv.writer(fh)
-        if not start:
-            writer.writerow(["step", "loss", "seconds"])
+        fh, writer = _curve(files, out / "loss.csv", ["step", "loss", "seconds"], start)
+        acc_file, acc_writer = (
+            _curve(files, out / "accuracy.csv", ["step", "colour", "direction", "count", "all", "mean", "seconds"],
+                   start) if eval_every > 0 else (None, None)
+        )  # fmt: skip
         running, counted = torch.zeros((), device=device), 0
         for step in range(start + 1, steps + 1):
             data = sources[step % len(sources)]
@@ -380,10 +376,22 @@ def _save_resume(path: Path, step: int, params: list[torch.nn.Parameter], averag
 
 def _keep_rows_until(path: Path, step: int) -> None:
     """Drop the rows of a training curve (CSV with a step column first) logged after ``step``."""
-    if not path.is_file():
-        return
-    head, *rows = path.read_text().splitlines()
-    path.write_text("\n".join([head, *(r for r in rows if int(r.split(",")[0]) <= step)]) + "\n")
+    lines = path.read_text().splitlines() if path.is_file() else []
+    if lines:
+        head, *rows = lines
+        path.write_text("\n".join([head, *(r for r in rows if int(r.split(",")[0]) <= step)]) + "\n")
+
+
+def _curve(files: contextlib.ExitStack, path: Path, header: list[str], start: int):
+    """A training curve's open file and CSV writer: a fresh file with its header, or (resuming after ``start``)
+    the kept rows appended to (a header first if the run was stopped before it reached the disk)."""
+    resumed = start > 0 and path.is_file() and path.stat().st_size > 0
+    fh = files.enter_context(open(path, "a" if resumed else "w", newline=""))  # noqa: SIM115 (the stack closes it)
+    writer = csv.writer(fh)
+    if not resumed:
+        writer.writerow(header)
+        fh.flush()
+    return fh, writer
 
 
 def _load_resume(path: Path, params: list[torch.nn.Parameter], averaged: list[torch.Tensor] | None,
