@@ -276,7 +276,7 @@ def test_curves_resume_after_their_last_kept_row(tmp_path):
         _keep_rows_until(path, 20)
     with contextlib.ExitStack() as files:
         for path in (loss, empty):
-            fh, writer = _curve(files, path, ["step", "loss"], start=20)
+            _, writer = _curve(files, path, ["step", "loss"], start=20)
             writer.writerow([40, 0.2])
     assert loss.read_text().splitlines() == ["step,loss", "10,0.5", "20,0.4", "40,0.2"]
     assert empty.read_text().splitlines() == ["step,loss", "40,0.2"]
