@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,25 @@ def _run_lists():
     return gr.update(choices=panels.run_choices(store)), panels.runs_table(store)
 
 
+STOP = threading.Event()  # set by the Stop button; generations run one at a time (GENERATE_QUEUE)
+
+
+def request_stop() -> None:
+    """Ask the running generation to stop at its next step (nothing is stored)."""
+    STOP.set()
+
+
 def _generate(cfg, profile: bool, progress) -> str:
+    """Generate ``cfg`` into the store with a progress bar (steps, then the VAE decode) that honours Stop."""
     from accel.runner import generate  # imported on first use: the views need no torch model
 
-    run = generate(cfg, _store(), progress=lambda i, n: progress(i / n, desc=f"step {i}/{n}"), profile=profile)
-    return run.run_id
+    def step(i: int, n: int) -> None:
+        if STOP.is_set():
+            raise UserError(f"stopped at step {i} of {n}: nothing was stored")
+        progress(i / n, desc=f"step {i}/{n}" if i < n else f"step {n}/{n} · decoding the video (VAE)")
+
+    STOP.clear()
+    return generate(cfg, _store(), progress=step, profile=profile).run_id
 
 
 # -- event handlers ----------------------------------------------------------------------------------------
@@ -125,6 +140,15 @@ def run_dense_reference(run_id: str | None, progress=PROGRESS):
     run = _open(run_id)
     _generate(forms.dense_reference(run.config), profile.is_profiled(run), progress)
     return compare_choices(run_id)
+
+
+@_shown
+def model_defaults(model: str) -> str:
+    """What the form's empty fields mean for this model (sizes, blocks, clusters, TMR deltas, cache thresholds)."""
+    try:
+        return models.defaults_text(models.resolve(model))
+    except UserError:  # a folder or hub id that is not registered: its defaults are known once it loads
+        return f"**{model}**: defaults come from the checkpoint and the Wan2.1 settings"
 
 
 @_shown
@@ -279,8 +303,9 @@ def _optional_number(label: str, info: str) -> gr.Textbox:
 
 # -- tabs ----------------------------------------------------------------------------------------------------
 def generate_tab(run_pick: gr.Dropdown):
-    """Model, method and every setting of it, prompt and sampling; the video and its headline numbers.
-    Returns the Output video, the headline and the generation event (it adds a run to the store)."""
+    """Model, method and prompt with Generate and Stop at the top; sampling, method settings, forcing and profiling in
+    accordions below; the video and its headline numbers. Returns the Output video, the headline and the generation
+    event (it adds a run to the store)."""
     names = list(methods.REGISTRY)
     with gr.Tab("Generate", id="generate"), gr.Row():
         with gr.Column(scale=1):
@@ -288,42 +313,52 @@ def generate_tab(run_pick: gr.Dropdown):
                 [*models.REGISTRY], value=DEFAULT_MODEL, label="Model", allow_custom_value=True,
                 info="registered name, hub id (from the local cache), or a local diffusers folder",
             )  # fmt: skip
+            model_note = gr.Markdown(model_defaults(DEFAULT_MODEL))
             method = gr.Radio(names, value="xattention", label="Method")
             prompt = gr.Textbox(forms.DEFAULT_PROMPT, label="Prompt")
-            negative = gr.Textbox("", label="Negative prompt")
+            gr.Examples([[p] for p in forms.EXAMPLE_PROMPTS], prompt, label="Prompts the pocket models learned")
             with gr.Row():
-                seed = gr.Number(0, label="Seed", precision=0)
-                steps = _optional_number("Steps", "empty = model default")
-                guidance = _optional_number("Guidance", "empty = model default")
-                repeats = gr.Number(1, label="Timing repeats", precision=0, minimum=1, maximum=MAX_REPEATS,
-                                    info="runs it N times; times are the median (benchmarks: 3 or more)")  # fmt: skip
-            with gr.Row():
-                height = _optional_number("Height", "px; empty = default")
-                width = _optional_number("Width", "px; empty = default")
-                frames = _optional_number("Frames", "4k+1; empty = default")
-            size_preset = gr.Radio(
-                list(models.SIZE_PRESETS), value="default", label="Size preset",
-                info="bench: over 2,000 tokens per call (pocket models), where sparse attention can pay off on a CPU",
-            )  # fmt: skip
+                go_btn = gr.Button("Generate", variant="primary", scale=3)
+                stop_btn = gr.Button("Stop", variant="stop", scale=1)
+            with gr.Accordion("Sampling and size", open=True):
+                negative = gr.Textbox("", label="Negative prompt")
+                with gr.Row():
+                    seed = gr.Number(0, label="Seed", precision=0)
+                    steps = _optional_number("Steps", "empty = model default")
+                    guidance = _optional_number("Guidance", "empty = model default")
+                    repeats = gr.Number(
+                        1, label="Timing repeats", precision=0, minimum=1, maximum=MAX_REPEATS,
+                        info="runs it N times; times are the median (benchmarks: 3 or more)",
+                    )  # fmt: skip
+                with gr.Row():
+                    height = _optional_number("Height", "px; empty = default")
+                    width = _optional_number("Width", "px; empty = default")
+                    frames = _optional_number("Frames", "4k+1; empty = default")
+                size_preset = gr.Radio(
+                    list(models.SIZE_PRESETS), value="default", label="Size preset",
+                    info="bench: over 2,000 tokens per call (pocket models), where sparse attention can pay off on a "
+                    "CPU",
+                )  # fmt: skip
+            with gr.Accordion("Method settings", open=True):
+                groups, field_inputs = [], []
+                for m in names:
+                    with gr.Group(visible=m == "xattention") as group:
+                        gr.Markdown(f"**{m} settings** · {methods.get(m).summary}")
+                        field_inputs += [_component(f) for f in forms.FIELDS if f.method == m]
+                    groups.append(group)
             with gr.Accordion("Diffusion forcing (SkyReels-V2)", open=False):
                 forcing = [_optional_number(k.replace("_", " "), "empty = model default") for k in forms.FORCING]
-            with gr.Row():
+            with gr.Accordion("Profiling and kernels", open=True), gr.Row():
                 profile_box = gr.Checkbox(False, label="Profile (torch.profiler trace + tables)")
                 kernels = gr.Dropdown(
                     ["", *KERNEL_BACKENDS], value="", label="Kernel backend",
                     info="empty = $ACCEL_KERNELS, else auto (Triton on CUDA, torch on CPU); flex compiles per shape",
                 )  # fmt: skip
-            groups, field_inputs = [], []
-            for m in names:
-                with gr.Group(visible=m == "xattention") as group:
-                    gr.Markdown(f"**{m} settings** · {methods.get(m).summary}")
-                    field_inputs += [_component(f) for f in forms.FIELDS if f.method == m]
-                groups.append(group)
-            go_btn = gr.Button("Generate", variant="primary")
         with gr.Column(scale=1):
             video = gr.Video(label="Output", autoplay=True, loop=True)
             summary = gr.Markdown()
     method.change(lambda m: [gr.update(visible=n == m) for n in names], method, groups, api_name=False)
+    model.change(model_defaults, model, model_note, api_name=False)
     size_preset.change(preset_sizes, [model, size_preset], [height, width, frames], api_name=False)
     sampling = [seed, height, width, frames, steps, guidance, repeats, *forcing]  # forms.SAMPLING + forms.FORCING
     generated = go_btn.click(
@@ -331,6 +366,7 @@ def generate_tab(run_pick: gr.Dropdown):
         [video, summary, run_pick], concurrency_limit=1, concurrency_id=GENERATE_QUEUE, api_name="generate",
         show_progress_on=video,
     )  # fmt: skip
+    stop_btn.click(request_stop, None, None, api_name="stop", queue=False)
     return video, summary, generated
 
 

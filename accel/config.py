@@ -143,7 +143,7 @@ class HeadwiseSettings(MethodSettings):
         default=None,
         metadata=_help(
             "TMR refresh threshold on the raw L1 drift of pooled Q and K; empty = the model's default "
-            "(Wan2.1: 30 for xattention, 8 for svg2; raw drift is model-scale dependent).",
+            "(raw drift is model-scale dependent: Wan2.1 30 / 8; the app shows each model's beside it).",
             abbrev="d",
         ),
     )
@@ -200,7 +200,8 @@ class XAttentionSettings(HeadwiseSettings):
     block_size: int | None = field(
         default=None,
         metadata=_help(
-            "Block size B in tokens (multiple of stride); empty = the model's (128 for Wan2.1).", abbrev="b"
+            "Block size B in tokens (multiple of stride); empty = the model's (Wan2.1 128; the app shows each).",
+            abbrev="b",
         ),
     )
     warmup_steps: int = field(
@@ -244,10 +245,14 @@ class SVG2Settings(HeadwiseSettings):
         default=0.9, metadata=_help("Cumulative share of the size-weighted cluster-pair map kept per query cluster.")
     )
     query_clusters: int | None = field(
-        default=None, metadata=_help("Query clusters qc per head; empty = the model's (300 for Wan2.1).", abbrev="qc")
+        default=None,
+        metadata=_help(
+            "Query clusters qc per head; empty = the model's (Wan2.1 300; the app shows each).", abbrev="qc"
+        ),
     )
     key_clusters: int | None = field(
-        default=None, metadata=_help("Key clusters kc per head; empty = the model's (1000 for Wan2.1).", abbrev="kc")
+        default=None,
+        metadata=_help("Key clusters kc per head; empty = the model's (Wan2.1 1000; the app shows each).", abbrev="kc"),
     )
     min_kc_ratio: float = field(
         default=0.10, metadata=_help("Always keep at least floor(ratio * kc) key clusters per query cluster.")
@@ -367,7 +372,7 @@ class FlowCacheSettings(KVSettings):
     coefficients: str | None = field(
         default=None,
         metadata=_help(
-            "Rescale polynomial: 1.3b, 14b or none (raw relative L1); empty = the model's.",
+            "Rescale polynomial: 1.3b, 14b or none (raw relative L1); model default: the model's (the app shows it).",
             choices=FLOWCACHE_COEFFICIENTS,
         ),
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 from accel.config import ConfigError, MethodSettings
 
-MODEL_DEFAULT = "none (model default)"  # how an unset optional choice reads in a widget
+MODEL_DEFAULT = "model default"  # how an unset optional choice reads in a widget (unlike a choice named "none")
 EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a path"}
 
 

@@ -14,6 +14,14 @@ from accel.config import DEFAULT_MODEL, ConfigError, RunConfig, settings_for
 from accel.fields import all_field_specs, settings_from
 
 DEFAULT_PROMPT = "a red circle moves quickly left over a blue background"
+# offered under the prompt; all in the grammar of the procedural clips the pocket models learned (tested)
+EXAMPLE_PROMPTS = (
+    DEFAULT_PROMPT,
+    "a green square moves slowly up over a white background",
+    "a yellow triangle moves quickly to the lower right over a purple background",
+    "an orange circle moves slowly right over a horizontal gradient blue background",
+    "a white square and a red circle move quickly down over a black background",
+)
 SAMPLING = ("seed", "height", "width", "frames", "steps", "guidance", "repeats")  # repeats: timing passes
 FORCING = ("ar_step", "causal_block_size", "base_num_frames", "overlap_history", "addnoise_condition")
 FIELDS = all_field_specs()

@@ -139,6 +139,32 @@ def size_preset(spec: ModelSpec, name: str) -> dict[str, int]:
     return dict(spec.presets[name])
 
 
+# FBC's default threshold on the embedded models: 0.05 (ParaAttention's video setting) never skipped there. Measured
+# on the app's default prompt at the models' defaults (docs/measurements/fbc_embedded.txt): 0.1 skips 15% of
+# blocks on pocket-wan at 39 dB and 23% on pocket-skyreels at 36 dB against dense.
+EMBEDDED_FBC_THRESHOLD = 0.1
+
+
+def defaults_text(spec: ModelSpec) -> str:
+    """Markdown of what "empty = the model's default" means for ``spec``: sampling, sparse-attention and cache
+    settings that depend on the model (the form shows it beside the model picker)."""
+    d = spec.defaults
+    size = f"{d.get('width')}x{d.get('height')} px, {d.get('frames')} frames, {d.get('steps')} steps, " \
+        f"guidance {d.get('guidance')}"  # fmt: skip
+    lines = [f"**{spec.name}** defaults: {size}"]
+    delta = ", ".join(f"{m} {v:g}" for m, v in spec.tmr_delta.items())
+    qc, kc = spec.svg2_clusters
+    lines.append(f"XAttention block {spec.block_size} · SVG2 clusters {qc}/{kc} · TMR delta {delta}")
+    if spec.family == "skyreels":
+        fc = spec.flowcache
+        poly = fc["coefficients"] or "none (raw relative L1)"
+        lines.append(f"FlowCache thresholds slow {fc['slow']:g} / fast {fc['fast']:g}, polynomial {poly} · "
+                     f"MotionCache threshold {fc['motion']:g}")  # fmt: skip
+    fbc = EMBEDDED_FBC_THRESHOLD if spec.embedded else 0.05
+    lines.append(f"FirstBlockCache threshold {fbc:g}")
+    return "  \n".join(lines)
+
+
 def _embedded(name: str, family: str, defaults: dict[str, Any], description: str, pocket: bool) -> ModelSpec:
     """An embedded model under assets/: small blocks and clusters, the embedded TMR deltas, FlowCache thresholds
     and (pocket models) the 32-token prompts they were trained with and the bench size preset."""

@@ -252,3 +252,27 @@ def test_a_stored_run_shows_its_video_and_numbers(served):
         assert summary.strip()
     video, summary = client.predict(None, api_name="/shown_run")
     assert video is None and summary == ""
+
+
+def test_stop_ends_a_generation_at_its_next_step_and_stores_nothing(monkeypatch, tmp_path):
+    """The Stop button sets a flag the progress callback checks: the run ends with a message, the store is as
+    before; the next generation starts afresh. The last step's label says the VAE decode follows."""
+    import app
+    from accel.config import RunConfig
+    from accel.errors import UserError
+    from accel.forms import DEFAULT_PROMPT as PROMPT
+    from accel.runs import RunStore
+
+    monkeypatch.setenv("ACCEL_RUNS_DIR", str(tmp_path / "runs"))
+    cfg = RunConfig(prompt=PROMPT, model="tiny-wan", method="dense", height=32, width=32, frames=5, steps=3)
+    labels = []
+
+    def pressing_stop(fraction, desc):
+        labels.append(desc)
+        app.request_stop()  # pressed during the first step
+
+    with pytest.raises(UserError, match="stopped at step 2 of 3: nothing was stored"):
+        app._generate(cfg, False, pressing_stop)
+    assert labels == ["step 1/3"] and RunStore(tmp_path / "runs").list() == []
+    app._generate(cfg, False, lambda fraction, desc: labels.append(desc))  # Stop was for the last one only
+    assert labels[-1] == "step 3/3 · decoding the video (VAE)" and len(RunStore(tmp_path / "runs").list()) == 1

@@ -233,13 +233,13 @@ def test_every_prompt_the_app_and_the_readme_offer_is_in_the_grammar() -> None:
     from pathlib import Path
 
     from accel.attention.calibrate import GRAMMAR_PROMPTS, default_prompts
-    from accel.forms import DEFAULT_PROMPT
+    from accel.forms import DEFAULT_PROMPT, EXAMPLE_PROMPTS
 
     assert default_prompts("pocket-wan") == GRAMMAR_PROMPTS != default_prompts("wan2.1-1.3b")
     root = Path(__file__).resolve().parents[1]
     readme = re.findall(r'--prompt "([^"]+)"', (root / "README.md").read_text(encoding="utf-8"))
     device_check = re.findall(r'"--prompt", default="([^"]+)"', (root / "devicecheck/generate.py").read_text())
-    offered = [DEFAULT_PROMPT, *readme, *device_check, *GRAMMAR_PROMPTS]
+    offered = [DEFAULT_PROMPT, *EXAMPLE_PROMPTS, *readme, *device_check, *GRAMMAR_PROMPTS]
     assert len(offered) >= 5
     for prompt in offered:
         P.parse_prompt(prompt)  # raises on a prompt outside the grammar

@@ -46,14 +46,10 @@ from diffusers.hooks.pyramid_attention_broadcast import PyramidAttentionBroadcas
 
 from accel.config import BASELINE_NAMES as BASELINES
 from accel.methods import Generation, Target
-from accel.models import pipeline_call, run_pipeline
+from accel.models import EMBEDDED_FBC_THRESHOLD, pipeline_call, run_pipeline
 from accel.schema import Event
 
 UNITS = ("attn1", "attn2", "ffn")
-# FBC's default threshold on the embedded models: 0.05 (ParaAttention's video setting) never skipped there. Measured
-# on the app's default prompt at the models' defaults (docs/measurements/fbc_embedded.txt): 0.1 skips 15% of
-# blocks on pocket-wan at 39 dB and 23% on pocket-skyreels at 36 dB against dense.
-EMBEDDED_FBC_THRESHOLD = 0.1
 # TaylorSeer uses re.fullmatch on module names; these match Wan/SkyReels blocks (the diffusers default
 # "^blocks.*attn" would not fullmatch "blocks.0.attn1", and it leaves the FFN out).
 TAYLORSEER_IDENTIFIERS = (r"blocks\.\d+\.attn[12]", r"blocks\.\d+\.ffn")
