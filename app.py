@@ -69,6 +69,19 @@ def _shown(fn: Callable) -> Callable:
     return handler
 
 
+def _on_show(view: Callable, outputs: int) -> Callable:
+    """``view`` for a tab being shown (it redraws at the tab's width): no update, and no message, while no run is
+    picked."""
+
+    @functools.wraps(view)
+    def redraw(run_id: str | None, *rest):
+        if not run_id:
+            return gr.skip() if outputs == 1 else tuple(gr.skip() for _ in range(outputs))
+        return view(run_id, *rest)
+
+    return redraw
+
+
 def _picker(pick: panels.Pick, **extra: Any):
     return gr.update(choices=pick.options, value=pick.value, **extra)
 
@@ -208,6 +221,12 @@ def compare_choices(run_id: str | None):
     """Comparable runs (same prompt, seed, model and sampling), the dense one first, and the Pareto plot."""
     runs, pareto, note = panels.compare_panel(_store(), _open(run_id))
     return _picker(runs), pareto, note
+
+
+@_shown
+def pareto_view(run_id: str | None):
+    """The Pareto plot alone (redrawn when the Compare tab is shown; the runs picked stay)."""
+    return panels.compare_panel(_store(), _open(run_id))[1]
 
 
 @_shown
@@ -371,7 +390,7 @@ def generate_tab(run_pick: gr.Dropdown):
 
 
 def sparsity_tab(run_pick: gr.Dropdown) -> None:
-    with gr.Tab("Sparsity", id="sparsity"):
+    with gr.Tab("Sparsity", id="sparsity") as tab:
         with gr.Row():
             branch = gr.Dropdown([], label="Branch")
             step = gr.Dropdown([], label="Step (recorded masks)")
@@ -383,10 +402,13 @@ def sparsity_tab(run_pick: gr.Dropdown) -> None:
     run_pick.change(sparsity_view, run_pick, out, api_name="sparsity", show_progress_on=masks)
     for ctl in (branch, step, layer):
         ctl.input(sparsity_view, [run_pick, branch, step, layer], out, api_name=False, show_progress_on=masks)
+    # shown again, a tab redraws at its width (plots drawn while hidden come out narrow)
+    tab.select(_on_show(sparsity_view, len(out)), [run_pick, branch, step, layer], out, api_name=False,
+               show_progress_on=masks)  # fmt: skip
 
 
 def reuse_tab(run_pick: gr.Dropdown) -> None:
-    with gr.Tab("Mask reuse", id="reuse"):
+    with gr.Tab("Mask reuse", id="reuse") as tab:
         with gr.Row():
             branch = gr.Dropdown([], label="Branch")
             heads = gr.Dropdown([], multiselect=True, label="Heads for drift curves")
@@ -400,19 +422,21 @@ def reuse_tab(run_pick: gr.Dropdown) -> None:
     run_pick.change(reuse_view, run_pick, out, api_name="reuse", show_progress_on=drift)
     for ctl in (branch, heads):
         ctl.input(reuse_view, [run_pick, branch, heads], out, api_name=False, show_progress_on=drift)
+    tab.select(_on_show(reuse_view, len(out)), [run_pick, branch, heads], out, api_name=False, show_progress_on=drift)
     grid.select(reuse_pick, [run_pick, branch], [mask, picked], api_name=False)
 
 
 def chunks_tab(run_pick: gr.Dropdown) -> None:
-    with gr.Tab("Chunk cache", id="chunks"):
+    with gr.Tab("Chunk cache", id="chunks") as tab:
         branch = gr.Dropdown([], label="Branch")
         out = [branch, gr.Plot(label="Timeline"), gr.Plot(label="Accumulators"), gr.Plot(label="KV buffer")]
     run_pick.change(chunks_view, run_pick, out, api_name="chunks", show_progress_on=out[1])
     branch.input(chunks_view, [run_pick, branch], out, api_name=False, show_progress_on=out[1])
+    tab.select(_on_show(chunks_view, len(out)), [run_pick, branch], out, api_name=False, show_progress_on=out[1])
 
 
 def motion_tab(run_pick: gr.Dropdown) -> None:
-    with gr.Tab("Motion", id="motion"):
+    with gr.Tab("Motion", id="motion") as tab:
         with gr.Row():
             source = gr.Radio(
                 list(motion.SOURCES), value="method", label="Motion source",
@@ -425,11 +449,12 @@ def motion_tab(run_pick: gr.Dropdown) -> None:
     run_pick.change(motion_view, run_pick, out, api_name="motion", show_progress_on=image)
     frame.release(motion_view, [run_pick, frame, source], out, api_name=False, show_progress_on=image)
     source.input(motion_view, [run_pick, frame, source], out, api_name=False, show_progress_on=image)
+    tab.select(_on_show(motion_view, len(out)), [run_pick, frame, source], out, api_name=False, show_progress_on=image)
 
 
 def compare_tab(run_pick: gr.Dropdown):
     """Runs side by side against a reference; returns the dense-reference event (it adds a run to the store)."""
-    with gr.Tab("Compare", id="compare"):
+    with gr.Tab("Compare", id="compare") as tab:
         with gr.Row():
             runs = gr.Dropdown([], multiselect=True, label="Runs (first = reference)", scale=4, allow_custom_value=True)
             cmp_btn = gr.Button("Compare", variant="primary", scale=0)
@@ -445,6 +470,7 @@ def compare_tab(run_pick: gr.Dropdown):
     run_pick.change(compare_choices, run_pick, [runs, pareto, note], api_name="compare_choices",
                     show_progress_on=pareto)  # fmt: skip
     cmp_btn.click(compare_runs, runs, [side, diff, curves, table], api_name="compare", show_progress_on=side)
+    tab.select(_on_show(pareto_view, 1), run_pick, pareto, api_name=False)
     return dense_btn.click(
         run_dense_reference, run_pick, [runs, pareto, note],
         concurrency_limit=1, concurrency_id=GENERATE_QUEUE, api_name="dense_reference", show_progress_on=pareto,
@@ -453,7 +479,7 @@ def compare_tab(run_pick: gr.Dropdown):
 
 def profile_tab(run_pick: gr.Dropdown) -> list[gr.components.Component]:
     """Profiler views of the run shown; returns their outputs (refreshed when a dense reference arrives)."""
-    with gr.Tab("Profile", id="profile"):
+    with gr.Tab("Profile", id="profile") as tab:
         with gr.Row():
             with gr.Column(scale=2):
                 tb_btn = gr.Button("Open in TensorBoard (needs the internet)", interactive=False)
@@ -472,6 +498,7 @@ def profile_tab(run_pick: gr.Dropdown) -> list[gr.components.Component]:
     out = [ranges_fig, kernels_fig, ranges, kernels, memory, breakdown, phases, amdahl, trace, tb_btn]
     run_pick.change(profile_view, run_pick, out, api_name="profile", show_progress_on=ranges_fig)
     tb_btn.click(open_tensorboard, run_pick, tb_note, api_name="tensorboard")
+    tab.select(_on_show(profile_view, len(out)), run_pick, out, api_name=False, show_progress_on=ranges_fig)
     return out
 
 

@@ -110,6 +110,19 @@ def test_an_error_leaves_every_picker_usable(browser_driver, app_url, tmp_path):
             browser.close()
 
 
+def _fills_its_row(panel, heading: str, timeout: float = 30.0) -> None:
+    """The plot titled ``heading`` spans (nearly) the tab's width, within ``timeout`` seconds."""
+    plot = panel.locator(".js-plotly-plot").filter(has_text=heading).first
+    deadline = time.monotonic() + timeout
+    while True:
+        width, full = plot.bounding_box()["width"], panel.bounding_box()["width"]
+        if width >= 0.85 * full:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the plot {heading!r} is {width:.0f} px wide in a {full:.0f} px tab")
+        time.sleep(0.5)
+
+
 def _drive(page, url: str, shots: Path, motion_run: str) -> float:
     """Generate a small XAttention + TMR run with profiling, then visit every tab; returns seconds from the
     Generate click to the video."""
@@ -145,6 +158,9 @@ def _drive(page, url: str, shots: Path, motion_run: str) -> float:
             assert drawn and all(c == dict(drawn)[g] for g, c in drawn), drawn  # SSIM lines wear the legend's colours
             assert len(set(dict(drawn).values())) == len(dict(drawn))
             expect(panel.get_by_text(re.compile("dense noise band")).first).to_be_visible(timeout=30_000)
+            _fills_its_row(panel, "speed vs quality")  # drawn while the tab was hidden, redrawn when shown
+        if tab == "Profile":
+            _fills_its_row(panel, "time per named range")
         if tab == "Runs":  # lists the new run without a reload; reopen a stored SkyReels-V2 MotionCache run
             expect(panel).to_contain_text(new_run, timeout=30_000)
             panel.get_by_role("button", name="Open", exact=True).click()  # nothing selected: the run shown stays
