@@ -414,7 +414,8 @@ def reuse_tab(run_pick: gr.Dropdown) -> None:
             heads = gr.Dropdown([], multiselect=True, label="Heads for drift curves")
         note = gr.Markdown()
         with gr.Row():
-            grid = gr.Image(label="Refresh / reuse grid (click a cell)", interactive=False, type="numpy", height=420)
+            grid = gr.Image(label="Refresh / reuse grid: rows steps, columns layer·head (click a cell)",
+                            interactive=False, type="numpy", height=420)  # fmt: skip
             mask = gr.Plot(label="Mask of the clicked head")
         picked = gr.Markdown()
         drift = gr.Plot(label="Drift")
@@ -423,7 +424,7 @@ def reuse_tab(run_pick: gr.Dropdown) -> None:
     for ctl in (branch, heads):
         ctl.input(reuse_view, [run_pick, branch, heads], out, api_name=False, show_progress_on=drift)
     tab.select(_on_show(reuse_view, len(out)), [run_pick, branch, heads], out, api_name=False, show_progress_on=drift)
-    grid.select(reuse_pick, [run_pick, branch], [mask, picked], api_name=False)
+    grid.select(reuse_pick, [run_pick, branch], [mask, picked, grid], api_name=False, show_progress_on=mask)
 
 
 def chunks_tab(run_pick: gr.Dropdown) -> None:

@@ -28,8 +28,13 @@ def test_masks_and_densities_follow_the_telemetry(stored_runs):
     assert fig.layout.annotations[0].text == f"head 0 · {float(d[d['head'] == 0]['density'].iloc[0]):.2f}"
     assert sparsity.warmup_structure(run) == ([0, 1], [])  # XAttention: whole warm-up steps, no dense layers
     assert sparsity.warmup_note(run) == "dense warm-up: steps 0-1 (every layer)"
+    assert fig.layout.xaxis.title.text == "key block" and fig.layout.yaxis2.scaleanchor == "x2"  # square panels
+    assert fig.data[0].showscale and list(fig.data[0].colorbar.ticktext) == ["skipped", "computed"]
     dens = sparsity.density_heatmaps(run)
     assert len(dens.data) == run.metrics["heads"] and len(dens.layout.shapes) == run.metrics["heads"]
+    marked = sparsity.density_heatmaps(run, mark=(3, 1))  # the step and layer whose masks are shown
+    outlines = [s for s in marked.layout.shapes if s.line.color == "#ff2d55"]
+    assert len(outlines) == run.metrics["heads"] and (outlines[0].x0, outlines[0].y1) == (2.5, 1.5)
     z = np.asarray(dens.data[0].z, dtype=float)
     assert z.shape == (run.metrics["layers"], run.config["steps"]) and np.allclose(z[:, :2], 1.0)
     # SVG2 cluster masks are drawn at token scale
@@ -64,8 +69,11 @@ def test_reuse_grid_cells_map_back_to_their_heads(stored_runs):
     assert reuse.cell_at(run, 10_000, 0, "cond", 8) is None
     key = reuse.mask_in_effect(run, step, layer, head, "cond")
     assert key is not None and key.startswith("mask/s") and int(key[6:9]) <= step
+    outlined = reuse.reuse_grid_image(run, "cond", cell=8, highlight=(4, 7))
+    assert (outlined[32, 56:64] == (255, 214, 0)).all() and (outlined[:, :48] == img[:, :48]).all()
     fig = reuse.drift_curves(run, [(0, 0), (1, 2)])
-    assert [tr.name for tr in fig.data if tr.showlegend is not False] == ["l0h0", "l1h2"]
+    assert [tr.name for tr in fig.data] == ["l0h0", "l0h0 refreshed", "l1h2", "l1h2 refreshed"]  # all in the legend
+    assert fig.data[0].line.color == fig.data[1].marker.color != fig.data[2].line.color == fig.data[3].marker.color
     assert any(s.y0 == 3.0 for s in fig.layout.shapes)  # the delta line
     assert "no Temporal Mask Reuse" in reuse.reuse_grid(r["svg2"]).layout.annotations[0].text
 

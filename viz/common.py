@@ -12,6 +12,8 @@ from accel.schema import COLUMNS, check_events
 
 RunLike = Run | str | Path
 SEQUENTIAL = "Viridis"
+# one colour per run / head / method where a figure draws several (a run keeps its colour across panels)
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
 def as_run(run: RunLike) -> Run:

@@ -16,7 +16,7 @@ from plotly.subplots import make_subplots
 from accel.errors import UserError
 from accel.metrics import compare_videos
 from accel.runs import DamagedRunError, Run, RunInfo, RunStore
-from viz.common import RunLike, as_run, empty_figure
+from viz.common import PALETTE, RunLike, as_run, empty_figure
 from viz.images import captioned, coloured, enlarged, with_colour_bar
 
 # config keys that must agree for two runs to show the same video (method and its settings may differ)
@@ -90,7 +90,6 @@ def noise_band(store: RunStore, reference: RunLike, stage: str = "wall") -> tupl
 
 
 PANEL_MIN_PX = 256  # panels narrower than this are enlarged (nearest neighbour) so captions stay legible
-TRACE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
 def _same_shape(runs: Sequence[Run]) -> list[np.ndarray]:
@@ -182,7 +181,7 @@ def quality_curves(reference: RunLike, runs: Sequence[RunLike]) -> go.Figure:
     fig = make_subplots(1, 2, subplot_titles=["PSNR (dB)", "SSIM"])
     for i, r in enumerate(others):  # one colour per run in both panels, as in the legend
         q = frame_quality(ref, r)
-        name, colour = run_name(r), TRACE_COLOURS[i % len(TRACE_COLOURS)]
+        name, colour = run_name(r), PALETTE[i % len(PALETTE)]
         psnr = [min(v, PSNR_CAP) for v in q["psnr"]]
         common = {"mode": "lines+markers", "name": name, "legendgroup": r.run_id, "line": {"color": colour}}
         fig.add_trace(go.Scatter(y=psnr, **common), row=1, col=1)
@@ -222,7 +221,7 @@ def pareto(store: RunStore, run: RunLike) -> go.Figure:
     table = pd.DataFrame(rows).dropna(subset=["speedup_wall"])
     stages = (("wall", "wall time"), ("denoise", "denoise only (transformer loop)"))
     fig = make_subplots(1, 2, shared_yaxes=True, subplot_titles=[t for _, t in stages], horizontal_spacing=0.06)
-    colours = {m: TRACE_COLOURS[i % len(TRACE_COLOURS)] for i, m in enumerate(sorted(table["method"].unique()))}
+    colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(sorted(table["method"].unique()))}
     bands = []
     for col, (stage, _) in enumerate(stages, start=1):
         x = f"speedup_{stage}"

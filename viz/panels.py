@@ -7,8 +7,10 @@ back to the first option). ``app.py`` only wires these to widgets. No gradio and
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import plotly.graph_objects as go
 
 from accel.errors import UserError
 from accel.runs import Run, RunStore
-from accel.schema import Event
+from accel.schema import Event, read_index
 from accel.video import write_h264
 from viz import chunks, compare, motion, profile, reuse, sparsity
 from viz.common import branches, empty_figure
@@ -44,12 +46,30 @@ def run_choices(store: RunStore) -> list[tuple[str, str]]:
 
 
 def open_run(store: RunStore, run_id: str | None) -> Run:
-    """A run of ``store`` by id; never a user's path (the app shows only its own store)."""
+    """A run of ``store`` by id; never a user's path (the app shows only its own store).
+
+    The last few runs opened are kept with what they decoded (telemetry, arrays), so moving a step slider does
+    not re-read the run; a kept run is reused only while every file of its folder is unchanged (name, size,
+    modification time), so a run damaged or replaced since is read (and refused) afresh.
+    """
     if not run_id:
         raise UserError("no run selected: generate one or open one in the Runs tab")
     if Path(run_id).name != run_id:
         raise UserError(f"invalid run id {run_id!r}: pick a run of the store")
-    return store.load(run_id)
+    return _load(str(store.root), run_id, _fingerprint(store.root / run_id))
+
+
+def _fingerprint(folder: Path) -> tuple:
+    """Name, size and modification time of every file in a run folder (empty if it cannot be listed)."""
+    try:
+        return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder)))
+    except OSError:
+        return ()
+
+
+@lru_cache(maxsize=8)
+def _load(root: str, run_id: str, fingerprint: tuple) -> Run:
+    return RunStore(root).load(run_id)
 
 
 def headline(store: RunStore, run: Run) -> str:
@@ -105,7 +125,9 @@ def sparsity_panel(run: Run, branch: str | None = None, step: Any = None, layer:
     warm = sparsity.warmup_note(run, branch_pick.value)
     note = f"{warm[0].upper()}{warm[1:]}." if warm else "No dense warm-up recorded."
     note += f" Masks are kept for {len(step_pick.options)} steps (evenly spaced within the recording budget)."
-    return branch_pick, step_pick, layer_pick, masks, sparsity.density_heatmaps(run, branch_pick.value), note
+    mark = (step_pick.value, layer_pick.value) if step_pick.value is not None and layer_pick.value is not None else None
+    density = sparsity.density_heatmaps(run, branch_pick.value, mark)
+    return branch_pick, step_pick, layer_pick, masks, density, note
 
 
 def reuse_panel(run: Run, branch: str | None = None, heads: list[str] | None = None):
@@ -121,25 +143,29 @@ def reuse_panel(run: Run, branch: str | None = None, heads: list[str] | None = N
         reuse.reuse_grid_image(run, branch_pick.value, CELL),
         Pick(options, chosen),
         reuse.drift_curves(run, pairs, branch_pick.value),
-        f"{rate}Rows: steps; columns: layer·head (red refresh, blue reuse, grey no decision). Click a cell.",
+        f"{rate}Grid rows: denoising steps (top = first); columns: layer·head, a dark line between layers (red "
+        "refresh, blue reuse, grey no decision). Click a cell: its mask appears beside it, the cell outlined.",
     )
 
 
-def reuse_cell(run: Run, branch: str, x: int, y: int) -> tuple[go.Figure, str]:
-    """The mask the head under pixel ``(x, y)`` of the reuse grid used at that step, and what happened."""
+def reuse_cell(run: Run, branch: str, x: int, y: int) -> tuple[go.Figure, str, Any]:
+    """The mask the head under pixel ``(x, y)`` of the reuse grid used at that step, what happened, and the grid
+    with that cell outlined."""
     cell = reuse.cell_at(run, x, y, branch, CELL)
     if cell is None:
-        return empty_figure("click inside the grid"), ""
+        return empty_figure("click inside the grid"), "", reuse.reuse_grid_image(run, branch, CELL)
     step, layer, head, refreshed = cell
+    grid = reuse.reuse_grid_image(run, branch, CELL, highlight=(y // CELL, x // CELL))
     key = reuse.mask_in_effect(run, step, layer, head, branch)
     what = "refreshed" if refreshed == 1 else "reused" if refreshed == 0 else "no decision"
     text = f"step {step}, layer {layer}, head {head}: {what}; mask `{key or 'not recorded'}`"
     if key is None:
-        return empty_figure("this head's mask was not recorded at that step"), text
-    fig = go.Figure(go.Heatmap(z=sparsity.mask_image(run, key, head), colorscale="Blues", zmin=0, zmax=1))
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=f"l{layer}h{head} at step {step} ({what})", height=420)
-    return fig, text
+        return empty_figure("this head's mask was not recorded at that step"), text, grid
+    fig = go.Figure(sparsity.mask_heatmap(sparsity.mask_image(run, key, head), f"l{layer}h{head}", True))
+    sparsity.square_axes(fig, 1, "clusters" if "q_offsets" in read_index(run.arrays)[key] else "blocks")
+    fig.update_layout(title=f"l{layer}h{head} at step {step} ({what})", height=420,
+                      margin={"l": 50, "r": 20, "t": 50, "b": 40})  # fmt: skip
+    return fig, text, grid
 
 
 def chunks_panel(run: Run, branch: str | None = None):

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from accel.schema import Event
-from viz.common import RunLike, empty_figure, events, lay_out, title
+from viz.common import PALETTE, RunLike, empty_figure, events, lay_out, title
 
 # grid colours (RGB): refreshed, reused, no decision (dense warm-up or layer without TMR)
 REFRESH, REUSE, NONE = (214, 96, 77), (67, 147, 195), (235, 235, 235)
@@ -62,8 +62,10 @@ def reuse_grid(run: RunLike, branch: str = "cond") -> go.Figure:
     return fig
 
 
-def reuse_grid_image(run: RunLike, branch: str = "cond", cell: int = 8) -> np.ndarray:
-    """The same grid as an RGB image (``cell`` pixels per decision) for click selection; see :func:`cell_at`."""
+def reuse_grid_image(run: RunLike, branch: str = "cond", cell: int = 8,
+                     highlight: tuple[int, int] | None = None) -> np.ndarray:  # fmt: skip
+    """The same grid as an RGB image (``cell`` pixels per decision) for click selection (see :func:`cell_at`);
+    ``highlight`` = ``(row, column)`` of a cell outlined in yellow (the one clicked)."""
     grid = reuse_matrix(run, branch)
     if grid.empty:
         return np.full((cell, cell, 3), NONE, dtype=np.uint8)
@@ -78,6 +80,9 @@ def reuse_grid_image(run: RunLike, branch: str = "cond", cell: int = 8) -> np.nd
     for x, h in enumerate(heads):
         if h == 0 and x:  # a darker line between layers
             img[:, x * cell] = 90
+    if highlight is not None:
+        row, col = highlight
+        cv2.rectangle(img, (col * cell, row * cell), (col * cell + cell - 1, row * cell + cell - 1), (255, 214, 0), 2)
     return img
 
 
@@ -111,12 +116,13 @@ def drift_curves(run: RunLike, heads: list[tuple[int, int]] | None = None, branc
     refresh = events(run, Event.MASK_REFRESH)
     refresh = refresh[refresh["branch"] == branch]
     fig = go.Figure()
-    for layer, head in heads:
+    for i, (layer, head) in enumerate(heads):
         sel = rows[(rows["layer"] == layer) & (rows["head"] == head)].sort_values("step")
         if sel.empty:
             continue
-        name = f"l{layer}h{head}"
-        fig.add_trace(go.Scatter(x=sel["step"], y=sel["value"], mode="lines+markers", name=name))
+        name, colour = f"l{layer}h{head}", PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=sel["step"], y=sel["value"], mode="lines+markers", name=name, legendgroup=name,
+                                 line={"color": colour}, marker={"color": colour}))  # fmt: skip
         hit = refresh[(refresh["layer"] == layer) & (refresh["head"] == head) & (refresh["value"] > 0.5)]
         marks = sel[sel["step"].isin(hit["step"])]
         fig.add_trace(
@@ -124,9 +130,9 @@ def drift_curves(run: RunLike, heads: list[tuple[int, int]] | None = None, branc
                 x=marks["step"],
                 y=marks["value"],
                 mode="markers",
-                marker={"symbol": "circle-open", "size": 12, "line": {"width": 2}},
-                name=f"{name} refresh",
-                showlegend=False,
+                marker={"symbol": "circle-open", "size": 13, "color": colour, "line": {"width": 2, "color": colour}},
+                name=f"{name} refreshed",
+                legendgroup=name,
             )
         )
     delta = rows["threshold"].dropna()

@@ -62,6 +62,27 @@ def _cluster_of_pixels(offsets: np.ndarray, head: int) -> np.ndarray:
     return np.searchsorted(off[1:], tokens, side="right")
 
 
+MASK_COLOURS = [[0, "#f4f4f4"], [1, "#1f4e9c"]]  # skipped, computed
+MASK_LEGEND = {"tickvals": [0, 1], "ticktext": ["skipped", "computed"], "len": 0.5, "thickness": 12}
+
+
+def mask_heatmap(z: np.ndarray, name: str, legend: bool) -> go.Heatmap:
+    """One head's binary mask as a heatmap (computed blue, skipped light), with the two-colour legend if asked."""
+    return go.Heatmap(z=z, colorscale=MASK_COLOURS, zmin=0, zmax=1, showscale=legend, colorbar=MASK_LEGEND,
+                      hovertemplate="query %{y} · key %{x}: %{z}<extra>" + name + "</extra>")  # fmt: skip
+
+
+def square_axes(fig: go.Figure, panels: int, kind: str) -> None:
+    """Mask panels as squares, queries top to bottom, axes named after ``kind`` (blocks or permuted clusters)."""
+    for i in range(1, panels + 1):
+        suffix = "" if i == 1 else str(i)
+        y = {"scaleanchor": f"x{suffix}", "autorange": "reversed", "constrain": "domain"}
+        fig.update_layout({f"yaxis{suffix}": y, f"xaxis{suffix}": {"constrain": "domain"}})
+    unit = "cluster (permuted)" if kind == "clusters" else "block"
+    fig.update_xaxes(title_text=f"key {unit}", title_standoff=2)
+    fig.update_yaxes(title_text=f"query {unit}", title_standoff=2)
+
+
 def head_masks(run: RunLike, step: int, layer: int, branch: str = "cond") -> go.Figure:
     """A grid of every head's mask at ``(step, layer, branch)``, titled with each head's density."""
     idx = mask_index(run)
@@ -79,29 +100,19 @@ def head_masks(run: RunLike, step: int, layer: int, branch: str = "cond") -> go.
         nrows,
         cols,
         subplot_titles=[f"head {h} · {by_head.get(h, float('nan')):.2f}" for h in range(heads)],
-        horizontal_spacing=0.02,
-        vertical_spacing=0.08 / max(1, nrows - 1) if nrows > 1 else 0.0,
+        horizontal_spacing=0.04,
+        vertical_spacing=0.12 / max(1, nrows - 1) if nrows > 1 else 0.0,
     )
     for h in range(heads):
-        fig.add_trace(
-            go.Heatmap(
-                z=mask_image(run, row["key"], h),
-                colorscale=[[0, "#f4f4f4"], [1, "#1f4e9c"]],
-                zmin=0,
-                zmax=1,
-                showscale=False,
-                hovertemplate="q %{y} · k %{x}: %{z}<extra>head " + str(h) + "</extra>",
-            ),
-            row=h // cols + 1,
-            col=h % cols + 1,
-        )
-    fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor=None)
+        fig.add_trace(mask_heatmap(mask_image(run, row["key"], h), f"head {h}", h == 0), h // cols + 1, h % cols + 1)
+    kind = "clusters" if row["q_offsets"] else "blocks"
+    square_axes(fig, heads, kind)
     fig.update_xaxes(showticklabels=False)
-    kind = "clusters, permuted" if row["q_offsets"] else "blocks"
+    fig.update_yaxes(showticklabels=False)
     fig.update_layout(
         title=title(run, f"masks at step {step}, layer {layer}, {branch} ({kind}; head · density)"),
-        height=max(260, 200 * nrows + 80),
-        margin={"l": 10, "r": 10, "t": 70, "b": 10},
+        height=max(280, 230 * nrows + 90),
+        margin={"l": 30, "r": 10, "t": 70, "b": 30},
     )
     return fig
 
@@ -138,8 +149,9 @@ def density_table(run: RunLike, branch: str = "cond") -> pd.DataFrame:
     return rows.groupby(["head", "layer", "step"], as_index=False)["density"].mean()
 
 
-def density_heatmaps(run: RunLike, branch: str = "cond") -> go.Figure:
-    """Density over step x layer, one panel per head; dense warm-up steps are shaded."""
+def density_heatmaps(run: RunLike, branch: str = "cond", mark: tuple[int, int] | None = None) -> go.Figure:
+    """Density over step x layer, one panel per head; dense warm-up steps are shaded; ``mark`` = ``(step, layer)``
+    outlined in every panel (the masks shown beside)."""
     table = density_table(run, branch)
     if table.empty:
         return empty_figure("no attention densities recorded (a dense or cache-only run)")
@@ -178,6 +190,10 @@ def density_heatmaps(run: RunLike, branch: str = "cond") -> go.Figure:
         for a, b in _spans(warm_layers):  # dense layers: rows
             shapes.append({"type": "rect", "xref": f"x{axis} domain", "yref": f"y{axis}", "x0": 0, "x1": 1,
                            "y0": a - 0.5, "y1": b + 0.5, **shade})  # fmt: skip
+        if mark is not None:
+            shapes.append({"type": "rect", "xref": f"x{axis}", "yref": f"y{axis}", "x0": mark[0] - 0.5,
+                           "x1": mark[0] + 0.5, "y0": mark[1] - 0.5, "y1": mark[1] + 0.5,
+                           "line": {"color": "#ff2d55", "width": 2}})  # fmt: skip
     fig.update_layout(shapes=shapes)
     note = warmup_note(run, branch)
     note = f" · {note} (shaded)" if note else ""
