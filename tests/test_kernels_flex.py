@@ -168,7 +168,7 @@ def test_a_generation_on_flex_is_the_reference_generation(tmp_path) -> None:
         ref = runner.generate(cfg, store)
     assert run.metrics["kernel_calls"]["block_sparse_attention/flex"] > 0
     assert "block_sparse_attention/flex" not in ref.metrics["kernel_calls"]
-    assert run.metrics["kernel_compile_s"] > 0 and "sparse attention ran on | flex x" in panels.headline(store, run)
+    assert run.metrics["kernel_compile_s"] > 0 and "kernel backend | flex x" in panels.headline(store, run)
     assert "dense_head_frac" not in run.metrics  # every head sparse (dense_above=1)
     diff = np.abs(run.frames().astype(int) - ref.frames().astype(int))
     assert diff.max() <= 2  # uint8 frames of the same video up to float rounding

@@ -211,3 +211,19 @@ def test_chunk_bench_rows_count_work_and_the_first_windows_psnr(stored_runs):
     header, uncached, cached = table([("uncached", dense), ("motioncache", motion)], dense)
     assert "PSNR w1" in header and " 0.0% " in uncached and " 1.000 " in uncached
     assert f" {one_window:.2f} " in cached
+
+
+def test_headlines_speak_each_methods_terms(stored_runs):
+    """MotionCache reports tokens recomputed (not FlowCache's chunk steps), every run its device and kernel
+    backend, the TMR reuse rate says which branches it counts, and the Runs table lists device and backend."""
+    from viz import panels
+
+    store, r = stored_runs
+    motion = panels.headline(store, r["motion"])
+    m = r["motion"].metrics
+    assert f"| tokens recomputed | {m['tokens_recomputed']:,} of {m['tokens_scheduled']:,} |" in motion
+    assert "block work saved" in motion and "chunk steps reused" not in motion
+    xa = panels.headline(store, r["xattention"])
+    assert "both CFG branches" in xa and "| kernel backend | " in xa and "cpu" in xa
+    table = panels.runs_table(store)
+    assert {"device", "kernels"} <= set(table.columns) and (table["device"] == "cpu").all()

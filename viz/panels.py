@@ -93,16 +93,29 @@ def headline(store: RunStore, run: Run) -> str:
     if m.get("dense_head_frac"):
         lines.append(f"| heads run on dense SDPA (denser than the crossover) | {m['dense_head_frac']:.1%} |")
     if m.get("mask_skip_frac") is not None:
-        lines.append(f"| mask reuse rate (TMR) | {m['mask_skip_frac']:.1%} |")
-    steps = (m.get("chunk_computes") or 0) + (m.get("chunk_reuses") or 0) + (m.get("chunk_partials") or 0)
-    if steps:
-        lines.append(f"| chunk steps reused | {(m.get('chunk_reuses') or 0) / steps:.1%} of {steps} |")
+        lines.append(f"| mask reuse rate (TMR; both CFG branches, every layer) | {m['mask_skip_frac']:.1%} |")
+    lines += _cache_lines(run.config.get("method"), m)
     lines.append(f"| tokens · device | {m.get('tokens')} · {m.get('device')} {m.get('dtype', '')} |")
-    ran = profile.backends_ran(run)
-    if ran:
-        lines.append(f"| sparse attention ran on | {ran} |")
+    lines.append(f"| kernel backend | {profile.backends_ran(run) or m.get('kernel_backend') or 'n/a'} |")
     lines += [f"\n**Warning**: {warning}" for warning in m.get("warnings") or []]
     return "\n".join(lines)
+
+
+def _cache_lines(method: str | None, m: dict) -> list[str]:
+    """Headline rows of a chunk cache: what it saved in its own terms (MotionCache: tokens; FlowCache: chunk steps)
+    and the block work (token-weighted block executions) against the uncached run."""
+    possible = m.get("block_executions_uncached") or 0
+    saved = f"{1 - (m.get('block_executions') or 0) / possible:.1%}" if possible else None
+    if method == "motioncache" and m.get("tokens_recomputed") is not None:
+        scheduled = m.get("tokens_scheduled")
+        of = f" of {scheduled:,}" if scheduled else ""
+        rows = [f"| tokens recomputed | {m['tokens_recomputed']:,}{of} |"]
+    else:
+        steps = (m.get("chunk_computes") or 0) + (m.get("chunk_reuses") or 0) + (m.get("chunk_partials") or 0)
+        rows = [f"| chunk steps reused | {(m.get('chunk_reuses') or 0) / steps:.1%} of {steps} |"] if steps else []
+    if saved is not None and rows:
+        rows.append(f"| block work saved (token-weighted; attention FLOPs save more) | {saved} |")
+    return rows
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -137,7 +150,7 @@ def reuse_panel(run: Run, branch: str | None = None, heads: list[str] | None = N
     options = [f"l{int(layer)}h{int(h)}" for layer, h in grid.columns] if not grid.empty else []
     chosen = [h for h in (heads or []) if h in options] or options[:4]
     pairs = [(int(h[1 : h.index("h")]), int(h[h.index("h") + 1 :])) for h in chosen]
-    rate = "" if grid.empty else f"Reuse rate {reuse.reuse_rate(grid):.1%}. "
+    rate = "" if grid.empty else f"Reuse rate of this branch ({branch_pick.value}) {reuse.reuse_rate(grid):.1%}. "
     return (
         branch_pick,
         reuse.reuse_grid_image(run, branch_pick.value, CELL),
@@ -246,7 +259,7 @@ def profile_panel(store: RunStore, run: Run):
     )
 
 
-RUN_COLUMNS = ["run", "status", "method", "model", "prompt", "seed", "wall_s"]
+RUN_COLUMNS = ["run", "status", "method", "model", "prompt", "seed", "wall_s", "device", "kernels"]
 
 
 def runs_table(store: RunStore) -> pd.DataFrame:
@@ -261,6 +274,8 @@ def runs_table(store: RunStore) -> pd.DataFrame:
             "prompt": i.config.get("prompt"),
             "seed": i.config.get("seed"),
             "wall_s": round(float(i.metrics.get("wall_s") or 0), 2),
+            "device": i.metrics.get("device"),
+            "kernels": i.metrics.get("kernel_backend"),
         }
         for i in store.list(damaged=True)
     ]

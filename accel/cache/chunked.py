@@ -556,6 +556,7 @@ def work_metrics(segments: list[dict[str, int]], layers: int, chunk_tokens: int)
         "block_executions": round(executed, 2),
         "block_executions_uncached": round(possible, 2),
         "tokens_recomputed": totals.get("tokens_recomputed", 0),
+        "tokens_scheduled": totals.get("tokens_scheduled", 0),  # what the uncached runner computes
         "kv_compressions": totals.get("kv_compressions", 0),
         "linear_flops_saved_frac": 1.0 - executed / possible if possible else 0.0,  # attention grows faster
         "segments": per_window,
