@@ -188,6 +188,8 @@ def test_profile_views_and_report(stored_runs, tmp_path):
     text = out.read_text()
     assert "data:video/mp4;base64," in text and "Chunk cache: timeline" in text and "Motion: token updates" in text
     assert '<script src="http' not in text and "plotly" in text  # plotly.js embedded: the report opens offline
+    assert "<table class='headline'><tr><th>wall time</th>" in text and "tokens recomputed" in text
+    assert "speedup vs dense" in text and '"wall_s"' not in text  # a formatted table, not raw JSON
 
 
 def test_runs_report_the_time_spent_recording(stored_runs):

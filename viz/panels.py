@@ -72,49 +72,55 @@ def _load(root: str, run_id: str, fingerprint: tuple) -> Run:
     return RunStore(root).load(run_id)
 
 
-def headline(store: RunStore, run: Run) -> str:
-    """Markdown of the numbers a user looks at first: time, speedup vs dense, density or reuse."""
+def headline_rows(store: RunStore | None, run: Run) -> list[tuple[str, str]]:
+    """The numbers a user looks at first, as (metric, value) rows: time, speedup vs dense (with a store), density,
+    reuse, the cache's saving, tokens, device and kernel backend."""
     m = run.metrics
-    lines = [f"**{run.config.get('label')}** · run `{run.run_id}`", "", "| metric | value |", "|---|---|"]
     walls = compare.speed_samples(run, "wall")
     spread = f"median of {len(walls)}: {min(walls):.2f}-{max(walls):.2f} s; " if len(walls) > 1 else ""
     denoise = compare.seconds(run, "denoise") or 0.0
-    lines.append(f"| wall time | {compare.seconds(run, 'wall') or 0:.2f} s ({spread}denoise {denoise:.2f} s) |")
-    ref = compare.dense_reference(store, run)
+    rows = [("wall time", f"{compare.seconds(run, 'wall') or 0:.2f} s ({spread}denoise {denoise:.2f} s)")]
+    ref = compare.dense_reference(store, run) if store is not None else None
     if ref is not None:
         s_wall, s_den = compare.speedup(ref.path, run, "wall"), compare.speedup(ref.path, run, "denoise")
         band = compare.noise_band(store, ref.path, "wall")
         noise = f"; dense itself varies {band[0]:.2f}-{band[1]:.2f}x" if band else ""
-        lines.append(f"| speedup vs dense `{ref.run_id}` | {s_wall:.2f}x wall, {s_den:.2f}x denoise{noise} |")
-    elif run.config.get("method") != "dense":
-        lines.append("| speedup vs dense | no dense run of this prompt and seed yet (Compare tab) |")
+        rows.append((f"speedup vs dense `{ref.run_id}`", f"{s_wall:.2f}x wall, {s_den:.2f}x denoise{noise}"))
+    elif store is not None and run.config.get("method") != "dense":
+        rows.append(("speedup vs dense", "no dense run of this prompt and seed yet (Compare tab)"))
     if "density_mean_sparse" in m:
-        lines.append(f"| mean density (sparse steps) | {m['density_mean_sparse']:.3f} |")
+        rows.append(("mean density (sparse steps)", f"{m['density_mean_sparse']:.3f}"))
     if m.get("dense_head_frac"):
-        lines.append(f"| heads run on dense SDPA (denser than the crossover) | {m['dense_head_frac']:.1%} |")
+        rows.append(("heads run on dense SDPA (denser than the crossover)", f"{m['dense_head_frac']:.1%}"))
     if m.get("mask_skip_frac") is not None:
-        lines.append(f"| mask reuse rate (TMR; both CFG branches, every layer) | {m['mask_skip_frac']:.1%} |")
-    lines += _cache_lines(run.config.get("method"), m)
-    lines.append(f"| tokens · device | {m.get('tokens')} · {m.get('device')} {m.get('dtype', '')} |")
-    lines.append(f"| kernel backend | {profile.backends_ran(run) or m.get('kernel_backend') or 'n/a'} |")
-    lines += [f"\n**Warning**: {warning}" for warning in m.get("warnings") or []]
+        rows.append(("mask reuse rate (TMR; both CFG branches, every layer)", f"{m['mask_skip_frac']:.1%}"))
+    rows += _cache_rows(run.config.get("method"), m)
+    rows.append(("tokens · device", f"{m.get('tokens')} · {m.get('device')} {m.get('dtype', '')}"))
+    rows.append(("kernel backend", profile.backends_ran(run) or m.get("kernel_backend") or "n/a"))
+    return rows
+
+
+def headline(store: RunStore, run: Run) -> str:
+    """Markdown of :func:`headline_rows` under the run's label, then its warnings."""
+    lines = [f"**{run.config.get('label')}** · run `{run.run_id}`", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in headline_rows(store, run)]
+    lines += [f"\n**Warning**: {warning}" for warning in run.metrics.get("warnings") or []]
     return "\n".join(lines)
 
 
-def _cache_lines(method: str | None, m: dict) -> list[str]:
+def _cache_rows(method: str | None, m: dict) -> list[tuple[str, str]]:
     """Headline rows of a chunk cache: what it saved in its own terms (MotionCache: tokens; FlowCache: chunk steps)
     and the block work (token-weighted block executions) against the uncached run."""
     possible = m.get("block_executions_uncached") or 0
     saved = f"{1 - (m.get('block_executions') or 0) / possible:.1%}" if possible else None
     if method == "motioncache" and m.get("tokens_recomputed") is not None:
         scheduled = m.get("tokens_scheduled")
-        of = f" of {scheduled:,}" if scheduled else ""
-        rows = [f"| tokens recomputed | {m['tokens_recomputed']:,}{of} |"]
+        rows = [("tokens recomputed", f"{m['tokens_recomputed']:,}" + (f" of {scheduled:,}" if scheduled else ""))]
     else:
         steps = (m.get("chunk_computes") or 0) + (m.get("chunk_reuses") or 0) + (m.get("chunk_partials") or 0)
-        rows = [f"| chunk steps reused | {(m.get('chunk_reuses') or 0) / steps:.1%} of {steps} |"] if steps else []
+        rows = [("chunk steps reused", f"{(m.get('chunk_reuses') or 0) / steps:.1%} of {steps}")] if steps else []
     if saved is not None and rows:
-        rows.append(f"| block work saved (token-weighted; attention FLOPs save more) | {saved} |")
+        rows.append(("block work saved (token-weighted; attention FLOPs save more)", saved))
     return rows
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
 import cv2
@@ -17,8 +16,7 @@ from accel.runs import RunStore
 from accel.schema import Event
 from viz import chunks, compare, motion, profile, reuse, sparsity
 from viz.common import RunLike, as_run, branches
-
-HEADLINE = ("wall_s", "density_mean_sparse", "mask_skip_frac", "chunk_computes", "chunk_reuses", "tokens", "device")
+from viz.panels import headline_rows
 
 
 def all_figures(run: RunLike, store: RunStore | None = None) -> dict[str, go.Figure]:
@@ -72,8 +70,9 @@ def write_report(run: RunLike, out: str | Path, store: RunStore | None = None) -
     if r.video_path is not None:
         video = base64.b64encode(r.video_path.read_bytes()).decode()
         parts.append(f'<video controls loop autoplay muted src="data:video/mp4;base64,{video}"></video>')
-    headline = {k: r.metrics[k] for k in HEADLINE if k in r.metrics}
-    parts.append(f"<pre>{html.escape(json.dumps(headline, indent=2, default=str))}</pre>")
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in headline_rows(store, r))
+    parts.append(f"<table class='headline'>{cells}</table>")
+    parts += [f"<p><b>Warning</b>: {html.escape(w)}</p>" for w in r.metrics.get("warnings") or []]
     if motion.token_maps(r, "weights") is not None or r.video_path is not None:
         frame = len(r.frames()) // 2
         source = "method" if motion.token_maps(r, "weights") is not None else "flow"
@@ -88,7 +87,9 @@ def write_report(run: RunLike, out: str | Path, store: RunStore | None = None) -
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(r.run_id)}</title>"
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}video,img{max-width:100%}</style>"
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}video,img{max-width:100%}"
+        "table.headline{border-collapse:collapse}table.headline th,table.headline td{border:1px solid #ccc;"
+        "padding:4px 10px;text-align:left}</style>"
         f"</head><body>{body}</body></html>",
         encoding="utf-8",
     )
