@@ -35,7 +35,26 @@ from accel.runs import RunStore
 from profiling import tensorboard
 from viz import motion, panels, profile
 from viz.report import write_report
+from viz.sparsity import DENSITY_META
 
+HIDDEN = "accel-hidden"  # elements the page script hides (wiring, not widgets)
+DENSITY_CLICK = "density-click"  # the hidden button a click on the density heatmap presses
+# Links the density heatmap to the step and layer pickers: gradio's Plot has no click event, so the page listens
+# for clicks on the figure whose layout.meta is viz.sparsity.DENSITY_META, keeps the hovered cell ("step,layer")
+# and presses a hidden button whose event reads it (density_click).
+PAGE_SCRIPT = f"""() => {{
+  const box = () => document.querySelector('#{DENSITY_CLICK}');
+  const hide = () => document.querySelectorAll('.{HIDDEN}').forEach((e) => {{ e.style.display = 'none'; }});
+  new MutationObserver(hide).observe(document.body, {{childList: true, subtree: true}});
+  hide();
+  document.addEventListener('click', (e) => {{
+    const gd = e.target.closest && e.target.closest('.js-plotly-plot');
+    if (!gd || !gd.layout || gd.layout.meta !== '{DENSITY_META}' || !(gd._hoverdata || []).length) return;
+    const p = gd._hoverdata[0];
+    window.accelDensityCell = p.x + ',' + p.y;
+    if (box()) box().click();
+  }}, true);
+}}"""
 PROGRESS = gr.Progress()  # gradio injects a live tracker for a parameter defaulting to one
 GENERATE_QUEUE = "generate"  # generations (and dense references) share one queue: one at a time
 LOG = logging.getLogger("accel.app")
@@ -186,6 +205,17 @@ def sparsity_view(run_id: str | None, branch: str | None = None, step: Any = Non
     """Masks of one step and layer, density heatmaps and the dense warm-up steps."""
     branch, step, layer, masks, density, note = panels.sparsity_panel(_open(run_id), branch, step, layer)
     return _picker(branch), _picker(step), _picker(layer), masks, density, note
+
+
+@_shown
+def density_click(run_id: str | None, branch: str | None, cell: str):
+    """The Sparsity view at the step and layer of a clicked density-heatmap cell (``"step,layer"``, written by the
+    page script; the nearest step with recorded masks)."""
+    try:
+        step, layer = (int(float(v)) for v in cell.split(","))
+    except ValueError:
+        return sparsity_view(run_id, branch)
+    return sparsity_view(run_id, branch, step, layer)
 
 
 @_shown
@@ -397,8 +427,12 @@ def sparsity_tab(run_pick: gr.Dropdown) -> None:
             layer = gr.Dropdown([], label="Layer")
         note = gr.Markdown()
         masks = gr.Plot(label="Per-head masks")
-        density = gr.Plot(label="Density over step x layer")
+        density = gr.Plot(label="Density over step x layer (click a cell: its masks above)")
+        clicked = gr.Button(elem_id=DENSITY_CLICK, elem_classes=[HIDDEN])  # pressed by the page script
+        cell = gr.Textbox(elem_classes=[HIDDEN], container=False, show_label=False)  # filled by the event's js
     out = [branch, step, layer, masks, density, note]
+    cell_js = "(run, branch, _) => [run, branch, window.accelDensityCell || '']"  # the cell the page script saw
+    clicked.click(density_click, [run_pick, branch, cell], out, js=cell_js, api_name=False, show_progress_on=masks)
     run_pick.change(sparsity_view, run_pick, out, api_name="sparsity", show_progress_on=masks)
     for ctl in (branch, step, layer):
         ctl.input(sparsity_view, [run_pick, branch, step, layer], out, api_name=False, show_progress_on=masks)
@@ -548,6 +582,7 @@ def build_app() -> gr.Blocks:
             profile_view, run_pick, profile_out, api_name=False, show_progress_on=profile_out[0]
         )
         demo.load(_run_lists, None, lists, api_name=False)
+        demo.load(None, None, None, js=PAGE_SCRIPT)
     return demo
 
 

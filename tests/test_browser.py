@@ -146,6 +146,14 @@ def _drive(page, url: str, shots: Path, motion_run: str) -> float:
         page.get_by_role("tab", name=tab).click()
         panel = page.locator("[role=tabpanel]:visible")
         panel.locator(needle).first.wait_for(timeout=30_000)
+        if tab == "Sparsity":  # click the density heatmap's last step: the step picker and the masks follow
+            density = panel.locator(".js-plotly-plot").filter(has_text="density per head").first
+            area = density.locator(".nsewdrag").first.bounding_box()  # head 0's panel: steps 0-5 across
+            x, y = area["x"] + area["width"] * 0.95, area["y"] + area["height"] * 0.5
+            page.mouse.move(x, y)
+            page.mouse.click(x, y)
+            expect(panel.get_by_label("Step (recorded masks)")).to_have_value("5", timeout=30_000)
+            panel.get_by_text("masks at step 5").first.wait_for(timeout=30_000)
         if tab == "Mask reuse":  # click a cell of the grid: that head's mask appears
             panel.locator("img").first.click()  # the centre of the grid
             panel.get_by_text(re.compile(r"layer \d+, head \d+: ")).wait_for(timeout=30_000)

@@ -35,8 +35,13 @@ class Pick:
     value: Any
 
 
-def _pick(options: list[Any], wanted: Any) -> Pick:
-    return Pick(options, wanted if wanted in options else (options[0] if options else None))
+def _pick(options: list[Any], wanted: Any, nearest: bool = False) -> Pick:
+    """``wanted`` if it is an option; else (``nearest``, numeric options) the closest one, or the first."""
+    if wanted in options or not options:
+        return Pick(options, wanted if wanted in options else None)
+    if nearest and wanted is not None:
+        return Pick(options, min(options, key=lambda o: (abs(o - wanted), o)))
+    return Pick(options, options[0])
 
 
 def run_choices(store: RunStore) -> list[tuple[str, str]]:
@@ -133,9 +138,9 @@ def sparsity_panel(run: Run, branch: str | None = None, step: Any = None, layer:
     branch_pick = _pick(branches(run, Event.DENSITY) or ["cond"], branch)
     idx = sparsity.mask_index(run)
     idx = idx[idx["branch"] == branch_pick.value] if len(idx) else idx
-    step_pick = _pick(sorted(int(s) for s in idx["step"].unique()) if len(idx) else [], _int_or_none(step))
+    step_pick = _pick(sorted(int(s) for s in idx["step"].unique()) if len(idx) else [], _int_or_none(step), True)
     layers = sorted(int(x) for x in idx.loc[idx["step"] == step_pick.value, "layer"].unique()) if len(idx) else []
-    layer_pick = _pick(layers, _int_or_none(layer))
+    layer_pick = _pick(layers, _int_or_none(layer), True)
     masks = (
         sparsity.head_masks(run, step_pick.value, layer_pick.value, branch_pick.value)
         if step_pick.value is not None

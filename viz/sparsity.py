@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 from accel.schema import MASK_KINDS, Event, find_arrays, load_mask, read_index
 from viz.common import SEQUENTIAL, RunLike, as_run, empty_figure, events, title
 
+DENSITY_META = "accel-density"  # layout.meta of the density heatmaps
 MAX_MASK_PIXELS = 192  # cluster masks are drawn at token scale, downsampled to at most this many pixels a side
 
 
@@ -200,6 +201,7 @@ def density_heatmaps(run: RunLike, branch: str = "cond", mark: tuple[int, int] |
     fig.update_xaxes(title_text="step", row=nrows)
     fig.update_yaxes(title_text="layer", col=1)
     fig.update_layout(
+        meta=DENSITY_META,  # the app's page script finds this figure by it (click a cell: that step and layer)
         title=title(run, f"density per head, {branch}{note}"),
         height=max(300, 220 * nrows + 90),
         margin={"l": 50, "r": 20, "t": 80, "b": 40},
