@@ -77,10 +77,13 @@ def motion_map(run: RunLike, frame: int, source: str = "method", branch: str = "
     """Motion of video frame ``frame`` as float ``(H, W)`` in [0, 1] (min to max of the frame), or None when the
     source is absent."""
     m = _motion(run, frame, source, branch)
-    if m is None:
-        return None
+    return None if m is None else _unit(m)[0]
+
+
+def _unit(m: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``m`` scaled from its min to its max onto [0, 1] (zeros if flat), with that min and max."""
     lo, hi = float(m.min()), float(m.max())
-    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+    return ((m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)), lo, hi
 
 
 UNITS = {"method": "MotionCache weight", "flow": "flow, px/frame"}
@@ -98,8 +101,7 @@ def motion_overlay(
     raw = _motion(run, frame, source, branch)
     if raw is None:
         return captioned(enlarged(rgb, OVERLAY_MIN_PX), f"frame {frame}: no {source} motion in this run")
-    lo, hi = float(raw.min()), float(raw.max())
-    m = (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
+    m, lo, hi = _unit(raw)
     heat = coloured((m * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
     shown = with_colour_bar(enlarged(cv2.addWeighted(rgb, 1 - alpha, heat, alpha, 0), OVERLAY_MIN_PX), lo, hi,
                             cv2.COLORMAP_TURBO)  # fmt: skip
