@@ -469,6 +469,24 @@ KERNEL_BACKENDS = ("auto", "triton", "flex", "torch")  # kernels.dispatch.BACKEN
 # last denoising step (both seed implementations) or one more pass at timestep 0 (diffusers' full window).
 COMMIT_MODES = ("last-step", "clean-pass")
 MAX_REPEATS = 20  # timing repeats of one run (RunConfig.repeats)
+PARALLEL_KINDS = ("ulysses",)  # context parallelism the attention methods support (RunConfig.parallel)
+
+
+def parse_parallel(text: str) -> tuple[str, int]:
+    """``"ulysses=N"`` -> ``("ulysses", N)`` with N >= 2; anything else is one :class:`ConfigError`. Ring attention
+    is refused: it needs an attention backend that returns the log-sum-exp (not diffusers' ``native``, so never on
+    CPU), and the sparse methods would have to merge partial block-sparse outputs across ranks."""
+    kind, _, degree = str(text).partition("=")
+    kind = kind.strip().lower()
+    if kind == "ring":
+        raise ConfigError(
+            "parallel ring is not supported: ring attention needs an attention backend that returns the log-sum-exp "
+            "(flash or cuDNN, never on CPU) and the sparse methods cannot split a head's keys across ranks; use "
+            "ulysses=N"
+        )
+    if kind not in PARALLEL_KINDS or not degree.strip().isdigit() or int(degree) < 2:
+        raise ConfigError(f"parallel must be ulysses=N with N >= 2 (torchrun --nproc_per_node N), got {text!r}")
+    return kind, int(degree)
 
 
 @dataclass(frozen=True)
@@ -501,6 +519,7 @@ class RunConfig:
     dtype: str | None = None
     kernels: str | None = None  # kernel backend (auto | triton | flex | torch); None = $ACCEL_KERNELS, else auto
     repeats: int = 1  # the generation runs this many times; its times are the median (the video is the first's)
+    parallel: str | None = None  # context parallelism, "ulysses=N": one process per rank (accel.parallel)
 
     def __post_init__(self) -> None:
         if self.settings is None or isinstance(self.settings, dict):
@@ -548,6 +567,8 @@ class RunConfig:
         _check_int("repeats", self.repeats, 1)
         if self.repeats > MAX_REPEATS:
             raise ConfigError(f"repeats must be at most {MAX_REPEATS}, got {self.repeats}")
+        if self.parallel is not None:
+            parse_parallel(self.parallel)
         if self.dtype is not None and self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.kernels is not None and self.kernels not in KERNEL_BACKENDS:

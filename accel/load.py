@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 OTHER_CORES_WARN = 0.5  # default: warn when other processes kept more than half a core busy on average
@@ -45,6 +46,7 @@ class LoadMeter:
     """Measure other processes' CPU use over a ``with`` block; :meth:`result` and :meth:`warning` after it."""
 
     warn_cores: float = OTHER_CORES_WARN
+    combine: Callable[[float], float] | None = None  # own CPU seconds -> the run's (context parallelism: all ranks)
     _start: tuple[float, float | None, float, float | None] | None = field(default=None, repr=False)
     _stats: dict[str, float | int | None] = field(default_factory=dict, repr=False)
 
@@ -55,9 +57,10 @@ class LoadMeter:
     def __exit__(self, *exc) -> None:
         t0, busy0, own0, load0 = self._start
         wall = max(time.perf_counter() - t0, 1e-9)
-        busy1, own1 = _busy_seconds(), _own_seconds()
-        other = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
-        self._stats = {"cpus": os.cpu_count(), "other_cores": other, "own_cores": (own1 - own0) / wall,
+        busy1, own = _busy_seconds(), _own_seconds() - own0
+        own = self.combine(own) if self.combine is not None else own
+        other = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - own) / wall
+        self._stats = {"cpus": os.cpu_count(), "other_cores": other, "own_cores": own / wall,
                        "loadavg_start": load0, "loadavg_end": _loadavg()}  # fmt: skip
 
     def result(self) -> dict[str, float | int | None]:

@@ -76,12 +76,29 @@ class Method:
     cache: CacheBuilder | None = None  # its chunk cache in chunked runs (None: every group step computes)
     threshold: str | None = None  # the per-head setting EBC calibrates (tau, top_p)
     summary: str = ""
+    parallel: bool = False  # runs under context parallelism (accel.parallel: Ulysses, Wan2.1)
 
     def check_model(self, spec: ModelSpec) -> None:
         """Refuse a model family the method does not run on."""
         if spec.family not in self.families:
             runs_on = " or ".join(FAMILY_NAMES[f] for f in self.families)
             raise ConfigError(f"{self.name} runs on {runs_on} models, not on {spec.name} ({FAMILY_NAMES[spec.family]})")
+
+    def check_parallel(self, cfg: RunConfig, spec: ModelSpec) -> None:
+        """Refuse ``--parallel`` where the run would be wrong or unsupported, never silently."""
+        if cfg.parallel is None:
+            return
+        if spec.family != "wan":
+            raise ConfigError(
+                f"--parallel runs Wan2.1 models only: diffusers has no context-parallel plan for SkyReels-V2, and the "
+                f"chunked runner would need one that splits each window's tokens and a KV cache per rank holding its "
+                f"head slice ({spec.name})"
+            )
+        if not self.parallel:
+            raise ConfigError(
+                f"{self.name} does not run under --parallel: diffusers' cache hooks decide from one rank's share of "
+                f"the tokens, so ranks could skip different blocks; run it on one process"
+            )
 
 
 # -- builders: each imports its module on first use --------------------------------------------------------
@@ -180,6 +197,7 @@ def _sparse_attention(settings: type[MethodSettings], build: AttentionBuilder, t
         attention=build,
         threshold=threshold,
         summary=summary,
+        parallel=True,
     )
 
 
@@ -194,6 +212,7 @@ REGISTRY: dict[str, Method] = {
             CHUNKED,
             lambda spec: {"dense": {}},
             summary="diffusers' own attention (bit-identical output); the reference",
+            parallel=True,
         ),
         _sparse_attention(
             XAttentionSettings,

@@ -328,7 +328,7 @@ def parse_dtype(name: str | None, device: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-_CACHE: dict[tuple[str, str, torch.dtype], Any] = {}
+_CACHE: dict[tuple, Any] = {}  # (source, device, dtype[, parallel]) -> pipeline
 _LOCK = threading.Lock()
 
 
@@ -454,14 +454,18 @@ def _from_pretrained(spec: ModelSpec, dtype: torch.dtype):
     )
 
 
-def load_pipeline(name: str, device: str | None = None, dtype: str | torch.dtype | None = None):
-    """The diffusers pipeline for ``name`` on ``device``/``dtype``, loaded once and reused."""
+def load_pipeline(
+    name: str, device: str | None = None, dtype: str | torch.dtype | None = None, parallel: str | None = None
+):
+    """The diffusers pipeline for ``name`` on ``device``/``dtype``, loaded once and reused; with ``parallel``
+    ("ulysses=N", inside an initialised process group) its transformer runs diffusers' context parallelism
+    (a model keeps it for its lifetime, so it is cached apart)."""
     spec = resolve(name)
     device = device or default_device()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError("device 'cuda' requested but CUDA is not available; use --device cpu")
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype, device)
-    key = (spec.source, device, torch_dtype)
+    key = (spec.source, device, torch_dtype) + ((parallel,) if parallel else ())
     with _LOCK:
         if key not in _CACHE:
             if spec.embedded and not Path(spec.source, "model_index.json").is_file():
@@ -477,7 +481,12 @@ def load_pipeline(name: str, device: str | None = None, dtype: str | torch.dtype
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ModelLoadError(f"could not load model {spec.name!r} from {spec.source}: {first}") from exc
             pipe.set_progress_bar_config(disable=True)
-            _CACHE[key] = pipe.to(device)
+            pipe = pipe.to(device)
+            if parallel:
+                from accel.parallel import enable
+
+                enable(pipe.transformer, parallel)
+            _CACHE[key] = pipe
         return _CACHE[key]
 
 

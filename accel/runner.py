@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from accel import budget, methods, models
+from accel import budget, methods, models, parallel
 from accel.config import ConfigError, RunConfig
 from accel.errors import UserError, one_line
 from accel.load import LoadMeter
@@ -147,8 +147,9 @@ def generate(
     profile: bool = False,
     record: bool = True,
     limits: budget.Limits | None = None,
-) -> Run:
-    """Run one generation and write its folder; returns the stored :class:`Run`.
+) -> Run | None:
+    """Run one generation and write its folder; returns the stored :class:`Run` (under ``cfg.parallel``, on rank 0;
+    the other ranks return None).
 
     Before the model loads, the request is checked against ``limits`` (default: :meth:`budget.Limits.from_env`)
     and the device's free memory, and the store must be writable with room for the run; each refusal is one
@@ -161,8 +162,11 @@ def generate(
     cfg = cfg.resolve(spec.defaults)
     method = methods.get(cfg.method)
     method.check_model(spec)
+    method.check_parallel(cfg, spec)
     store = store or RunStore()
     device_name = cfg.device or models.default_device()
+    if cfg.parallel:
+        device_name = parallel.init(cfg.parallel, cfg.device)
     dtype = models.parse_dtype(cfg.dtype, device_name)
     models.check_available(spec)
     backend = _kernel_backend(cfg.kernels, device_name)
@@ -172,9 +176,16 @@ def generate(
     budget.check(cfg, spec, device_name, dtype.itemsize, limits, weights_loaded=loaded, mask_bytes=mask_bytes)
     store.check_writable(budget.run_bytes(cfg))
     t_start = time.perf_counter()
-    pipe = models.load_pipeline(cfg.model, device_name, cfg.dtype)
+    pipe = models.load_pipeline(cfg.model, device_name, cfg.dtype, cfg.parallel)
     load_s = time.perf_counter() - t_start
     device = pipe.transformer.device
+    grid = (
+        (cfg.frames - 1) // pipe.vae_scale_factor_temporal + 1,
+        cfg.height // pipe.vae_scale_factor_spatial // spec_patch(pipe, 1),
+        cfg.width // pipe.vae_scale_factor_spatial // spec_patch(pipe, 2),
+    )
+    if cfg.parallel:
+        parallel.check_divisible(cfg.parallel, int(pipe.transformer.config.num_attention_heads), int(np.prod(grid)))
     warnings_: list[str] = []
     prompt_tokens = _prompt_tokens(pipe, cfg.prompt)
     if prompt_tokens > spec.text_tokens:
@@ -187,7 +198,7 @@ def generate(
     profiler = None
     work = tempfile.TemporaryDirectory(prefix="accel-profile-") if profile else None
     try:
-        with LoadMeter() as load:
+        with LoadMeter(combine=parallel.total if cfg.parallel else None) as load:
             for i in range(cfg.repeats):  # the first pass is kept (video, telemetry, profile); all are timed
                 recording = Recorder(policy, enabled=record)  # record=False: for measuring what recording costs
                 times: dict[str, float] = {}
@@ -221,6 +232,11 @@ def generate(
     frames = (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     t_rec = time.perf_counter()
     table, arrays = recorder.finish()
+    if cfg.parallel:  # rank 0 gathers every rank's telemetry and alone writes the run
+        gathered = parallel.gather_run(table, arrays)
+        if gathered is None:
+            return None
+        table, arrays = gathered
     record_s = time.perf_counter() - t_rec
     stages = {"load_s": load_s, **{k: float(np.median([t[k] for t in timed])) for k in STAGES}}
     if load.warning():
@@ -232,11 +248,6 @@ def generate(
         "profiled_pass_wall_s": generate_s if len(timed) < len(samples) else None,
         "load": load.result(),
     }
-    grid = (
-        (cfg.frames - 1) // pipe.vae_scale_factor_temporal + 1,
-        cfg.height // pipe.vae_scale_factor_spatial // spec_patch(pipe, 1),
-        cfg.width // pipe.vae_scale_factor_spatial // spec_patch(pipe, 2),
-    )
     metrics = {
         "wall_s": float(np.median([t["wall_s"] for t in timed])),  # the median over the timed passes
         "stages": stages,
@@ -254,6 +265,7 @@ def generate(
         "kernel_calls": kernel_calls,  # which backend ran each kernel call (dispatch counters of this run)
         "kernel_compile_s": sum(flex.compile_seconds.values()) - compile_before,  # FlexAttention's first calls
         "prompt_tokens": min(prompt_tokens, spec.text_tokens),
+        "parallel": parallel.describe(cfg.parallel) if cfg.parallel else None,
         "warnings": warnings_,
         **extra,
         **summarize(table),

@@ -86,6 +86,8 @@ class Recorder:
         self._mask_steps: set[int] | None = None
         self._planned = False
         self.loop_s = 0.0  # wall time spent inside the recorder during the run (rows, mask packing, arrays)
+        self.head_offset = 0  # context parallelism: global id of this rank's first head (accel.parallel.Shard)
+        self.ranks = 1  # ... and how many ranks share the heads (masks are planned at their whole size)
 
     def begin(self, info: StepInfo, num_layers: int) -> None:
         """Bind the live :class:`StepInfo` of the run's tracker and the model's layer count."""
@@ -160,7 +162,7 @@ class Recorder:
             self._mask_steps = set(p.mask_steps)
             return
         layers = len(p.mask_layers) if p.mask_layers is not None else max(1, self.num_layers)
-        per_step = mask_bytes * layers * len(p.mask_branches)
+        per_step = mask_bytes * self.ranks * layers * len(p.mask_branches)
         affordable = int(p.mask_budget_mb * 1e6 // max(1, per_step))
         first = max(0, self.info.step)
         remaining = max(1, self.info.num_steps - first)
@@ -212,7 +214,7 @@ class Recorder:
                 r[-1] = start.elapsed_time(stop) / 1e3
                 self._rows[row] = tuple(r)
             self._events.clear()
-        table = _expand_rows(self._rows)
+        table = _expand_rows(self._rows, self.head_offset)
         arrays = {
             k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)) for k, v in self._arrays.items()
         }
@@ -238,7 +240,7 @@ def _host(values: list[Any]) -> list[Any]:
     return out
 
 
-def _expand_rows(rows: list[tuple]) -> pd.DataFrame:
+def _expand_rows(rows: list[tuple], head_offset: int = 0) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})
     cols = list(zip(*rows, strict=True))
@@ -247,7 +249,7 @@ def _expand_rows(rows: list[tuple]) -> pd.DataFrame:
     for n, row in enumerate(rows):
         fields = (value[n], threshold[n], density[n])
         width = max((len(f) for f in fields if isinstance(f, np.ndarray)), default=0)
-        heads = range(width) if width else [row[4]]
+        heads = range(head_offset, head_offset + width) if width else [row[4]]
         for h_pos, head in enumerate(heads):
             out["step"].append(row[0])
             out["timestep"].append(row[1])

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
+from accel import parallel
 from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo, attach_tracker, detach_tracker
@@ -59,12 +60,14 @@ class AttentionMethod:
         self.recorder = recorder or Recorder(enabled=False)
         self.backend = None  # diffusers attention backend of the processors this replaced
         self.num_layers = 0
-        self.num_heads = 0
+        self.num_heads = 0  # the heads this method attends: all, or this rank's under context parallelism
+        self.shard: parallel.Shard | None = None  # context parallelism: this rank's heads (set before setup)
 
     def setup(self, num_layers: int, num_heads: int) -> None:
-        """Called once at install time with the model's shape; validate per-layer/head settings here."""
+        """Called once at install time with the model's shape (all its heads); validate per-layer/head settings here.
+        Under context parallelism :attr:`num_heads` becomes the rank's share."""
         self.num_layers = num_layers
-        self.num_heads = num_heads
+        self.num_heads = num_heads if self.shard is None else self.shard.stop - self.shard.start
 
     def dense(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Full attention exactly as diffusers computes it (same dispatch, same backend)."""
@@ -95,16 +98,25 @@ class BenchAttnProcessor:
         if encoder_hidden_states is not None or attn.add_k_proj is not None or attention_mask is not None:
             raise RuntimeError("BenchAttnProcessor handles plain self-attention (attn1) only")
         query, key, value = self_attention_heads(attn, hidden_states, rotary_emb)
+        shard = self.method.shard
+        if shard is not None:  # Ulysses: this rank's tokens of every head -> every token of this rank's heads
+            query, key, value = (parallel.seq_to_heads(x, shard) for x in (query, key, value))
         out = self.method.attend(query, key, value, self.layer, self.info_source.info)
+        if shard is not None:
+            out = parallel.heads_to_seq(out, shard)
         return output_projection(attn, out, query)
 
 
 @contextmanager
 def installed(transformer: torch.nn.Module, method: AttentionMethod, num_steps: int = 0) -> Iterator[StepInfo]:
-    """Install ``method`` on every block's ``attn1`` and a step tracker; restore everything on exit."""
+    """Install ``method`` on every block's ``attn1`` and a step tracker; restore everything on exit. Under diffusers'
+    context parallelism (:mod:`accel.parallel`) the method gets this rank's head shard."""
     blocks = transformer.blocks
     originals = [block.attn1.processor for block in blocks]
     method.backend = getattr(originals[0], "_attention_backend", None)
+    method.shard = parallel.shard_of(originals[0], blocks[0].attn1.heads)
+    if method.shard is not None:
+        method.recorder.head_offset, method.recorder.ranks = method.shard.start, method.shard.world
     method.setup(len(blocks), blocks[0].attn1.heads)
     tracker = attach_tracker(transformer, num_steps)
     method.recorder.begin(tracker.info, len(blocks))

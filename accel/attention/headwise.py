@@ -52,23 +52,29 @@ class HeadwiseSparse(AttentionMethod):
 
     def setup(self, num_layers: int, num_heads: int) -> None:
         super().setup(num_layers, num_heads)
+        if self.reuse is not None and self.shard is not None:
+            self.reuse.count = self.shard.sum  # layer gating counts refreshing heads over every rank
         if self.settings.threshold_table:
             self.thresholds = load_table(
                 self.settings.threshold_table, method=self.name, model=self.model, layers=num_layers, heads=num_heads
             )
-            return
+        else:
+            self.thresholds = {DEFAULT_BRANCH: self._uniform_table(num_layers, num_heads)}
+        if self.shard is not None:  # context parallelism: this rank's columns of every (branch) table
+            self.thresholds = {b: t[:, self.shard.start : self.shard.stop] for b, t in self.thresholds.items()}
+
+    def _uniform_table(self, num_layers: int, num_heads: int) -> torch.Tensor:
+        """The (layers, heads) table of the shared threshold setting."""
         values = torch.tensor(self.uniform_thresholds(), dtype=torch.float32).reshape(-1)
         if values.numel() in (1, num_heads):
-            table = values.expand(num_layers, num_heads).clone()
-        elif values.numel() == num_layers * num_heads:
-            table = values.view(num_layers, num_heads)
-        else:
-            name = methods.get(self.name).threshold
-            raise ConfigError(
-                f"{name} has {values.numel()} values but the model has {num_heads} heads x {num_layers} layers: "
-                f"give 1, {num_heads} or {num_layers * num_heads} values"
-            )
-        self.thresholds = {DEFAULT_BRANCH: table}
+            return values.expand(num_layers, num_heads).clone()
+        if values.numel() == num_layers * num_heads:
+            return values.view(num_layers, num_heads)
+        name = methods.get(self.name).threshold
+        raise ConfigError(
+            f"{name} has {values.numel()} values but the model has {num_heads} heads x {num_layers} layers: "
+            f"give 1, {num_heads} or {num_layers * num_heads} values"
+        )
 
     def dense_hint(self, device: torch.device) -> bool | None:
         """``dense=`` for the kernels' entry: ``False`` on Triton when every threshold (a host-side table: no sync)
@@ -136,6 +142,10 @@ class HeadwiseSparse(AttentionMethod):
                 if cached is None:
                     decision = replace(decision, refresh=torch.ones_like(decision.refresh))
                 heads = decision.heads
+        shared_record = False  # context parallelism: a rank that reuses every head records when another refreshed
+        if decision is not None and self.shard is not None and rec.wants_mask(layer):
+            fresh_here = torch.tensor([float(cached is None or bool(heads))], device=q.device)
+            shared_record = bool(self.shard.sum(fresh_here).item() > 0)
         if decision is None or cached is None or len(heads) == heads_n:
             with rec.timed(Event.MASK_PREDICT, layer=layer, device=q.device, value=heads_n):
                 state = self.predict(q, k, layer, info.branch, thr, None)
@@ -147,6 +157,8 @@ class HeadwiseSparse(AttentionMethod):
             ref = self.record(layer, state)
         else:
             state, ref = cached, self.refs.get(key)
+            if shared_record:  # the mask of this step has every rank's heads, as a single process records it
+                ref = self.record(layer, state)
         if decision is not None:
             self.reuse.commit(layer, info.branch, decision, thr)
             rec.log(Event.DRIFT, decision.drift, layer=layer, threshold=self.reuse.delta)

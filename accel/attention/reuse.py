@@ -4,12 +4,14 @@ State per (layer, CFG branch): the anchor (pooled ``q̄ = mean_i q_i``, ``k̄``,
 the thresholds in force at each head's last refresh. Drift ``D = ||q̄ - q̄_a||_1 + ||k̄ - k̄_a||_1``
 is raw (model-scale dependent). A head refreshes iff ``D > delta`` (equality reuses), or its
 threshold changed, or it has no anchor yet. Optional layer gating: if the refreshing fraction of a
-layer's heads is below ``gate_lower`` none refresh; above ``gate_upper`` all do. A refreshed head
+layer's heads is below ``gate_lower`` none refresh; above ``gate_upper`` all do (under context parallelism the
+fraction counts every rank's heads). A refreshed head
 moves its anchor; a reused head keeps it, so drift accumulates until it crosses delta.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +32,11 @@ class Decision:
         return self.refresh.nonzero().flatten().tolist()
 
 
+def _local(counts: torch.Tensor) -> torch.Tensor:
+    """Head counts of a single-process run: already the whole model's."""
+    return counts
+
+
 class MaskReuse:
     """Anchors and the refresh rule for every (layer, branch)."""
 
@@ -38,6 +45,7 @@ class MaskReuse:
         self.gate_lower = gate_lower
         self.gate_upper = gate_upper
         self._anchor: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.count: Callable[[torch.Tensor], torch.Tensor] = _local  # head counts -> their sum over the ranks
 
     def decide(self, layer: int, branch: str, q: torch.Tensor, k: torch.Tensor, thresholds: torch.Tensor) -> Decision:
         """Which heads of ``q, k`` ``(B, L, H, D)`` need a new mask under per-head ``thresholds`` ``(H,)``."""
@@ -50,9 +58,11 @@ class MaskReuse:
         qa, ka, ta = anchor
         drift = ((q_mean - qa).abs().sum(-1) + (k_mean - ka).abs().sum(-1)).amax(0)  # worst case over the batch
         refresh = drift > self.delta
-        fraction = refresh.float().mean()
-        refresh = torch.where(fraction < self.gate_lower, torch.zeros_like(refresh), refresh)
-        refresh = torch.where(fraction > self.gate_upper, torch.ones_like(refresh), refresh)
+        if self.gate_lower > 0 or self.gate_upper < 1:  # the layer's refreshing fraction, over every rank's heads
+            counts = self.count(torch.stack([refresh.float().sum(), torch.tensor(float(heads), device=q.device)]))
+            fraction = counts[0] / counts[1]
+            refresh = torch.where(fraction < self.gate_lower, torch.zeros_like(refresh), refresh)
+            refresh = torch.where(fraction > self.gate_upper, torch.ones_like(refresh), refresh)
         refresh |= thresholds.to(ta.device) != ta  # a changed threshold always forces a refresh
         return Decision(refresh, drift, q_mean, k_mean)
 

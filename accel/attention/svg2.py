@@ -58,20 +58,29 @@ def _update(x: torch.Tensor, labels: torch.Tensor, old: torch.Tensor) -> tuple[t
 
 
 def kmeans(
-    x: torch.Tensor, k: int, iters: int, init: torch.Tensor | None = None, generator: torch.Generator | None = None
+    x: torch.Tensor,
+    k: int,
+    iters: int,
+    init: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    draw: tuple[int, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batched Euclidean k-means on ``x`` (G, N, D) in fp32.
 
     Returns ``(labels (G, N), centroids (G, k, D), sizes (G, k))``. Without ``init`` the centres
     start at ``k`` distinct random points of each group. Labels are the last assignment and the
-    centroids are the means of exactly those clusters.
+    centroids are the means of exactly those clusters. ``draw = (rows, index)``: the random start draws
+    ``rows`` groups and keeps those at ``index`` (context parallelism: a rank draws for the whole model's heads,
+    so each head starts where it starts in a single process).
     """
     x = x.float()
     g, n, _ = x.shape
     if init is None:
         if k > n:
             raise ValueError(f"cannot make {k} clusters of {n} points")
-        noise = torch.rand(g, n, generator=generator, device="cpu" if generator is None else generator.device)
+        rows, index = draw if draw is not None else (g, None)
+        noise = torch.rand(rows, n, generator=generator, device="cpu" if generator is None else generator.device)
+        noise = noise if index is None else noise[index.to(noise.device)]
         idx = noise.to(x.device).argsort(-1)[:, :k]
         centroids = torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
     else:
@@ -219,7 +228,11 @@ class SVG2(HeadwiseSparse):
         else:
             iters, init_q, init_k = self.settings.kmeans_init_iters, None, None
             gen = self._generator(layer, branch, q.device)
-        clusters = kmeans(xq, qc, iters, init_q, gen), kmeans(xk, kc, iters, init_k, gen)
+        draw = None
+        if self.shard is not None and init_q is None:  # seeded per global head
+            local = torch.arange(self.shard.start, self.shard.stop)[heads if heads is not None else slice(None)]
+            draw = (b * self.shard.heads, (torch.arange(b)[:, None] * self.shard.heads + local).reshape(-1))
+        clusters = kmeans(xq, qc, iters, init_q, gen, draw), kmeans(xk, kc, iters, init_k, gen, draw)
         return _partition(*clusters, thresholds.repeat(b), math.floor(self.settings.min_kc_ratio * kc))
 
     def probe_state(self, q, k, layer, branch, rows, thresholds, memory):

@@ -68,6 +68,12 @@ def add_parsers(sub) -> None:
     add_diffusion_forcing(gen)
     hw = gen.add_argument_group("hardware and output")
     add_hardware(hw)
+    hw.add_argument(
+        "--parallel", metavar="ulysses=N", default=None,
+        help="Context parallelism over N processes (Wan2.1; dense, XAttention, SVG2): diffusers' Ulysses plan, each "
+        "rank attends H/N heads over every token. Launch with torchrun --nproc_per_node N -m accel generate ... "
+        "(gloo on CPU, NCCL with one GPU per rank); rank 0 writes the run. Default: one process.",
+    )  # fmt: skip
     hw.add_argument("--out-dir", metavar="ROOT", help=STORE_HELP)
     hw.add_argument(
         "--mask-budget-mb",
@@ -179,6 +185,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         kernels=args.kernels,
         repeats=args.repeats,
+        parallel=args.parallel,
     )
     policy = RecordPolicy(masks=not args.no_masks)
     if args.mask_budget_mb is not None:
@@ -189,7 +196,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     models.check_available(spec)
     full = cfg.resolve(spec.defaults)
     store = RunStore(args.out_dir)
-    err = sys.stderr
+    err = sys.stderr if os.environ.get("RANK", "0") == "0" else open(os.devnull, "w")  # noqa: SIM115 (one per rank)
     print(
         f"{cfg.label()} on {spec.name}: {full.width}x{full.height}, {full.frames} frames, {full.steps} steps",
         file=err,
@@ -204,7 +211,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     quiet_loading()
     from accel.runner import generate
 
-    run = generate(cfg, store, policy, progress, profile=args.profile, limits=budget.limits_from(args))
+    try:
+        run = generate(cfg, store, policy, progress, profile=args.profile, limits=budget.limits_from(args))
+    finally:
+        if cfg.parallel:
+            from accel.parallel import close
+
+            close()
+    if run is None:  # a rank other than 0 of a --parallel run: rank 0 reports
+        return 0
     m = run.metrics
     for text in m.get("warnings") or []:
         print(f"warning: {text}", file=err)

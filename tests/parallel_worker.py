@@ -1,0 +1,88 @@
+"""One rank of the context-parallel tests (``torchrun --nproc_per_node 2 tests/parallel_worker.py OUT``).
+
+Every case installs an attention method on pocket-wan's transformer under diffusers' Ulysses plan and runs a few
+denoising-like forwards (decreasing timesteps, so warm-up, TMR reuse and SVG2 warm starts all happen); rank 0 saves
+the outputs and the gathered telemetry in ``OUT/<case>``. :func:`run_case` is also what the test runs on one
+process for the reference, so both sides build exactly the same method and inputs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from accel.attention.base import AttentionMethod, installed
+from accel.attention.svg2 import SVG2
+from accel.attention.xattention import XAttention
+from accel.config import SVG2Settings, XAttentionSettings
+from accel.telemetry import Recorder, RecordPolicy
+
+MODEL = "pocket-wan"
+TIMESTEPS = (999.0, 960.0, 900.0, 820.0, 700.0, 560.0)
+TAUS = (0.9, 0.8, 0.95, 0.85, 0.9, 0.7)  # one per head: each rank gets its own three
+CASES = {
+    "dense": lambda rec: AttentionMethod(rec),
+    "xattention_tmr_taus": lambda rec: XAttention(
+        XAttentionSettings(tau=TAUS, tmr=True, tmr_delta=3.6, warmup_steps=1), 16, rec, model=MODEL
+    ),
+    "xattention_gated": lambda rec: XAttention(
+        # a layer with 1 of 3 heads drifting on rank 0 and 2 of 3 on rank 1 is 3 of 6 (0.5, not gated) over both
+        XAttentionSettings(tmr=True, tmr_delta=4.2, tmr_gate_lower=0.5, warmup_steps=1),
+        16,
+        rec,
+        model=MODEL,
+    ),
+    "svg2_tmr": lambda rec: SVG2(SVG2Settings(tmr=True, tmr_delta=3.6), (10, 20), rec, seed=3, model=MODEL),
+}
+
+
+def inputs(transformer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed latents (5 latent frames of 16x16: 320 tokens) and prompt embeddings."""
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, transformer.config.in_channels, 5, 16, 16, generator=g)
+    text = torch.randn(1, 32, transformer.config.text_dim, generator=g)
+    return latents, text
+
+
+@torch.inference_mode()
+def run_case(transformer, name: str):
+    """Outputs of every forward ``(steps, ...)`` and the recorder's table and arrays."""
+    recorder = Recorder(RecordPolicy())
+    method = CASES[name](recorder)
+    latents, text = inputs(transformer)
+    outs = []
+    with installed(transformer, method, len(TIMESTEPS)):
+        for t in TIMESTEPS:
+            out = transformer(latents, torch.tensor([t]), text, return_dict=False)[0]
+            outs.append(out)
+            latents = latents - 0.05 * out  # move like a sampler, so Q/K drift between steps
+    table, arrays = recorder.finish()
+    return torch.stack(outs), table, arrays
+
+
+def main(out: Path) -> None:
+    from safetensors.torch import save_file
+
+    from accel import models, parallel
+
+    parallel.init("ulysses=2", "cpu")
+    transformer = models.load_pipeline(MODEL, "cpu", None, "ulysses=2").transformer
+    for name in CASES:
+        outs, table, arrays = run_case(transformer, name)
+        gathered = parallel.gather_run(table, arrays)
+        if gathered is None:
+            continue
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"outputs": outs.contiguous()}, str(folder / "outputs.safetensors"))
+        gathered[0].to_parquet(folder / "telemetry.parquet")
+        import numpy as np
+
+        np.savez(folder / "arrays.npz", **gathered[1])
+    parallel.close()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,128 @@
+"""Context parallelism (issue 27): diffusers' Ulysses plan with the project's attention methods inside it.
+
+The end-to-end checks launch real ranks with ``torchrun`` (gloo, world size 2, CPU) and compare against one
+process: dense bit for bit, XAttention (+TMR, per-head tau), gated TMR and SVG2 within 1e-5 with identical masks
+and per-head telemetry, and one whole ``accel generate --parallel ulysses=2`` run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from accel import methods, models, parallel
+from accel.config import ConfigError, RunConfig, parse_parallel
+from accel.runner import generate
+from accel.runs import RunStore
+
+HERE = Path(__file__).parent
+PROMPT = "a red circle moves quickly left over a blue background"
+
+
+def _torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    env.pop("RANK", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+# -- refusals (one process) ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["ulysses=1", "ulysses", "ulysses=two", "tensor=2", ""])
+def test_a_malformed_parallel_setting_is_one_clear_error(text):
+    with pytest.raises(ConfigError, match="ulysses=N"):
+        RunConfig(prompt=PROMPT, parallel=text)
+
+
+def test_ring_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="log-sum-exp"):
+        parse_parallel("ring=2")
+
+
+def test_heads_or_tokens_that_do_not_split_are_refused():
+    with pytest.raises(ConfigError, match="6 heads do not split over 4"):
+        parallel.check_divisible("ulysses=4", 6, 320)
+    with pytest.raises(ConfigError, match="322 video tokens"):
+        parallel.check_divisible("ulysses=3", 6, 322)
+    parallel.check_divisible("ulysses=2", 6, 320)
+
+
+def test_methods_without_parallel_support_refuse_it():
+    cfg = RunConfig(prompt=PROMPT, method="baseline", parallel="ulysses=2")
+    with pytest.raises(ConfigError, match="baseline does not run under --parallel"):
+        methods.get("baseline").check_parallel(cfg, models.resolve("pocket-wan"))
+    sky = RunConfig(prompt=PROMPT, model="pocket-skyreels", method="xattention", parallel="ulysses=2")
+    with pytest.raises(ConfigError, match="no context-parallel plan for SkyReels-V2"):
+        methods.get("xattention").check_parallel(sky, models.resolve("pocket-skyreels"))
+    for name in ("dense", "xattention", "svg2"):
+        methods.get(name).check_parallel(RunConfig(prompt=PROMPT, method=name, parallel="ulysses=2"),
+                                         models.resolve("pocket-wan"))  # fmt: skip
+
+
+def test_a_parallel_run_outside_torchrun_says_how_to_launch(tmp_path, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ConfigError, match="torchrun --nproc_per_node 2"):
+        generate(RunConfig(prompt=PROMPT, parallel="ulysses=2", steps=2), RunStore(tmp_path))
+    assert not list(tmp_path.iterdir())
+
+
+# -- real ranks ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_every_method_under_ulysses_matches_one_process(tmp_path):
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(HERE))
+    import parallel_worker as pw
+
+    _torchrun(str(HERE / "parallel_worker.py"), str(tmp_path))
+    transformer = models.load_pipeline(pw.MODEL, "cpu").transformer
+    for name in pw.CASES:
+        outs, table, arrays = pw.run_case(transformer, name)
+        cp_outs = load_file(str(tmp_path / name / "outputs.safetensors"))["outputs"]
+        cp_table = pd.read_parquet(tmp_path / name / "telemetry.parquet")
+        cp_arrays = dict(np.load(tmp_path / name / "arrays.npz"))
+        diff = float((outs - cp_outs).abs().max())
+        if name == "dense":
+            assert diff == 0.0
+        assert diff < 1e-5, (name, diff)
+        keys = sorted(k for k in arrays if not k.startswith("__"))
+        assert keys == sorted(k for k in cp_arrays if not k.startswith("__")), name
+        for k in keys:  # every recorded mask, stacked over both ranks' heads, equals the single-process one
+            assert np.array_equal(arrays[k], cp_arrays[k]), (name, k)
+        for event in ("density", "mask_refresh", "drift"):
+            order = ["step", "branch", "layer", "head"]
+            one = table[(table["event"] == event) & table["head"].notna()].sort_values(order)
+            two = cp_table[(cp_table["event"] == event) & cp_table["head"].notna()].sort_values(order)
+            assert len(one) == len(two), (name, event)
+            assert one[order].to_numpy().tolist() == two[order].to_numpy().tolist()  # global head ids
+            np.testing.assert_allclose(two["value"].to_numpy(float), one["value"].to_numpy(float), atol=1e-5)
+        if name != "dense":
+            refresh = table[table["event"] == "mask_refresh"]["value"]
+            assert 0.2 < refresh.mean() < 0.95, name  # TMR really reused some heads and refreshed others
+
+
+@pytest.mark.slow
+def test_accel_generate_under_torchrun_writes_one_run_equal_to_one_process(tmp_path):
+    args = ["--model", "pocket-wan", "--prompt", PROMPT, "--steps", "4", "--method", "xattention", "--tmr", "true"]
+    done = _torchrun("-m", "accel", "generate", *args, "--parallel", "ulysses=2", "--out-dir", str(tmp_path / "cp"))
+    runs = RunStore(tmp_path / "cp").list()
+    assert len(runs) == 1 and done.stdout.count("mean density after warm-up") == 1  # rank 0 alone reports
+    run = RunStore(tmp_path / "cp").load(runs[0].path)
+    assert run.config["parallel"] == "ulysses=2"
+    assert run.metrics["parallel"] == {"kind": "ulysses", "degree": 2, "backend": "gloo"}
+    assert sorted(run.telemetry["head"].dropna().unique().tolist()) == list(range(6))
+    single = generate(
+        RunConfig(prompt=PROMPT, model="pocket-wan", method="xattention", steps=4, settings={"tmr": True}),
+        RunStore(tmp_path / "one"),
+    )
+    diff = np.abs(run.frames().astype(int) - single.frames().astype(int)).max()
+    assert diff <= 1, diff  # the same video (uint8 rounding of a <1e-5 difference at most)
+    assert json.loads((run.path / "metrics.json").read_text())["heads"] == 6
