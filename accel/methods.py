@@ -76,7 +76,7 @@ class Method:
     cache: CacheBuilder | None = None  # its chunk cache in chunked runs (None: every group step computes)
     threshold: str | None = None  # the per-head setting EBC calibrates (tau, top_p)
     summary: str = ""
-    parallel: bool = False  # runs under context parallelism (accel.parallel: Ulysses, Wan2.1)
+    parallel: Callable[[Any], str | None] = lambda settings: "it has no context-parallel support"  # why not, or None
 
     def check_model(self, spec: ModelSpec) -> None:
         """Refuse a model family the method does not run on."""
@@ -94,11 +94,9 @@ class Method:
                 f"chunked runner would need one that splits each window's tokens and a KV cache per rank holding its "
                 f"head slice ({spec.name})"
             )
-        if not self.parallel:
-            raise ConfigError(
-                f"{self.name} does not run under --parallel: diffusers' cache hooks decide from one rank's share of "
-                f"the tokens, so ranks could skip different blocks; run it on one process"
-            )
+        why = self.parallel(cfg.settings)
+        if why:
+            raise ConfigError(f"{cfg.label()} does not run under --parallel: {why}; run it on one process")
 
 
 # -- builders: each imports its module on first use --------------------------------------------------------
@@ -177,6 +175,23 @@ def _headwise_variants(method: str) -> Callable[[ModelSpec], dict[str, dict[str,
     return variants
 
 
+# -- context parallelism: None where a method runs under it, else why not ----------------------------------------
+def _parallel_ok(settings: MethodSettings) -> str | None:
+    return None
+
+
+def _baseline_parallel(settings: BaselineSettings) -> str | None:
+    """PAB, FasterCache and TaylorSeer decide by step alone, so every rank decides alike (tested); FirstBlockCache
+    decides from data each rank holds only a share of, and diffusers' MagCache hook cannot run split."""
+    if settings.cache == "fbc":
+        return ("FirstBlockCache decides from the first block's residual, of which each rank holds only its share "
+                "of the tokens, so ranks could skip different blocks")  # fmt: skip
+    if settings.cache == "magcache":
+        return ("diffusers' MagCache hook subtracts the transformer's unsplit input from the split output of the "
+                "last block (diffusers 0.42), and its calibrated ratios would be per rank")  # fmt: skip
+    return None
+
+
 # -- events ------------------------------------------------------------------------------------------------
 CHUNKED = frozenset({Event.CHUNK_COMPUTE, Event.TOKENS_UPDATED, Event.CHUNK_DONE, Event.KV_TOKENS})
 SPARSE = frozenset({Event.DENSITY, Event.DENSE_WARMUP, Event.DENSE_HEAD, Event.MASK_PREDICT})
@@ -197,7 +212,7 @@ def _sparse_attention(settings: type[MethodSettings], build: AttentionBuilder, t
         attention=build,
         threshold=threshold,
         summary=summary,
-        parallel=True,
+        parallel=_parallel_ok,
     )
 
 
@@ -212,7 +227,7 @@ REGISTRY: dict[str, Method] = {
             CHUNKED,
             lambda spec: {"dense": {}},
             summary="diffusers' own attention (bit-identical output); the reference",
-            parallel=True,
+            parallel=_parallel_ok,
         ),
         _sparse_attention(
             XAttentionSettings,
@@ -254,6 +269,7 @@ REGISTRY: dict[str, Method] = {
             frozenset({Event.BASELINE_BLOCKS, Event.BASELINE_UNITS}),
             lambda spec: {name: {"cache": name} for name in BASELINE_NAMES},
             summary="a diffusers cache hook: FirstBlockCache, PAB, FasterCache, MagCache or TaylorSeer",
+            parallel=_baseline_parallel,
         ),
     )
 }

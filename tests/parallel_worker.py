@@ -16,7 +16,8 @@ import torch
 from accel.attention.base import AttentionMethod, installed
 from accel.attention.svg2 import SVG2
 from accel.attention.xattention import XAttention
-from accel.config import SVG2Settings, XAttentionSettings
+from accel.bench.parallel import forward_steps
+from accel.config import RunConfig, SVG2Settings, XAttentionSettings
 from accel.telemetry import Recorder, RecordPolicy
 
 MODEL = "pocket-wan"
@@ -38,6 +39,10 @@ CASES = {
 }
 
 
+BASELINES = ("pab", "fastercache", "taylorseer")
+GENERATION = {"prompt": "a red circle moves quickly left over a blue background", "model": MODEL, "steps": 6}
+
+
 def inputs(transformer) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed latents (5 latent frames of 16x16: 320 tokens) and prompt embeddings."""
     g = torch.Generator().manual_seed(0)
@@ -46,26 +51,22 @@ def inputs(transformer) -> tuple[torch.Tensor, torch.Tensor]:
     return latents, text
 
 
-@torch.inference_mode()
 def run_case(transformer, name: str):
     """Outputs of every forward ``(steps, ...)`` and the recorder's table and arrays."""
     recorder = Recorder(RecordPolicy())
     method = CASES[name](recorder)
-    latents, text = inputs(transformer)
-    outs = []
     with installed(transformer, method, len(TIMESTEPS)):
-        for t in TIMESTEPS:
-            out = transformer(latents, torch.tensor([t]), text, return_dict=False)[0]
-            outs.append(out)
-            latents = latents - 0.05 * out  # move like a sampler, so Q/K drift between steps
+        outs = forward_steps(transformer, *inputs(transformer), TIMESTEPS)
     table, arrays = recorder.finish()
-    return torch.stack(outs), table, arrays
+    return outs, table, arrays
 
 
 def main(out: Path) -> None:
     from safetensors.torch import save_file
 
     from accel import models, parallel
+    from accel.runner import generate
+    from accel.runs import RunStore
 
     parallel.init("ulysses=2", "cpu")
     transformer = models.load_pipeline(MODEL, "cpu", None, "ulysses=2").transformer
@@ -81,6 +82,9 @@ def main(out: Path) -> None:
         import numpy as np
 
         np.savez(folder / "arrays.npz", **gathered[1])
+    for cache in BASELINES:  # whole generations: the diffusers cache hooks that decide by step alone
+        run_config = RunConfig(method="baseline", settings={"cache": cache}, parallel="ulysses=2", **GENERATION)
+        generate(run_config, RunStore(out / "runs"))
     parallel.close()
 
 

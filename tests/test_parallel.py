@@ -21,6 +21,7 @@ from accel import methods, models, parallel
 from accel.config import ConfigError, RunConfig, parse_parallel
 from accel.runner import generate
 from accel.runs import RunStore
+from viz.panels import headline_rows, runs_table
 
 HERE = Path(__file__).parent
 PROMPT = "a red circle moves quickly left over a blue background"
@@ -56,9 +57,12 @@ def test_heads_or_tokens_that_do_not_split_are_refused():
 
 
 def test_methods_without_parallel_support_refuse_it():
-    cfg = RunConfig(prompt=PROMPT, method="baseline", parallel="ulysses=2")
-    with pytest.raises(ConfigError, match="baseline does not run under --parallel"):
-        methods.get("baseline").check_parallel(cfg, models.resolve("pocket-wan"))
+    fbc = RunConfig(prompt=PROMPT, method="baseline", settings={"cache": "fbc"}, parallel="ulysses=2")
+    with pytest.raises(ConfigError, match="does not run under --parallel: FirstBlockCache decides"):
+        methods.get("baseline").check_parallel(fbc, models.resolve("pocket-wan"))
+    mag = RunConfig(prompt=PROMPT, method="baseline", settings={"cache": "magcache"}, parallel="ulysses=2")
+    with pytest.raises(ConfigError, match="MagCache hook subtracts"):
+        methods.get("baseline").check_parallel(mag, models.resolve("pocket-wan"))
     sky = RunConfig(prompt=PROMPT, model="pocket-skyreels", method="xattention", parallel="ulysses=2")
     with pytest.raises(ConfigError, match="no context-parallel plan for SkyReels-V2"):
         methods.get("xattention").check_parallel(sky, models.resolve("pocket-skyreels"))
@@ -107,6 +111,16 @@ def test_every_method_under_ulysses_matches_one_process(tmp_path):
         if name != "dense":
             refresh = table[table["event"] == "mask_refresh"]["value"]
             assert 0.2 < refresh.mean() < 0.95, name  # TMR really reused some heads and refreshed others
+    store = RunStore(tmp_path / "one")
+    for info in RunStore(tmp_path / "runs").list():  # the step-driven cache hooks decide alike on every rank
+        run = RunStore(tmp_path / "runs").load(info.path)
+        cache = run.config["settings"]["cache"]
+        one = generate(RunConfig(method="baseline", settings={"cache": cache}, **pw.GENERATION), store)
+        counts = ("block_executions", "unit_executions", "skipped_fraction")
+        assert [run.metrics[k] for k in counts] == [one.metrics[k] for k in counts], cache
+        assert run.metrics["skipped_fraction"] > 0, cache  # the hook really skipped work
+        assert np.abs(run.frames().astype(int) - one.frames().astype(int)).max() <= 1, cache
+    assert len(RunStore(tmp_path / "runs").list()) == len(pw.BASELINES)
 
 
 @pytest.mark.slow
@@ -126,3 +140,39 @@ def test_accel_generate_under_torchrun_writes_one_run_equal_to_one_process(tmp_p
     diff = np.abs(run.frames().astype(int) - single.frames().astype(int)).max()
     assert diff <= 1, diff  # the same video (uint8 rounding of a <1e-5 difference at most)
     assert json.loads((run.path / "metrics.json").read_text())["heads"] == 6
+    rows = dict(headline_rows(None, run))
+    assert rows["context parallel"].startswith("ulysses × 2 ranks (gloo); each attends 3 of 6 heads")
+    assert runs_table(RunStore(tmp_path / "cp"))["device"].tolist() == ["cpu · ulysses×2"]
+
+
+# -- the benchmark ---------------------------------------------------------------------------------------------
+def test_balanced_head_assignment_evens_the_ranks_attention_work():
+    from accel.bench.parallel import rank_loads
+
+    dens = np.array([[0.9, 0.8, 0.7, 0.1, 0.2, 0.3]])  # dense heads first: contiguous ranges load rank 0
+    contiguous, balanced = rank_loads(dens, 2, False), rank_loads(dens, 2, True)
+    assert contiguous.tolist() == [[pytest.approx(2.4), pytest.approx(0.6)]]
+    assert balanced.max() < contiguous.max() and balanced.sum() == pytest.approx(contiguous.sum())
+    assert sorted(balanced[0]) == [pytest.approx(1.4), pytest.approx(1.6)]  # 0.9+0.3+0.2 | 0.8+0.7+0.1
+
+
+def test_the_step_model_scales_with_gpus_and_skips_uneven_head_splits(capsys):
+    from accel.bench.parallel import main
+
+    main(["model"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    gpus: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        gpus.setdefault((r[0], r[1]), []).append(int(r[2]))
+    assert gpus[("1.3B", "480p")] == [1, 2, 4]  # 12 heads do not split over 8 GPUs
+    assert gpus[("14B", "720p")] == [1, 2, 4, 8]
+    speedups = [float(r[7]) for r in rows if r[:2] == ["14B", "720p"]]
+    assert speedups[0] == 1.0 and all(1 < s < g for s, g in zip(speedups[1:], (2, 4, 8), strict=True))
+
+
+def test_measure_reports_a_row_for_one_process(capsys):
+    from accel.bench.parallel import main
+
+    main(["measure", "--size", "default", "--steps", "2", "--tmr"])
+    out = capsys.readouterr().out.splitlines()
+    assert "one process" in out[0] and out[2].split()[:2] == ["0", "0-5"]

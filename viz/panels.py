@@ -102,6 +102,10 @@ def headline_rows(store: RunStore | None, run: Run) -> list[tuple[str, str]]:
     rows += _cache_rows(run.config.get("method"), m)
     rows.append(("tokens · device", f"{m.get('tokens')} · {m.get('device')} {m.get('dtype', '')}"))
     rows.append(("kernel backend", profile.backends_ran(run) or m.get("kernel_backend") or "n/a"))
+    par = m.get("parallel")
+    if par:  # a context-parallel run (accel generate --parallel, under torchrun): shown, never set, in the app
+        rows.append(("context parallel", f"{par['kind']} × {par['degree']} ranks ({par['backend']}); each attends "
+                     f"{m.get('heads', 0) // par['degree']} of {m.get('heads')} heads over every token"))  # fmt: skip
     return rows
 
 
@@ -273,6 +277,12 @@ def profile_panel(store: RunStore, run: Run):
 RUN_COLUMNS = ["run", "status", "method", "model", "prompt", "seed", "wall_s", "device", "kernels"]
 
 
+def _device(metrics: dict) -> str | None:
+    """The run's device, with its context-parallel layout (``cpu · ulysses×2``) where it had one."""
+    par = metrics.get("parallel")
+    return f"{metrics.get('device')} · {par['kind']}×{par['degree']}" if par else metrics.get("device")
+
+
 def runs_table(store: RunStore) -> pd.DataFrame:
     """One row per stored run, newest first; a run that cannot be read is listed as damaged, with why
     (it can be deleted, not opened)."""
@@ -285,7 +295,7 @@ def runs_table(store: RunStore) -> pd.DataFrame:
             "prompt": i.config.get("prompt"),
             "seed": i.config.get("seed"),
             "wall_s": round(float(i.metrics.get("wall_s") or 0), 2),
-            "device": i.metrics.get("device"),
+            "device": _device(i.metrics),
             "kernels": i.metrics.get("kernel_backend"),
         }
         for i in store.list(damaged=True)
