@@ -140,6 +140,13 @@ def _weight_bytes(root: Path | None, dtype_bytes: int) -> int:
     return total or WAN_13B_BYTES
 
 
+def transformer_config(spec: ModelSpec) -> dict[str, Any]:
+    """The checkpoint's ``transformer/config.json`` when on disk (nothing is loaded), else Wan2.1-1.3B's."""
+    from accel.models import local_folder
+
+    return _config(local_folder(spec), "transformer") or WAN_13B
+
+
 def estimate(
     cfg: RunConfig, spec: ModelSpec, dtype_bytes: int, weights_loaded: bool = False, mask_bytes: int = 0
 ) -> Estimate:
@@ -148,7 +155,7 @@ def estimate(
     from accel.models import local_folder
 
     root = local_folder(spec)
-    t = _config(root, "transformer") or WAN_13B
+    t = transformer_config(spec)
     vae = _config(root, "vae") or WAN_VAE
     patch = tuple(t.get("patch_size") or (1, 2, 2))
     tokens = latent_tokens(cfg, patch)

@@ -165,8 +165,11 @@ def generate(
     method.check_parallel(cfg, spec)
     store = store or RunStore()
     device_name = cfg.device or models.default_device()
-    if cfg.parallel:
+    if cfg.parallel:  # before anything loads: one process per rank, and heads and tokens that split evenly
         device_name = parallel.init(cfg.parallel, cfg.device)
+        arch = budget.transformer_config(spec)
+        tokens = budget.latent_tokens(cfg, tuple(arch.get("patch_size") or (1, 2, 2)))
+        parallel.check_divisible(cfg.parallel, int(arch["num_attention_heads"]), tokens)
     dtype = models.parse_dtype(cfg.dtype, device_name)
     models.check_available(spec)
     backend = _kernel_backend(cfg.kernels, device_name)
@@ -179,13 +182,6 @@ def generate(
     pipe = models.load_pipeline(cfg.model, device_name, cfg.dtype, cfg.parallel)
     load_s = time.perf_counter() - t_start
     device = pipe.transformer.device
-    grid = (
-        (cfg.frames - 1) // pipe.vae_scale_factor_temporal + 1,
-        cfg.height // pipe.vae_scale_factor_spatial // spec_patch(pipe, 1),
-        cfg.width // pipe.vae_scale_factor_spatial // spec_patch(pipe, 2),
-    )
-    if cfg.parallel:
-        parallel.check_divisible(cfg.parallel, int(pipe.transformer.config.num_attention_heads), int(np.prod(grid)))
     warnings_: list[str] = []
     prompt_tokens = _prompt_tokens(pipe, cfg.prompt)
     if prompt_tokens > spec.text_tokens:
@@ -248,6 +244,11 @@ def generate(
         "profiled_pass_wall_s": generate_s if len(timed) < len(samples) else None,
         "load": load.result(),
     }
+    grid = (
+        (cfg.frames - 1) // pipe.vae_scale_factor_temporal + 1,
+        cfg.height // pipe.vae_scale_factor_spatial // spec_patch(pipe, 1),
+        cfg.width // pipe.vae_scale_factor_spatial // spec_patch(pipe, 2),
+    )
     metrics = {
         "wall_s": float(np.median([t["wall_s"] for t in timed])),  # the median over the timed passes
         "stages": stages,

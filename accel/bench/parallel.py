@@ -2,8 +2,9 @@
 
 ``measure`` runs a few denoising-like transformer forwards with a method installed, on one process or under
 ``torchrun --nproc_per_node N -m accel.bench.parallel measure --parallel ulysses=N``, and prints one row per rank:
-step time, self-attention time (the method's ``attend``), all-to-all time and share, mask-prediction time, peak
-memory, and the rank's heads with their mean density. On CPU (gloo) the numbers show the mechanics, not GPU speed.
+step time, self-attention time (the method's ``attend``), all-to-all time and share (it includes waiting for the
+slowest rank: load imbalance shows there), mask-prediction time, peak memory, and the rank's heads with their mean
+density after the dense warm-up. On CPU (gloo) the numbers show the mechanics, not GPU speed.
 
 ``model`` prints the modelled step time of Wan2.1-1.3B / 14B at 480p / 720p on 1, 2, 4 and 8 GPUs from the FLOPs of
 one denoising step (both CFG branches), per-GPU throughputs and the all-to-all volume over NVLink. The throughputs
@@ -77,7 +78,7 @@ def measure(args: argparse.Namespace) -> None:
     from accel import methods, models, parallel
     from accel.attention.base import AttentionMethod, installed
     from accel.config import RunConfig
-    from accel.schema import Event
+    from accel.runner import summarize
     from accel.telemetry import Recorder, RecordPolicy
 
     device = args.device or models.default_device()
@@ -107,8 +108,7 @@ def measure(args: argparse.Namespace) -> None:
         method.attend = _timed(method.attend, attend_s, dev)
         forward_steps(tr, latents, text, timesteps, steps_s.append)
     table, _ = recorder.finish()
-    pred = table[table["event"] == Event.MASK_PREDICT]["seconds"].sum() if not table.empty else 0.0
-    dens = table[table["event"] == Event.DENSITY]["density"] if not table.empty else []
+    summary = summarize(table)  # this rank's heads: mask prediction time, density after the dense warm-up
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _rss_mb()
     shard = method.shard
     row = {
@@ -117,8 +117,8 @@ def measure(args: argparse.Namespace) -> None:
         "step_s": float(np.median(steps_s[1:] or steps_s)),  # the first forward warms caches and allocators
         "attend_s": sum(attend_s) / len(steps_s),
         "a2a_s": sum(a2a_s) / len(steps_s),
-        "predict_s": float(pred) / len(steps_s),
-        "density": float(np.mean(dens)) if len(dens) else float("nan"),
+        "predict_s": summary.get("mask_predict_s", 0.0) / len(steps_s),
+        "density": summary.get("density_mean_sparse", float("nan")),
         "peak_mb": peak,
     }
     rows = [row]
