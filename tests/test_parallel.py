@@ -176,3 +176,19 @@ def test_measure_reports_a_row_for_one_process(capsys):
     main(["measure", "--size", "default", "--steps", "2", "--tmr"])
     out = capsys.readouterr().out.splitlines()
     assert "one process" in out[0] and out[2].split()[:2] == ["0", "0-5"]
+
+
+def test_the_dense_reference_of_a_parallel_run_has_its_layout(monkeypatch):
+    from types import SimpleNamespace
+
+    from viz import compare
+
+    dense = [SimpleNamespace(run_id="one", config={"method": "dense"}),
+             SimpleNamespace(run_id="two", config={"method": "dense", "parallel": "ulysses=2"})]  # fmt: skip
+    monkeypatch.setattr(compare, "comparable_runs", lambda store, run: dense)
+    monkeypatch.setattr(compare, "as_run", lambda run: run)
+    cp = SimpleNamespace(run_id="x", config={"method": "xattention", "parallel": "ulysses=2"})
+    assert compare.dense_reference(None, cp).run_id == "two"
+    assert compare.dense_reference(None, SimpleNamespace(run_id="y", config={"method": "svg2"})).run_id == "one"
+    cp4 = SimpleNamespace(run_id="z", config={"method": "svg2", "parallel": "ulysses=4"})
+    assert compare.dense_reference(None, cp4).run_id == "one"  # none with its layout: the newest comparable

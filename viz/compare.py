@@ -39,12 +39,12 @@ def comparable_runs(store: RunStore, run: RunLike) -> list[RunInfo]:
 
 
 def dense_reference(store: RunStore, run: RunLike) -> RunInfo | None:
-    """The newest dense run comparable to ``run`` (None if there is none, or ``run`` is itself dense)."""
+    """The newest dense run comparable to ``run`` (None if there is none, or ``run`` is itself dense), preferring
+    one with the same context-parallel layout (``--parallel``), so a speedup does not mix in the ranks."""
     r = as_run(run)
-    for info in comparable_runs(store, r):
-        if info.config.get("method") == "dense" and info.run_id != r.run_id:
-            return info
-    return None
+    dense = [i for i in comparable_runs(store, r) if i.config.get("method") == "dense" and i.run_id != r.run_id]
+    same = [i for i in dense if i.config.get("parallel") == r.config.get("parallel")]
+    return (same or dense or [None])[0]
 
 
 def speed_samples(run: RunLike, stage: str = "wall") -> list[float]:
