@@ -344,6 +344,17 @@ def _component(f: FieldSpec) -> gr.components.Component:
     return gr.Textbox(value, label=label, info=info, placeholder=shown)
 
 
+def _forcing_input(name: str):
+    """A diffusion-forcing field of the form: a number (empty = the model's default), or the KV-commit choice."""
+    if name == "kv_commit":
+        return gr.Dropdown(
+            ["", *forms.CHOICES[name]], value="", label="KV commit",
+            info="how a finished chunk's K/V is frozen: empty = last-step (the seeds' FlowCache / MotionCache: its "
+            "last denoising step's K/V), clean-pass = diffusers' extra pass at timestep 0",
+        )  # fmt: skip
+    return _optional_number(name.replace("_", " "), "empty = model default")
+
+
 def _optional_number(label: str, info: str) -> gr.Textbox:
     """A number that may be left empty (= the model's default); gr.Number cannot stay empty in the browser."""
     elem_id = "in-" + label.lower().replace(" ", "-")
@@ -396,7 +407,7 @@ def generate_tab(run_pick: gr.Dropdown):
                         field_inputs += [_component(f) for f in forms.FIELDS if f.method == m]
                     groups.append(group)
             with gr.Accordion("Diffusion forcing (SkyReels-V2)", open=False):
-                forcing = [_optional_number(k.replace("_", " "), "empty = model default") for k in forms.FORCING]
+                forcing = [_forcing_input(k) for k in forms.FORCING]
             with gr.Accordion("Profiling and kernels", open=True), gr.Row():
                 profile_box = gr.Checkbox(False, label="Profile (torch.profiler trace + tables)")
                 kernels = gr.Dropdown(

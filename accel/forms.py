@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from accel import methods
-from accel.config import DEFAULT_MODEL, ConfigError, RunConfig, settings_for
+from accel.config import COMMIT_MODES, DEFAULT_MODEL, ConfigError, RunConfig, settings_for
 from accel.fields import all_field_specs, settings_from
 
 DEFAULT_PROMPT = "a red circle moves quickly left over a blue background"
@@ -23,10 +23,23 @@ EXAMPLE_PROMPTS = (
     "a white square and a red circle move quickly down over a black background",
 )
 SAMPLING = ("seed", "height", "width", "frames", "steps", "guidance", "repeats")  # repeats: timing passes
-FORCING = ("ar_step", "causal_block_size", "base_num_frames", "overlap_history", "addnoise_condition")
+FORCING = ("ar_step", "causal_block_size", "base_num_frames", "overlap_history", "addnoise_condition", "kv_commit")
+CHOICES = {"kv_commit": COMMIT_MODES}  # form fields that are a choice, not a number (empty = RunConfig's default)
 FIELDS = all_field_specs()
-INTEGER = {*SAMPLING, *FORCING} - {"guidance", "addnoise_condition"}
+INTEGER = {*SAMPLING, *FORCING} - {"guidance", "addnoise_condition", *CHOICES}
 SETTINGS_START = 4 + len(SAMPLING) + len(FORCING) + 2  # where the method settings start in the form's values
+
+
+def _values(names: tuple[str, ...], raw: list[Any]) -> dict[str, Any]:
+    """Form values by name: numbers parsed (:func:`number`), choices as given; empty ones left out of a choice
+    (so the run takes its default)."""
+    out: dict[str, Any] = {}
+    for name, value in zip(names, raw, strict=True):
+        if name not in CHOICES:
+            out[name] = number(value, name)
+        elif value not in (None, ""):
+            out[name] = value
+    return out
 
 
 def number(value: Any, name: str) -> int | float | None:
@@ -56,7 +69,7 @@ def run_config(
     """The run of a filled-in form (``sampling`` in ``SAMPLING + FORCING`` order, ``fields`` in ``FIELDS`` order,
     ``kernels`` the kernel backend: empty or None = the environment's)."""
     methods.get(method)  # an unknown method names the known ones
-    values = {k: number(v, k) for k, v in zip((*SAMPLING, *FORCING), sampling, strict=True)}
+    values = _values((*SAMPLING, *FORCING), list(sampling))
     values["seed"] = values["seed"] or 0
     values["repeats"] = 1 if values["repeats"] is None else values["repeats"]
     settings = settings_for(method, settings_from(method, FIELDS, list(fields)))
@@ -69,7 +82,7 @@ def run_config(
 def dense_reference(config: dict[str, Any]) -> RunConfig:
     """The dense run that matches a stored run's ``config.json`` (same prompt, seed, model and sampling, timed
     with as many repeats)."""
-    sampling = {k: config.get(k) for k in (*SAMPLING, *FORCING, "fps")}
+    sampling = {k: config.get(k) for k in (*SAMPLING, *FORCING, "fps") if k not in CHOICES or config.get(k)}
     sampling["repeats"] = sampling["repeats"] or 1  # runs stored before timing repeats existed
     return RunConfig(prompt=config["prompt"], model=config["model"], method="dense",
                      negative_prompt=config.get("negative_prompt", ""), **sampling)  # fmt: skip

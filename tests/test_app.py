@@ -276,3 +276,16 @@ def test_stop_ends_a_generation_at_its_next_step_and_stores_nothing(monkeypatch,
     assert labels == ["step 1/3"] and RunStore(tmp_path / "runs").list() == []
     app._generate(cfg, False, lambda fraction, desc: labels.append(desc))  # Stop was for the last one only
     assert labels[-1] == "step 3/3 · decoding the video (VAE)" and len(RunStore(tmp_path / "runs").list()) == 1
+
+
+def test_the_form_sets_the_kv_commit_and_its_dense_reference_keeps_it():
+    sampling = {"steps": 2, "kv_commit": "clean-pass"}
+    values = forms.form_values(model="pocket-skyreels", method="flowcache", sampling=sampling)
+    n = forms.SETTINGS_START
+    cfg = forms.run_config(*values[:4], values[4 : n - 2], values[n:], values[n - 1])
+    assert cfg.kv_commit == "clean-pass"
+    assert forms.dense_reference(cfg.to_dict()).kv_commit == "clean-pass"
+    default = forms.form_values(model="pocket-skyreels", method="flowcache")
+    assert forms.run_config(*default[:4], default[4 : n - 2], default[n:], "").kv_commit == "last-step"
+    older = {k: v for k, v in cfg.to_dict().items() if k != "kv_commit"}  # stored before the setting existed
+    assert forms.dense_reference(older).kv_commit == "last-step"
