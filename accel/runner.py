@@ -231,6 +231,8 @@ def generate(
     if cfg.parallel:  # rank 0 gathers every rank's telemetry and alone writes the run
         gathered = parallel.gather_run(table, arrays)
         if gathered is None:
+            if work is not None:
+                work.cleanup()
             return None
         table, arrays = gathered
     record_s = time.perf_counter() - t_rec
