@@ -1,4 +1,4 @@
-"""One rank of the context-parallel tests (``torchrun --nproc_per_node 2 tests/parallel_worker.py OUT``).
+"""One rank of the context-parallel tests (``torchrun --nproc_per_node 2 tests/parallel_worker.py OUT [cuda]``).
 
 Every case installs an attention method on pocket-wan's transformer under diffusers' Ulysses plan and runs a few
 denoising-like forwards (decreasing timesteps, so warm-up, TMR reuse and SVG2 warm starts all happen); rank 0 saves
@@ -48,7 +48,7 @@ def inputs(transformer) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(1, transformer.config.in_channels, 5, 16, 16, generator=g)
     text = torch.randn(1, 32, transformer.config.text_dim, generator=g)
-    return latents, text
+    return latents.to(transformer.device), text.to(transformer.device)
 
 
 def run_case(transformer, name: str):
@@ -61,15 +61,15 @@ def run_case(transformer, name: str):
     return outs, table, arrays
 
 
-def main(out: Path) -> None:
+def main(out: Path, device: str = "cpu") -> None:
     from safetensors.torch import save_file
 
     from accel import models, parallel
     from accel.runner import generate
     from accel.runs import RunStore
 
-    parallel.init("ulysses=2", "cpu")
-    transformer = models.load_pipeline(MODEL, "cpu", None, "ulysses=2").transformer
+    device = parallel.init("ulysses=2", device)  # gloo on CPU; NCCL and cuda:LOCAL_RANK with "cuda"
+    transformer = models.load_pipeline(MODEL, device, "float32", "ulysses=2").transformer
     for name in CASES:
         outs, table, arrays = run_case(transformer, name)
         gathered = parallel.gather_run(table, arrays)
@@ -77,16 +77,17 @@ def main(out: Path) -> None:
             continue
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({"outputs": outs.contiguous()}, str(folder / "outputs.safetensors"))
+        save_file({"outputs": outs.cpu().contiguous()}, str(folder / "outputs.safetensors"))
         gathered[0].to_parquet(folder / "telemetry.parquet")
         import numpy as np
 
         np.savez(folder / "arrays.npz", **gathered[1])
     for cache in BASELINES:  # whole generations: the diffusers cache hooks that decide by step alone
-        run_config = RunConfig(method="baseline", settings={"cache": cache}, parallel="ulysses=2", **GENERATION)
+        run_config = RunConfig(method="baseline", settings={"cache": cache}, parallel="ulysses=2", device=device,
+                               dtype="float32", **GENERATION)  # fmt: skip
         generate(run_config, RunStore(out / "runs"))
     parallel.close()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:3])
