@@ -5,8 +5,8 @@ the thresholds in force at each head's last refresh. Drift ``D = ||q̄ - q̄_a||
 is raw (model-scale dependent). A head refreshes iff ``D > delta`` (equality reuses), or its
 threshold changed, or it has no anchor yet. Optional layer gating: if the refreshing fraction of a
 layer's heads is below ``gate_lower`` none refresh; above ``gate_upper`` all do (under context parallelism the
-fraction counts every rank's heads). A refreshed head
-moves its anchor; a reused head keeps it, so drift accumulates until it crosses delta.
+fraction counts every rank's heads). A refreshed head moves its anchor; a reused head keeps it, so drift
+accumulates until it crosses delta.
 """
 
 from __future__ import annotations
