@@ -29,7 +29,8 @@ DEADLINE_S = 30.0
 # and the line is printed only once that OS thread has left /proc: a child tied to it by PDEATHSIG would have been
 # signalled by then.
 APP = r"""
-import json, os, sys, threading, time
+import json, os, signal, sys, threading, time
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # an app started from a terminal (the suite may run under nohup)
 from profiling import tensorboard
 tensorboard.install_signal_handlers()
 tensorboard.install_signal_handlers()  # idempotent
