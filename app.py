@@ -344,15 +344,19 @@ def _component(f: FieldSpec) -> gr.components.Component:
     return gr.Textbox(value, label=label, info=info, placeholder=shown)
 
 
+CHOICE_INFO = {  # the help of each choice field of the form (forms.CHOICES)
+    "kv_commit": "how a finished chunk's K/V is frozen: empty = last-step (the seeds' FlowCache / MotionCache: its "
+    "last denoising step's K/V), clean-pass = diffusers' extra pass at timestep 0",
+}
+
+
 def _forcing_input(name: str):
-    """A diffusion-forcing field of the form: a number (empty = the model's default), or the KV-commit choice."""
-    if name == "kv_commit":
-        return gr.Dropdown(
-            ["", *forms.CHOICES[name]], value="", label="KV commit",
-            info="how a finished chunk's K/V is frozen: empty = last-step (the seeds' FlowCache / MotionCache: its "
-            "last denoising step's K/V), clean-pass = diffusers' extra pass at timestep 0",
-        )  # fmt: skip
-    return _optional_number(name.replace("_", " "), "empty = model default")
+    """A diffusion-forcing field of the form: a choice (:data:`accel.forms.CHOICES`; empty = the run's default) or a
+    number (empty = the model's default)."""
+    label = name.replace("_", " ")
+    if name in forms.CHOICES:
+        return gr.Dropdown(["", *forms.CHOICES[name]], value="", label=label, info=CHOICE_INFO[name])
+    return _optional_number(label, "empty = model default")
 
 
 def _optional_number(label: str, info: str) -> gr.Textbox:

@@ -76,17 +76,12 @@ def init(parallel: str, device: str | None) -> str:
     return f"cuda:{torch.cuda.current_device()}" if cuda else "cpu"
 
 
-def sum_over_ranks(values: list[float]) -> list[float]:
-    """``values`` summed element-wise over every rank (every rank gets the result)."""
-    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 def total(x: float) -> float:
     """``x`` summed over every rank (e.g. CPU seconds: the sibling ranks are part of the run, not other load)."""
-    return sum_over_ranks([x])[0]
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
 
 
 def close() -> None:

@@ -40,7 +40,8 @@ class RunError(UserError, RuntimeError):
     """The generation failed in a way the user can act on (e.g. out of memory)."""
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA; a no-op elsewhere), so a wall-clock reading covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -53,13 +54,13 @@ def _stage_timers(pipe, device: torch.device, times: dict[str, float]) -> Iterat
         original = getattr(obj, attr)
 
         def timed(*args, **kwargs):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             try:
                 with named_range(range_name):
                     return original(*args, **kwargs)
             finally:
-                _sync(device)
+                sync(device)
                 times[key] = times.get(key, 0.0) + time.perf_counter() - t0
 
         setattr(obj, attr, timed)
@@ -198,7 +199,7 @@ def generate(
             for i in range(cfg.repeats):  # the first pass is kept (video, telemetry, profile); all are timed
                 recording = Recorder(policy, enabled=record)  # record=False: for measuring what recording costs
                 times: dict[str, float] = {}
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 with contextlib.ExitStack() as stack:
                     if cfg.kernels is not None:
@@ -209,7 +210,7 @@ def generate(
                         profiler.attach(pipe.transformer)
                     with _stage_timers(pipe, device, times), method.install(Target(pipe, cfg, spec, recording)) as run:
                         output = run(progress)
-                    _sync(device)
+                    sync(device)
                 samples.append(_pass_times(time.perf_counter() - t0, times))
                 if i == 0:
                     (video, extra), recorder = output, recording

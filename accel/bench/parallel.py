@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from accel.runner import sync
+
 # Wan2.1 transformers (diffusers configs): layers, heads x head_dim, FFN width; text context 512 tokens
 ARCH = {"1.3B": (30, 12, 128, 8960), "14B": (40, 40, 128, 13824)}
 # latent tokens after the VAE (4x time, 8x space) and patch 1x2x2, 81 frames: 21 latent frames
@@ -42,10 +44,10 @@ def forward_steps(transformer, latents: torch.Tensor, text: torch.Tensor, timest
     forward's wall time."""
     outs = []
     for t in timesteps:
-        _sync(latents.device)
+        sync(latents.device)
         t0 = time.perf_counter()
         out = transformer(latents, torch.tensor([t], device=latents.device), text, return_dict=False)[0]
-        _sync(latents.device)
+        sync(latents.device)
         if on_step is not None:
             on_step(time.perf_counter() - t0)
         outs.append(out)
@@ -53,17 +55,12 @@ def forward_steps(transformer, latents: torch.Tensor, text: torch.Tensor, timest
     return torch.stack(outs)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn: Callable, bucket: list[float], device: torch.device) -> Callable:
     def wrapper(*args, **kwargs):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
-        _sync(device)
+        sync(device)
         bucket.append(time.perf_counter() - t0)
         return out
 
@@ -102,22 +99,34 @@ def measure(args: argparse.Namespace) -> None:
     a2a_s: list[float] = []
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+    after_first: list[int] = []  # timed calls of the first forward, which warms caches and allocators
+
+    def on_step(seconds: float) -> None:
+        steps_s.append(seconds)
+        if len(steps_s) == 1:
+            after_first.extend((len(attend_s), len(a2a_s)))
+
     with installed(tr, method, args.steps), mock.patch.object(parallel, "seq_to_heads", _timed(
         parallel.seq_to_heads, a2a_s, dev)), mock.patch.object(parallel, "heads_to_seq", _timed(
             parallel.heads_to_seq, a2a_s, dev)):  # fmt: skip
         method.attend = _timed(method.attend, attend_s, dev)
-        forward_steps(tr, latents, text, timesteps, steps_s.append)
+        forward_steps(tr, latents, text, timesteps, on_step)
     table, _ = recorder.finish()
+    first = 1 if len(steps_s) > 1 else 0  # every column averages the same forwards: all but the first
+    if first:
+        attend_s, a2a_s = attend_s[after_first[0] :], a2a_s[after_first[1] :]
+        table = table[table["step"] >= first]
+    forwards = len(steps_s) - first
     summary = summarize(table)  # this rank's heads: mask prediction time, density after the dense warm-up
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _rss_mb()
     shard = method.shard
     row = {
         "rank": shard.rank if shard else 0,
         "heads": f"{shard.start}-{shard.stop - 1}" if shard else f"0-{method.num_heads - 1}",
-        "step_s": float(np.median(steps_s[1:] or steps_s)),  # the first forward warms caches and allocators
-        "attend_s": sum(attend_s) / len(steps_s),
-        "a2a_s": sum(a2a_s) / len(steps_s),
-        "predict_s": summary.get("mask_predict_s", 0.0) / len(steps_s),
+        "step_s": sum(steps_s[first:]) / forwards,
+        "attend_s": sum(attend_s) / forwards,
+        "a2a_s": sum(a2a_s) / forwards,
+        "predict_s": summary.get("mask_predict_s", 0.0) / forwards,
         "density": summary.get("density_mean_sparse", float("nan")),
         "peak_mb": peak,
     }
