@@ -28,7 +28,7 @@ import gradio as gr
 
 from accel import budget, forms, methods, models
 from accel.config import DEFAULT_MODEL, KERNEL_BACKENDS, MAX_REPEATS
-from accel.errors import UserError, one_line
+from accel.errors import DependencyError, UserError, imports_undone_on_failure, root_cause
 from accel.fields import MODEL_DEFAULT, FieldSpec
 from accel.paths import TABLES
 from accel.runs import RunStore
@@ -80,9 +80,9 @@ def _shown(fn: Callable) -> Callable:
             raise
         except UserError as exc:
             raise gr.Error(str(exc)) from None
-        except Exception as exc:
+        except Exception as exc:  # a bug or a broken package: its root cause here, the traceback in the log
             LOG.exception("%s failed", fn.__name__)
-            why = f"{type(exc).__name__}: {one_line(exc)}"
+            why = str(exc) if isinstance(exc, DependencyError) else root_cause(exc)
             raise gr.Error(f"{fn.__name__.replace('_', ' ')} failed: {why} (traceback in the server log)") from None
 
     return handler
@@ -120,7 +120,13 @@ def request_stop() -> None:
 
 
 def _generate(cfg, profile: bool, progress) -> str:
-    """Generate ``cfg`` into the store with a progress bar (steps, then the VAE decode) that honours Stop."""
+    """Generate ``cfg`` into the store with a progress bar (steps, then the VAE decode) that honours Stop. A failed
+    import leaves nothing half-imported behind: the next request imports afresh."""
+    with imports_undone_on_failure():
+        return _generate_run(cfg, profile, progress)
+
+
+def _generate_run(cfg, profile: bool, progress) -> str:
     from accel.runner import generate  # imported on first use: the views need no torch model
 
     def step(i: int, n: int) -> None:

@@ -464,7 +464,7 @@ def settings_for(method: str, values: dict[str, Any] | None = None) -> MethodSet
     return methods.get(method).settings.from_dict(values)
 
 
-KERNEL_BACKENDS = ("auto", "triton", "flex", "torch")  # kernels.dispatch.BACKENDS (config imports no torch)
+KERNEL_BACKENDS = ("auto", "triton", "flex", "torch")  # accel.kernels.dispatch.BACKENDS (config imports no torch)
 # How a finished chunk's K/V are frozen in chunked diffusion-forcing runs (accel.cache.chunked): the K/V of its
 # last denoising step (both seed implementations) or one more pass at timestep 0 (diffusers' full window).
 COMMIT_MODES = ("last-step", "clean-pass")

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import torch
 
 from accel.config import ConfigError
-from accel.errors import UserError
+from accel.errors import ENV_HINT, DependencyError, UserError, failed_import, one_line, root_cause
 from accel.paths import ASSETS
 
 if TYPE_CHECKING:
@@ -477,9 +477,12 @@ def load_pipeline(
                 pipe = _from_pretrained(spec, torch_dtype)
             except ModelLoadError:
                 raise
-            except (OSError, ValueError, RuntimeError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ModelLoadError(f"could not load model {spec.name!r} from {spec.source}: {first}") from exc
+            except Exception as exc:
+                where = f"could not load model {spec.name!r} from {spec.source}"
+                if isinstance(exc, (OSError, ValueError)) and not failed_import(exc):  # missing or unreadable files
+                    raise ModelLoadError(f"{where}: {one_line(exc)}") from exc
+                # an import or an exception inside diffusers/transformers/torch: the environment, not the input
+                raise DependencyError(f"{where}: {root_cause(exc)} ({ENV_HINT})") from exc
             pipe.set_progress_bar_config(disable=True)
             pipe = pipe.to(device)
             if parallel:

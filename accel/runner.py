@@ -24,12 +24,12 @@ import torch
 from accel import budget, methods, models, parallel
 from accel.config import ConfigError, RunConfig
 from accel.errors import UserError, one_line
+from accel.kernels import dispatch, flex
 from accel.load import LoadMeter
 from accel.methods import ProgressFn, Target
 from accel.runs import Run, RunStore
 from accel.schema import Event
 from accel.telemetry import Recorder, RecordPolicy
-from kernels import dispatch, flex
 from profiling.profiler import RunProfiler
 from profiling.ranges import named_range
 
@@ -265,7 +265,7 @@ def generate(
         "device": str(device),
         "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
         "versions": _versions(),
-        "kernel_backend": backend,  # the backend sparse attention resolves to on this device (kernels.dispatch)
+        "kernel_backend": backend,  # the backend sparse attention resolves to on this device (accel.kernels.dispatch)
         "kernel_calls": kernel_calls,  # which backend ran each kernel call (dispatch counters of this run)
         "kernel_compile_s": sum(flex.compile_seconds.values()) - compile_before,  # FlexAttention's first calls
         "prompt_tokens": min(prompt_tokens, spec.text_tokens),

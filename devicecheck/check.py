@@ -62,6 +62,9 @@ GEN_TINY = "--height 64 --width 64 --frames 5 --steps 3 --no-video"
 TRAIN = (
     "py -m accel.training.wan --vae assets/pocket-wan/vae --latents {work}/train/lat.safetensors --out {work}/train/wan"
 )
+E2E_720P = (
+    "py -m accel.kernels.bench_e2e --resolutions 720p --densities 0.25 --kinds local xattention --warmup 1 --iters 1"
+)
 PLAN = [
     # name, ledger item, budget s (GPU, dry), log, what, GPU commands, dry-run commands, TRITON_INTERPRET=1 in dry run
     ("env", 1, (40, 20), "env.log", "versions, GPU, imports (the staged wheels first on PYTHONPATH)",
@@ -71,10 +74,10 @@ PLAN = [
     ("pytest_gpu", 1, (60, 20), "pytest.log", "CUDA-only kernel tests (-m gpu: the interpreter cases are deselected)",
      ["py -m pytest -q -m gpu tests/test_kernels_triton.py -p no:cacheprovider -rfEs"],
      ["py -m pytest -q -m gpu tests/test_kernels_triton.py -p no:cacheprovider -rfEs"], False),
-    ("bench", 1, (65, 30), "bench.log", "kernels.bench at Wan2.1-1.3B 480p/720p, uniform + structured inputs",
-     ["py -m kernels.bench --shapes 1.3b-480p 1.3b-720p --warmup 2 --iters 8"],
-     ["py -m kernels.bench --shapes 1.3b-480p 1.3b-720p --warmup 2 --iters 8",
-      "py -m kernels.bench --interpret --inputs structured --densities 1.0 0.25"], True),
+    ("bench", 1, (65, 30), "bench.log", "accel.kernels.bench at Wan2.1-1.3B 480p/720p, uniform + structured inputs",
+     ["py -m accel.kernels.bench --shapes 1.3b-480p 1.3b-720p --warmup 2 --iters 8"],
+     ["py -m accel.kernels.bench --shapes 1.3b-480p 1.3b-720p --warmup 2 --iters 8",
+      "py -m accel.kernels.bench --interpret --inputs structured --densities 1.0 0.25"], True),
     ("sweep", 1, (68, 30), "sweep.log",
      "full-size correctness, SDPA backends, tile configs, host overhead, varlen vs fixed, estimation",
      ["py devicecheck/sweep.py --deadline-s {budget}"], ["py devicecheck/sweep.py --tiny --deadline-s {budget}"], True),
@@ -83,13 +86,13 @@ PLAN = [
      [GEN + " --variants dense,xattention,xattention+tmr,svg2,xattention+profile,svg2+profile"],
      [GEN + " --variants dense,xattention,xattention+tmr,svg2,xattention+profile,svg2+profile " + GEN_TINY
       + " '--xattn-args=--warmup-steps 1' '--svg2-args=--first-times-fp 0 --kmeans-init-iters 3'"], False),
-    ("bench_e2e", 1, (50, 30), "e2e.log", "kernels.bench_e2e 480p: densities 0.5/0.25/0.1 x random/local/xattention",
-     ["py -m kernels.bench_e2e --resolutions 480p --warmup 1 --iters 2"],
-     ["py -m kernels.bench_e2e --resolutions 480p --warmup 1 --iters 2",
-      "py -m kernels.bench_e2e --interpret --densities 0.25 --kinds local"], True),
+    ("bench_e2e", 1, (50, 30), "e2e.log", "bench_e2e 480p: densities 0.5/0.25/0.1 x random/local/xattention",
+     ["py -m accel.kernels.bench_e2e --resolutions 480p --warmup 1 --iters 2"],
+     ["py -m accel.kernels.bench_e2e --resolutions 480p --warmup 1 --iters 2",
+      "py -m accel.kernels.bench_e2e --interpret --densities 0.25 --kinds local"], True),
     ("flex", 2, (45, 10), "bench.log", "FlexAttention beside Triton and SDPA per density, 1.3B 480p structured",
-     ["py -m kernels.bench --shapes 1.3b-480p --inputs structured --flex --warmup 2 --iters 8"],
-     ["py -m kernels.bench --shapes 1.3b-480p --inputs structured --flex --warmup 2 --iters 8"], False),
+     ["py -m accel.kernels.bench --shapes 1.3b-480p --inputs structured --flex --warmup 2 --iters 8"],
+     ["py -m accel.kernels.bench --shapes 1.3b-480p --inputs structured --flex --warmup 2 --iters 8"], False),
     ("train", 3, (32, 25), "train.log", "accel.training.wan --device cuda: a new latent cache, then a short training",
      ["mkdir -p {work}/train", TRAIN + " --device cuda --init assets/pocket-wan --clips 512 --cache-frames 17 "
       "--frames 17 --size 128 --steps 150 --batch 32 --workers 12 --log-every 25", "cat {work}/train/wan/loss.csv"],
@@ -101,9 +104,8 @@ PLAN = [
       "--no-masks '--xattn-args=--warmup-steps 2'"],
      [GEN + " --variants dense,xattention+tmr+ebc+profile --height 64 --width 112 --frames 5 --steps 3 --no-video "
       "'--xattn-args=--warmup-steps 1'"], False),
-    ("bench_e2e_720p", 4, (50, 15), "e2e.log", "kernels.bench_e2e 720p at density 0.25 (local and xattention masks)",
-     ["py -m kernels.bench_e2e --resolutions 720p --densities 0.25 --kinds local xattention --warmup 1 --iters 1"],
-     ["py -m kernels.bench_e2e --resolutions 720p --densities 0.25 --kinds local xattention --warmup 1 --iters 1"],
+    ("bench_e2e_720p", 4, (50, 15), "e2e.log", "bench_e2e 720p at density 0.25 (local and xattention masks)",
+     [E2E_720P], [E2E_720P],
      True),
 ]  # fmt: skip
 
@@ -140,9 +142,9 @@ def _load(path: Path):
 def validate(steps: list[Step]) -> list[str]:
     """Check the GPU command lines against today's entry points without running them (imports torch and accel).
 
-    ``kernels.bench`` / ``kernels.bench_e2e`` / ``sweep.py`` through their argparse; ``generate.py`` per variant
-    through ``accel generate``'s parser and method settings; ``accel.training.wan`` through its ``main`` with the
-    caching and the training replaced by no-ops. Returns one line per command, ``OK`` or ``BAD``.
+    ``accel.kernels.bench`` / ``accel.kernels.bench_e2e`` / ``sweep.py`` through their argparse; ``generate.py`` per
+    variant through ``accel generate``'s parser and method settings; ``accel.training.wan`` through its ``main`` with
+    the caching and the training replaced by no-ops. Returns one line per command, ``OK`` or ``BAD``.
     """
     import contextlib
     import io
@@ -155,14 +157,14 @@ def validate(steps: list[Step]) -> list[str]:
             what, err = shlex.join(argv)[:110], io.StringIO()
             try:
                 with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                    if argv[:2] == ["-m", "kernels.bench"]:
-                        import kernels.bench
+                    if argv[:2] == ["-m", "accel.kernels.bench"]:
+                        import accel.kernels.bench
 
-                        kernels.bench.parse(argv[2:])
-                    elif argv[:2] == ["-m", "kernels.bench_e2e"]:
-                        import kernels.bench_e2e
+                        accel.kernels.bench.parse(argv[2:])
+                    elif argv[:2] == ["-m", "accel.kernels.bench_e2e"]:
+                        import accel.kernels.bench_e2e
 
-                        kernels.bench_e2e.parse(argv[2:])
+                        accel.kernels.bench_e2e.parse(argv[2:])
                     elif argv[:2] == ["-m", "accel.training.wan"]:
                         import accel.training.wan as tw
 

@@ -20,7 +20,7 @@ sys.path.insert(0, os.getcwd())
 # module -> what needs it (pyproject's dependencies that the commands of the check import)
 MODULES = {
     "torch": "everything",
-    "triton": "kernels",
+    "triton": "accel.kernels",
     "numpy": "everything",
     "diffusers": "generate, bench_e2e, training (staged wheel)",
     "transformers": "text encoder",
@@ -39,10 +39,10 @@ MODULES = {
     "pytest": "pytest_gpu step",
 }
 PROJECT = [
-    "kernels",
-    "kernels.triton_attention",
-    "kernels.bench",
-    "kernels.bench_e2e",
+    "accel.kernels.dispatch",
+    "accel.kernels.triton_attention",
+    "accel.kernels.bench",
+    "accel.kernels.bench_e2e",
     "accel.runner",
     "accel.cli",
     "accel.training.wan",

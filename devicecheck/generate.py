@@ -5,9 +5,9 @@
 A variant is a method with ``+`` modifiers: ``tmr`` (``--tmr true``), ``ebc`` (the shipped calibrated threshold
 table of the model and method, ``assets/tables/<model>-<method>.json``) and ``profile`` (``--profile``: the run
 folder gets a torch.profiler ``trace.json.gz`` of two steady sparse transformer calls). For each run it records the
-run's metrics, the kernel dispatch counters of that run (``kernels.dispatch.calls``: which backend each block-sparse
-attention and estimation call took) and, for profiled runs, the GPU kernels in the trace: our Triton kernels
-(``_fixed_fwd``, ``_varlen_fwd``, ``_estimate_*``) against SDPA's. Then PSNR/SSIM of every variant against the
+run's metrics, the kernel dispatch counters of that run (``accel.kernels.dispatch.calls``: which backend each
+block-sparse attention and estimation call took) and, for profiled runs, the GPU kernels in the trace: our Triton
+kernels (``_fixed_fwd``, ``_varlen_fwd``, ``_estimate_*``) against SDPA's. Then PSNR/SSIM of every variant against the
 first dense run of the same size. The last line of stdout is ``GENERATE_JSON {...}`` (also written to ``--json``).
 
 Without an ffmpeg binary (the H200 image has none; imageio-ffmpeg's bundled one is too large to carry) or with
@@ -136,8 +136,8 @@ def variant_argvs(args: argparse.Namespace, extra: list[str]) -> tuple[dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = parse(sys.argv[1:] if argv is None else argv)
+    import accel.kernels.dispatch as kd
     import accel.runs
-    import kernels.dispatch as kd
     from accel.cli import main as cli
 
     no_ffmpeg = args.no_video

@@ -25,9 +25,9 @@ import torch
 RESULTS: dict[str, object] = {}
 T0 = time.perf_counter()
 
-# the tiles the kernels' autotuner times (spill-free on sm_90a per `python -m kernels.aot`), default first
-from kernels.triton_attention import tune_configs  # noqa: E402
-from kernels.triton_estimate import tune_configs as est_tune_configs  # noqa: E402
+# the tiles the kernels' autotuner times (spill-free on sm_90a per `python -m accel.kernels.aot`), default first
+from accel.kernels.triton_attention import tune_configs  # noqa: E402
+from accel.kernels.triton_estimate import tune_configs as est_tune_configs  # noqa: E402
 
 FIXED_CONFIGS = list(tune_configs("fixed"))
 EST_CONFIGS = list(est_tune_configs(128 // 16))
@@ -119,8 +119,8 @@ def info(args):
 @section("correct.fixed")
 def correct_fixed(args, q, k, v):
     """bf16 output against fp32 references with the same mask (issue 22: rel err <= 1e-2, empty rows zero)."""
-    from kernels.block_sparse import _full_offsets, _reference, uniform_offsets
-    from kernels.triton_attention import fixed_block_sparse_attention
+    from accel.kernels.block_sparse import _full_offsets, _reference, uniform_offsets
+    from accel.kernels.triton_attention import fixed_block_sparse_attention
 
     length, bs = q.shape[1], args.block
     n = math.ceil(length / bs)
@@ -143,8 +143,8 @@ def correct_fixed(args, q, k, v):
 
 @section("correct.estimate")
 def correct_est(args, q, k):
-    from kernels.estimate import _reference
-    from kernels.triton_estimate import antidiagonal_block_scores_triton
+    from accel.kernels.estimate import _reference
+    from accel.kernels.triton_estimate import antidiagonal_block_scores_triton
 
     got = antidiagonal_block_scores_triton(q, k, args.stride, args.block)
     ref = _reference(q, k, args.stride, args.block, None)
@@ -174,7 +174,7 @@ def sdpa_backends(args, q, k, v, tag):
 
 @section("sweep.fixed")
 def sweep_fixed(args, q, k, v, tag, configs, densities):
-    from kernels.triton_attention import build_lookup, fixed_block_sparse_attention
+    from accel.kernels.triton_attention import build_lookup, fixed_block_sparse_attention
 
     length, bs = q.shape[1], args.block
     n = math.ceil(length / bs)
@@ -209,19 +209,19 @@ def sweep_fixed(args, q, k, v, tag, configs, densities):
 def overhead(args, q, k, v, tag, cfg):
     """One d=0.1 mask: kernel only (lookup given) / + build_lookup / the public entry given the block size (no host
     sync) / the public entry given offsets (it checks and detects them: host syncs)."""
-    import kernels
-    from kernels.triton_attention import build_lookup, fixed_block_sparse_attention
+    from accel.kernels.block_sparse import block_sparse_attention, uniform_offsets
+    from accel.kernels.triton_attention import build_lookup, fixed_block_sparse_attention
 
     length, bs = q.shape[1], args.block
     n = math.ceil(length / bs)
     m = rand_mask(args, n, 0.1, 13)
     lut = build_lookup(m)
-    off = kernels.uniform_offsets(length, bs, args.dev)
+    off = uniform_offsets(length, bs, args.dev)
     cc = {} if args.tiny else cfg
     a = bench(lambda: fixed_block_sparse_attention(q, k, v, m, bs, bs, lookup=lut, **cc), args)
     b = bench(lambda: fixed_block_sparse_attention(q, k, v, m, bs, bs, **cc), args)
-    c = bench(lambda: kernels.block_sparse_attention(q, k, v, m, off, off), args)
-    e = bench(lambda: kernels.block_sparse_attention(q, k, v, m, block_size=bs, dense=False), args)
+    c = bench(lambda: block_sparse_attention(q, k, v, m, off, off), args)
+    e = bench(lambda: block_sparse_attention(q, k, v, m, block_size=bs, dense=False), args)
     lb = bench(lambda: build_lookup(m), args)
     RESULTS.update(
         {f"{tag}.ovh.kernel": a, f"{tag}.ovh.with_lookup": b, f"{tag}.ovh.public": c, f"{tag}.ovh.public_sync_free": e,
@@ -235,7 +235,7 @@ def overhead(args, q, k, v, tag, cfg):
 
 @section("sweep.estimate")
 def sweep_est(args, q, k, tag, configs):
-    from kernels.triton_estimate import antidiagonal_block_scores_triton
+    from accel.kernels.triton_estimate import antidiagonal_block_scores_triton
 
     flash = RESULTS.get(f"{tag}.sdpa.FLASH_ATTENTION")
     for c in configs:
@@ -260,8 +260,8 @@ def sweep_est(args, q, k, tag, configs):
 @section("varlen.vs.fixed")
 def varlen_vs_fixed(args, q, k, v, tag):
     """SVG2-like clusters (qc=300, kc=1000 at 480p; Dirichlet sizes) against fixed blocks at the same density."""
-    from kernels.block_sparse import mask_density
-    from kernels.triton_attention import fixed_block_sparse_attention, varlen_block_sparse_attention
+    from accel.kernels.block_sparse import mask_density
+    from accel.kernels.triton_attention import fixed_block_sparse_attention, varlen_block_sparse_attention
 
     length = q.shape[1]
     qc, kc = (4, 6) if args.tiny else (300, 1000)
@@ -285,7 +285,7 @@ def varlen_vs_fixed(args, q, k, v, tag):
         f"  {tag} varlen qc={qc} kc={kc} density {dens:.3f}: {ms_v:.2f} ms vs fixed blocks at the same density "
         f"{ms_f:.2f} ms ({ms_v / ms_f:.2f}x, target <= 1.3x)"
     )
-    from kernels.block_sparse import _full_offsets, _reference
+    from accel.kernels.block_sparse import _full_offsets, _reference
 
     out = varlen_block_sparse_attention(q, k, v, m, qo, ko)
     ref = _reference(

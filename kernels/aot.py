@@ -6,8 +6,8 @@ count of the SASS instructions that matter (``HGMMA`` = Hopper wgmma, ``HMMA`` =
 barriers). The default target is sm_90a (H100/H200, capability 90).
 
 What gets compiled is what the host code would launch: :func:`compile_case` calls the host function
-(:func:`kernels.triton_attention.fixed_block_sparse_attention`, ...) with CPU tensors of a realistic shape, records
-the kernel launch instead of running it, and hands the recorded arguments to Triton's own launch-time
+(:func:`accel.kernels.triton_attention.fixed_block_sparse_attention`, ...) with CPU tensors of a realistic shape,
+records the kernel launch instead of running it, and hands the recorded arguments to Triton's own launch-time
 specialisation (argument dtypes, integers equal to 1 turned into constexprs, 16-divisible integers and aligned
 pointers marked as such), then compiles that for the target. Nothing here hard-codes a kernel signature.
 
@@ -16,7 +16,7 @@ code zero-fills its ~100 MB output once). Triton's bundled ``ptxas`` assembles a
 the cubin; where either is missing, the Triton is too old, or the process imported Triton in interpreter mode,
 :func:`check_available` raises :class:`AotUnavailable`.
 
-``python -m kernels.aot`` prints one line per configuration of :func:`project_cases` and exits 1 if any spills or
+``python -m accel.kernels.aot`` prints one line per configuration of :func:`project_cases` and exits 1 if any spills or
 (on sm_90a) lost its wgmma.
 """
 
@@ -38,7 +38,7 @@ from typing import Any
 
 SASS_OPS = ("HGMMA", "HMMA", "LDL", "STL", "LDGSTS", "UTMALDG", "WARPGROUP.ARRIVE", "BAR.SYNC")
 HEAD_DIMS = (64, 128)  # Wan2.1 / SkyReels-V2 use 128; 64 is default_config's other branch (head_dim <= 64)
-EST_STRIDES = (8, 16)  # XAttention's default stride (accel.config) and kernels.bench's default
+EST_STRIDES = (8, 16)  # XAttention's default stride (accel.config) and accel.kernels.bench's default
 EST_HEAD_DIMS = (128,)  # the estimation runs for XAttention on Wan2.1 / SkyReels-V2 only
 BLOCK = 128  # XAttention's block size for Wan2.1
 LENGTH = 32760  # Wan2.1 480p, 21 x 30 x 52 latent tokens: not a multiple of 16 (the kit's worst register case)
@@ -137,8 +137,8 @@ def check_available(capability: int = 90) -> dict[str, str]:
     except ImportError as e:
         raise AotUnavailable(f"Triton cannot compile ahead of time here: {e}") from e
     if not hasattr(JITFunction, "_pack_args"):
-        raise AotUnavailable(f"Triton {triton.__version__} lacks the launch internals kernels.aot uses (_pack_args)")
-    from kernels._jit import triton_interprets
+        raise AotUnavailable(f"Triton {triton.__version__} lacks the launch internals this module uses (_pack_args)")
+    from accel.kernels._jit import triton_interprets
 
     if triton_interprets():
         raise AotUnavailable("this process imported Triton in interpreter mode (TRITON_INTERPRET=1)")
@@ -150,8 +150,8 @@ def check_available(capability: int = 90) -> dict[str, str]:
 
 
 def _kernel_fns() -> dict[str, Callable]:
-    from kernels import triton_attention as ta
-    from kernels import triton_estimate as te
+    from accel.kernels import triton_attention as ta
+    from accel.kernels import triton_estimate as te
 
     fns = (ta._fixed_fwd, ta._varlen_fwd, te._estimate_partials)
     return dict(zip(KERNELS, fns, strict=True))
@@ -159,7 +159,7 @@ def _kernel_fns() -> dict[str, Callable]:
 
 def capture_launches(host: Callable[[], Any]) -> list[Launch]:
     """Run ``host()`` with every project kernel's launch recorded instead of run (nothing reaches a device)."""
-    from kernels import _jit
+    from accel.kernels import _jit
 
     launches: list[Launch] = []
 
@@ -194,16 +194,17 @@ def compile_kernel(
     num_stages: int,
     capability: int = 90,
 ) -> KernelReport:
-    """Compile kernel ``fn`` (a plain function of :mod:`kernels.triton_attention` / :mod:`kernels.triton_estimate`)
-    for ``cuda:capability`` as a launch ``jitted(fn)[grid](*args, **constexprs, num_warps=..., num_stages=...)``
-    would, and read its resources. ``args`` are the runtime arguments (tensors on any device, ints, floats)."""
+    """Compile kernel ``fn`` (a plain function of :mod:`accel.kernels.triton_attention` /
+    :mod:`accel.kernels.triton_estimate`) for ``cuda:capability`` as a launch ``jitted(fn)[grid](*args, **constexprs,
+    num_warps=..., num_stages=...)`` would, and read its resources. ``args`` are the runtime arguments (tensors on any
+    device, ints, floats)."""
     tools = check_available(capability)
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
 
-    from kernels._jit import jitted
+    from accel.kernels._jit import jitted
 
     kernel = jitted(fn)
     target = GPUTarget("cuda", capability, 32)
@@ -247,9 +248,9 @@ def host_call(case: Case) -> Callable[[], Any]:
     """The host-side call that launches ``case``'s kernel, on untouched CPU tensors of the case's shape."""
     import torch
 
-    from kernels import triton_attention as ta
-    from kernels import triton_estimate as te
-    from kernels.block_sparse import uniform_offsets
+    from accel.kernels import triton_attention as ta
+    from accel.kernels import triton_estimate as te
+    from accel.kernels.block_sparse import uniform_offsets
 
     dtype = getattr(torch, case.dtype)
     q, k, v = (torch.empty(1, case.length, case.heads, case.head_dim, dtype=dtype) for _ in "qkv")
@@ -294,7 +295,7 @@ def compile_cases(cases: Sequence[Case], capability: int = 90, workers: int | No
     """:func:`compile_case` for each case, ``workers`` compiles at a time in threads (ptxas and cuobjdump are
     subprocesses and Triton's passes release the GIL: two workers nearly halve the time on two cores)."""
     check_available(capability)
-    launches = [case_launch(case) for case in cases]  # serial: recording swaps the kernels in kernels._jit's cache
+    launches = [case_launch(case) for case in cases]  # serial: recording swaps the kernels in _jit's cache
 
     def one(case: Case, launch: Launch) -> KernelReport:
         try:
@@ -313,8 +314,8 @@ def project_cases(dtypes: Sequence[str] = ("bfloat16",), lengths: Sequence[int] 
     default tile and every ``triton_estimate.tune_configs(r)`` entry (where it exists) for each of :data:`EST_STRIDES`
     and :data:`EST_HEAD_DIMS`. The length matters: Triton specialises integer arguments on divisibility by 16 (480p's
     32,760 tokens are not, 720p's 75,600 are), and the registers differ."""
-    from kernels import triton_attention as ta
-    from kernels import triton_estimate as te
+    from accel.kernels import triton_attention as ta
+    from accel.kernels import triton_estimate as te
 
     keys = ("block_m", "block_n", "num_warps", "num_stages")
     tune_sets = {
@@ -351,7 +352,7 @@ def project_cases(dtypes: Sequence[str] = ("bfloat16",), lengths: Sequence[int] 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kernels.aot", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m accel.kernels.aot", description=__doc__.split("\n\n")[0])
     p.add_argument("--capability", type=int, default=90, help="CUDA compute capability (default 90: sm_90a)")
     p.add_argument("--dtype", nargs="+", default=["bfloat16"], choices=["bfloat16", "float16", "float32"])
     p.add_argument("--length", nargs="+", type=int, default=[LENGTH], help=f"sequence lengths (default {LENGTH})")
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_available(args.capability)
     except AotUnavailable as e:
-        print(f"kernels.aot: {e}", file=sys.stderr)
+        print(f"accel.kernels.aot: {e}", file=sys.stderr)
         return 2
     import triton
 

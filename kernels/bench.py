@@ -1,4 +1,4 @@
-"""Kernel benchmark at real Wan2.1 attention shapes: ``python -m kernels.bench [--quick] [--interpret]``.
+"""Kernel benchmark at real Wan2.1 attention shapes: ``python -m accel.kernels.bench [--quick] [--interpret]``.
 
 For each shape (Wan2.1-1.3B: 12 heads x 128; 14B: 40 heads x 128; 480p L = 32,760, 720p L = 75,600)
 and each input kind, prints the time and TFLOP/s of dense SDPA (flash backend) and of our
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.block_sparse import mask_density, uniform_offsets
+from accel.kernels.block_sparse import mask_density, uniform_offsets
 
 DENSITIES = (1.0, 0.5, 0.25, 0.1)
 
@@ -61,7 +61,7 @@ def reexec_interpreted(module: str) -> None:
     if "triton" not in sys.modules:
         os.environ["TRITON_INTERPRET"] = "1"
         return
-    from kernels.dispatch import triton_interprets
+    from accel.kernels.dispatch import triton_interprets
 
     if triton_interprets():
         return
@@ -168,8 +168,8 @@ def sdpa_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[], t
 
 
 def bench_shape(shape: Shape, kind: str, args: argparse.Namespace, device: torch.device) -> None:
-    from kernels.triton_attention import fixed_block_sparse_attention
-    from kernels.triton_estimate import antidiagonal_block_scores_triton
+    from accel.kernels.triton_attention import fixed_block_sparse_attention
+    from accel.kernels.triton_estimate import antidiagonal_block_scores_triton
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     length, bs = shape.length, args.block
@@ -219,7 +219,7 @@ def bench_shape(shape: Shape, kind: str, args: argparse.Namespace, device: torch
             f"{rel} {t_sdpa / t:7.2f}x"
         )
         if args.flex:  # FlexAttention (inductor's Triton on CUDA) on the same mask; its compile is timed apart
-            from kernels import flex
+            from accel.kernels import flex
 
             blocks = flex.block_mask(mask, bs, bs, length, length)
             t_flex = timeit(
@@ -228,7 +228,7 @@ def bench_shape(shape: Shape, kind: str, args: argparse.Namespace, device: torch
             line += f" {t_flex * 1e3:9.2f} {t_sdpa / t_flex:8.2f}x"
         print(line)
     if args.flex:
-        from kernels import flex
+        from accel.kernels import flex
 
         print(f"  flex compile so far: {sum(flex.compile_seconds.values()):.1f} s")
 
@@ -238,8 +238,8 @@ CPU_LENGTHS = (320, 1024, 2048, 4096)  # the default pocket run is 320 tokens; t
 
 def _cpu_ratios(length: int, args: argparse.Namespace, backends: tuple[str, ...]) -> tuple[float, dict[str, list]]:
     """Dense SDPA seconds at ``length`` and, per backend, SDPA time / backend time at each density."""
-    from kernels import flex
-    from kernels.block_sparse import _reference, block_sparse_attention
+    from accel.kernels import flex
+    from accel.kernels.block_sparse import _reference, block_sparse_attention
 
     gen = torch.Generator().manual_seed(length)
     q, k, v = (torch.randn(1, length, args.heads, args.dim, generator=gen) for _ in range(3))
@@ -268,7 +268,7 @@ def bench_cpu(args: argparse.Namespace) -> None:
     path variable-size clusters take) at each length and density (random block masks, 4 heads x 64, block
     ``--block``), as SDPA time / backend time (higher is faster), and the crossover: the highest density at which
     each backend beats dense."""
-    from kernels import flex
+    from accel.kernels import flex
 
     backends = ("flex", "torch", "loop") if flex.available() else ("torch", "loop")
     if "flex" not in backends:
@@ -289,7 +289,7 @@ def bench_cpu(args: argparse.Namespace) -> None:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m accel.kernels.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 1.3B 480p only, few iterations")
     p.add_argument("--interpret", action="store_true", help="tiny shapes on CPU through the Triton interpreter")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
@@ -318,18 +318,18 @@ def main(argv: list[str] | None = None) -> int:
         bench_cpu(args)
         return 0
     if args.interpret:
-        reexec_interpreted("kernels.bench")
+        reexec_interpreted("accel.kernels.bench")
         shapes = list(TINY.values())
         args.block, args.stride, args.warmup, args.iters = 8, 4, 0, 1
         device = torch.device("cpu")
     else:
         if not torch.cuda.is_available():
-            print("kernels.bench: no CUDA device, nothing to benchmark (try --interpret for a tiny CPU smoke run).")
+            print("accel.kernels.bench: no CUDA device, nothing to benchmark (--interpret: a tiny CPU smoke run).")
             return 0
-        from kernels.dispatch import triton_available
+        from accel.kernels.dispatch import triton_available
 
         if not triton_available():
-            print("kernels.bench: triton is not installed, nothing to benchmark.")
+            print("accel.kernels.bench: triton is not installed, nothing to benchmark.")
             return 0
         names = args.shapes or (["1.3b-480p"] if args.quick else list(SHAPES))
         shapes = [SHAPES[n] for n in names]

@@ -1,13 +1,13 @@
 """End-to-end timing of one Wan2.1-1.3B transformer call, dense vs block-sparse self-attention.
 
-``python -m kernels.bench_e2e [--quick] [--interpret]``
+``python -m accel.kernels.bench_e2e [--quick] [--interpret]``
 
 The transformer is built from the published Wan2.1-T2V-1.3B config (diffusers
 ``WanTransformer3DModel``: 30 layers, 12 heads x 128, ffn 8960) with random bf16 weights (nothing is
 downloaded) and called once per timing at 480p (latent 21x60x104 -> 32,760 tokens) and 720p
 (21x90x160 -> 75,600 tokens). Sparse variants install an :class:`accel.attention.AttentionMethod` on
 ``attn1`` of every block (through :func:`accel.attention.installed`, i.e. the project's own
-``BenchAttnProcessor``) that calls :func:`kernels.block_sparse_attention` with a block mask of a
+``BenchAttnProcessor``) that calls :func:`accel.kernels.block_sparse.block_sparse_attention` with a block mask of a
 forced density:
 
 * ``random``: i.i.d. blocks; ``local``: the nearest key blocks in the (frame, h, w) grid, like a
@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from kernels.bench import reexec_interpreted
+from accel.kernels.bench import reexec_interpreted
 
 WAN_13B = {
     "patch_size": (1, 2, 2),
@@ -79,7 +79,8 @@ def topk_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
 def make_method(kind: str, density: float, block: int, stride: int):
     """An attention method with a forced mask density that times every self-attention call."""
     from accel.attention import AttentionMethod
-    from kernels import antidiagonal_block_scores, block_sparse_attention, uniform_offsets
+    from accel.kernels.block_sparse import block_sparse_attention, uniform_offsets
+    from accel.kernels.estimate import antidiagonal_block_scores
 
     class ForcedDensity(AttentionMethod):
         name = f"{kind}@{density:g}"
@@ -215,7 +216,7 @@ def run_resolution(model, name: str, latent: tuple[int, int, int], args: argpars
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m kernels.bench_e2e", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m accel.kernels.bench_e2e", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="480p only, density 0.25, one timed call")
     p.add_argument("--interpret", action="store_true", help="tiny model on CPU through the Triton interpreter")
     p.add_argument("--resolutions", nargs="+", choices=sorted(LATENTS), default=sorted(LATENTS))
@@ -231,12 +232,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.interpret:
-        reexec_interpreted("kernels.bench_e2e")
+        reexec_interpreted("accel.kernels.bench_e2e")
         device, dtype, config, latents = torch.device("cpu"), torch.float32, TINY, TINY_LATENT
         args.block, args.stride, args.warmup, args.iters = 8, 4, 0, 1
     else:
         if not torch.cuda.is_available():
-            print("kernels.bench_e2e: no CUDA device, nothing to time (try --interpret for a tiny CPU smoke run).")
+            print("accel.kernels.bench_e2e: no CUDA device, nothing to time (--interpret: a tiny CPU smoke run).")
             return 0
         device, dtype, config = torch.device("cuda"), torch.bfloat16, WAN_13B
         latents = {r: LATENTS[r] for r in (["480p"] if args.quick else args.resolutions)}

@@ -7,9 +7,9 @@ so both fixed blocks (XAttention: :func:`uniform_offsets`) and per-head cluster 
 its permutation) use the same call. Query rows whose block selects no key get a zero output,
 as FlashAttention-style kernels return.
 
-:func:`block_sparse_attention` dispatches (see :mod:`kernels.dispatch`): the Triton kernels of
-:mod:`kernels.triton_attention` (fixed blocks when both offsets are uniform, the variable-size kernel
-otherwise), FlexAttention (:mod:`kernels.flex`, fixed blocks), or torch: :func:`_gathered` for fixed blocks (query
+:func:`block_sparse_attention` dispatches (see :mod:`accel.kernels.dispatch`): the Triton kernels of
+:mod:`accel.kernels.triton_attention` (fixed blocks when both offsets are uniform, the variable-size kernel
+otherwise), FlexAttention (:mod:`accel.kernels.flex`, fixed blocks), or torch: :func:`_gathered` for fixed blocks (query
 blocks grouped by how many key blocks they select, one batched SDPA per group) and the loop :func:`_reference` for
 variable-size blocks.
 """
@@ -24,7 +24,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from kernels import dispatch
+from accel.kernels import dispatch
 
 
 def uniform_offsets(length: int, block_size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -117,7 +117,7 @@ def block_sparse_attention(
     ``mask`` is bool ``(B, H, nq, nk)`` (a ``(H, nq, nk)`` mask is broadcast over the batch).
     A mask that selects every block takes the exact dense path (``scaled_dot_product_attention``
     without a mask), so a fully dense setting reproduces dense attention bit for bit. ``backend``
-    (``auto``/``triton``/``torch``) overrides :func:`kernels.dispatch.use_backend` and ``ACCEL_KERNELS``.
+    (``auto``/``triton``/``torch``) overrides :func:`accel.kernels.dispatch.use_backend` and ``ACCEL_KERNELS``.
 
     What the caller knows spares the host-device syncs of finding it out (none is left on the Triton path, so a
     transformer call can be captured in a CUDA graph): ``block_size`` (one int, or query and key sizes) says the
@@ -125,8 +125,8 @@ def block_sparse_attention(
     are not uniform (the variable-size kernel runs without looking at them; on CUDA their last entry is checked
     by a device-side assert instead of on the host); ``dense`` says whether every
     block is selected (``None``: look, one sync); ``lookup`` is what the backend builds from ``mask``
-    (:func:`kernels.triton_attention.build_lookup` for Triton, :func:`kernels.flex.block_mask` for flex), kept by a
-    caller that reuses the mask.
+    (:func:`accel.kernels.triton_attention.build_lookup` for Triton, :func:`accel.kernels.flex.block_mask` for flex),
+    kept by a caller that reuses the mask.
     """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError("q, k, v must be (B, L, H, D)")
@@ -171,14 +171,14 @@ def block_sparse_attention(
             return _gathered(q, k, v, mask, bq, bk, scale)
         return _reference(q, k, v, mask, q_off, k_off, scale)
     if chosen == "flex":
-        from kernels import flex
+        from accel.kernels import flex
 
         if bq is None or bk is None:  # clusters: a fixed grid over the permuted tokens
             blocks = lookup if lookup is not None else flex.cluster_block_mask(mask, q_off, k_off, lq, lk)
             grid = blocks.BLOCK_SIZE[0]
             return flex.flex_block_sparse_attention(q, k, v, mask, grid, grid, scale, blocks=blocks)
         return flex.flex_block_sparse_attention(q, k, v, mask, bq, bk, scale, blocks=lookup)
-    from kernels import triton_attention
+    from accel.kernels import triton_attention
 
     if bq is not None and bk is not None:
         return triton_attention.fixed_block_sparse_attention(q, k, v, mask, bq, bk, scale, lookup=lookup)

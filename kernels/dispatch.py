@@ -1,11 +1,15 @@
 """Backend choice for the kernels: Triton, FlexAttention or the pure-torch reference.
 
+``accel.kernels`` (the repository's top-level ``kernels/`` folder, a namespace package with no ``__init__``: see
+``accel/__init__.py``) has two public entry points, :func:`accel.kernels.block_sparse.block_sparse_attention`
+and the XAttention estimator :func:`accel.kernels.estimate.antidiagonal_block_scores`; each dispatches here.
+
 Order of precedence: an explicit ``backend=`` argument, then :func:`use_backend` (a context
 manager), then the environment variable ``ACCEL_KERNELS`` (``auto`` | ``triton`` | ``flex`` | ``torch``,
 default ``auto``). ``auto`` picks Triton for CUDA tensors, and for CPU tensors only when
-``TRITON_INTERPRET=1``; everything else uses torch. FlexAttention (:mod:`kernels.flex`) runs when forced: on CPU
+``TRITON_INTERPRET=1``; everything else uses torch. FlexAttention (:mod:`accel.kernels.flex`) runs when forced: on CPU
 the torch path needs no compile (flex: 5-22 s per shape), wins from blocks of 64 tokens and is even with flex at
-block 16 up to 2,304 tokens (``python -m kernels.bench --device cpu``); on CUDA Triton stays the default until the
+block 16 up to 2,304 tokens (``python -m accel.kernels.bench --device cpu``); on CUDA Triton stays the default until the
 GPU benchmark compares them. On CPU, Triton can only
 run in its interpreter, which Triton fixes when it is imported: ``TRITON_INTERPRET=1`` must be in the environment before
 anything imports ``triton`` (``import torch, diffusers`` does). Triton is optional: without it (macOS,
@@ -82,7 +86,7 @@ def requested_backend(backend: str | None = None) -> str:
 
 def triton_interprets() -> bool:
     """Whether the imported Triton runs kernels in its interpreter (``TRITON_INTERPRET=1`` when it was imported)."""
-    from kernels._jit import triton_interprets as check
+    from accel.kernels._jit import triton_interprets as check
 
     return check()
 
@@ -99,7 +103,7 @@ def resolve(device: torch.device, backend: str | None = None) -> str:
     if want == "torch":
         return "torch"
     if want == "flex":
-        from kernels import flex
+        from accel.kernels import flex
 
         if not flex.available():
             raise RuntimeError(f"{ENV_VAR}=flex but FlexAttention cannot be compiled here (no C++ compiler)")

@@ -8,8 +8,8 @@ all reduced keys of a reduced query row, and summed into ``B x B`` blocks. The s
 zero-padded to a multiple of ``B``; reduced keys made only of padding are excluded from the softmax
 and padded reduced queries contribute nothing. Cost: about ``1/S`` of a dense ``Q K^T``.
 
-:func:`antidiagonal_block_scores` dispatches (see :mod:`kernels.dispatch`) to the Triton kernel of
-:mod:`kernels.triton_estimate` or to the chunked torch reference below.
+:func:`antidiagonal_block_scores` dispatches (see :mod:`accel.kernels.dispatch`) to the Triton kernel of
+:mod:`accel.kernels.triton_estimate` or to the chunked torch reference below.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from kernels import dispatch
+from accel.kernels import dispatch
 
 _MAX_LOGIT_ELEMS = 1 << 26
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -46,13 +46,14 @@ def antidiagonal_block_scores(
     """Block scores ``(B, H, ceil(Lq/B), ceil(Lk/B))`` fp32 from ``q, k`` of shape ``(B, L, H, D)``.
 
     Each reduced query row sums to one over the keys, so a block row sums to (at most) ``B/S``.
-    ``backend`` (``auto``/``triton``/``torch``) overrides :func:`kernels.dispatch.use_backend` and ``ACCEL_KERNELS``.
+    ``backend`` (``auto``/``triton``/``torch``) overrides :func:`accel.kernels.dispatch.use_backend` and
+    ``ACCEL_KERNELS``.
     """
     if block_size % stride:
         raise ValueError(f"block_size {block_size} must be a multiple of stride {stride}")
     chosen = dispatch.resolve(q.device, backend)
     if chosen == "triton":
-        from kernels import triton_estimate
+        from accel.kernels import triton_estimate
 
         if triton_estimate.supports(stride, block_size, q.shape[-1]) and q.dtype in _TRITON_DTYPES:
             dispatch.record("antidiagonal_block_scores", "triton")

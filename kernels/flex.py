@@ -1,5 +1,5 @@
 """Block-sparse attention through PyTorch's FlexAttention: a compiled block-sparse kernel on CPU (inductor's C++)
-and on GPU (inductor's Triton), the third backend beside :mod:`kernels.triton_attention` and the torch reference.
+and on GPU (inductor's Triton), the third backend beside :mod:`accel.kernels.triton_attention` and the torch reference.
 
 The ``BlockMask`` is built straight from the bool block mask, never from a token mask: the selected blocks that
 lie wholly inside the sequences are *full* blocks (no ``mask_mod`` evaluated in them), and the selected blocks of
@@ -61,7 +61,7 @@ def _from_blocks(full: torch.Tensor, partial: torch.Tensor, block: tuple[int, in
     the partial blocks only)."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    from kernels.triton_attention import build_lookup
+    from accel.kernels.triton_attention import build_lookup
 
     b, h, nq, nk = full.shape
     lut_full, count_full = build_lookup(full)
@@ -87,7 +87,7 @@ def cluster_block_mask(mask: torch.Tensor, q_off: torch.Tensor, k_off: torch.Ten
     clusters with offsets ``(B, H, n + 1)``: a grid block is computed when any cluster pair it overlaps is selected,
     *full* (no ``mask_mod``) when every one is, and *partial* otherwise, where the ``mask_mod`` looks up each token's
     cluster pair. Nothing of size ``Lq x Lk`` is built: rectangle sums of the cluster mask give both answers."""
-    from kernels.block_sparse import block_token_ids
+    from accel.kernels.block_sparse import block_token_ids
 
     b, h, _, nk = mask.shape
     q_ids, k_ids = block_token_ids(q_off, lq), block_token_ids(k_off, lk)  # (B, H, L): each token's cluster

@@ -21,7 +21,7 @@ dots compile to a 10 KB register spill on sm_90a, and the output is returned in 
 
 Launch settings: :func:`default_config` under the interpreter and when tuning is off (``ACCEL_AUTOTUNE=0``);
 on CUDA the first call of each ``(kernel, head dim, dtype, block sizes)`` times every :data:`TUNE_CONFIGS` entry
-(the tiles that compile for sm_90a without spills, ``python -m kernels.aot``) on its own inputs with
+(the tiles that compile for sm_90a without spills, ``python -m accel.kernels.aot``) on its own inputs with
 ``triton.testing.do_bench`` and keeps the fastest for the process. A ``config`` passed by the caller wins.
 """
 
@@ -36,12 +36,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._jit import device, jitted, triton_interprets
+from accel.kernels._jit import device, jitted, triton_interprets
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 ENV_AUTOTUNE = "ACCEL_AUTOTUNE"
-# spill-free on sm_90a for the fixed-block kernel at head dims 64 and 128 (`python -m kernels.aot`; 128x128/4w and
+# spill-free on sm_90a for the fixed-block kernel at head dims 64 and 128 (`python -m accel.kernels.aot`; 128x128/4w and
 # 128x64/4w spill); the variable-size kernel spills at 128x128 (255 registers, 40 B stack) and skips it
 TUNE_CONFIGS: tuple[dict[str, int], ...] = (
     {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3},

@@ -1,4 +1,4 @@
-"""XAttention antidiagonal block scoring in Triton (same output as :func:`kernels.estimate.antidiagonal_block_scores`).
+"""XAttention antidiagonal block scoring in Triton (as :func:`accel.kernels.estimate.antidiagonal_block_scores`).
 
 ONE pass over the reduced ``(Lq/S) x (Lk/S)`` logits, which are never stored:
 
@@ -29,8 +29,8 @@ import math
 import torch
 import triton.language as tl
 
-from kernels._jit import device, jitted, triton_interprets
-from kernels.triton_attention import LOG2E, MAX_HEAD_DIM, _pow2, _program, launch_config
+from accel.kernels._jit import device, jitted, triton_interprets
+from accel.kernels.triton_attention import LOG2E, MAX_HEAD_DIM, _pow2, _program, launch_config
 
 
 @device

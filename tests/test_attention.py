@@ -14,9 +14,10 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from accel.attention import SVG2, AttentionMethod, XAttention, installed, select_blocks
 from accel.attention.svg2 import _gather_tokens, _scatter_tokens, kmeans
 from accel.config import ConfigError, SVG2Settings, XAttentionSettings
+from accel.kernels.block_sparse import block_token_ids, mask_density, uniform_offsets
+from accel.kernels.estimate import antidiagonal_block_scores
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
-from kernels import antidiagonal_block_scores, block_token_ids, mask_density, uniform_offsets
 
 
 def structured_qk(length=256, heads=4, dim=16, seed=0):
@@ -241,7 +242,7 @@ def test_density_aware_execution_runs_dense_heads_on_sdpa():
     """Heads whose mask keeps more than dense_above of the blocks run dense SDPA (batched), the others block-sparse;
     telemetry says which ran how; the default limit is the backend's measured crossover."""
     from accel.attention.xattention import dense_crossover
-    from kernels import block_sparse_attention
+    from accel.kernels.block_sparse import block_sparse_attention
 
     gen = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(1, 64, 3, 16, generator=gen) for _ in range(3))

@@ -1,10 +1,10 @@
 """Ahead-of-time guard: every kernel configuration the project launches on CUDA compiles for sm_90a (H100/H200)
 without register spills and keeps its wgmma (``HGMMA``), for bf16 inputs.
 
-No GPU needed: :mod:`kernels.aot` compiles with Triton's bundled ``ptxas`` and reads the cubin with its bundled
+No GPU needed: :mod:`accel.kernels.aot` compiles with Triton's bundled ``ptxas`` and reads the cubin with its bundled
 ``cuobjdump``; skipped where this Triton cannot target CUDA. Only bf16 is guarded (fp16 compiles to the same
 registers; fp32 inputs are converted to bf16 on CUDA by the host code, their fp32 dots would spill). Shapes: Wan2.1
-480p (32,760 tokens, not a multiple of 16); ``python -m kernels.aot --length 32760 75600`` adds 720p. The sweep is
+480p (32,760 tokens, not a multiple of 16); ``python -m accel.kernels.aot --length 32760 75600`` adds 720p. The sweep is
 ~28 compiles, 20-45 s on two busy cores with a cold Triton cache, so it is marked slow; the detector tests are not.
 """
 
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from kernels import aot
+from accel.kernels import aot
 
 pytestmark = pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION:UserWarning")
 
@@ -59,8 +59,8 @@ def test_cases_cover_every_launch_config():
     attention kernels, and both estimation passes at their default tile and every tune_configs entry, all bf16."""
     if not CASES:
         pytest.skip("Triton is not installed")
-    from kernels import triton_attention as ta
-    from kernels import triton_estimate as te
+    from accel.kernels import triton_attention as ta
+    from accel.kernels import triton_estimate as te
 
     have = {(c.kernel, c.head_dim, tuple(sorted(c.config.items()))) for c in CASES}
     for d in (64, 128):

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
-from kernels import block_sparse, dispatch
+from accel.kernels import block_sparse, dispatch
+from accel.kernels.block_sparse import block_sparse_attention, uniform_offsets
+from accel.kernels.dispatch import resolve as resolve_backend
+from accel.kernels.dispatch import use_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -27,12 +29,12 @@ def clean_env(monkeypatch):
 def test_env_switch_and_precedence(clean_env):
     assert dispatch.requested_backend() == "auto"
     clean_env.setenv("ACCEL_KERNELS", "torch")
-    assert kernels.resolve_backend(CPU) == "torch"
+    assert resolve_backend(CPU) == "torch"
     clean_env.setenv("ACCEL_KERNELS", "TRITON ")
     assert dispatch.requested_backend() == "triton"
-    with kernels.use_backend("torch"):
+    with use_backend("torch"):
         assert dispatch.requested_backend() == "torch"  # context manager beats the environment
-        with kernels.use_backend("auto"):
+        with use_backend("auto"):
             assert dispatch.requested_backend() == "auto"
         assert dispatch.requested_backend("triton") == "triton"  # the argument beats both
         assert dispatch.requested_backend() == "torch"
@@ -41,25 +43,25 @@ def test_env_switch_and_precedence(clean_env):
     with pytest.raises(ValueError, match="one of"):
         dispatch.requested_backend()
     with pytest.raises(ValueError):
-        kernels.use_backend("fast").__enter__()
+        use_backend("fast").__enter__()
 
 
 def test_auto_on_cpu_is_torch_without_interpreter(clean_env):
-    assert kernels.resolve_backend(CPU) == "torch"
+    assert resolve_backend(CPU) == "torch"
     q = torch.randn(1, 16, 2, 8)
     mask = torch.tensor([[True, False], [False, True]])[None].expand(2, 2, 2)
     before = dispatch.calls[("block_sparse_attention", "torch")]
-    kernels.block_sparse_attention(q, q, q, mask)
+    block_sparse_attention(q, q, q, mask)
     assert dispatch.calls[("block_sparse_attention", "torch")] == before + 1
 
 
 def test_without_triton(clean_env):
     clean_env.setattr(dispatch, "_triton_ok", False)
-    assert kernels.resolve_backend(torch.device("cuda")) == "torch"
+    assert resolve_backend(torch.device("cuda")) == "torch"
     clean_env.setenv("TRITON_INTERPRET", "1")
-    assert kernels.resolve_backend(CPU) == "torch"
-    with pytest.raises(RuntimeError, match="cannot be imported"), kernels.use_backend("triton"):
-        kernels.resolve_backend(CPU)
+    assert resolve_backend(CPU) == "torch"
+    with pytest.raises(RuntimeError, match="cannot be imported"), use_backend("triton"):
+        resolve_backend(CPU)
 
 
 @pytest.mark.skipif(not dispatch.triton_available(), reason="triton is not installed")
@@ -67,25 +69,25 @@ def test_forced_triton_on_cpu_needs_the_interpreter(clean_env):
     if dispatch.triton_interprets():
         pytest.skip("this process runs Triton interpreted")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-        kernels.resolve_backend(CPU, "triton")
+        resolve_backend(CPU, "triton")
     clean_env.setenv("TRITON_INTERPRET", "1")  # too late for this process: warn and keep torch
     clean_env.setattr(dispatch, "_warned", False)
     with pytest.warns(UserWarning, match="TRITON_INTERPRET"):
-        assert kernels.resolve_backend(CPU) == "torch"
+        assert resolve_backend(CPU) == "torch"
 
 
 def test_dense_mask_keeps_the_exact_sdpa_shortcut(clean_env):
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 40, 2, 16, generator=gen) for _ in range(3))
     before = dispatch.calls[("block_sparse_attention", "dense")]
-    out = kernels.block_sparse_attention(q, k, v, torch.ones(1, 2, 5, 5, dtype=torch.bool), backend="triton")
+    out = block_sparse_attention(q, k, v, torch.ones(1, 2, 5, 5, dtype=torch.bool), backend="triton")
     ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     assert torch.equal(out, ref.transpose(1, 2))
     assert dispatch.calls[("block_sparse_attention", "dense")] == before + 1
 
 
 def test_uniform_offsets_are_recognised():
-    u = kernels.uniform_offsets(37, 8)
+    u = uniform_offsets(37, 8)
     assert block_sparse._uniform_block(u.expand(2, 3, 6), 37) == 8
     assert block_sparse._uniform_block(u.expand(2, 3, 6).clone(), 37) == 8
     other = u.expand(2, 3, 6).clone()
@@ -97,7 +99,7 @@ def test_uniform_offsets_are_recognised():
 
 @pytest.mark.skipif(not dispatch.triton_available(), reason="triton is not installed")
 def test_lookup_and_query_tiles():
-    from kernels.triton_attention import build_lookup, key_tiles, query_tiles
+    from accel.kernels.triton_attention import build_lookup, key_tiles, query_tiles
 
     mask = torch.tensor([[[[False, True, False, True], [False, False, False, False], [True, True, True, True]]]])
     lut, count = build_lookup(mask)
@@ -143,12 +145,15 @@ def test_lookup_and_query_tiles():
 def test_kernels_import_and_run_without_triton():
     code = (
         "import sys; sys.modules['triton'] = None\n"
-        "import torch, kernels\n"
-        "assert not kernels.triton_available()\n"
+        "import torch\n"
+        "from accel.kernels.block_sparse import block_sparse_attention\n"
+        "from accel.kernels.dispatch import triton_available\n"
+        "from accel.kernels.estimate import antidiagonal_block_scores\n"
+        "assert not triton_available()\n"
         "q = torch.randn(1, 16, 1, 8)\n"
         "m = torch.tensor([[[[True, False], [False, True]]]])\n"
-        "kernels.block_sparse_attention(q, q, q, m)\n"
-        "kernels.antidiagonal_block_scores(q, q, 2, 8)\n"
+        "block_sparse_attention(q, q, q, m)\n"
+        "antidiagonal_block_scores(q, q, 2, 8)\n"
         "print('ok')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
@@ -169,7 +174,7 @@ def _module(*args: str, interpret: bool = False) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_benchmarks_exit_cleanly_without_cuda():
-    for module in ("kernels.bench", "kernels.bench_e2e"):
+    for module in ("accel.kernels.bench", "accel.kernels.bench_e2e"):
         proc = _module(module, "--quick")
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "no CUDA device" in proc.stdout
@@ -178,10 +183,10 @@ def test_benchmarks_exit_cleanly_without_cuda():
 @pytest.mark.skipif(not dispatch.triton_available(), reason="triton is not installed")
 @pytest.mark.slow
 def test_benchmarks_smoke_under_the_interpreter():
-    proc = _module("kernels.bench", "--interpret", "--inputs", "structured", "--densities", "0.5")
+    proc = _module("accel.kernels.bench", "--interpret", "--inputs", "structured", "--densities", "0.5")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "estimation" in proc.stdout and "0.50" in proc.stdout
-    proc = _module("kernels.bench_e2e", "--interpret", "--kinds", "xattention", "--densities", "0.5")
+    proc = _module("accel.kernels.bench_e2e", "--interpret", "--kinds", "xattention", "--densities", "0.5")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "xattention" in proc.stdout and "Amdahl" in proc.stdout
 
@@ -192,7 +197,7 @@ def test_triton_path_reads_no_data_on_the_host(kind, monkeypatch):
     """Meta tensors hold no data, so any host read of a tensor (``.item()``, ``bool()``, ``int()``: a host-device
     sync on CUDA) fails. Given what the caller knows, the public entry (fixed blocks) and the variable-size kernel's
     host side reach the launch anyway: a transformer call can be captured in a CUDA graph."""
-    from kernels import triton_attention
+    from accel.kernels import triton_attention
 
     grids = []
 
@@ -206,12 +211,12 @@ def test_triton_path_reads_no_data_on_the_host(kind, monkeypatch):
     q, k, v = (torch.empty(2, 1000, 3, 64, device="meta", dtype=torch.bfloat16) for _ in range(3))
     mask = torch.empty(2, 3, 8, 8, device="meta", dtype=torch.bool)
     if kind == "fixed":
-        out = kernels.block_sparse_attention(q, k, v, mask, block_size=128, dense=False)
+        out = block_sparse_attention(q, k, v, mask, block_size=128, dense=False)
         lut = triton_attention.build_lookup(mask)
-        out = kernels.block_sparse_attention(q, k, v, mask, block_size=(128, 128), dense=False, lookup=lut)
+        out = block_sparse_attention(q, k, v, mask, block_size=(128, 128), dense=False, lookup=lut)
     else:
         off = torch.empty(2, 3, 9, device="meta", dtype=torch.long)
-        out = kernels.block_sparse_attention(q, k, v, mask, off, off, varlen=True, dense=False)
+        out = block_sparse_attention(q, k, v, mask, off, off, varlen=True, dense=False)
     assert out.shape == q.shape and len(grids) == (2 if kind == "fixed" else 1)
     with pytest.raises((RuntimeError, NotImplementedError)):  # the check itself: a data read does fail on meta
-        kernels.block_sparse_attention(q, k, v, mask, block_size=128)  # dense=None looks at the mask
+        block_sparse_attention(q, k, v, mask, block_size=128)  # dense=None looks at the mask

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-import kernels
-from kernels import dispatch, flex
-from kernels.block_sparse import _reference, uniform_offsets
+from accel.kernels import dispatch, flex
+from accel.kernels.block_sparse import _reference, block_sparse_attention, uniform_offsets
+from accel.kernels.dispatch import use_backend
 
 needs_flex = pytest.mark.skipif(not flex.available(), reason="FlexAttention cannot be compiled here")
 
@@ -45,11 +45,11 @@ def test_compiled_flex_through_the_public_entry() -> None:
     context; the compile time is kept apart."""
     q, k, v, mask, ref = _case(1100, 1100, 16, 0.3)
     before = dispatch.calls[("block_sparse_attention", "flex")]
-    out = kernels.block_sparse_attention(q, k, v, mask, block_size=16, backend="flex")
+    out = block_sparse_attention(q, k, v, mask, block_size=16, backend="flex")
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert out[0, 16:32, 1].abs().max() == 0
-    with kernels.use_backend("flex"):
-        out = kernels.block_sparse_attention(q, k, v, mask, block_size=16)
+    with use_backend("flex"):
+        out = block_sparse_attention(q, k, v, mask, block_size=16)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert dispatch.calls[("block_sparse_attention", "flex")] == before + 2
     assert any(key[2] == 1100 and seconds > 0 for key, seconds in flex.compile_seconds.items())
@@ -58,7 +58,7 @@ def test_compiled_flex_through_the_public_entry() -> None:
 @needs_flex
 def test_dispatch_rules(monkeypatch) -> None:
     """FlexAttention runs when forced (argument, context, environment); ``auto`` never picks it on CPU, where the
-    torch path needs no compile and wins or ties at the pocket models' shapes (kernels.bench --device cpu)."""
+    torch path needs no compile and wins or ties at the pocket models' shapes (accel.kernels.bench --device cpu)."""
     cpu = torch.device("cpu")
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -98,7 +98,7 @@ def _clusters(lq: int, lk: int, nq: int, nk: int, seed: int = 3, h: int = 2):
 def test_cluster_grid_marks_exactly_the_blocks_a_token_pair_needs() -> None:
     """SVG2's clusters on a fixed grid: a grid block is full iff every token pair in it is selected, computed
     (full or partial) iff any is; checked against the token mask built by brute force."""
-    from kernels.block_sparse import block_token_ids
+    from accel.kernels.block_sparse import block_token_ids
 
     lq, lk, grid = 150, 200, 16
     _, _, _, mask, q_off, k_off = _clusters(lq, lk, 6, 9)
@@ -140,7 +140,7 @@ def test_compiled_flex_over_clusters_through_the_public_entry() -> None:
     q, k, v, mask, q_off, k_off = _clusters(300, 300, 8, 12)
     ref = _reference(q, k, v, mask, q_off.expand(1, 2, 9), k_off.expand(1, 2, 13), None)
     before = dispatch.calls[("block_sparse_attention", "flex")]
-    out = kernels.block_sparse_attention(q, k, v, mask, q_off, k_off, varlen=True, dense=False, backend="flex")
+    out = block_sparse_attention(q, k, v, mask, q_off, k_off, varlen=True, dense=False, backend="flex")
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert dispatch.calls[("block_sparse_attention", "flex")] == before + 1
 
@@ -162,9 +162,9 @@ def test_a_generation_on_flex_is_the_reference_generation(tmp_path) -> None:
     settings = {"warmup_steps": 1, "block_size": 16, "stride": 4, "dense_above": 1.0}  # every head sparse
     cfg = RunConfig(prompt=PROMPT, method="xattention", settings=settings, height=128, width=128, frames=9, steps=3,
                     device="cpu")  # fmt: skip
-    with kernels.use_backend("flex"):
+    with use_backend("flex"):
         run = runner.generate(cfg, store)
-    with kernels.use_backend("torch"):
+    with use_backend("torch"):
         ref = runner.generate(cfg, store)
     assert run.metrics["kernel_calls"]["block_sparse_attention/flex"] > 0
     assert "block_sparse_attention/flex" not in ref.metrics["kernel_calls"]

@@ -7,8 +7,15 @@ import math
 import pytest
 import torch
 
-import kernels
-from kernels import antidiagonal_block_scores, block_sparse_attention, block_token_ids, mask_density, uniform_offsets
+from accel.kernels.block_sparse import (
+    block_sparse_attention,
+    block_token_ids,
+    block_work,
+    mask_density,
+    uniform_density,
+    uniform_offsets,
+)
+from accel.kernels.estimate import antidiagonal_block_scores
 
 
 def brute_attention(q, k, v, mask, q_off, k_off):
@@ -57,7 +64,7 @@ def test_block_sparse_matches_brute_force_fixed_blocks(density):
 def test_grouped_fixed_blocks_match_brute_force(monkeypatch, lq, lk, bq, bk):
     """The torch path for fixed blocks (query blocks grouped by selected count, gathered keys): cross lengths,
     partial last blocks on both sides, empty rows, and groups split by the gather budget."""
-    from kernels import block_sparse
+    from accel.kernels import block_sparse
 
     monkeypatch.setattr(block_sparse, "GATHER_BYTES", 4096)  # a few rows per SDPA call
     gen = torch.Generator().manual_seed(lq + lk)
@@ -80,10 +87,10 @@ def test_uniform_density_and_block_work():
     mask = torch.zeros(1, 2, 2, 2, dtype=torch.bool)
     mask[0, 0] = True
     mask[0, 1, 1, 1] = True  # the 4 x 4 corner of a 20 x 20 product split 16 + 4
-    density = kernels.uniform_density(mask, 16, 16, 20, 20)
+    density = uniform_density(mask, 16, 16, 20, 20)
     torch.testing.assert_close(density, mask_density(mask, uniform_offsets(20, 16), uniform_offsets(20, 16)))
     assert density[0, 1].item() == pytest.approx(16 / 400)
-    work = kernels.block_work(mask, 16, 16, 20, 20)
+    work = block_work(mask, 16, 16, 20, 20)
     assert work[0].tolist() == pytest.approx([4 * 256 / 400, 256 / 400])
 
 

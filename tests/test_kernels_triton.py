@@ -23,8 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
-from kernels import dispatch
+from accel.kernels import dispatch
+from accel.kernels.block_sparse import block_sparse_attention, uniform_offsets
+from accel.kernels.dispatch import resolve as resolve_backend
+from accel.kernels.dispatch import use_backend
+from accel.kernels.estimate import antidiagonal_block_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES: dict[str, Callable[[], None]] = {}
@@ -54,7 +57,7 @@ def qkv(b: int, lq: int, lk: int, h: int, d: int, seed: int, dtype=torch.float32
 
 def reference(q, k, v, mask, q_off=None, k_off=None) -> torch.Tensor:
     """The torch reference in float64 (never the dense shortcut: it is checked separately)."""
-    from kernels.block_sparse import _full_offsets, _reference
+    from accel.kernels.block_sparse import _full_offsets, _reference
 
     b, lq, h, _ = q.shape
     nq, nk = mask.shape[-2:]
@@ -75,7 +78,7 @@ def cluster_offsets(length: int, sizes: list[int]) -> torch.Tensor:
 
 def ran_triton(op: str, before: int) -> None:
     """The last call of ``op`` went through Triton, interpreted on CPU."""
-    from kernels._jit import _cache, is_interpreted
+    from accel.kernels._jit import _cache, is_interpreted
 
     assert dispatch.calls[(op, "triton")] == before + 1, f"{op} did not dispatch to triton: {dict(dispatch.calls)}"
     assert _cache and all(is_interpreted(kern) for kern in _cache.values())
@@ -83,7 +86,7 @@ def ran_triton(op: str, before: int) -> None:
 
 def sparse_call(q, k, v, mask, q_off=None, k_off=None) -> torch.Tensor:
     before = dispatch.calls[("block_sparse_attention", "triton")]
-    out = kernels.block_sparse_attention(q, k, v, mask, q_off, k_off)  # auto: TRITON_INTERPRET=1 -> triton
+    out = block_sparse_attention(q, k, v, mask, q_off, k_off)  # auto: TRITON_INTERPRET=1 -> triton
     ran_triton("block_sparse_attention", before)
     return out
 
@@ -103,7 +106,7 @@ def fixed_blocks(density: float, d: int) -> None:
     mask = random_mask(b, h, n, n, density, seed=2)
     mask[0, 0, 1] = False  # an empty query-block row -> zeros
     mask[0, 1, 2, -1] = True  # the short tail block is visited at least once
-    off = kernels.uniform_offsets(length, bs)
+    off = uniform_offsets(length, bs)
     out = sparse_call(q, k, v, mask, off, off)
     torch.testing.assert_close(out.double(), reference(q, k, v, mask, off, off), atol=2e-5, rtol=2e-5)
     assert torch.count_nonzero(out[0, bs : 2 * bs, 0]) == 0
@@ -111,7 +114,7 @@ def fixed_blocks(density: float, d: int) -> None:
 
 @case("fixed_dense_mask_equals_sdpa")
 def fixed_dense() -> None:
-    from kernels.triton_attention import fixed_block_sparse_attention
+    from accel.kernels.triton_attention import fixed_block_sparse_attention
 
     q, k, v = qkv(1, 45, 45, 2, 64, seed=3)
     mask = torch.ones(1, 2, 3, 3, dtype=torch.bool)  # block 16: 16 + 16 + 13
@@ -128,7 +131,7 @@ def fixed_cross_lengths() -> None:
     nq, nk = math.ceil(29 / 12), math.ceil(70 / 32)
     mask = random_mask(2, 2, nq, nk, 0.6, seed=5)
     mask[1, 0, 0] = False
-    q_off, k_off = kernels.uniform_offsets(29, 12), kernels.uniform_offsets(70, 32)
+    q_off, k_off = uniform_offsets(29, 12), uniform_offsets(70, 32)
     out = sparse_call(q, k, v, mask, q_off, k_off)
     torch.testing.assert_close(out.double(), reference(q, k, v, mask, q_off, k_off), atol=2e-5, rtol=2e-5)
 
@@ -163,7 +166,7 @@ def varlen_clusters(d: int, density: float) -> None:
 
 @case("varlen_dense_mask_equals_sdpa")
 def varlen_dense() -> None:
-    from kernels.triton_attention import varlen_block_sparse_attention
+    from accel.kernels.triton_attention import varlen_block_sparse_attention
 
     q, k, v = qkv(1, 40, 40, 2, 32, seed=10)
     off = cluster_offsets(40, [5, 0, 20, 15])
@@ -211,7 +214,7 @@ def svg2_path() -> None:
     before = dispatch.calls[("block_sparse_attention", "triton")]
     out = method.apply(q, k, v, state, 0, torch.ones(h), None)
     ran_triton("block_sparse_attention", before)
-    with kernels.use_backend("torch"):
+    with use_backend("torch"):
         ref = method.apply(q, k, v, state, 0, torch.ones(h), None)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
 
@@ -236,7 +239,7 @@ def xattention_lookup() -> None:
     assert method._lookups[0][1] is lookup  # reused with the mask
     method.apply(q, k, v, state.clone(), 0, torch.ones(h), None)
     assert method._lookups[0][1] is not lookup  # a new mask tensor: built again
-    with kernels.use_backend("torch"):
+    with use_backend("torch"):
         ref = method.apply(q, k, v, state, 0, torch.ones(h), None)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
 
@@ -248,9 +251,9 @@ def _scores_match_the_reference(q: torch.Tensor, k: torch.Tensor, stride: int, b
     """The Triton estimator ran and equals the float64 torch reference; each reduced query row of each of the 2 heads
     sums to one."""
     before = dispatch.calls[("antidiagonal_block_scores", "triton")]
-    got = kernels.antidiagonal_block_scores(q, k, stride, block)
+    got = antidiagonal_block_scores(q, k, stride, block)
     ran_triton("antidiagonal_block_scores", before)
-    ref = kernels.antidiagonal_block_scores(q.double(), k.double(), stride, block, backend="torch")
+    ref = antidiagonal_block_scores(q.double(), k.double(), stride, block, backend="torch")
     torch.testing.assert_close(got.double(), ref.double(), atol=1e-5, rtol=1e-5)
     assert got.sum().item() == pytest.approx(math.ceil(q.shape[1] / stride) * 2, rel=1e-5)
 
@@ -269,8 +272,8 @@ def estimate(lq: int, lk: int, stride: int, block: int, d: int) -> None:
 def estimate_growing_logits(lq: int, lk: int, stride: int, block: int, d: int, growth: float) -> None:
     """Many key tiles per reduced row, logits growing along the keys: each row's running max rises tile after tile,
     so every partial block sum is rescaled to the final max by the combine (a missing rescale is off by ~3-9)."""
-    from kernels.estimate import _regroup
-    from kernels.triton_estimate import estimate_config
+    from accel.kernels.estimate import _regroup
+    from accel.kernels.triton_estimate import estimate_config
 
     q, k, _ = qkv(1, lq, lk, 2, d, seed=29)
     q = q + 1.0
@@ -291,15 +294,15 @@ def estimate_growing_logits(lq: int, lk: int, stride: int, block: int, d: int, g
 def dispatch_rules() -> None:
     cpu = torch.device("cpu")
     assert dispatch.triton_interprets()
-    assert kernels.resolve_backend(cpu) == "triton"  # auto + TRITON_INTERPRET=1 on CPU
-    with kernels.use_backend("torch"):
-        assert kernels.resolve_backend(cpu) == "torch"
-        assert kernels.resolve_backend(cpu, "triton") == "triton"  # the argument wins
+    assert resolve_backend(cpu) == "triton"  # auto + TRITON_INTERPRET=1 on CPU
+    with use_backend("torch"):
+        assert resolve_backend(cpu) == "torch"
+        assert resolve_backend(cpu, "triton") == "triton"  # the argument wins
     q, k, v = qkv(1, 16, 16, 1, 16, seed=17)
     mask = torch.tensor([[[[True, False], [True, True]]]])
     before = dict(dispatch.calls)
-    with kernels.use_backend("torch"):
-        kernels.block_sparse_attention(q, k, v, mask)
+    with use_backend("torch"):
+        block_sparse_attention(q, k, v, mask)
     assert dispatch.calls[("block_sparse_attention", "torch")] == before.get(("block_sparse_attention", "torch"), 0) + 1
     assert dispatch.calls[("block_sparse_attention", "triton")] == before.get(("block_sparse_attention", "triton"), 0)
 
@@ -377,12 +380,12 @@ def test_fixed_blocks_at_size(device: str, d: int, density: float) -> None:
     if density < 1.0:
         mask[0, 0, 3] = False  # an empty row
     if device == "cuda":
-        from kernels.triton_attention import fixed_block_sparse_attention
+        from accel.kernels.triton_attention import fixed_block_sparse_attention
 
         out = fixed_block_sparse_attention(q, k, v, mask, bs, bs)  # no dense shortcut, even at density 1
     else:
-        out = kernels.block_sparse_attention(q, k, v, mask, block_size=bs, dense=False, backend=backend)
-    off = kernels.uniform_offsets(length, bs, device)
+        out = block_sparse_attention(q, k, v, mask, block_size=bs, dense=False, backend=backend)
+    off = uniform_offsets(length, bs, device)
     ref = reference(q.float(), k.float(), v.float(), mask, off, off)
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
     if density < 1.0:
@@ -400,12 +403,12 @@ def test_public_entry_at_size(device: str, how: str) -> None:
     dtype, backend, tol = _setting(device)
     q, k, v = qkv(2, 1000, 1000, 2, 128, seed=22, dtype=dtype, device=device)
     mask = random_mask(2, 2, 8, 8, 0.4, seed=23).to(device)
-    off = kernels.uniform_offsets(1000, 128, device)
+    off = uniform_offsets(1000, 128, device)
     before = dispatch.calls[("block_sparse_attention", backend)]
     if how == "offsets":
-        out = kernels.block_sparse_attention(q, k, v, mask, off, off, backend=backend)  # both sides' blocks
+        out = block_sparse_attention(q, k, v, mask, off, off, backend=backend)  # both sides' blocks
     else:
-        out = kernels.block_sparse_attention(q, k, v, mask, block_size=128, dense=False, backend=backend)
+        out = block_sparse_attention(q, k, v, mask, block_size=128, dense=False, backend=backend)
     assert dispatch.calls[("block_sparse_attention", backend)] == before + 1
     ref = reference(q.float(), k.float(), v.float(), mask, off, off)
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
@@ -422,7 +425,7 @@ def test_varlen_at_size(device: str) -> None:
     sizes[:, -1] += length - sizes.sum(-1)
     off = torch.nn.functional.pad(sizes.cumsum(-1), (1, 0)).view(b, h, n + 1).to(device)
     mask = (torch.rand(b, h, n, n, generator=gen) < 0.3).to(device)
-    out = kernels.block_sparse_attention(q, k, v, mask, off, off, varlen=True, dense=False, backend=backend)
+    out = block_sparse_attention(q, k, v, mask, off, off, varlen=True, dense=False, backend=backend)
     ref = reference(q.float(), k.float(), v.float(), mask, off, off)
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
 
@@ -432,22 +435,22 @@ def test_varlen_at_size(device: str) -> None:
 @pytest.mark.parametrize(("stride", "block"), [(16, 128), (8, 128)])
 def test_gpu_estimate_bf16(stride: int, block: int) -> None:
     q, k, _ = qkv(1, 3001, 3001, 4, 128, seed=26, dtype=torch.bfloat16, device="cuda")
-    got = kernels.antidiagonal_block_scores(q, k, stride, block)
-    ref = kernels.antidiagonal_block_scores(q, k, stride, block, backend="torch")
+    got = antidiagonal_block_scores(q, k, stride, block)
+    ref = antidiagonal_block_scores(q, k, stride, block, backend="torch")
     torch.testing.assert_close(got, ref, atol=2e-3, rtol=2e-2)
 
 
 @pytest.mark.gpu
 @gpu
 def test_gpu_fp32_runs_in_bf16_with_a_warning() -> None:
-    from kernels.triton_attention import fixed_block_sparse_attention
+    from accel.kernels.triton_attention import fixed_block_sparse_attention
 
     q, k, v = qkv(1, 512, 512, 2, 64, seed=27, device="cuda")
     mask = random_mask(1, 2, 4, 4, 0.5, seed=28).cuda()
     with pytest.warns(UserWarning, match="fp32 inputs run in bf16"):
         out = fixed_block_sparse_attention(q, k, v, mask, 128, 128)
     assert out.dtype == torch.float32
-    off = kernels.uniform_offsets(512, 128, "cuda")
+    off = uniform_offsets(512, 128, "cuda")
     torch.testing.assert_close(out.double(), reference(q, k, v, mask, off, off), atol=2e-2, rtol=2e-2)
 
 

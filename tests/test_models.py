@@ -236,20 +236,6 @@ def test_defaults_device_and_dtype():
     assert models.default_dtype(dev) == (torch.bfloat16 if dev == "cuda" else torch.float32)
 
 
-@pytest.mark.slow
-def test_project_packages_do_not_shadow_hf_kernels():
-    """Our top-level `kernels` must not make diffusers/transformers think HF `kernels` is installed."""
-    code = (
-        "import kernels, diffusers.utils as du, transformers.utils as tu;"
-        "assert hasattr(kernels, 'block_sparse_attention');"
-        "assert not du.is_kernels_available(), 'diffusers sees kernels';"
-        "assert not tu.is_kernels_available(), 'transformers sees kernels';"
-        "from diffusers import WanTransformer3DModel; from transformers import UMT5EncoderModel; print('ok')"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-
-
 def test_size_presets_fill_only_the_sizes_not_given() -> None:
     """``--size-preset bench``: the pocket models' attention-heavy size (over 2,000 tokens per call); explicit sizes
     win; a model without the preset or an unknown name is a one-line error."""

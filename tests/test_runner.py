@@ -55,7 +55,7 @@ def test_xattention_run_folder(store, tiny_pipe):
 
 def test_a_backend_that_cannot_run_is_refused_before_loading(store, monkeypatch):
     from accel.config import ConfigError
-    from kernels import flex
+    from accel.kernels import flex
 
     monkeypatch.setattr(flex, "available", lambda: False)
     with pytest.raises(ConfigError, match=r"kernels=flex: .*cannot be compiled here"):

@@ -37,9 +37,9 @@ from accel.attention import AttentionMethod, installed
 from accel.attention.headwise import HeadwiseSparse
 from accel.attention.thresholds import write_table
 from accel.config import ConfigError, RunConfig
+from accel.kernels import dispatch
 from accel.methods import build_attention, calibratable
 from accel.models import pipeline_call
-from kernels import dispatch
 
 # Calibration prompts for real checkpoints: natural captions like the seeds' evaluation prompts.
 DEFAULT_PROMPTS = (

@@ -19,10 +19,10 @@ from accel.attention.base import AttentionMethod
 from accel.attention.reuse import MaskReuse
 from accel.attention.thresholds import load_table
 from accel.config import ConfigError, HeadwiseSettings
+from accel.kernels import dispatch
 from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
-from kernels import dispatch
 from profiling.ranges import named_range
 
 DEFAULT_BRANCH = "*"

@@ -24,10 +24,10 @@ import torch
 
 from accel.attention.headwise import HeadwiseSparse
 from accel.config import SVG2Settings
+from accel.kernels.block_sparse import block_sparse_attention, mask_density
 from accel.schema import ArrayKind, Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
-from kernels import block_sparse_attention, mask_density
 
 _MAX_DIST_ELEMS = 1 << 26
 

@@ -9,16 +9,12 @@ import torch
 
 from accel.attention.headwise import HeadwiseSparse
 from accel.config import ConfigError, XAttentionSettings
+from accel.kernels import dispatch
+from accel.kernels.block_sparse import block_sparse_attention, block_work, uniform_density
+from accel.kernels.estimate import antidiagonal_block_scores
 from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
-from kernels import (
-    antidiagonal_block_scores,
-    block_sparse_attention,
-    block_work,
-    dispatch,
-    uniform_density,
-)
 
 
 def select_blocks(scores: torch.Tensor, tau: float | torch.Tensor, keep_first: bool = True) -> torch.Tensor:
@@ -105,11 +101,11 @@ class XAttention(HeadwiseSparse):
         kept = self._lookups.get(layer)
         if kept is None or kept[0] is not state:
             if backend == "flex":
-                from kernels.flex import block_mask
+                from accel.kernels.flex import block_mask
 
                 built = block_mask(state, self.block_size, self.block_size, q.shape[1], k.shape[1])
             else:
-                from kernels.triton_attention import build_lookup
+                from accel.kernels.triton_attention import build_lookup
 
                 built = build_lookup(state)
             kept = self._lookups[layer] = (state, built)
@@ -149,10 +145,10 @@ class XAttention(HeadwiseSparse):
 
 
 def dense_crossover(backend: str, block_size: int, tokens: int) -> float | None:
-    """Block work (:func:`kernels.block_work`) above which dense SDPA beats ``backend`` on a head, as measured by
-    ``python -m kernels.bench --device cpu --heads 6 --dim 32 --block B`` on 2 cores (None: off). From 1,024 tokens
-    both CPU backends win at work 0.25 and lose at 0.5 with blocks of 16-32 tokens (small query tiles run SDPA
-    inefficiently), and win at 0.5 with blocks of 64-128; below 1,024 tokens (the default 320-token run) the torch
+    """Block work (:func:`accel.kernels.block_sparse.block_work`) above which dense SDPA beats ``backend`` on a head, as
+    measured by ``python -m accel.kernels.bench --device cpu --heads 6 --dim 32 --block B`` on 2 cores (None: off). From
+    1,024 tokens both CPU backends win at work 0.25 and lose at 0.5 with blocks of 16-32 tokens (small query tiles run
+    SDPA inefficiently), and win at 0.5 with blocks of 64-128; below 1,024 tokens (the default 320-token run) the torch
     path only wins at 0.1. Triton: not yet measured on a GPU, so off."""
     if backend == "triton":
         return None

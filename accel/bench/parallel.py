@@ -8,11 +8,11 @@ density after the dense warm-up. On CPU (gloo) the numbers show the mechanics, n
 
 ``model`` prints the modelled step time of Wan2.1-1.3B / 14B at 480p / 720p on 1, 2, 4 and 8 GPUs from the FLOPs of
 one denoising step (both CFG branches), per-GPU throughputs and the all-to-all volume over NVLink. The throughputs
-are inputs (defaults: assumptions for an H200 in bf16, stated in ``--help``), to be replaced by measured kernel
-rates (``kernels.bench`` on the GPU ledger). With ``--run`` a stored sparse run's per-head densities set the attention
+are inputs (defaults: assumptions for an H200 in bf16, stated in ``--help``), to be replaced by measured kernel rates
+(``accel.kernels.bench`` on the GPU ledger). With ``--run`` a stored sparse run's per-head densities set the attention
 work and the load imbalance: Ulysses gives each rank H/N heads, a rank's attention time is the sum of its heads'
-densities, and the step waits for the slowest rank. ``balanced`` assigns heads to ranks greedily (densest first, to
-the least-loaded rank with room), which Ulysses allows for free: attention is per head, so permuting heads before
+densities, and the step waits for the slowest rank. ``balanced`` assigns heads to ranks greedily (densest first, to the
+least-loaded rank with room), which Ulysses allows for free: attention is per head, so permuting heads before
 the all-to-all and back after it changes nothing but who computes what.
 """
 

@@ -3,7 +3,8 @@
 One module per command family: :mod:`accel.cli.generate` (loads a model), :mod:`accel.cli.runs` (the run store),
 :mod:`accel.cli.bench`; method flags (``--tau``, ``--stride``, ...) come from the settings through
 :mod:`accel.cli.flags`. Errors the user can act on (:class:`accel.errors.UserError`: bad settings, missing
-models, unknown runs) print one ``error: ...`` line and exit 2; any other exception keeps its traceback.
+models, unknown runs) print one ``error: ...`` line and exit 2; a broken package (:class:`accel.errors.DependencyError`)
+prints its traceback and then its root cause as the last line, exit 1; any other exception keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from accel.cli import bench, generate, runs
 from accel.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, CliError, Formatter, Parser
 from accel.cli.flags import method_settings, setting_flags
-from accel.errors import UserError, one_line
+from accel.errors import DependencyError, UserError, one_line
 
 __all__ = ["CliError", "build_parser", "main", "method_settings", "setting_flags"]
 
@@ -63,3 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:  # anything else is a bug or a broken environment: its traceback is kept
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except DependencyError as exc:  # a broken package: the traceback, then its root cause as the last line
+        traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
