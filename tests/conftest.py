@@ -10,6 +10,10 @@ import torch
 from accel.forms import DEFAULT_PROMPT
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+# the project's own settings of the shell that runs the tests (ACCEL_KERNELS, ACCEL_RUNS_DIR, the request caps ...)
+# never reach them, session fixtures included: a test that needs one sets it (monkeypatch)
+for _name in [n for n in os.environ if n.startswith("ACCEL_")]:
+    del os.environ[_name]
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # 64x64x5 frames -> latent 2 x 8 x 8 -> 2 x 4 x 4 = 32 tokens; 128x128x9 -> 3 x 8 x 8 = 192 tokens.

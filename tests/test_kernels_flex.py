@@ -72,6 +72,7 @@ def test_dispatch_rules(monkeypatch) -> None:
 
 
 def test_flex_forced_without_a_compiler_is_one_clear_error(monkeypatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # auto on CPU is torch unless the interpreter is asked for
     monkeypatch.setattr(flex, "available", lambda: False)
     with pytest.raises(RuntimeError, match="FlexAttention cannot be compiled here"):
         dispatch.resolve(torch.device("cpu"), "flex")

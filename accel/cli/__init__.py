@@ -1,4 +1,4 @@
-"""Command line: ``python -m accel generate | calibrate | compare | breakdown | bench-quality | report | runs``.
+"""Command line: ``python -m accel generate | calibrate | compare | breakdown | bench-quality | report | runs | env``.
 
 One module per command family: :mod:`accel.cli.generate` (loads a model), :mod:`accel.cli.runs` (the run store),
 :mod:`accel.cli.bench`; method flags (``--tau``, ``--stride``, ...) come from the settings through
@@ -15,6 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from accel import env
 from accel.cli import bench, generate, runs
 from accel.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, CliError, Formatter, Parser
 from accel.cli.flags import method_settings, setting_flags
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for family in (generate, runs, bench):
         family.add_parsers(sub)
+    env.add_parser(sub)
     return parser
 
 
