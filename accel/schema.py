@@ -11,23 +11,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Mapping
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
-
-if sys.version_info >= (3, 11):
-    from enum import StrEnum
-else:  # pragma: no cover - Python 3.10
-
-    class StrEnum(str, Enum):
-        """``enum.StrEnum`` of Python 3.11: members are their string values."""
-
-        def __str__(self) -> str:
-            return str(self.value)
-
 
 # What the views read from config.json and metrics.json: a run whose values have other types is damaged.
 CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {

@@ -51,14 +51,19 @@ def test_root_cause_is_the_innermost_exception_s_last_line():
     assert issubclass(DependencyError, RuntimeError) and not issubclass(DependencyError, UserError)
 
 
-def _needs_hf_kernels() -> None:
+@pytest.fixture()
+def shadow(tmp_path) -> Path:
+    """A folder holding a package named ``kernels`` without ``CUDAProperties``: put ahead of Hugging Face's on
+    sys.path, it is the issue's failure (transformers >= 5.25 imports ``kernels``, which requires it)."""
     try:
         importlib.metadata.distribution("kernels")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("transformers imports Hugging Face's kernels only from 5.25, which requires it")
+    (tmp_path / "shadow" / "kernels").mkdir(parents=True)
+    (tmp_path / "shadow" / "kernels" / "__init__.py").write_text("")
+    return tmp_path / "shadow"
 
 
-# The issue's failure, reproduced: a package named `kernels` without CUDAProperties ahead of Hugging Face's on sys.path.
 APP_SCRIPT = """
 import io, logging, os, sys
 import gradio as gr
@@ -84,12 +89,8 @@ print("KERNELS", kernels.__file__)
 
 
 @pytest.mark.slow
-def test_the_app_shows_the_root_cause_and_recovers_once_the_package_is_fixed(tmp_path):
-    _needs_hf_kernels()
-    shadow = tmp_path / "shadow" / "kernels"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text("")
-    env = {**os.environ, "SHADOW": str(shadow.parent), "ACCEL_RUNS_DIR": str(tmp_path / "runs"), "HF_HUB_OFFLINE": "1"}
+def test_the_app_shows_the_root_cause_and_recovers_once_the_package_is_fixed(tmp_path, shadow):
+    env = {**os.environ, "SHADOW": str(shadow), "ACCEL_RUNS_DIR": str(tmp_path / "runs"), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", APP_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
@@ -102,12 +103,8 @@ def test_the_app_shows_the_root_cause_and_recovers_once_the_package_is_fixed(tmp
 
 
 @pytest.mark.slow
-def test_the_cli_prints_the_traceback_then_the_root_cause_and_exits_1(tmp_path):
-    _needs_hf_kernels()
-    shadow = tmp_path / "shadow" / "kernels"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text("")
-    env = {**os.environ, "PYTHONPATH": str(shadow.parent), "HF_HUB_OFFLINE": "1"}
+def test_the_cli_prints_the_traceback_then_the_root_cause_and_exits_1(tmp_path, shadow):
+    env = {**os.environ, "PYTHONPATH": str(shadow), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "accel", "generate", "--model", "tiny-wan", "--prompt", "a red circle moves left",
            "--steps", "1", "--out-dir", str(tmp_path / "runs")]  # fmt: skip
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

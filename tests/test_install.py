@@ -17,19 +17,26 @@ def test_a_wheel_install_generates_from_another_directory(tmp_path):
     setuptools = pytest.importorskip("setuptools")
     if tuple(int(p) for p in setuptools.__version__.split(".")[:2]) < (70, 1):
         pytest.skip("building a wheel offline needs setuptools >= 70.1 (bdist_wheel built in)")
-    venv = tmp_path / "venv"
-    # this interpreter's site (torch, diffusers, pip, setuptools ...) stays visible: only the project is installed
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
-    py = str(venv / "bin" / "python")
-    install = [py, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(ROOT)]
+    # the project's wheel unpacked into a folder of its own, ahead of this interpreter's site (torch, diffusers ...;
+    # a nested venv would see the base interpreter's site instead, which a fresh CI venv leaves empty)
+    site = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site),
+               str(ROOT)]  # fmt: skip
     subprocess.run(install, check=True, capture_output=True, timeout=600)
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
-    where = subprocess.run([py, "-c", "import accel.paths as p; print(p.__file__); print(p.ASSETS)"], cwd=work,
-                           env=env, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
-    assert where[0].startswith(str(venv)) and where[1] == str(Path(where[0]).parent / "assets")
-    cmd = [py, "-m", "accel", "generate", "--prompt", "a red circle moves left", "--steps", "2", "--out-dir", "runs"]
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
+    probe = (
+        "import accel.paths as p, accel.kernels.dispatch as d, importlib.util as u\n"
+        "print(p.__file__, p.ASSETS, d.__file__, getattr(u.find_spec('kernels'), 'origin', None))"
+    )
+    where = subprocess.run([sys.executable, "-c", probe], cwd=work, env=env, capture_output=True, text=True,
+                           check=True).stdout.split()  # fmt: skip
+    package = site / "accel"
+    assert where[:3] == [str(package / "paths.py"), str(package / "assets"), str(package / "kernels" / "dispatch.py")]
+    assert not where[3].startswith(str(site))  # the wheel has no top-level `kernels`: Hugging Face's, or none
+    cmd = [sys.executable, "-m", "accel", "generate", "--prompt", "a red circle moves left", "--steps", "2",
+           "--out-dir", "runs"]  # fmt: skip
     gen = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert gen.returncode == 0, gen.stderr[-2000:]
     run = Path(gen.stdout.splitlines()[0])
