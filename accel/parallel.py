@@ -85,8 +85,10 @@ def total(x: float) -> float:
 
 
 def close() -> None:
-    """Leave the process group (end of a ``--parallel`` command)."""
+    """Leave the process group (end of a ``--parallel`` command), once every rank got here: a rank that tears gloo
+    down while another still talks to it can abort that one ("terminate called without an active exception")."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
