@@ -1,7 +1,9 @@
-"""constraints.txt, the known-good install: written from a ``pip freeze`` of an environment the whole suite passed in.
+"""constraints.txt, the known-good install (a ``pip freeze`` of an environment the whole suite passed in), and the
+floors of pyproject.toml as pins.
 
     python .ci/constraints.py write FREEZE constraints.txt   # .ci/run does this with UPDATE_CONSTRAINTS=1
     python .ci/constraints.py diff FREEZE constraints.txt    # what the newest releases changed (informational)
+    python .ci/constraints.py floors pyproject.toml OUT      # pyproject's floors as exact pins (CI's floors leg)
 
 Written as exact pins, except: a local version label is dropped (the CPU wheel ``torch==2.13.0+cpu`` becomes
 ``torch==2.13.0``, which a GPU machine resolves to the CUDA build of the same release), and ``triton`` is left to
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import re
 import sys
+import tomllib
 from datetime import date
 from pathlib import Path
 
@@ -41,6 +44,20 @@ def write(freeze: Path, dest: Path) -> None:
     print(f"wrote {len(kept)} pins to {dest}")
 
 
+def floors(pyproject: Path, dest: Path) -> None:
+    """Every ``name>=X`` of the project's dependencies and dev extra as ``name==X`` (markers kept)."""
+    cfg = tomllib.loads(pyproject.read_text())
+    reqs = cfg["project"]["dependencies"] + cfg["project"]["optional-dependencies"]["dev"]
+    out = []
+    for req in reqs:
+        m = re.match(r"^([A-Za-z0-9._-]+)\s*>=\s*([^\s,;]+)\s*(;.*)?$", req)
+        if not m:
+            raise SystemExit(f"{pyproject}: {req!r} is not 'name>=floor' (every dependency has a tested floor)")
+        out.append(f"{m.group(1)}=={m.group(2)}{m.group(3) or ''}\n")
+    dest.write_text("".join(out))
+    print(f"wrote {len(out)} floors to {dest}")
+
+
 def diff(freeze: Path, known: Path) -> None:
     new, old = pins(freeze), pins(known)
     changed = [f"  {n}: {old.get(n, '-')} -> {new.get(n, '-')}" for n in sorted(set(new) | set(old))
@@ -50,6 +67,7 @@ def diff(freeze: Path, known: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] not in ("write", "diff"):
+    commands = {"write": write, "diff": diff, "floors": floors}
+    if len(sys.argv) != 4 or sys.argv[1] not in commands:
         raise SystemExit(__doc__)
-    {"write": write, "diff": diff}[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]))
+    commands[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]))
