@@ -74,8 +74,8 @@ def install() -> dict:
         url = json.loads(dist.read_text("direct_url.json") or "{}")
         mode = "editable" if url.get("dir_info", {}).get("editable") else "installed"
     kernels_spec = importlib.util.find_spec("accel.kernels")
-    hf = importlib.util.find_spec("kernels")  # finds, does not import
-    hf_origin = (hf.origin or str(list(hf.submodule_search_locations or []))) if hf else None
+    hf = importlib.util.find_spec("kernels")  # finds, does not import; a bare folder named kernels is no package
+    hf_origin = hf.origin if hf is not None else None
     root = Path(accel.__file__).resolve().parent.parent
     shadowed = hf_origin is not None and hf_origin.startswith(str(root / "kernels"))
     return {
