@@ -71,6 +71,7 @@ def test_a_kernels_package_on_the_path_wins_over_the_repository_folder(where, tm
     assert Path(got["ours"]).parent.name == "kernels" and Path(got["ours"]).name == "dispatch.py"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["root", "elsewhere"])
 def test_hugging_face_kernels_is_what_import_kernels_gives(where, tmp_path):
     """With Hugging Face's ``kernels`` installed (transformers >= 5.25 requires it), ``import kernels`` is theirs,
