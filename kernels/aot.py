@@ -220,7 +220,8 @@ def compile_kernel(
         res = _run([tools["cuobjdump"], "-res-usage", str(cubin)])
         sass = _run([tools["cuobjdump"], "-sass", str(cubin)])
     usage = {k: int(v) for k, v in re.findall(r"\b(REG|STACK):(\d+)", res)}
-    arch = re.search(r"\.target\s+(sm_\w+)", sass)
+    # the PTX target is what was compiled for: Triton 3.6's cuobjdump prints "sm_90" in the SASS of an sm_90a cubin
+    arch = re.search(r"\.target\s+(sm_\w+)", compiled.asm["ptx"])
     ops = Counter(re.findall(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass))
     counts = {op: sum(n for name, n in ops.items() if name == op or name.startswith(op + ".")) for op in SASS_OPS}
     return KernelReport(
