@@ -18,15 +18,13 @@ import logging
 import os
 import re
 import socket
-import tempfile
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from accel import budget, forms, methods, models
+from accel import budget, forms, methods, models, tempdirs
 from accel.config import DEFAULT_MODEL, KERNEL_BACKENDS, MAX_REPEATS
 from accel.errors import DependencyError, UserError, imports_undone_on_failure, root_cause
 from accel.fields import MODEL_DEFAULT, FieldSpec
@@ -166,7 +164,8 @@ def run_generation(*args, **kwargs):
     cfg = forms.run_config(model, method, prompt, negative, list(sampling), list(fields), kernels)
     run = _store().load(_generate(cfg, bool(profile_on), progress))
     choices = panels.run_choices(_store())
-    return str(run.video_path), panels.headline(_store(), run), gr.update(choices=choices, value=run.run_id)
+    video = run.video_path  # refused (one line) if a symbolic link or over its size limit
+    return str(video) if video else None, panels.headline(_store(), run), gr.update(choices=choices, value=run.run_id)
 
 
 run_generation.__signature__ = GENERATE_FORM  # what gradio (and inspect) read: one name per form value
@@ -326,7 +325,7 @@ def delete_run(run_id: str, confirm: bool):
 @_shown
 def export_report(run_id: str | None):
     run = _open(run_id)
-    out = Path(tempfile.mkdtemp(prefix="accel-report-")) / f"{run.run_id}.html"
+    out = tempdirs.latest("report") / f"{run.run_id}.html"  # replaces the previous export (served from the cache)
     return gr.update(value=str(write_report(run, out, _store())), visible=True)
 
 
@@ -338,8 +337,8 @@ def _component(f: FieldSpec) -> gr.components.Component:
     info = f"{f.help} Default: {shown}."
     if f.kind == "bool":
         return gr.Checkbox(f.default, label=label, info=info)
-    if f.kind in ("int", "float"):
-        return gr.Number(f.default, label=label, info=info, precision=0 if f.kind == "int" else None)
+    if f.kind in ("int", "float"):  # no precision: gradio would round 1.5 to 2; FieldSpec.read refuses fractions
+        return gr.Number(f.default, label=label, info=info)
     if f.kind == "choice":
         choices = list(f.choices) + ([MODEL_DEFAULT] if f.default is None else [])
         return gr.Dropdown(choices, value=f.default or MODEL_DEFAULT, label=label, info=info)
@@ -393,12 +392,12 @@ def generate_tab(run_pick: gr.Dropdown):
             with gr.Accordion("Sampling and size", open=True):
                 negative = gr.Textbox("", label="Negative prompt")
                 with gr.Row():
-                    seed = gr.Number(0, label="Seed", precision=0)
+                    seed = gr.Number(0, label="Seed")  # forms.number checks integers, not gradio
                     steps = _optional_number("Steps", "empty = model default")
                     guidance = _optional_number("Guidance", "empty = model default")
                     repeats = gr.Number(
-                        1, label="Timing repeats", precision=0, minimum=1, maximum=MAX_REPEATS,
-                        info="runs it N times; times are the median (benchmarks: 3 or more)",
+                        1, label="Timing repeats",
+                        info=f"runs it N times (1 to {MAX_REPEATS}); times are the median (benchmarks: 3 or more)",
                     )  # fmt: skip
                 with gr.Row():
                     height = _optional_number("Height", "px; empty = default")
@@ -621,10 +620,18 @@ def _cannot_bind(host: str, port: int) -> str | None:
     return None
 
 
+def _port(text: str) -> int:
+    """A TCP port from the command line (argparse turns the ValueError into a one-line usage error)."""
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1 to 65535, got {port}")
+    return port
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the bench's Gradio app.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=_port, default=7860, help="TCP port, 1 to 65535 (default: 7860)")
     parser.add_argument("--runs-dir", help="run store folder (default: $ACCEL_RUNS_DIR or ./runs)")
     budget.add_limits(parser)
     args = parser.parse_args(argv)
@@ -645,6 +652,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         LOG.warning("%s: stored runs can be viewed, not generated", exc)
     tensorboard.install_signal_handlers()
+    tempdirs.sweep()  # folders of app and runner processes that were killed
     demo = build_app().queue(default_concurrency_limit=1)
     demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(_store().root.resolve())])
 

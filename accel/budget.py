@@ -114,6 +114,19 @@ def latent_tokens(cfg: RunConfig, patch: tuple[int, int, int] = (1, 2, 2)) -> in
     return latent * (cfg.height // 8 // patch[1]) * (cfg.width // 8 // patch[2])
 
 
+def most_mask_bytes(cfg: RunConfig, spec: ModelSpec, budget_mb: float) -> int:
+    """Packed mask bytes the recorder can keep for the resolved ``cfg``: its budget ``budget_mb`` (a cap, not an
+    allocation) or, if less, every mask the run could record (one bit per query-key token pair of every head, layer,
+    CFG branch and step; chunked runs: per latent frame, more than their chunks)."""
+    t = transformer_config(spec)
+    tokens = latent_tokens(cfg, tuple(t.get("patch_size") or (1, 2, 2)))
+    calls = cfg.steps * (2 if (cfg.guidance or 0) > 1 else 1)
+    if spec.family == "skyreels":
+        calls *= (cfg.frames - 1) // 4 + 1
+    per_call = int(t.get("num_layers") or 1) * int(t["num_attention_heads"]) * tokens * -(-tokens // 8)
+    return int(min(budget_mb * 2**20, calls * per_call))
+
+
 def _config(root: Path | None, sub: str) -> dict[str, Any] | None:
     """``<root>/<sub>/config.json``, if it is there and readable."""
     try:

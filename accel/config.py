@@ -469,6 +469,10 @@ KERNEL_BACKENDS = ("auto", "triton", "flex", "torch")  # accel.kernels.dispatch.
 # last denoising step (both seed implementations) or one more pass at timestep 0 (diffusers' full window).
 COMMIT_MODES = ("last-step", "clean-pass")
 MAX_REPEATS = 20  # timing repeats of one run (RunConfig.repeats)
+SEED_LIMIT = 2**63  # seeds are in [0, 2**63): what torch.Generator.manual_seed takes as a signed 64-bit integer
+MAX_FPS = 240  # frame rate of the saved video (RunConfig.fps): beyond it a video of a few frames lasts no time
+# the diffusion-forcing arguments of SkyReels-V2 runs (RunConfig fields; None / the first choice = default)
+FORCING = ("ar_step", "causal_block_size", "base_num_frames", "overlap_history", "addnoise_condition", "kv_commit")
 PARALLEL_KINDS = ("ulysses",)  # context parallelism the attention methods support (RunConfig.parallel)
 
 
@@ -529,6 +533,8 @@ class RunConfig:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ConfigError("prompt must be a non-empty string")
         _check_int("seed", self.seed, 0)
+        if self.seed >= SEED_LIMIT:
+            raise ConfigError(f"seed must be below 2**63 = {SEED_LIMIT}, got {self.seed}")
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None:
@@ -551,6 +557,8 @@ class RunConfig:
         if self.guidance is not None and not (isinstance(self.guidance, (int, float)) and self.guidance >= 0):
             raise ConfigError(f"guidance must be a number >= 0, got {self.guidance!r}")
         _check_int("fps", self.fps, 1)
+        if self.fps > MAX_FPS:
+            raise ConfigError(f"fps must be at most {MAX_FPS}, got {self.fps}")
         if self.ar_step is not None:
             _check_int("ar_step", self.ar_step, 0)
         if self.causal_block_size is not None:
@@ -573,6 +581,10 @@ class RunConfig:
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.kernels is not None and self.kernels not in KERNEL_BACKENDS:
             raise ConfigError(f"kernels must be one of {', '.join(KERNEL_BACKENDS)}, got {self.kernels!r}")
+
+    def forcing_given(self) -> list[str]:
+        """The diffusion-forcing fields (:data:`FORCING`) set to anything but their default."""
+        return [n for n in FORCING if getattr(self, n) not in (None, COMMIT_MODES[0] if n == "kv_commit" else None)]
 
     def resolve(self, defaults: dict[str, Any]) -> RunConfig:
         """A copy with every ``None`` sampling field replaced by ``defaults[field]`` (where the model has one)."""

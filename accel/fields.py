@@ -9,6 +9,7 @@ bad values raise :class:`accel.config.ConfigError` with a one-line message.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -19,6 +20,26 @@ from accel.config import ConfigError, MethodSettings
 
 MODEL_DEFAULT = "model default"  # how an unset optional choice reads in a widget (unlike a choice named "none")
 EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a path"}
+
+
+def parse_number(value: Any, name: str, integer: bool = False) -> int | float:
+    """A number typed into a form or sent through the API (text or number): finite, and a whole number where
+    ``integer`` (``1.5`` is refused, never rounded); anything else is one :class:`ConfigError` naming ``name``."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if not integer:
+        return number
+    if number != int(number):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    try:
+        return int(text)  # exact for long integer text (float() rounds past 2**53)
+    except ValueError:
+        return int(number)
 
 
 def _scalar(kind: type, text: str) -> Any:
@@ -99,15 +120,7 @@ class FieldSpec:
         if value is None or (isinstance(value, str) and not value.strip()):
             return self.default
         if self.kind in ("int", "float"):
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{self.name} must be a number, got {value!r}") from None
-            if self.kind == "float":
-                return number
-            if number != int(number):
-                raise ConfigError(f"{self.name} must be an integer, got {value}")
-            return int(number)
+            return parse_number(value, self.name, integer=self.kind == "int")
         if self.kind == "choice":
             return None if value == MODEL_DEFAULT else value
         try:

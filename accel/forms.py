@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from accel import methods
-from accel.config import COMMIT_MODES, DEFAULT_MODEL, ConfigError, RunConfig, settings_for
-from accel.fields import all_field_specs, settings_from
+from accel.config import COMMIT_MODES, DEFAULT_MODEL, FORCING, RunConfig, settings_for
+from accel.fields import all_field_specs, parse_number, settings_from
 
 DEFAULT_PROMPT = "a red circle moves quickly left over a blue background"
 # offered under the prompt; all in the grammar of the procedural clips the pocket models learned (tested)
@@ -23,7 +23,6 @@ EXAMPLE_PROMPTS = (
     "a white square and a red circle move quickly down over a black background",
 )
 SAMPLING = ("seed", "height", "width", "frames", "steps", "guidance", "repeats")  # repeats: timing passes
-FORCING = ("ar_step", "causal_block_size", "base_num_frames", "overlap_history", "addnoise_condition", "kv_commit")
 CHOICES = {"kv_commit": COMMIT_MODES}  # form fields that are a choice, not a number (empty = RunConfig's default)
 FIELDS = all_field_specs()
 INTEGER = {*SAMPLING, *FORCING} - {"guidance", "addnoise_condition", *CHOICES}
@@ -46,15 +45,7 @@ def number(value: Any, name: str) -> int | float | None:
     """A form number: empty = None (the model's default); anything else must parse (integers where due)."""
     if value is None or str(value).strip() == "":
         return None
-    try:
-        parsed = float(str(value).strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if name not in INTEGER:
-        return parsed
-    if parsed != int(parsed):
-        raise ConfigError(f"{name} must be an integer, got {value}")
-    return int(parsed)
+    return parse_number(value, name, integer=name in INTEGER)
 
 
 def run_config(

@@ -284,9 +284,12 @@ def resolve(name: str) -> ModelSpec:
         if not path.is_dir() or not index.is_file():
             raise ModelLoadError(f"{name}: not a diffusers pipeline folder (no model_index.json)")
         try:
-            cls = json.loads(index.read_text())["_class_name"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"{name}: unreadable model_index.json ({exc})") from None
+            data = json.loads(index.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise ModelLoadError(f"{name}: unreadable model_index.json ({one_line(exc)})") from None
+        cls = data.get("_class_name") if isinstance(data, dict) else None
+        if not isinstance(cls, str):
+            raise ModelLoadError(f"{name}: model_index.json has no pipeline class name (_class_name string)")
         if cls not in PIPELINE_FAMILIES:
             raise ModelLoadError(f"{name}: pipeline {cls} is not supported; supported: {', '.join(PIPELINE_FAMILIES)}")
         family = PIPELINE_FAMILIES[cls]
@@ -316,6 +319,27 @@ def resolve(name: str) -> ModelSpec:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(name: str) -> str:
+    """``name`` if torch can run on that device here, else one :class:`ModelLoadError` saying why (unknown
+    device string, a CUDA device on a torch without CUDA or without that GPU index)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ModelLoadError(f"device {name!r} requested but {why}; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ModelLoadError(f"device {name!r} requested but only {count} CUDA GPU(s) are visible (cuda:0 ..)")
+    elif device.type not in ("cpu", "mps"):
+        raise ModelLoadError(f"device {name!r} is not supported: use cpu, cuda or cuda:N")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {name!r} requested but MPS is not available; use --device cpu")
+    return name
 
 
 def default_dtype(device: str) -> torch.dtype:
@@ -461,9 +485,7 @@ def load_pipeline(
     ("ulysses=N", inside an initialised process group) its transformer runs diffusers' context parallelism
     (a model keeps it for its lifetime, so it is cached apart)."""
     spec = resolve(name)
-    device = device or default_device()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError("device 'cuda' requested but CUDA is not available; use --device cpu")
+    device = check_device(device or default_device())
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype, device)
     key = (spec.source, device, torch_dtype) + ((parallel,) if parallel else ())
     with _LOCK:

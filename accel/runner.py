@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from accel import budget, methods, models, parallel
+from accel import budget, methods, models, parallel, tempdirs
 from accel.config import ConfigError, RunConfig
 from accel.errors import UserError, one_line
 from accel.kernels import dispatch, flex
@@ -136,8 +135,30 @@ def _kernel_backend(requested: str | None, device_name: str) -> str:
     there (no Triton, no compiler for FlexAttention) is one clear error before anything loads."""
     try:
         return dispatch.resolve(torch.device(device_name), requested)
+    except ValueError as exc:  # an unknown backend name ($ACCEL_KERNELS=foo)
+        raise ConfigError(one_line(exc)) from None
     except RuntimeError as exc:
         raise ConfigError(f"kernels={requested or dispatch.requested_backend()}: {one_line(exc)}") from None
+
+
+def _table_warnings(cfg: RunConfig) -> list[str]:
+    """Warnings about the run's per-head threshold table, if it has one (a bad table is a ConfigError here)."""
+    from accel.attention.thresholds import table_warnings
+
+    table = getattr(cfg.settings.attention_settings(), "threshold_table", None)
+    return table_warnings(table, cfg.guidance) if table else []
+
+
+def _check_forcing(cfg: RunConfig, spec: models.ModelSpec) -> None:
+    """Refuse diffusion-forcing settings for a model that is not diffusion forcing (they would be ignored but
+    stored as if they had applied)."""
+    given = cfg.forcing_given()
+    if given and spec.family != "skyreels":
+        one = len(given) == 1
+        raise ConfigError(
+            f"{', '.join(given)} {'applies' if one else 'apply'} to diffusion-forcing models (SkyReels-V2) only; "
+            f"{spec.name} is a {spec.family} model: leave {'it' if one else 'them'} unset"
+        )
 
 
 def generate(
@@ -160,12 +181,13 @@ def generate(
     ``trace.json.gz``, ``tb/`` and the ``profile_*`` tables.
     """
     spec = models.resolve(cfg.model)
+    _check_forcing(cfg, spec)
     cfg = cfg.resolve(spec.defaults)
     method = methods.get(cfg.method)
     method.check_model(spec)
     method.check_parallel(cfg, spec)
     store = store or RunStore()
-    device_name = cfg.device or models.default_device()
+    device_name = models.check_device(cfg.device or models.default_device())
     if cfg.parallel:  # before anything loads: one process per rank, and heads and tokens that split evenly
         device_name = parallel.init(cfg.parallel, cfg.device)
         arch = budget.transformer_config(spec)
@@ -174,16 +196,16 @@ def generate(
     dtype = models.parse_dtype(cfg.dtype, device_name)
     models.check_available(spec)
     backend = _kernel_backend(cfg.kernels, device_name)
+    warnings_ = _table_warnings(cfg)  # before loading: a bad table is refused at once
     loaded = models.is_loaded(cfg.model, device_name, dtype)
     policy = policy or RecordPolicy()
-    mask_bytes = int(policy.mask_budget_mb * 2**20) if record and policy.masks else 0
+    mask_bytes = budget.most_mask_bytes(cfg, spec, policy.mask_budget_mb) if record and policy.masks else 0
     budget.check(cfg, spec, device_name, dtype.itemsize, limits, weights_loaded=loaded, mask_bytes=mask_bytes)
     store.check_writable(budget.run_bytes(cfg))
     t_start = time.perf_counter()
     pipe = models.load_pipeline(cfg.model, device_name, cfg.dtype, cfg.parallel)
     load_s = time.perf_counter() - t_start
     device = pipe.transformer.device
-    warnings_: list[str] = []
     prompt_tokens = _prompt_tokens(pipe, cfg.prompt)
     if prompt_tokens > spec.text_tokens:
         warnings_.append(
@@ -193,7 +215,7 @@ def generate(
     samples: list[dict[str, float]] = []  # one per pass: wall, text encode, VAE decode, denoise seconds
     calls_before, compile_before = Counter(dispatch.calls), sum(flex.compile_seconds.values())
     profiler = None
-    work = tempfile.TemporaryDirectory(prefix="accel-profile-") if profile else None
+    work = tempdirs.work_dir("profile", profile)  # sweeps the folders of killed processes first
     try:
         with LoadMeter(combine=parallel.total if cfg.parallel else None) as load:
             for i in range(cfg.repeats):  # the first pass is kept (video, telemetry, profile); all are timed
@@ -226,6 +248,12 @@ def generate(
         ) from None
     generate_s = samples[0]["wall_s"]
     timed = samples[1:] if profile and len(samples) > 1 else samples  # a profiled pass runs slower
+    bad = int(np.size(video) - np.count_nonzero(np.isfinite(video)))
+    if bad:  # e.g. a huge guidance scale: the latents overflowed, and a black video would pass for a result
+        raise RunError(
+            f"the generation produced {bad} non-finite values (NaN or inf) of {np.size(video)} in the decoded video "
+            f"(guidance {cfg.guidance:g}, {cfg.steps} steps, {cfg.dtype or 'default'} dtype): nothing was stored"
+        )
     frames = (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     t_rec = time.perf_counter()
     table, arrays = recorder.finish()

@@ -163,11 +163,11 @@ class Recorder:
             return
         layers = len(p.mask_layers) if p.mask_layers is not None else max(1, self.num_layers)
         per_step = mask_bytes * self.ranks * layers * len(p.mask_branches)
-        affordable = int(p.mask_budget_mb * 1e6 // max(1, per_step))
+        affordable = p.mask_budget_mb * 1e6 // max(1, per_step)  # a float: a huge budget stays finite or inf
         first = max(0, self.info.step)
         remaining = max(1, self.info.num_steps - first)
         if affordable < remaining:
-            self._mask_steps = {first + s for s in even_steps(remaining, affordable)}
+            self._mask_steps = {first + s for s in even_steps(remaining, int(affordable))}
 
     def record_mask(
         self,

@@ -57,10 +57,10 @@ def interpret_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-def _check(name: str) -> str:
+def _check(name: str, source: str = "kernel backend") -> str:
     name = name.strip().lower()
     if name not in BACKENDS:
-        raise ValueError(f"kernel backend must be one of {BACKENDS}, got {name!r}")
+        raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}, got {name!r}")
     return name
 
 
@@ -81,7 +81,7 @@ def requested_backend(backend: str | None = None) -> str:
     forced = _forced.get()
     if forced is not None:
         return forced
-    return _check(os.environ.get(ENV_VAR, "auto") or "auto")
+    return _check(os.environ.get(ENV_VAR, "auto") or "auto", f"${ENV_VAR}")
 
 
 def triton_interprets() -> bool:

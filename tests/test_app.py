@@ -62,7 +62,7 @@ def test_bad_input_is_a_message_and_the_app_keeps_serving(served):
         client.predict(*forms.form_values(prompt="   ", sampling={"steps": 2}), api_name="/generate")
     with pytest.raises(Exception, match="tau"):
         client.predict(*forms.form_values(settings={"tau": 1.5}, sampling={"steps": 2}), api_name="/generate")
-    with pytest.raises(Exception, match="steps must be a number"):
+    with pytest.raises(Exception, match="steps must be an integer"):
         client.predict(*forms.form_values(sampling={"steps": "many"}), api_name="/generate")
     with pytest.raises(Exception, match=r"diffusion-forcing"):
         client.predict(*forms.form_values(method="flowcache", sampling={"steps": 2}), api_name="/generate")

@@ -111,8 +111,17 @@ class CalibrationSpec:
             raise ConfigError(f"candidates must be at least two distinct values in (0, 1], got {self.candidates}")
         if not any(math.isclose(self.reference, c) for c in cands):
             raise ConfigError(f"the reference threshold {self.reference} must be one of the candidates {cands}")
-        if len(self.band_weights) != 4 or any(w < 0 for w in self.band_weights):
-            raise ConfigError("band_weights must be four numbers >= 0 (LL, LH, HL, HH)")
+        weights = self.band_weights
+        if len(weights) != 4 or not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0:
+            raise ConfigError(
+                f"band_weights must be four finite numbers >= 0, not all 0 (LL, LH, HL, HH), got {weights}"
+            )
+        family = models.resolve(self.model).family
+        if family != "wan":  # the probes patch plain self-attention; diffusion forcing attends over chunks
+            raise ConfigError(
+                f"calibration runs on Wan2.1 models; {self.model} is a {family} (diffusion-forcing) model: calibrate "
+                "the Wan2.1 model it is based on, or use the method's shared threshold"
+            )
         if not 0 < self.low_freq < 0.5:
             raise ConfigError(f"low_freq must be in (0, 0.5), got {self.low_freq}")
         for name in ("samples_per_prompt", "max_probe_batch"):

@@ -87,8 +87,8 @@ class HeadwiseSparse(AttentionMethod):
     def threshold(self, layer: int, branch: str, device: torch.device) -> torch.Tensor:
         """Per-head thresholds ``(H,)`` of ``layer`` for this CFG branch (a table may differ per branch)."""
         table = self.thresholds.get(branch)
-        if table is None:
-            table = self.thresholds.get(DEFAULT_BRANCH, next(iter(self.thresholds.values())))
+        if table is None:  # a uniform setting (one table for all), or a table without uncond (the run warns)
+            table = self.thresholds.get(DEFAULT_BRANCH, self.thresholds.get("cond"))
         return table[layer].to(device)
 
     # -- what a subclass provides ---------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 
 from accel import methods
 from accel.config import ConfigError
+from accel.errors import one_line
 from accel.tracking import BRANCH_NAMES
 
 TABLE_FORMAT = "accel.threshold-table"
@@ -31,14 +32,20 @@ def read_table(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"threshold table {path} is larger than {MAX_TABLE_BYTES // 2**20} MiB; not a table")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"threshold table {path} is not valid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"threshold table {path} is not valid JSON ({one_line(exc)})") from None
     if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
         raise ConfigError(f"{path} is not a threshold table (format {TABLE_FORMAT!r} expected)")
     if data.get("version") != TABLE_VERSION:
         raise ConfigError(
             f"threshold table {path} has version {data.get('version')!r}; this bench reads {TABLE_VERSION}"
         )
+    branches = data.get("branches")
+    if not isinstance(branches, dict):
+        raise ConfigError(f"threshold table {path}: branches must map branch names to thresholds")
+    if "cond" not in branches:  # every run has a cond branch; an uncond-only table would lend it uncond's thresholds
+        has = f" (it has {', '.join(map(repr, branches))})" if branches else ""
+        raise ConfigError(f"threshold table {path} has no 'cond' branch{has}: calibrate it again")
     return data
 
 
@@ -62,9 +69,7 @@ def load_table(
         )
     key = methods.get(method).threshold
     out: dict[str, torch.Tensor] = {}
-    branches = data.get("branches") or {}
-    if not isinstance(branches, dict):
-        raise ConfigError(f"threshold table {path}: branches must map branch names to thresholds")
+    branches = data["branches"]
     unknown = sorted(set(branches) - set(BRANCH_NAMES))
     if unknown:
         raise ConfigError(
@@ -85,9 +90,15 @@ def load_table(
         if not bool(((values > 0) & (values <= 1)).all()):
             raise ConfigError(f"threshold table {path}: branch {branch!r} has {key} values outside (0, 1]")
         out[branch] = values
-    if not out:
-        raise ConfigError(f"threshold table {path} has no branches")
     return out
+
+
+def table_warnings(path: str | Path, guidance: float | None) -> list[str]:
+    """What a run with classifier-free guidance ``guidance`` should know about its table: the uncond branch
+    borrows cond's thresholds when the table has none (a table calibrated without CFG)."""
+    if (guidance or 0) > 1 and "uncond" not in read_table(path)["branches"]:
+        return [f"threshold table {path} has no 'uncond' branch: the uncond branch uses cond's thresholds"]
+    return []
 
 
 def write_table(path: str | Path, table: dict[str, Any]) -> Path:

@@ -10,6 +10,7 @@ same prompt and seed (PSNR / SSIM, speedup). ``python -m accel bench-quality`` p
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +22,9 @@ from accel.runs import RunStore
 from accel.synthetic.procedural import BASIC_DIRECTIONS, BASIC_SHAPES, held_out_prompts
 from accel.synthetic.scoring import score_video
 from viz.compare import versus
+
+MAX_PROMPTS = 64  # held-out prompts per benchmark: each runs every variant on every seed
+MAX_RUNS = 2000  # generations per benchmark (variants x prompts x seeds)
 
 Variant = tuple[str, dict[str, Any]]
 
@@ -45,13 +49,20 @@ def run_benchmark(
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ConfigError(f"unknown variant(s) {', '.join(unknown)} for {model}; known: {', '.join(table)}")
-    if prompts < 1:
-        raise ConfigError(f"prompts must be >= 1, got {prompts}")
+    if not 1 <= prompts <= MAX_PROMPTS:
+        raise ConfigError(f"prompts must be 1 to {MAX_PROMPTS}, got {prompts}")
     names = ["dense", *[n for n in names if n != "dense"]]  # dense first: the reference of every comparison
+    total = len(names) * prompts * len(seeds)
+    if total > MAX_RUNS:
+        raise ConfigError(
+            f"{len(names)} variants x {prompts} prompts x {len(seeds)} seeds is {total} generations; at most "
+            f"{MAX_RUNS}: fewer prompts, seeds or --variants"
+        )
+    log(f"{len(names)} variants x {prompts} prompts x {len(seeds)} seeds = {total} generations")
     store = store or RunStore()
     from accel.runner import generate  # heavy import, only when the benchmark runs
 
-    rows, dense = [], {}
+    rows, dense, t0 = [], {}, time.perf_counter()
     texts = held_out_prompts(prompts, shapes=BASIC_SHAPES, directions=BASIC_DIRECTIONS)
     for name in names:
         method, settings = table[name]
@@ -75,7 +86,10 @@ def run_benchmark(
                         "density": run.metrics.get("density_mean_sparse"),
                     }
                 )  # fmt: skip
-                log(f"{name:<16} seed {seed} {prompt!r}: {'ok' if rows[-1]['all_ok'] else 'miss'}")
+                done = len(rows)
+                left = (time.perf_counter() - t0) / done * (total - done)  # dense first: an over-estimate
+                log(f"[{done}/{total}, about {left / 60:.0f} min left] {name:<16} seed {seed} {prompt!r}: "
+                    f"{'ok' if rows[-1]['all_ok'] else 'miss'}")  # fmt: skip
     return pd.DataFrame(rows)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from accel.cli.common import STORE_HELP, CliError, Formatter, quiet_loading
+from accel.cli.common import STORE_HELP, CliError, Formatter, quiet_loading, writable_output
 from accel.cli.flags import add_sizes, preset_sizes
 from accel.config import DEFAULT_MODEL
 
@@ -39,6 +39,7 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     from accel.bench.quality import format_table, run_benchmark, summarize
     from accel.runs import RunStore
 
+    csv = writable_output(args.csv, "--csv") if args.csv else None  # before the benchmark, not after it
     quiet_loading()
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -48,7 +49,7 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     names = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     rows = run_benchmark(args.model, names, args.prompts, seeds or [0], RunStore(args.out_dir), sampling,
                          log=lambda line: print(line, file=sys.stderr))  # fmt: skip
-    if args.csv:
-        rows.to_csv(args.csv, index=False)
+    if csv is not None:
+        rows.to_csv(csv, index=False)
     print(format_table(summarize(rows)))
     return 0

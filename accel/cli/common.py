@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 import textwrap
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from accel.errors import UserError
+from accel.errors import UserError, one_line
 
 if TYPE_CHECKING:
     from accel.runs import Run, RunInfo, RunStore
@@ -45,6 +47,33 @@ class Formatter(argparse.HelpFormatter):
 
     def _split_lines(self, text: str, width: int) -> list[str]:
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+def writable_output(path: str, flag: str, folder: bool = False) -> Path:
+    """``path`` as an output file (or ``folder``) the command can write, checked before any work: its nearest
+    existing folder takes a probe file (so a read-only place or ``/proc`` is refused at once); else a :class:`CliError`
+    naming ``flag``. Nothing is created."""
+    if not str(path).strip():
+        raise CliError(f"{flag} is empty: name a {'folder' if folder else 'file'}")
+    out = Path(path).expanduser()
+    if out.exists() and out.is_dir() != folder:
+        raise CliError(
+            f"{flag} {path} is {'a file' if folder else 'a folder'}: name a {'folder' if folder else 'file'}"
+        )
+    place = out if out.is_dir() else out.parent
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    try:
+        if not place.is_dir():
+            raise NotADirectoryError(20, "not a folder", str(place))
+        with tempfile.TemporaryFile(dir=place):
+            pass
+        if out.is_file():
+            with open(out, "ab"):
+                pass
+    except OSError as exc:
+        raise CliError(f"{flag} {path} cannot be written ({place}: {exc.strerror or one_line(exc)})") from None
+    return out
 
 
 def quiet_loading() -> None:

@@ -10,7 +10,7 @@ import os
 import sys
 
 from accel import budget, methods
-from accel.cli.common import STORE_HELP, CliError, Formatter, as_float, label, quiet_loading
+from accel.cli.common import STORE_HELP, CliError, Formatter, as_float, label, quiet_loading, writable_output
 from accel.cli.flags import (
     add_diffusion_forcing,
     add_hardware,
@@ -243,8 +243,13 @@ def read_prompts(path: str) -> list[str]:
         raise CliError(f"prompts file {path} does not exist")
     if os.path.getsize(p) > 2**20:
         raise CliError(f"prompts file {path} is larger than 1 MiB")
-    with open(p, encoding="utf-8") as fh:
-        prompts = [line.strip() for line in fh if line.strip()]
+    try:
+        with open(p, encoding="utf-8") as fh:
+            prompts = [line.strip() for line in fh if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise CliError(f"prompts file {path} is not UTF-8 text (byte {exc.start}): one prompt per line") from None
+    except OSError as exc:
+        raise CliError(f"prompts file {path} cannot be read: {exc.strerror or exc}") from None
     if not prompts:
         raise CliError(f"prompts file {path} has no prompts")
     return prompts
@@ -284,6 +289,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = args.out or os.path.join(
         "calibration", f"{os.path.basename(mspec.name.rstrip('/'))}-{spec.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    writable_output(out, "--out", folder=True)  # before the trajectories, not after them
     quiet_loading()
     from accel.attention.calibrate import calibrate
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from accel.cli.common import STORE_HELP, CliError, Formatter, as_float, fmt_num, label, load_run
+from accel.cli.common import STORE_HELP, CliError, Formatter, as_float, fmt_num, label, load_run, writable_output
 from accel.runs import Run
 
 COMPARE_EXAMPLES = """\
@@ -148,7 +148,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else store.root / "reports" / f"{run.run_id}.html"
     if out.suffix.lower() not in (".html", ".htm"):
         raise CliError(f"--out must name an .html file, got {out}")
-    print(write_report(run, out, store))
+    print(write_report(run, writable_output(str(out), "--out"), store))
     return 0
 
 
