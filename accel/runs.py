@@ -16,7 +16,8 @@ rename of a temporary folder that already holds ``COMPLETE`` (its writer was kil
 temporary folders whose writer process is gone. A run whose files cannot be read is *damaged*:
 :meth:`RunStore.list` skips it (``damaged=True`` lists it with the reason), and reading a damaged file
 raises :class:`DamagedRunError` naming the run and the file, never a parser's traceback. Symbolic links
-are never runs.
+are never runs, nor files of a run; a video.mp4 or frames.npz over its :func:`size_limit` is refused before
+anything serves, copies or reads it.
 
 JSON policy: files are strict JSON (``allow_nan=False``) so browsers can parse them. Non-finite floats
 are written as the strings ``"inf"``, ``"-inf"`` and ``"nan"``; ``float()`` turns them back into floats.
@@ -34,7 +35,6 @@ import json
 import math
 import os
 import re
-import reprlib
 import secrets
 import shutil
 import socket
@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from accel.errors import UserError, one_line
-from accel.schema import CONFIG_TYPES, NUMERIC_METRICS
+from accel.schema import CONFIG_FIELDS, METRIC_FIELDS, NUMERIC_METRICS, Check
 from accel.video import read_video, write_h264
 
 __all__ = [
@@ -78,6 +78,12 @@ OWNER_FILE = ".owner"
 REQUIRED_FILES = ("config.json", "metrics.json")
 MAX_LABEL_LEN = 80
 LOSSLESS_MAX_BYTES = 64 * 2**20
+# the largest video.mp4 / frames.npz (on disk, and frames.npz's frames unpacked) served, copied, read or embedded;
+# a bigger file is refused. The environment variables override them (bytes).
+MAX_VIDEO_BYTES = 2 * 2**30
+MAX_FRAMES_BYTES = 2**30  # the writer keeps frames.npz to LOSSLESS_MAX_BYTES
+SIZE_LIMITS = {"video.mp4": ("ACCEL_MAX_VIDEO_BYTES", MAX_VIDEO_BYTES),
+               "frames.npz": ("ACCEL_MAX_FRAMES_BYTES", MAX_FRAMES_BYTES)}  # fmt: skip
 _TIME_FMT = "%Y%m%d-%H%M%S"
 _LABEL_BAD_CHARS = re.compile(r"[^A-Za-z0-9._=+-]")
 _VALID_NAME = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]{0,254}")
@@ -184,44 +190,87 @@ def _number(value: Any) -> float | int | None:
     return None
 
 
+def _checked(run_id: str, file: str, data: Any, fields: Mapping[str, Check]) -> dict[str, Any]:
+    """``data`` if it is an object whose non-null ``fields`` pass their checks, else :class:`DamagedRunError`."""
+    if not isinstance(data, dict):
+        raise DamagedRunError(run_id, file, "not a JSON object")
+    for key, check in fields.items():
+        if data.get(key) is not None and (why := check(data[key])) is not None:
+            raise DamagedRunError(run_id, file, f"{key}{why}")
+    return data
+
+
 def _checked_config(run_id: str, config: Any) -> dict[str, Any]:
-    if not isinstance(config, dict):
-        raise DamagedRunError(run_id, "config.json", "not a JSON object")
-    for key, kind in CONFIG_TYPES.items():
-        value = config.get(key)
-        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
-        if value is not None and not ok:
-            raise DamagedRunError(run_id, "config.json", f"{key} is {reprlib.repr(value)}, not a {_type_name(kind)}")
-    return config
+    """``config`` checked against :data:`accel.schema.CONFIG_FIELDS`."""
+    return _checked(run_id, "config.json", config, CONFIG_FIELDS)
 
 
 def _checked_metrics(run_id: str, metrics: Any) -> dict[str, Any]:
-    """``metrics`` with its numbers checked (non-finite strings become floats; a null ``stages`` is dropped)."""
-    if not isinstance(metrics, dict):
-        raise DamagedRunError(run_id, "metrics.json", "not a JSON object")
-    out = dict(metrics)
+    """``metrics`` checked against :data:`accel.schema.METRIC_FIELDS` (non-finite strings of numbers become
+    floats; a null ``stages`` is dropped)."""
+    out = dict(_checked(run_id, "metrics.json", metrics, METRIC_FIELDS))
     for key in NUMERIC_METRICS:
         if out.get(key) is not None:
             out[key] = _number(out[key])
-            if out[key] is None:
-                raise DamagedRunError(run_id, "metrics.json", f"{key} is {reprlib.repr(metrics[key])}, not a number")
     stages = out.pop("stages", None)
     if stages is not None:
-        if not isinstance(stages, dict) or any(_number(v) is None for v in stages.values()):
-            raise DamagedRunError(
-                run_id, "metrics.json", f"stages must map stage names to seconds, got {reprlib.repr(stages)}"
-            )
         out["stages"] = {k: _number(v) for k, v in stages.items()}
     return out
 
 
+def size_limit(name: str) -> int | None:
+    """The most bytes a run's file ``name`` may have to be served or read (:data:`SIZE_LIMITS`), None: no limit."""
+    if name not in SIZE_LIMITS:
+        return None
+    env, default = SIZE_LIMITS[name]
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise UserError(f"${env} must be a number of bytes, got {raw!r}")
+    return int(raw)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB ({n:,} bytes)"
+
+
+def _refused(path: Path, unpacked: int | None = None) -> str | None:
+    """Why a run's file must not be served or read, else None: a symbolic link (it may point anywhere), or more
+    bytes than :func:`size_limit` (``unpacked``: what reading it takes in memory, if more than its size)."""
+    if path.is_symlink():
+        return "a symbolic link, refused (a run's files live in its folder)"
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        return "not a regular file, refused"
+    limit = size_limit(path.name)
+    if limit is None or not path.is_file():
+        return None
+    size = max(path.stat().st_size, unpacked or 0)
+    if size <= limit:
+        return None
+    env = SIZE_LIMITS[path.name][0]
+    what = "unpacks to" if unpacked and unpacked > path.stat().st_size else "is"
+    return f"{what} {_gib(size)}, over the {_gib(limit)} limit: refused (${env} raises it)"
+
+
+def _unpacked_bytes(npz: Path) -> int:
+    """Bytes the arrays of an .npz take once read (from its zip directory)."""
+    with zipfile.ZipFile(npz) as z:
+        return sum(i.file_size for i in z.infolist())
+
+
 def _unreadable_file(path: Path) -> str | None:
-    """A cheap check of a complete run's data files (zip directories, parquet footers): the first that cannot
-    be opened, as ``"<file>: <why>"``, else None. Contents are only read when a view needs them."""
+    """A cheap check of a complete run's data files (zip directories, parquet footers; symbolic links and sizes
+    over :func:`size_limit`): the first that cannot be opened, as ``"<file>: <why>"``, else None. Contents are only
+    read when a view needs them."""
     import pyarrow.parquet as pq
 
     for f in sorted(path.iterdir()):
         try:
+            if (why := _refused(f)) is None and f.name == "frames.npz":
+                why = _refused(f, _unpacked_bytes(f))
+            if why is not None:
+                return f"{f.name}: {why}"
             if f.suffix == ".npz":
                 zipfile.ZipFile(f).close()
             elif f.suffix == ".parquet":
@@ -229,10 +278,6 @@ def _unreadable_file(path: Path) -> str | None:
         except _READ_ERRORS as exc:
             return f"{f.name}: unreadable ({one_line(exc)})"
     return None
-
-
-def _type_name(kind: type | tuple[type, ...]) -> str:
-    return "number" if isinstance(kind, tuple) else {"str": "string", "int": "integer", "dict": "object"}[kind.__name__]
 
 
 def _read_complete_run(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -246,12 +291,14 @@ def _read_complete_run(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise RunNotFoundError(f"run is incomplete (no {COMPLETE_MARKER} marker): {path}")
     found = []
     for name, check in (("config.json", _checked_config), ("metrics.json", _checked_metrics)):
+        if (why := _refused(path / name)) is not None:  # a link to /dev/zero would never end
+            raise DamagedRunError(path.name, name, why)
         try:
             data = _read_json(path / name)
         except FileNotFoundError:
             raise DamagedRunError(path.name, name, "missing") from None
-        except (OSError, ValueError) as exc:
-            raise DamagedRunError(path.name, name, f"unreadable ({one_line(exc)})") from None
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse
+            raise DamagedRunError(path.name, name, f"unreadable ({one_line(exc)[:200]})") from None
         found.append(check(path.name, data))
     return found[0], found[1]
 
@@ -284,7 +331,7 @@ def _owner_state(path: Path) -> str:
     try:
         info = json.loads((path / OWNER_FILE).read_text(encoding="utf-8"))
         pid, host = int(info["pid"]), str(info["host"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return "unknown"
     if host != socket.gethostname() or pid <= 0:
         return "unknown"
@@ -329,7 +376,7 @@ def _marked_complete(path: Path) -> bool:
     """True if ``path`` holds a readable COMPLETE marker naming the run it is the temporary folder of."""
     try:
         marker = _read_json(path / COMPLETE_MARKER)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(marker, dict) and marker.get("run_id") == path.name[len(TMP_PREFIX) :]
 
@@ -361,6 +408,10 @@ class _Arrays(Mapping[str, np.ndarray]):
             self._npz = np.load(path, allow_pickle=False)
         except _READ_ERRORS as exc:
             raise DamagedRunError(run_id, path.name, f"unreadable ({one_line(exc)})") from None
+
+    def damaged(self, reason: str) -> DamagedRunError:
+        """The error for an index or array of this file that is not what the recorder writes (accel.schema)."""
+        return DamagedRunError(self._run_id, "arrays.npz", reason)
 
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self._npz.files:
@@ -400,10 +451,25 @@ class Run:
         """Contents of telemetry.parquet (empty DataFrame if absent)."""
         return self.table("telemetry.parquet")
 
+    def data_file(self, name: str, unpacked: bool = False) -> Path | None:
+        """Path of the run's file ``name``, None if it has none. A symbolic link, or a file over its
+        :func:`size_limit` (with ``unpacked``, an .npz whose arrays take more once read), is refused with a
+        :class:`DamagedRunError` naming the run, the file and its size: nothing of it is served, copied or read."""
+        p = self.path / name
+        why = _refused(p)
+        if why is None and unpacked and p.is_file():
+            try:
+                why = _refused(p, _unpacked_bytes(p))
+            except _READ_ERRORS as exc:
+                why = f"unreadable ({one_line(exc)})"
+        if why is not None:
+            raise DamagedRunError(self.run_id, name, why)
+        return p if p.is_file() else None
+
     def table(self, name: str) -> pd.DataFrame:
         """A parquet file of the run (empty DataFrame if absent); unreadable: :class:`DamagedRunError`."""
-        p = self.path / name
-        if not p.is_file():
+        p = self.data_file(name)
+        if p is None:
             return pd.DataFrame()
         try:
             return pd.read_parquet(p)
@@ -411,23 +477,24 @@ class Run:
             raise DamagedRunError(self.run_id, name, f"unreadable ({one_line(exc)})") from None
 
     def read_json(self, name: str) -> Any:
-        """A JSON file of the run; missing or unreadable: :class:`DamagedRunError`."""
+        """A JSON file of the run; missing or unreadable (nested too deep included): :class:`DamagedRunError`."""
+        path = self.data_file(name) or self.path / name
         try:
-            return _read_json(self.path / name)
-        except _READ_ERRORS as exc:
+            return _read_json(path)
+        except _READ_ERRORS as exc:  # RecursionError (nested too deep) is a RuntimeError
             raise DamagedRunError(self.run_id, name, f"unreadable ({one_line(exc)})") from None
 
     @cached_property
     def arrays(self) -> Mapping[str, np.ndarray]:
         """Lazily opened arrays.npz (``allow_pickle=False``), or an empty dict if absent."""
-        p = self.path / "arrays.npz"
-        return _Arrays(self.run_id, p) if p.is_file() else {}
+        p = self.data_file("arrays.npz")
+        return _Arrays(self.run_id, p) if p is not None else {}
 
     @property
     def video_path(self) -> Path | None:
-        """Path of video.mp4, or None if the run has no video."""
-        p = self.path / "video.mp4"
-        return p if p.is_file() else None
+        """Path of video.mp4, or None if the run has no video; a symbolic link or a video over
+        :data:`MAX_VIDEO_BYTES` is refused (:meth:`data_file`)."""
+        return self.data_file("video.mp4")
 
     def frames(self) -> np.ndarray:
         """uint8 (F, H, W, 3) frames: lossless frames.npz if stored, else decoded from video.mp4.
@@ -438,8 +505,8 @@ class Run:
 
     @cached_property
     def _frames(self) -> np.ndarray:
-        lossless = self.path / "frames.npz"
-        source = lossless if lossless.is_file() else self.video_path
+        lossless = self.data_file("frames.npz", unpacked=True)
+        source = lossless or self.video_path
         if source is None:
             raise DamagedRunError(self.run_id, "video.mp4", "the run has neither frames.npz nor video.mp4")
         try:
@@ -591,6 +658,8 @@ class RunStore:
     def __init__(self, root: str | Path | None = None) -> None:
         if root is None:
             root = os.environ.get(ENV_RUNS_DIR) or DEFAULT_ROOT
+        if not str(root).strip():  # Path("") is the current folder: runs would land among the user's files
+            raise StoreError("run store folder is empty: pass a folder (--out-dir ROOT), or leave it unset for ./runs")
         self.root = Path(root).expanduser().absolute()
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"run store {self.root} is a file, not a folder: pass a folder")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,6 +24,29 @@ SAME_VIDEO_KEYS = (
     "causal_block_size", "base_num_frames", "overlap_history", "addnoise_condition",
 )  # fmt: skip
 PSNR_CAP = 100.0  # identical frames have infinite PSNR; plotted and tabled at this value
+# a run, or a store's summary of one (its config and metrics as checked when the store listed it)
+Stored = RunLike | RunInfo
+
+
+class FramesDifferError(UserError):
+    """Two runs compared frame by frame whose frames differ in shape; names both runs and their shapes."""
+
+    def __init__(self, runs: Sequence[Run], shapes: Sequence[tuple[int, ...]]) -> None:
+        self.run_ids = [r.run_id for r in runs]
+        sizes = ", ".join(f"{r} has {s}" for r, s in zip(self.run_ids, shapes, strict=True))
+        super().__init__(f"frame shapes differ: {sizes} (F, H, W, C); compare runs of the same size and frame count")
+
+
+def _stored(run: Stored) -> Run | RunInfo:
+    """``run`` itself if it is a run or a summary, else the run at that path."""
+    return run if isinstance(run, RunInfo) else as_run(run)
+
+
+def skipped(exc: DamagedRunError | FramesDifferError) -> str:
+    """One line for a peer run a scan left out, naming it and why."""
+    if isinstance(exc, DamagedRunError):
+        return f"skipped run {exc.run_id}: {exc.file}: {exc.reason}"
+    return f"skipped: {exc}"
 
 
 def video_key(config: dict) -> tuple:
@@ -32,25 +54,26 @@ def video_key(config: dict) -> tuple:
     return tuple(str(config.get(k)) for k in SAME_VIDEO_KEYS)
 
 
-def comparable_runs(store: RunStore, run: RunLike) -> list[RunInfo]:
-    """Runs of the store (newest first) with the same prompt, seed, model and sampling as ``run``."""
-    key = video_key(as_run(run).config)
+def comparable_runs(store: RunStore, run: Stored) -> list[RunInfo]:
+    """Runs of the store (newest first) with the same prompt, seed, model and sampling as ``run``; runs that
+    cannot be read are not listed (:meth:`RunStore.list`)."""
+    key = video_key(_stored(run).config)
     return [info for info in store.list() if video_key(info.config) == key]
 
 
-def dense_reference(store: RunStore, run: RunLike) -> RunInfo | None:
+def dense_reference(store: RunStore, run: Stored) -> RunInfo | None:
     """The newest dense run comparable to ``run`` (None if there is none, or ``run`` is itself dense), preferring
     one with the same context-parallel layout (``--parallel``), so a speedup does not mix in the ranks."""
-    r = as_run(run)
+    r = _stored(run)
     dense = [i for i in comparable_runs(store, r) if i.config.get("method") == "dense" and i.run_id != r.run_id]
     same = [i for i in dense if i.config.get("parallel") == r.config.get("parallel")]
     return (same or dense or [None])[0]
 
 
-def speed_samples(run: RunLike, stage: str = "wall") -> list[float]:
+def speed_samples(run: Stored, stage: str = "wall") -> list[float]:
     """The timed passes' seconds of ``wall`` (whole run) or ``denoise`` (the transformer loop); one value for a
     run timed once (or stored before timing repeats)."""
-    m = as_run(run).metrics
+    m = _stored(run).metrics
     samples = (m.get("timing") or {}).get(f"{stage}_s") or []
     if samples:
         return [float(v) for v in samples]
@@ -58,31 +81,31 @@ def speed_samples(run: RunLike, stage: str = "wall") -> list[float]:
     return [float(one)] if one else []
 
 
-def seconds(run: RunLike, stage: str = "wall") -> float | None:
+def seconds(run: Stored, stage: str = "wall") -> float | None:
     """The run's time for ``stage``: the median of its timed passes."""
     samples = speed_samples(run, stage)
     return float(np.median(samples)) if samples else None
 
 
-def speedup(reference: RunLike, run: RunLike, stage: str = "wall") -> float | None:
+def speedup(reference: Stored, run: Stored, stage: str = "wall") -> float | None:
     """``reference`` time / ``run`` time for ``wall`` (whole run) or ``denoise`` (the transformer loop), medians."""
     a, b = seconds(reference, stage), seconds(run, stage)
     return a / b if a and b else None
 
 
-def speedup_range(reference: RunLike, run: RunLike, stage: str = "wall") -> tuple[float, float] | None:
+def speedup_range(reference: Stored, run: Stored, stage: str = "wall") -> tuple[float, float] | None:
     """The slowest and fastest speedup ``run``'s timed passes show against ``reference``'s median time."""
     ref, samples = seconds(reference, stage), speed_samples(run, stage)
     return (ref / max(samples), ref / min(samples)) if ref and samples else None
 
 
-def noise_band(store: RunStore, reference: RunLike, stage: str = "wall") -> tuple[float, float, int] | None:
+def noise_band(store: RunStore, reference: Stored, stage: str = "wall") -> tuple[float, float, int] | None:
     """How far dense runs of ``reference``'s video stray from it: the lowest and highest speedup over
     ``reference`` of every timed pass of every comparable dense run (its own repeats included), and how many
     passes that is; None with fewer than two. A method inside the band is not measurably faster than dense."""
-    ref = as_run(reference)
-    dense = [i.path for i in comparable_runs(store, ref) if i.config.get("method") == "dense"]
-    samples = [v for path in dense for v in speed_samples(path, stage)]
+    ref = _stored(reference)
+    dense = [i for i in comparable_runs(store, ref) if i.config.get("method") == "dense"]
+    samples = [v for info in dense for v in speed_samples(info, stage)]
     base = seconds(ref, stage)
     if len(samples) < 2 or not base:
         return None
@@ -96,8 +119,7 @@ def _same_shape(runs: Sequence[Run]) -> list[np.ndarray]:
     videos = [r.frames() for r in runs]
     shapes = [v.shape for v in videos]
     if len(set(shapes)) > 1:
-        sizes = ", ".join(f"{r.run_id} has {s}" for r, s in zip(runs, shapes, strict=True))
-        raise UserError(f"frame shapes differ: {sizes} (F, H, W, C); compare runs of the same size and frame count")
+        raise FramesDifferError(runs, shapes)
     return videos
 
 
@@ -204,20 +226,15 @@ def pareto(store: RunStore, run: RunLike) -> go.Figure:
         ref = r.info()
     if ref is None:
         return empty_figure("no dense reference for this prompt and seed yet: run one")
-    runs = [info.path for info in comparable_runs(store, r) if info.run_id != ref.run_id]
-    if not runs:
+    peers = [info for info in comparable_runs(store, r) if info.run_id != ref.run_id]
+    if not peers:
         return empty_figure("only the dense reference exists: generate with a method to compare")
-    rows, damaged, run_id_path = [], [], {}
-    for path in runs:
-        try:
-            rows.append(versus(ref.path, path))
-            run_id_path[rows[-1]["run"]] = path
-        except DamagedRunError as exc:  # one unreadable run never hides the others
-            if exc.run_id == ref.run_id:
-                return empty_figure(f"the dense reference cannot be read: {exc}")
-            damaged.append(exc.run_id)
+    try:
+        rows, by_id, notes = _versus_all(ref, peers)
+    except DamagedRunError as exc:
+        return empty_figure(f"the dense reference cannot be read: {exc}")
     if not rows:
-        return empty_figure(f"every run to compare is damaged: {', '.join(damaged)}")
+        return empty_figure(f"no run to compare can be read: {short_notes(notes)}")
     table = pd.DataFrame(rows).dropna(subset=["speedup_wall"])
     stages = (("wall", "wall time"), ("denoise", "denoise only (transformer loop)"))
     fig = make_subplots(1, 2, shared_yaxes=True, subplot_titles=[t for _, t in stages], horizontal_spacing=0.06)
@@ -226,7 +243,7 @@ def pareto(store: RunStore, run: RunLike) -> go.Figure:
     for col, (stage, _) in enumerate(stages, start=1):
         x = f"speedup_{stage}"
         for method, sel in table.dropna(subset=[x]).groupby("method"):
-            below, above = _error_bars(ref.path, [run_id_path[r] for r in sel["run"]], list(sel[x]), stage)
+            below, above = _error_bars(ref, [by_id[r] for r in sel["run"]], list(sel[x]), stage)
             fig.add_trace(
                 go.Scatter(
                     x=sel[x], y=sel["psnr_db"], mode="markers", name=method, legendgroup=method, showlegend=col == 1,
@@ -244,7 +261,7 @@ def pareto(store: RunStore, run: RunLike) -> go.Figure:
                        showlegend=col == 1, line={"dash": "dot", "color": "#555555"}),
             row=1, col=col,
         )  # fmt: skip
-        band = noise_band(store, ref.path, stage)
+        band = noise_band(store, ref, stage)
         if band is not None:
             fig.add_vrect(x0=band[0], x1=band[1], fillcolor="#888888", opacity=0.25, line_width=0, row=1, col=col)
             bands.append(band)
@@ -258,13 +275,37 @@ def pareto(store: RunStore, run: RunLike) -> go.Figure:
     fig.update_yaxes(title_text=f"PSNR vs dense (dB, identical = {PSNR_CAP:g})", row=1, col=1)
     fig.update_layout(
         title=f"speed vs quality over {len(table)} runs of this prompt and seed (dense = 1x; bars: min-max of "
-        f"repeats){noise}" + (f"; damaged, skipped: {', '.join(damaged)}" if damaged else ""),
-        height=440, margin={"l": 50, "r": 20, "t": 80, "b": 40},
+        f"repeats){noise}" + (f"<br>{short_notes(notes)}" if notes else ""),
+        height=440, margin={"l": 50, "r": 20, "t": 100 if notes else 80, "b": 40},
     )  # fmt: skip
     return fig
 
 
-def _error_bars(reference: Path, runs: list[Path], speedups: list[float], stage: str) -> tuple[list, list]:
+def _versus_all(ref: RunInfo, peers: list[RunInfo]) -> tuple[list[dict], dict[str, RunInfo], list[str]]:
+    """A :func:`versus` row per peer, the peers compared by run id, and a note on each peer left out (damaged, or
+    frames of another shape): one such run never hides the others. A damaged reference raises."""
+    rows, by_id, notes = [], {}, []
+    for info in peers:
+        try:
+            rows.append(versus(ref.path, info.path))
+            by_id[info.run_id] = info
+        except FramesDifferError as exc:
+            notes.append(skipped(exc))
+        except DamagedRunError as exc:
+            if exc.run_id == ref.run_id:
+                raise
+            notes.append(skipped(exc))
+    return rows, by_id, notes
+
+
+def short_notes(notes: Sequence[str], most: int = 3, width: int = 160) -> str:
+    """The first ``most`` notes, each cut to ``width`` characters, and how many more there are."""
+    shown = [n if len(n) <= width else n[: width - 3] + "..." for n in notes[:most]]
+    more = len(notes) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more else "")
+
+
+def _error_bars(reference: Stored, runs: list[Stored], speedups: list[float], stage: str) -> tuple[list, list]:
     """How far below and above its median speedup each run's fastest and slowest timed pass lie."""
     below, above = [], []
     for run, value in zip(runs, speedups, strict=True):

@@ -15,7 +15,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from accel.schema import ArrayKind, find_arrays, read_index
+from accel.runs import DamagedRunError
+from accel.schema import ArrayKind, find_arrays, read_array, read_index
 from viz.common import RunLike, as_run, empty_figure, title
 from viz.images import captioned, coloured, enlarged, with_colour_bar
 
@@ -29,16 +30,22 @@ def latent_frame(frame: int, temporal: int = 4) -> int:
 
 
 def token_maps(run: RunLike, kind: str = "weights", branch: str = "cond") -> np.ndarray | None:
-    """MotionCache ``weights`` (last value) or ``updates`` per latent frame as ``(F, h, w)``; None if absent."""
+    """MotionCache ``weights`` (last value) or ``updates`` per latent frame as ``(F, h, w)``; None if absent. A map
+    that does not match its index entry or the run's token grid is a :class:`DamagedRunError` naming arrays.npz."""
     r = as_run(run)
     index = read_index(r.arrays)
     keys = sorted(find_arrays(index, TOKEN_MAPS[kind], branch=branch), key=lambda k: index[k]["group"])
     if not keys:
         return None
-    _, h, w = r.metrics["grid"]
+    grid = r.metrics.get("grid")
+    if grid is None:
+        raise DamagedRunError(r.run_id, "metrics.json", "grid is missing (the token grid of the motion maps)")
+    _, h, w = grid
     maps = []
     for key in keys:
-        a = np.asarray(r.arrays[key], dtype=np.float32)
+        a = read_array(r.arrays, key, index).astype(np.float32)  # shape as its index entry says
+        if a.size == 0 or a.shape[-1] != h * w:
+            raise DamagedRunError(r.run_id, "arrays.npz", f"{key!r} has shape {list(a.shape)}: not {h}x{w} tokens")
         maps.append(a[-1] if kind == "weights" else a)  # weights: (history, frames, tokens) -> the last
     return np.concatenate(maps, axis=0).reshape(-1, h, w)
 

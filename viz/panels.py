@@ -8,7 +8,6 @@ back to the first option). ``app.py`` only wires these to widgets. No gradio and
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from accel import tempdirs
 from accel.errors import UserError
-from accel.runs import Run, RunStore
+from accel.runs import DamagedRunError, Run, RunInfo, RunStore
 from accel.schema import Event, read_index
 from accel.video import write_h264
 from viz import chunks, compare, motion, profile, reuse, sparsity
@@ -87,8 +87,8 @@ def headline_rows(store: RunStore | None, run: Run) -> list[tuple[str, str]]:
     rows = [("wall time", f"{compare.seconds(run, 'wall') or 0:.2f} s ({spread}denoise {denoise:.2f} s)")]
     ref = compare.dense_reference(store, run) if store is not None else None
     if ref is not None:
-        s_wall, s_den = compare.speedup(ref.path, run, "wall"), compare.speedup(ref.path, run, "denoise")
-        band = compare.noise_band(store, ref.path, "wall")
+        s_wall, s_den = compare.speedup(ref, run, "wall"), compare.speedup(ref, run, "denoise")
+        band = compare.noise_band(store, ref, "wall")
         noise = f"; dense itself varies {band[0]:.2f}-{band[1]:.2f}x" if band else ""
         rows.append((f"speedup vs dense `{ref.run_id}`", f"{s_wall:.2f}x wall, {s_den:.2f}x denoise{noise}"))
     elif store is not None and run.config.get("method") != "dense":
@@ -225,14 +225,15 @@ def compare_panel(store: RunStore, run: Run):
 
 
 def compare_runs_panel(runs: list[Run]):
-    """Side-by-side and difference videos (H.264 files in a new temporary folder), the difference gain, per-frame
-    quality curves and the table; the first run is the reference."""
+    """Side-by-side and difference videos (H.264 files in a new temporary folder, which replaces this process's
+    previous one: the app has copied those files into its cache by then), the difference gain, per-frame quality
+    curves and the table; the first run is the reference."""
     if len(runs) < 2:
         raise UserError("pick at least two runs (the first is the reference)")
-    out_dir = Path(tempfile.mkdtemp(prefix="accel-compare-"))
     both = compare.side_by_side(runs)
     diff, gain = compare.difference_video(runs[0], runs[1])
     fps = int(runs[0].config.get("fps") or 16)
+    out_dir = tempdirs.latest("compare")
     write_h264(both, out_dir / "side_by_side.mp4", fps=fps)
     write_h264(diff, out_dir / "difference.mp4", fps=fps)
     table = compare.quality(runs[0], runs[1:]).round(3)
@@ -245,23 +246,32 @@ def _note_table(text: str) -> pd.DataFrame:
     return pd.DataFrame({"note": [text]})
 
 
+def _breakdown(run: Run, ref: RunInfo | None, profiled: bool) -> tuple[go.Figure, pd.DataFrame, pd.DataFrame]:
+    """The phase breakdown beside the dense reference and its Amdahl numbers, or why there is none (a reference
+    that cannot be read is named; this run's own damage is raised)."""
+    why = "profile this run and its dense reference (same prompt and seed) to see the breakdown"
+    try:
+        if ref is not None and profiled and profile.is_profiled(ref.path):
+            fig, phases, amdahl = profile.breakdown_chart(run, ref.path)
+            amdahl_df = pd.DataFrame([{"quantity": k, "value": round(v, 3)} for k, v in amdahl.items()])
+            return fig, phases.round(3), amdahl_df
+    except DamagedRunError as exc:
+        if exc.run_id == run.run_id:
+            raise
+        why = f"no breakdown: {compare.skipped(exc)}"
+    return empty_figure(why), _note_table(why), _note_table(why)
+
+
 def profile_panel(store: RunStore, run: Run):
     """Range and kernel charts and tables, peak memory, the breakdown beside the dense reference, the trace, and
     whether the run was profiled (TensorBoard has something to show)."""
     profiled = profile.is_profiled(run)
     t = profile.profile_tables(run)
-    ref = compare.dense_reference(store, run)
-    if ref is not None and profiled and profile.is_profiled(ref.path):
-        fig, phases, amdahl = profile.breakdown_chart(run, ref.path)
-        phases = phases.round(3)
-        amdahl_df = pd.DataFrame([{"quantity": k, "value": round(v, 3)} for k, v in amdahl.items()])
-    else:
-        why = "profile this run and its dense reference (same prompt and seed) to see the breakdown"
-        fig, phases, amdahl_df = empty_figure(why), _note_table(why), _note_table(why)
+    fig, phases, amdahl_df = _breakdown(run, compare.dense_reference(store, run), profiled)
     unprofiled = "not profiled: tick 'Profile' (or --profile) and generate again"
     tables = [t[k].round(r) if profiled else _note_table(unprofiled) for k, r in (("ranges", 3), ("kernels", 3),
                                                                                   ("memory", 1))]  # fmt: skip
-    trace = run.path / "trace.json.gz"
+    trace = run.data_file("trace.json.gz")  # never a symbolic link
     return (
         profile.range_chart(run),
         profile.kernel_chart(run),
@@ -269,7 +279,7 @@ def profile_panel(store: RunStore, run: Run):
         fig,
         phases,
         amdahl_df,
-        str(trace) if trace.is_file() else None,
+        str(trace) if trace is not None else None,
         profiled,
     )
 

@@ -62,7 +62,8 @@ def backends_ran(run: RunLike) -> str:
     """Which kernel backend ran the run's block-sparse attention calls, e.g. ``"torch x110, dense x10 (compile
     3.6 s)"``; empty for a run without sparse attention."""
     m = as_run(run).metrics
-    ran = {k.split("/")[1]: v for k, v in (m.get("kernel_calls") or {}).items() if k.startswith("block_sparse")}
+    calls = (m.get("kernel_calls") or {}).items()  # "<op>/<backend>": calls
+    ran = {k.partition("/")[2] or "?": v for k, v in calls if k.startswith("block_sparse")}
     if not ran:
         return ""
     compile_s = m.get("kernel_compile_s") or 0

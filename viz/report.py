@@ -12,10 +12,10 @@ from pathlib import Path
 import cv2
 import plotly.graph_objects as go
 
-from accel.runs import RunStore
+from accel.runs import DamagedRunError, Run, RunStore
 from accel.schema import Event
 from viz import chunks, compare, motion, profile, reuse, sparsity
-from viz.common import RunLike, as_run, branches
+from viz.common import RunLike, as_run, branches, empty_figure
 from viz.panels import headline_rows
 
 
@@ -39,15 +39,29 @@ def all_figures(run: RunLike, store: RunStore | None = None) -> dict[str, go.Fig
     if motion.token_maps(r, "updates") is not None:
         figs["Motion: token updates"] = motion.update_counts(r)
     if store is not None:
-        ref = compare.dense_reference(store, r)
-        if ref is not None:
-            figs["Compare: quality vs dense"] = compare.quality_curves(ref.path, [r])
-            figs["Compare: speed vs quality"] = compare.pareto(store, r)
-            if profile.is_profiled(r) and profile.is_profiled(ref.path):
-                figs["Profile: breakdown vs dense"] = profile.breakdown_chart(r, ref.path)[0]
+        figs.update(_against_dense(r, store))
     if profile.is_profiled(r):
         figs["Profile: named ranges"] = profile.range_chart(r)
         figs["Profile: kernels"] = profile.kernel_chart(r)
+    return figs
+
+
+def _against_dense(r: Run, store: RunStore) -> dict[str, go.Figure]:
+    """The figures of ``r`` against its dense reference; a reference that cannot be read, or whose frames differ,
+    leaves a note naming it in their place (``r``'s own damage is raised)."""
+    ref = compare.dense_reference(store, r)
+    if ref is None:
+        return {}
+    figs: dict[str, go.Figure] = {}
+    try:
+        figs["Compare: quality vs dense"] = compare.quality_curves(ref.path, [r])
+        figs["Compare: speed vs quality"] = compare.pareto(store, r)
+        if profile.is_profiled(r) and profile.is_profiled(ref.path):
+            figs["Profile: breakdown vs dense"] = profile.breakdown_chart(r, ref.path)[0]
+    except (DamagedRunError, compare.FramesDifferError) as exc:
+        if isinstance(exc, DamagedRunError) and exc.run_id == r.run_id:
+            raise
+        figs["Compare: skipped"] = empty_figure(compare.skipped(exc))
     return figs
 
 

@@ -9,7 +9,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from accel.schema import MASK_KINDS, Event, find_arrays, load_mask, read_index
+from accel.runs import DamagedRunError, Run
+from accel.schema import MASK_KINDS, Event, find_arrays, load_mask, read_array, read_index
 from viz.common import SEQUENTIAL, RunLike, as_run, empty_figure, events, title
 
 DENSITY_META = "accel-density"  # layout.meta of the density heatmaps
@@ -50,9 +51,20 @@ def mask_image(run: RunLike, key: str, head: int) -> np.ndarray:
     meta = read_index(r.arrays)[key]
     if "q_offsets" not in meta:
         return mask.astype(np.float32)
-    rows = _cluster_of_pixels(np.asarray(r.arrays[meta["q_offsets"]]), head)
-    cols = _cluster_of_pixels(np.asarray(r.arrays[meta["k_offsets"]]), head)
+    rows = _cluster_of_pixels(_offsets(r, meta, "q_offsets", mask.shape[0]), head)
+    cols = _cluster_of_pixels(_offsets(r, meta, "k_offsets", mask.shape[1]), head)
     return mask[np.ix_(rows, cols)].astype(np.float32)
+
+
+def _offsets(run: Run, meta: dict, name: str, clusters: int) -> np.ndarray:
+    """A cluster mask's ``q_offsets`` / ``k_offsets``: ``(..., heads, clusters + 1)`` integers, else a
+    :class:`DamagedRunError` naming arrays.npz."""
+    off = read_array(run.arrays, meta.get(name, ""), {})
+    heads = meta["shape"][0]
+    if off.ndim < 2 or off.shape[-2:] != (heads, clusters + 1) or not np.issubdtype(off.dtype, np.integer):
+        raise DamagedRunError(run.run_id, "arrays.npz", f"{name} of a mask of {heads} heads and {clusters} clusters "
+                              f"is {off.dtype} {list(off.shape)}")  # fmt: skip
+    return off
 
 
 def _cluster_of_pixels(offsets: np.ndarray, head: int) -> np.ndarray:
