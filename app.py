@@ -103,6 +103,7 @@ def _picker(pick: panels.Pick, **extra: Any):
     return gr.update(choices=pick.options, value=pick.value, **extra)
 
 
+@_shown
 def _run_lists():
     """The run picker's choices and the Runs table, fresh from the store; what is picked or selected stays."""
     store = _store()

@@ -514,7 +514,7 @@ class Run:
                 with np.load(lossless, allow_pickle=False) as data:
                     frames = np.asarray(data["frames"], dtype=np.uint8)
             else:
-                frames = read_video(source)
+                frames = read_video(source, max_bytes=size_limit("frames.npz"))  # the limit of frames in memory
         except _READ_ERRORS as exc:
             raise DamagedRunError(self.run_id, source.name, f"unreadable ({one_line(exc)})") from None
         if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:

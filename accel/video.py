@@ -97,8 +97,9 @@ def write_h264(frames: np.ndarray, path: str | Path, fps: int = 16, crf: int = 1
         raise RuntimeError(f"ffmpeg failed to encode {path} (exit {proc.returncode}): {err}")
 
 
-def read_video(path: str | Path) -> np.ndarray:
-    """Decode a video file to uint8 RGB frames of shape (F, H, W, 3) (including any padding)."""
+def read_video(path: str | Path, max_bytes: int | None = None) -> np.ndarray:
+    """Decode a video file to uint8 RGB frames of shape (F, H, W, 3) (including any padding); a video that decodes
+    to more than ``max_bytes`` is a ``ValueError`` as soon as it passes the limit (a small file can hold hours)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")
@@ -106,7 +107,11 @@ def read_video(path: str | Path) -> np.ndarray:
     try:
         meta = next(gen)
         width, height = (int(v) for v in meta["size"])
-        frames = [np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3) for buf in gen]
+        frames = []
+        for buf in gen:
+            frames.append(np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3))
+            if max_bytes is not None and len(frames) * len(buf) > max_bytes:
+                raise ValueError(f"decodes to more than {max_bytes / 2**30:.2f} GiB of frames")
     finally:
         gen.close()
     if not frames:

@@ -427,6 +427,15 @@ def test_a_video_or_frames_over_the_limit_are_refused_unread(store_copy, monkeyp
         store.load(ids["svg2"]).frames()
 
 
+def test_a_video_that_decodes_past_the_frames_limit_is_refused_while_decoding(store_copy, monkeypatch):
+    store, ids = store_copy
+    (store.root / ids["dense"] / "frames.npz").unlink()  # the frames now come from video.mp4
+    assert store.load(ids["dense"]).frames().shape == (9, 128, 128, 3)
+    monkeypatch.setenv("ACCEL_MAX_FRAMES_BYTES", str(128 * 128 * 3 * 4))  # four frames
+    with pytest.raises(DamagedRunError, match=r"video\.mp4: unreadable \(decodes to more than 0\.00 GiB of frames\)"):
+        store.load(ids["dense"]).frames()
+
+
 def test_the_sweep_removes_folders_of_processes_that_are_gone(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(proc.stdout)
