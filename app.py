@@ -25,6 +25,7 @@ from typing import Any
 import gradio as gr
 
 from accel import budget, forms, methods, models, tempdirs
+from accel.cli.common import Parser
 from accel.config import DEFAULT_MODEL, KERNEL_BACKENDS, MAX_REPEATS
 from accel.errors import DependencyError, UserError, imports_undone_on_failure, root_cause
 from accel.fields import MODEL_DEFAULT, FieldSpec
@@ -623,14 +624,17 @@ def _cannot_bind(host: str, port: int) -> str | None:
 
 def _port(text: str) -> int:
     """A TCP port from the command line (argparse turns the ValueError into a one-line usage error)."""
-    port = int(text)
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be an integer, got {text!r}") from None
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be 1 to 65535, got {port}")
     return port
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Serve the bench's Gradio app.")
+    parser = Parser(description="Serve the bench's Gradio app.")  # a usage error is one line
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     parser.add_argument("--port", type=_port, default=7860, help="TCP port, 1 to 65535 (default: 7860)")
     parser.add_argument("--runs-dir", help="run store folder (default: $ACCEL_RUNS_DIR or ./runs)")

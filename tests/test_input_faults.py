@@ -144,6 +144,7 @@ def test_app_port_out_of_range_is_one_line(capsys) -> None:
         app.main(["--port", "99999"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "port must be 1 to 65535, got 99999" in err and "Traceback" not in err
+    assert err.startswith("error: ") and err.count("\n") == 1
 
 
 def test_a_cfg_run_with_a_cond_only_table_names_the_fallback(tmp_path) -> None:

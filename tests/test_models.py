@@ -227,8 +227,10 @@ def test_unknown_name():
 def test_cuda_request_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    with pytest.raises(ModelLoadError, match="CUDA is not available"):
+    with pytest.raises(ModelLoadError, match=r"device 'cuda' requested but (this torch has no CUDA|no CUDA GPU)"):
         load_pipeline("tiny-wan", "cuda")
+    with pytest.raises(ModelLoadError, match="unknown device 'gpu'"):
+        models.check_device("gpu")
 
 
 def test_defaults_device_and_dtype():
