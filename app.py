@@ -25,9 +25,8 @@ from typing import Any
 import gradio as gr
 
 from accel import budget, forms, methods, models, tempdirs
-from accel.cli.common import Parser
 from accel.config import DEFAULT_MODEL, KERNEL_BACKENDS, MAX_REPEATS
-from accel.errors import DependencyError, UserError, imports_undone_on_failure, root_cause
+from accel.errors import DependencyError, Parser, UserError, imports_undone_on_failure, root_cause
 from accel.fields import MODEL_DEFAULT, FieldSpec
 from accel.paths import TABLES
 from accel.runs import RunStore

@@ -9,10 +9,21 @@ those keep working. This module imports nothing heavy: the run store and viz use
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.machinery import EXTENSION_SUFFIXES
+from typing import NoReturn
+
+EXIT_USAGE = 2  # the exit status of a usage error or a UserError on the command line
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are a single ``error: ...`` line (exit 2): the CLI's and app.py's."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see '{self.prog} --help')\n")
 
 
 class UserError(Exception):

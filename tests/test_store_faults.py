@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -351,7 +352,8 @@ def test_a_peer_with_frames_of_another_size_is_skipped_by_scans_and_refused_besi
         _, pareto, _ = panels.compare_panel(store, store.load(ids[name]))
         title = pareto.layout.title.text
         sizes = f"{ids['dense']} has (9, 128, 128, 3), {ids['svg2']} has (9, 64, 96, 3)"
-        assert title.startswith("speed vs quality over 1 runs") and f"skipped: frame shapes differ: {sizes}" in title
+        # other tests of the session may add comparable runs to the shared store: the count is not fixed
+        assert re.match(r"speed vs quality over \d+ runs", title) and f"skipped: frame shapes differ: {sizes}" in title
         assert f"skipped run {damaged.name}: frames.npz: unreadable" in title
     write_report(store.load(ids["dense"]), tmp_path / "dense.html", store)
     with pytest.raises(UserError, match=rf"{ids['dense']} has \(9, 128, 128, 3\), {ids['svg2']} has \(9, 64, 96, 3\)"):

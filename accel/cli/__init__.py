@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 from accel import env
 from accel.cli import bench, generate, runs
-from accel.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, CliError, Formatter, Parser
+from accel.cli.common import EXIT_INTERRUPTED, CliError, Formatter
 from accel.cli.flags import method_settings, setting_flags
-from accel.errors import DependencyError, UserError, one_line
+from accel.errors import EXIT_USAGE, DependencyError, Parser, UserError, one_line
 
 __all__ = ["CliError", "build_parser", "main", "method_settings", "setting_flags"]
 

@@ -8,27 +8,19 @@ import os
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from accel.errors import UserError, one_line
 
 if TYPE_CHECKING:
     from accel.runs import Run, RunInfo, RunStore
 
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 STORE_HELP = "Run store folder. Default: $ACCEL_RUNS_DIR if set, else ./runs."
 
 
 class CliError(UserError, ValueError):
     """Bad command-line input detected by the CLI itself."""
-
-
-class Parser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors are a single ``error: ...`` line (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"error: {message} (see '{self.prog} --help')\n")
 
 
 class Formatter(argparse.HelpFormatter):
