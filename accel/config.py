@@ -584,7 +584,7 @@ class RunConfig:
 
     def forcing_given(self) -> list[str]:
         """The diffusion-forcing fields (:data:`FORCING`) set to anything but their default."""
-        return [n for n in FORCING if getattr(self, n) not in (None, COMMIT_MODES[0] if n == "kv_commit" else None)]
+        return [f.name for f in dataclasses.fields(self) if f.name in FORCING and getattr(self, f.name) != f.default]
 
     def resolve(self, defaults: dict[str, Any]) -> RunConfig:
         """A copy with every ``None`` sampling field replaced by ``defaults[field]`` (where the model has one)."""

@@ -53,6 +53,7 @@ import pandas as pd
 
 from accel.errors import UserError, one_line
 from accel.schema import CONFIG_FIELDS, METRIC_FIELDS, NUMERIC_METRICS, Check
+from accel.tempdirs import process_gone
 from accel.video import read_video, write_h264
 
 __all__ = [
@@ -235,9 +236,10 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB ({n:,} bytes)"
 
 
-def _refused(path: Path, unpacked: int | None = None) -> str | None:
+def _refused(path: Path, unpacked: bool = False) -> str | None:
     """Why a run's file must not be served or read, else None: a symbolic link (it may point anywhere), or more
-    bytes than :func:`size_limit` (``unpacked``: what reading it takes in memory, if more than its size)."""
+    bytes than :func:`size_limit` (with ``unpacked``, an .npz also by what its arrays take once read: its zip
+    directory is read, and a broken one raises as reading it would)."""
     if path.is_symlink():
         return "a symbolic link, refused (a run's files live in its folder)"
     if path.exists() and not (path.is_file() or path.is_dir()):
@@ -245,12 +247,13 @@ def _refused(path: Path, unpacked: int | None = None) -> str | None:
     limit = size_limit(path.name)
     if limit is None or not path.is_file():
         return None
-    size = max(path.stat().st_size, unpacked or 0)
-    if size <= limit:
+    on_disk = path.stat().st_size
+    inside = _unpacked_bytes(path) if unpacked and on_disk <= limit else 0
+    if max(on_disk, inside) <= limit:
         return None
     env = SIZE_LIMITS[path.name][0]
-    what = "unpacks to" if unpacked and unpacked > path.stat().st_size else "is"
-    return f"{what} {_gib(size)}, over the {_gib(limit)} limit: refused (${env} raises it)"
+    what = f"unpacks to {_gib(inside)}" if inside > on_disk else f"is {_gib(on_disk)}"
+    return f"{what}, over the {_gib(limit)} limit: refused (${env} raises it)"
 
 
 def _unpacked_bytes(npz: Path) -> int:
@@ -267,9 +270,7 @@ def _unreadable_file(path: Path) -> str | None:
 
     for f in sorted(path.iterdir()):
         try:
-            if (why := _refused(f)) is None and f.name == "frames.npz":
-                why = _refused(f, _unpacked_bytes(f))
-            if why is not None:
+            if (why := _refused(f, unpacked=f.name == "frames.npz")) is not None:
                 return f"{f.name}: {why}"
             if f.suffix == ".npz":
                 zipfile.ZipFile(f).close()
@@ -335,13 +336,7 @@ def _owner_state(path: Path) -> str:
         return "unknown"
     if host != socket.gethostname() or pid <= 0:
         return "unknown"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return "dead"
-    except PermissionError:
-        return "alive"
-    return "alive"
+    return "dead" if process_gone(pid) else "alive"
 
 
 def _fsync(path: Path) -> None:
@@ -456,12 +451,10 @@ class Run:
         :func:`size_limit` (with ``unpacked``, an .npz whose arrays take more once read), is refused with a
         :class:`DamagedRunError` naming the run, the file and its size: nothing of it is served, copied or read."""
         p = self.path / name
-        why = _refused(p)
-        if why is None and unpacked and p.is_file():
-            try:
-                why = _refused(p, _unpacked_bytes(p))
-            except _READ_ERRORS as exc:
-                why = f"unreadable ({one_line(exc)})"
+        try:
+            why = _refused(p, unpacked)
+        except _READ_ERRORS as exc:  # the zip directory of an .npz whose unpacked size was asked for
+            why = f"unreadable ({one_line(exc)})"
         if why is not None:
             raise DamagedRunError(self.run_id, name, why)
         return p if p.is_file() else None

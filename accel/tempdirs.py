@@ -64,8 +64,9 @@ def work_dir(kind: str, wanted: bool = True) -> tempfile.TemporaryDirectory | No
     return tempfile.TemporaryDirectory(prefix=prefix(kind))
 
 
-def _gone(pid: int) -> bool:
-    """True if no process ``pid`` exists on this host (POSIX; elsewhere nothing is known to be gone)."""
+def process_gone(pid: int) -> bool:
+    """True if no process ``pid`` exists on this host (POSIX; elsewhere nothing is known to be gone). The run store
+    asks it of a run writer's pid, :func:`sweep` of a folder's."""
     if os.name != "posix" or pid <= 0:
         return False
     try:
@@ -100,7 +101,7 @@ def sweep(root: str | Path | None = None) -> list[Path]:
     """Remove the folders of ``root`` (the system temp folder) whose owner process is gone; returns them."""
     removed = []
     for path, pid in _folders(root):
-        if _gone(pid):
+        if process_gone(pid):
             shutil.rmtree(path, ignore_errors=True)
             if not os.path.lexists(path):
                 removed.append(path)
