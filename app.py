@@ -23,29 +23,46 @@ from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
+import plotly.graph_objects as go
 
-from accel import budget, forms, methods, models, tempdirs
+from accel import budget, forms, methods, models, retime, tempdirs
 from accel.config import DEFAULT_MODEL, KERNEL_BACKENDS, MAX_REPEATS
 from accel.errors import DependencyError, Parser, UserError, imports_undone_on_failure, root_cause
-from accel.fields import MODEL_DEFAULT, FieldSpec
+from accel.fields import MODEL_DEFAULT, FieldSpec, parse_number
 from accel.paths import TABLES
 from accel.runs import RunStore
 from profiling import tensorboard
 from viz import motion, panels, profile
+from viz.common import empty_figure, fit_title
 from viz.report import write_report
 from viz.sparsity import DENSITY_META
 
 HIDDEN = "accel-hidden"  # elements the page script hides (wiring, not widgets)
 DENSITY_CLICK = "density-click"  # the hidden button a click on the density heatmap presses
-# Links the density heatmap to the step and layer pickers: gradio's Plot has no click event, so the page listens
-# for clicks on the figure whose layout.meta is viz.sparsity.DENSITY_META, keeps the hovered cell ("step,layer")
-# and presses a hidden button whose event reads it (density_click).
+# The page script (1) links the density heatmap to the step and layer pickers: gradio's Plot has no click event, so
+# it listens for clicks on the figure whose layout.meta is viz.sparsity.DENSITY_META, keeps the hovered cell
+# ("step,layer") and presses a hidden button whose event reads it (density_click); (2) redraws plots at their width
+# whenever their box changes size: a plot drawn while its tab was hidden comes out 700 px wide, and plotly's own
+# "responsive" redraw only listens to window resizes.
 PAGE_SCRIPT = f"""() => {{
   const box = () => document.querySelector('#{DENSITY_CLICK}');
   const hide = () => document.querySelectorAll('.{HIDDEN}').forEach((e) => {{ e.style.display = 'none'; }});
-  new MutationObserver(hide).observe(document.body, {{childList: true, subtree: true}});
+  let pending = null;
+  const redraw = () => {{
+    clearTimeout(pending);
+    pending = setTimeout(() => window.dispatchEvent(new Event('resize')), 150);
+  }};
+  const sized = new ResizeObserver(redraw);
+  const watched = new WeakSet();
+  const watch = () => document.querySelectorAll('.js-plotly-plot').forEach((gd) => {{
+    const frame = gd.parentElement;
+    if (frame && !watched.has(frame)) {{ watched.add(frame); sized.observe(frame); }}
+  }});
+  new MutationObserver(() => {{ hide(); watch(); }}).observe(document.body, {{childList: true, subtree: true}});
   hide();
+  watch();
   document.addEventListener('click', (e) => {{
+    if (e.target.closest && e.target.closest('[role=tab]')) redraw();
     const gd = e.target.closest && e.target.closest('.js-plotly-plot');
     if (!gd || !gd.layout || gd.layout.meta !== '{DENSITY_META}' || !(gd._hoverdata || []).length) return;
     const p = gd._hoverdata[0];
@@ -73,7 +90,7 @@ def _shown(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def handler(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            return _fitted(fn(*args, **kwargs))
         except gr.Error:
             raise
         except UserError as exc:
@@ -84,6 +101,53 @@ def _shown(fn: Callable) -> Callable:
             raise gr.Error(f"{fn.__name__.replace('_', ' ')} failed: {why} (traceback in the server log)") from None
 
     return handler
+
+
+def _fitted(result: Any) -> Any:
+    """A handler's result with every figure's title wrapped to the plot (plotly cuts a long title, never wraps)."""
+    if isinstance(result, tuple):
+        return tuple(_fitted(r) for r in result)
+    return fit_title(result) if isinstance(result, go.Figure) else result
+
+
+NO_RUN = "no run selected: generate one, or pick one above or in the Runs tab"
+
+
+def _blank(component: gr.components.Component, why: str) -> Any:
+    """What ``component`` shows while there is nothing of the selected run to show (``why`` where it has room)."""
+    if isinstance(component, gr.Plot):
+        return empty_figure(why)
+    if isinstance(component, gr.Dataframe):
+        return panels.note_table(why)
+    if isinstance(component, gr.Dropdown):
+        return gr.update(choices=[], value=[] if component.multiselect else None)
+    if isinstance(component, gr.Markdown):
+        return ""
+    if isinstance(component, gr.Button):
+        return gr.update(interactive=False)
+    if isinstance(component, (gr.Slider, gr.Radio)):
+        return gr.skip()
+    return None  # an image, a video, a file: cleared
+
+
+def _blanks(outputs: list, why: str) -> Callable[..., Any]:
+    """An event handler that blanks ``outputs`` (:func:`_blank`), whatever its inputs."""
+
+    def blank(*_):
+        shown = tuple(_blank(c, why) for c in outputs)
+        return shown if len(shown) > 1 else shown[0]
+
+    return blank
+
+
+def _for_run(view: Callable, outputs: list) -> Callable:
+    """``view`` for a change of the run shown: with no run (none yet, or it was deleted), every output blank."""
+
+    @functools.wraps(view)
+    def update(run_id: str | None, *rest):
+        return view(run_id, *rest) if run_id else _blanks(outputs, NO_RUN)()
+
+    return update
 
 
 def _on_show(view: Callable, outputs: int) -> Callable:
@@ -113,28 +177,44 @@ def _run_lists():
 STOP = threading.Event()  # set by the Stop button; generations run one at a time (GENERATE_QUEUE)
 
 
+class Stopped(UserError):
+    """The user pressed Stop: not an error; nothing was stored and the run shown stays."""
+
+
 def request_stop() -> None:
     """Ask the running generation to stop at its next step (nothing is stored)."""
     STOP.set()
 
 
+def _stopped(exc: Stopped, outputs: int) -> tuple:
+    """A neutral note for a stopped generation, and no change to its ``outputs`` (the previous run stays shown)."""
+    gr.Info(f"Stopped: {exc}")
+    return tuple(gr.skip() for _ in range(outputs))
+
+
+def _steps(cfg, progress) -> Callable[..., None]:
+    """A progress callback ``(i, n, what="")`` for gradio's tracker that honours Stop (pressed from now on); it
+    counts denoising steps, or for a diffusion-forcing model the rows of its schedule (chunks are denoised
+    staggered, so there are more rows than steps)."""
+    unit = "diffusion-forcing iteration" if models.resolve(cfg.model).family == "skyreels" else "step"
+    STOP.clear()
+
+    def step(i: int, n: int, what: str = "") -> None:
+        if STOP.is_set():
+            raise Stopped(f"at {unit} {i} of {n}{' in ' + what if what else ''}: nothing was stored")
+        done = f"{unit} {i}/{n}" if i < n else f"{unit} {n}/{n} · decoding the video (VAE)"
+        progress(i / n, desc=f"{what} · {done}" if what else done)
+
+    return step
+
+
 def _generate(cfg, profile: bool, progress) -> str:
     """Generate ``cfg`` into the store with a progress bar (steps, then the VAE decode) that honours Stop. A failed
     import leaves nothing half-imported behind: the next request imports afresh."""
-    with imports_undone_on_failure():
-        return _generate_run(cfg, profile, progress)
-
-
-def _generate_run(cfg, profile: bool, progress) -> str:
     from accel.runner import generate  # imported on first use: the views need no torch model
 
-    def step(i: int, n: int) -> None:
-        if STOP.is_set():
-            raise UserError(f"stopped at step {i} of {n}: nothing was stored")
-        progress(i / n, desc=f"step {i}/{n}" if i < n else f"step {n}/{n} · decoding the video (VAE)")
-
-    STOP.clear()
-    return generate(cfg, _store(), progress=step, profile=profile).run_id
+    with imports_undone_on_failure():
+        return generate(cfg, _store(), progress=_steps(cfg, progress), profile=profile).run_id
 
 
 # -- event handlers ----------------------------------------------------------------------------------------
@@ -163,7 +243,10 @@ def run_generation(*args, **kwargs):
     n = forms.SETTINGS_START
     sampling, (profile_on, kernels), fields = form[4 : n - 2], form[n - 2 : n], form[n:]
     cfg = forms.run_config(model, method, prompt, negative, list(sampling), list(fields), kernels)
-    run = _store().load(_generate(cfg, bool(profile_on), progress))
+    try:
+        run = _store().load(_generate(cfg, bool(profile_on), progress))
+    except Stopped as exc:
+        return _stopped(exc, 3)
     choices = panels.run_choices(_store())
     video = run.video_path  # refused (one line) if a symbolic link or over its size limit
     return str(video) if video else None, panels.headline(_store(), run), gr.update(choices=choices, value=run.run_id)
@@ -176,8 +259,26 @@ run_generation.__signature__ = GENERATE_FORM  # what gradio (and inspect) read: 
 def run_dense_reference(run_id: str | None, progress=PROGRESS):
     """Generate the dense run matching ``run_id`` (same prompt, seed, model and sampling)."""
     run = _open(run_id)
-    _generate(forms.dense_reference(run.config), profile.is_profiled(run), progress)
+    try:
+        _generate(forms.dense_reference(run.config), profile.is_profiled(run), progress)
+    except Stopped as exc:
+        return _stopped(exc, 7)
     return compare_choices(run_id)
+
+
+@_shown
+def retime_run(run_id: str | None, rounds: Any = retime.ROUNDS, progress=PROGRESS):
+    """Time the shown run and dense alternately in this process (:mod:`accel.retime`); the headline then shows that
+    ratio instead of the two runs' own."""
+    run = _open(run_id)
+    rounds = retime.ROUNDS if rounds is None or str(rounds).strip() == "" else parse_number(rounds, "rounds", True)
+    step = _steps(retime.configs(run)["run"], progress)
+    try:
+        with imports_undone_on_failure():
+            retime.retime(_store(), run, rounds, step)
+    except Stopped as exc:
+        return _stopped(exc, 2)
+    return shown_run(run_id)
 
 
 @_shown
@@ -228,7 +329,10 @@ def density_click(run_id: str | None, branch: str | None, cell: str):
 def reuse_view(run_id: str | None, branch: str | None = None, heads: list[str] | None = None):
     """Refresh/reuse grid (clickable image) and drift curves of the chosen heads."""
     branch, grid, heads, drift, note = panels.reuse_panel(_open(run_id), branch, heads)
-    return _picker(branch), grid, _picker(heads), drift, note
+    return _picker(branch), grid, _picker(heads), drift, note, empty_figure(CLICK_A_CELL), ""
+
+
+CLICK_A_CELL = "click a cell of the grid: the mask that head used at that step shows here"
 
 
 @_shown
@@ -256,7 +360,16 @@ def motion_view(run_id: str | None, frame: Any = 0, source: str = "method"):
 def compare_choices(run_id: str | None):
     """Comparable runs (same prompt, seed, model and sampling), the dense one first, and the Pareto plot."""
     runs, pareto, note = panels.compare_panel(_store(), _open(run_id))
-    return _picker(runs), pareto, note
+    return _picker(runs), pareto, note, *_no_comparison()
+
+
+def _no_comparison() -> tuple:
+    """The Compare results (side by side, difference, curves, table) before Compare is pressed for the runs picked."""
+    why = "press Compare to compare the runs picked"
+    return None, gr.update(value=None, label=DIFF_LABEL), empty_figure(why), panels.note_table(why)
+
+
+DIFF_LABEL = "Difference of the second run (colour bar in pixel levels)"
 
 
 @_shown
@@ -312,15 +425,17 @@ def runs_select(table, evt: gr.SelectData) -> str:
 
 
 @_shown
-def delete_run(run_id: str, confirm: bool):
-    """Delete a run once the box is ticked; the list refreshes."""
+def delete_run(run_id: str, confirm: bool, shown: str | None = None):
+    """Delete a run once the box is ticked; the lists refresh, and the run ``shown`` in the views stays unless it
+    was the one deleted (then every view shows its empty state)."""
     if not run_id:
         raise UserError("select a run in the table first")
     if not confirm:
         raise UserError(f"tick 'confirm delete' to delete {run_id}")
     _store().delete(run_id)
     table, choices = panels.runs_table(_store()), panels.run_choices(_store())
-    return table, "", False, gr.update(choices=choices, value=None), f"Deleted {run_id}."
+    keep = shown if shown != run_id and shown in {c[1] for c in choices} else None
+    return table, "", False, gr.update(choices=choices, value=keep), f"Deleted {run_id}."
 
 
 @_shown
@@ -425,8 +540,12 @@ def generate_tab(run_pick: gr.Dropdown):
                     info="empty = $ACCEL_KERNELS, else auto (Triton on CUDA, torch on CPU); flex compiles per shape",
                 )  # fmt: skip
         with gr.Column(scale=1):
-            video = gr.Video(label="Output", autoplay=True, loop=True)
-            summary = gr.Markdown()
+            summary = gr.Markdown()  # above the video: the numbers are seen without scrolling
+            with gr.Row():
+                retime_btn = gr.Button("Re-time both, interleaved", scale=3)
+                rounds = gr.Number(retime.ROUNDS, label="rounds", scale=1, min_width=80,
+                                   info=f"each side timed this often (1 to {retime.MAX_ROUNDS})")  # fmt: skip
+            video = gr.Video(label="Output", autoplay=True, loop=True, height=420)
     method.change(lambda m: [gr.update(visible=n == m) for n in names], method, groups, api_name=False)
     model.change(model_defaults, model, model_note, api_name=False)
     size_preset.change(preset_sizes, [model, size_preset], [height, width, frames], api_name=False)
@@ -437,7 +556,11 @@ def generate_tab(run_pick: gr.Dropdown):
         show_progress_on=video,
     )  # fmt: skip
     stop_btn.click(request_stop, None, None, api_name="stop", queue=False)
-    return video, summary, generated
+    retimed = retime_btn.click(
+        retime_run, [run_pick, rounds], [video, summary], concurrency_limit=1, concurrency_id=GENERATE_QUEUE,
+        api_name="retime", show_progress_on=summary,
+    )  # fmt: skip
+    return video, summary, generated, retimed
 
 
 def sparsity_tab(run_pick: gr.Dropdown) -> None:
@@ -454,7 +577,7 @@ def sparsity_tab(run_pick: gr.Dropdown) -> None:
     out = [branch, step, layer, masks, density, note]
     cell_js = "(run, branch, _) => [run, branch, window.accelDensityCell || '']"  # the cell the page script saw
     clicked.click(density_click, [run_pick, branch, cell], out, js=cell_js, api_name=False, show_progress_on=masks)
-    run_pick.change(sparsity_view, run_pick, out, api_name="sparsity", show_progress_on=masks)
+    run_pick.change(_for_run(sparsity_view, out), run_pick, out, api_name="sparsity", show_progress_on=masks)
     for ctl in (branch, step, layer):
         ctl.input(sparsity_view, [run_pick, branch, step, layer], out, api_name=False, show_progress_on=masks)
     # shown again, a tab redraws at its width (plots drawn while hidden come out narrow)
@@ -471,11 +594,11 @@ def reuse_tab(run_pick: gr.Dropdown) -> None:
         with gr.Row():
             grid = gr.Image(label="Refresh / reuse grid: rows steps, columns layer·head (click a cell)",
                             interactive=False, type="numpy", height=420)  # fmt: skip
-            mask = gr.Plot(label="Mask of the clicked head")
+            mask = gr.Plot(empty_figure(CLICK_A_CELL), label="Mask of the clicked head")
         picked = gr.Markdown()
         drift = gr.Plot(label="Drift")
-    out = [branch, grid, heads, drift, note]
-    run_pick.change(reuse_view, run_pick, out, api_name="reuse", show_progress_on=drift)
+    out = [branch, grid, heads, drift, note, mask, picked]  # a run or branch shown anew clears the clicked mask
+    run_pick.change(_for_run(reuse_view, out), run_pick, out, api_name="reuse", show_progress_on=drift)
     for ctl in (branch, heads):
         ctl.input(reuse_view, [run_pick, branch, heads], out, api_name=False, show_progress_on=drift)
     tab.select(_on_show(reuse_view, len(out)), [run_pick, branch, heads], out, api_name=False, show_progress_on=drift)
@@ -486,7 +609,7 @@ def chunks_tab(run_pick: gr.Dropdown) -> None:
     with gr.Tab("Chunk cache", id="chunks") as tab:
         branch = gr.Dropdown([], label="Branch")
         out = [branch, gr.Plot(label="Timeline"), gr.Plot(label="Accumulators"), gr.Plot(label="KV buffer")]
-    run_pick.change(chunks_view, run_pick, out, api_name="chunks", show_progress_on=out[1])
+    run_pick.change(_for_run(chunks_view, out), run_pick, out, api_name="chunks", show_progress_on=out[1])
     branch.input(chunks_view, [run_pick, branch], out, api_name=False, show_progress_on=out[1])
     tab.select(_on_show(chunks_view, len(out)), [run_pick, branch], out, api_name=False, show_progress_on=out[1])
 
@@ -502,7 +625,7 @@ def motion_tab(run_pick: gr.Dropdown) -> None:
         image = gr.Image(label="Motion heatmap over the frame", interactive=False, type="numpy", height=460)
         counts = gr.Plot(label="Token updates")
     out = [frame, source, image, counts]
-    run_pick.change(motion_view, run_pick, out, api_name="motion", show_progress_on=image)
+    run_pick.change(_for_run(motion_view, out), run_pick, out, api_name="motion", show_progress_on=image)
     frame.release(motion_view, [run_pick, frame, source], out, api_name=False, show_progress_on=image)
     source.input(motion_view, [run_pick, frame, source], out, api_name=False, show_progress_on=image)
     tab.select(_on_show(motion_view, len(out)), [run_pick, frame, source], out, api_name=False, show_progress_on=image)
@@ -518,17 +641,19 @@ def compare_tab(run_pick: gr.Dropdown):
         note = gr.Markdown()
         with gr.Row():
             side = gr.Video(label="Side by side", height=340, loop=True, scale=3)
-            diff = gr.Video(label="Difference of the second run (colour bar in pixel levels)", height=340, loop=True,
-                            scale=1)  # fmt: skip
-        table = gr.Dataframe(label="Quality and speed against the first run")
-        curves = gr.Plot(label="Per-frame PSNR / SSIM")
+            diff = gr.Video(label=DIFF_LABEL, height=340, loop=True, scale=1)
+        _, _, first_curves, first_table = _no_comparison()
+        table = gr.Dataframe(first_table, label="Quality and speed against the first run", wrap=True)
+        curves = gr.Plot(first_curves, label="Per-frame PSNR / SSIM")
         pareto = gr.Plot(label="Speed vs quality")
-    run_pick.change(compare_choices, run_pick, [runs, pareto, note], api_name="compare_choices",
-                    show_progress_on=pareto)  # fmt: skip
-    cmp_btn.click(compare_runs, runs, [side, diff, curves, table], api_name="compare", show_progress_on=side)
+    results = [side, diff, curves, table]
+    out = [runs, pareto, note, *results]
+    run_pick.change(_for_run(compare_choices, out), run_pick, out, api_name="compare_choices", show_progress_on=pareto)
+    runs.input(lambda: _no_comparison(), None, results, api_name=False, queue=False)  # results of other runs go
+    cmp_btn.click(compare_runs, runs, results, api_name="compare", show_progress_on=side)
     tab.select(_on_show(pareto_view, 1), run_pick, pareto, api_name=False)
     return dense_btn.click(
-        run_dense_reference, run_pick, [runs, pareto, note],
+        run_dense_reference, run_pick, out,
         concurrency_limit=1, concurrency_id=GENERATE_QUEUE, api_name="dense_reference", show_progress_on=pareto,
     )  # fmt: skip
 
@@ -544,15 +669,18 @@ def profile_tab(run_pick: gr.Dropdown) -> list[gr.components.Component]:
             trace = gr.File(label="trace.json.gz (chrome://tracing offline, or Perfetto)", scale=1)
         breakdown = gr.Plot(label="Breakdown vs dense")
         with gr.Row():
-            phases = gr.Dataframe(label="Phases (ms per transformer call)")
-            amdahl = gr.Dataframe(label="Amdahl")
+            phases = gr.Dataframe(label="Phases (ms per transformer call)", wrap=True)
+            amdahl = gr.Dataframe(label="Amdahl", wrap=True)
         ranges_fig = gr.Plot(label="Named ranges")
         kernels_fig = gr.Plot(label="Kernels")
-        ranges = gr.Dataframe(label="Ranges")
-        kernels = gr.Dataframe(label="Kernels")
-        memory = gr.Dataframe(label="Peak memory")
+        ranges = gr.Dataframe(label="Ranges", wrap=True)
+        kernels = gr.Dataframe(label="Kernels", wrap=True)
+        memory = gr.Dataframe(label="Peak memory", wrap=True)
     out = [ranges_fig, kernels_fig, ranges, kernels, memory, breakdown, phases, amdahl, trace, tb_btn]
-    run_pick.change(profile_view, run_pick, out, api_name="profile", show_progress_on=ranges_fig)
+    # the previous run's charts go at once (the new ones queue behind the other tabs' views)
+    run_pick.change(_blanks(out, "loading the run's profile..."), None, out, api_name=False, queue=False).then(
+        _for_run(profile_view, out), run_pick, out, api_name="profile", show_progress_on=ranges_fig
+    )
     tb_btn.click(open_tensorboard, run_pick, tb_note, api_name="tensorboard")
     tab.select(_on_show(profile_view, len(out)), run_pick, out, api_name=False, show_progress_on=ranges_fig)
     return out
@@ -560,7 +688,8 @@ def profile_tab(run_pick: gr.Dropdown) -> list[gr.components.Component]:
 
 def runs_tab(run_pick: gr.Dropdown) -> gr.Dataframe:
     with gr.Tab("Runs", id="runs"):
-        table = gr.Dataframe(panels.runs_table(_store()), label="Run store (click a row)", interactive=False)
+        table = gr.Dataframe(panels.runs_table(_store()), label="Run store (click a row)", interactive=False,
+                             wrap=True)  # fmt: skip
         with gr.Row():
             selected = gr.Textbox(label="Selected run", interactive=False)
             open_btn = gr.Button("Open")
@@ -569,8 +698,8 @@ def runs_tab(run_pick: gr.Dropdown) -> gr.Dataframe:
         note = gr.Markdown()
     table.select(runs_select, table, selected, api_name=False)
     open_btn.click(open_selected, selected, [run_pick, note], api_name=False)
-    del_btn.click(delete_run, [selected, confirm], [table, selected, confirm, run_pick, note], api_name=False,
-                  show_progress_on=note)  # fmt: skip
+    del_btn.click(delete_run, [selected, confirm, run_pick], [table, selected, confirm, run_pick, note],
+                  api_name=False, show_progress_on=note)  # fmt: skip
     return table
 
 
@@ -584,9 +713,9 @@ def build_app() -> gr.Blocks:
             )
             refresh = gr.Button("Refresh list", scale=0)
             report_btn = gr.Button("HTML report", scale=0)
-            report_file = gr.File(label="Report", scale=1, visible=False)
+        report_file = gr.File(label="Report (HTML, opens offline)", visible=False)  # a row of its own: the name shows
         with gr.Tabs():
-            video, summary, generated = generate_tab(run_pick)
+            video, summary, generated, retimed = generate_tab(run_pick)
             for tab in (sparsity_tab, reuse_tab, chunks_tab, motion_tab):
                 tab(run_pick)
             dense_reference = compare_tab(run_pick)
@@ -596,6 +725,7 @@ def build_app() -> gr.Blocks:
         refresh.click(_run_lists, None, lists, api_name=False)
         report_btn.click(export_report, run_pick, report_file, api_name="report")
         run_pick.change(shown_run, run_pick, [video, summary], api_name="shown_run")
+        retimed.success(profile_view, run_pick, profile_out, api_name=False, show_progress_on=profile_out[0])
         for adds_a_run in (generated, dense_reference):  # every run list shows the new run at once
             adds_a_run.then(_run_lists, None, lists, api_name=False)
         # a new dense reference changes the headline's speedup and the profile breakdown of the run shown

@@ -8,6 +8,7 @@ encoding, denoising, VAE decode) are measured by wrapping the pipeline's own ``e
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import platform
 import time
@@ -161,6 +162,78 @@ def _check_forcing(cfg: RunConfig, spec: models.ModelSpec) -> None:
         )
 
 
+def checked(
+    cfg: RunConfig, limits: budget.Limits | None = None, policy: RecordPolicy | None = None
+) -> tuple[RunConfig, models.ModelSpec, str, str, list[str]]:
+    """``cfg`` checked before anything loads, each refusal one line: the model, the method on it, the device, the
+    kernel backend, the threshold table, the size ``limits`` and the device's free memory (with the masks
+    ``policy`` records; None: no recording). Returns the config with the model's defaults filled in, the model,
+    the device, the kernel backend and the table's warnings."""
+    spec = models.resolve(cfg.model)
+    _check_forcing(cfg, spec)
+    cfg = cfg.resolve(spec.defaults)
+    method = methods.get(cfg.method)
+    method.check_model(spec)
+    method.check_parallel(cfg, spec)
+    device_name = models.check_device(cfg.device or models.default_device())
+    if cfg.parallel:  # before anything loads: one process per rank, and heads and tokens that split evenly
+        device_name = parallel.init(cfg.parallel, cfg.device)
+        arch = budget.transformer_config(spec)
+        tokens = budget.latent_tokens(cfg, tuple(arch.get("patch_size") or (1, 2, 2)))
+        parallel.check_divisible(cfg.parallel, int(arch["num_attention_heads"]), tokens)
+    dtype = models.parse_dtype(cfg.dtype, device_name)
+    models.check_available(spec)
+    backend = _kernel_backend(cfg.kernels, device_name)
+    warnings_ = _table_warnings(cfg)  # before loading: a bad table is refused at once
+    loaded = models.is_loaded(cfg.model, device_name, dtype)
+    mask_bytes = budget.most_mask_bytes(cfg, spec, policy.mask_budget_mb) if policy is not None and policy.masks else 0
+    budget.check(cfg, spec, device_name, dtype.itemsize, limits, weights_loaded=loaded, mask_bytes=mask_bytes)
+    return cfg, spec, device_name, backend, warnings_
+
+
+def timed_pass(
+    pipe,
+    cfg: RunConfig,
+    spec: models.ModelSpec,
+    recorder: Recorder,
+    progress: ProgressFn | None = None,
+    profiler: RunProfiler | None = None,
+) -> tuple[Any, dict[str, float]]:
+    """One generation of ``cfg`` on the loaded ``pipe`` with its method installed (and ``profiler`` attached):
+    the method's output and the pass's wall and :data:`STAGES` seconds (CUDA synchronised at both ends)."""
+    device = pipe.transformer.device
+    times: dict[str, float] = {}
+    sync(device)
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if cfg.kernels is not None:
+            stack.enter_context(dispatch.use_backend(cfg.kernels))
+        if profiler is not None:
+            stack.enter_context(profiler).attach(pipe.transformer)
+        target = Target(pipe, cfg, spec, recorder)
+        with _stage_timers(pipe, device, times), methods.get(cfg.method).install(target) as run:
+            output = run(progress)
+        sync(device)
+    return output, _pass_times(time.perf_counter() - t0, times)
+
+
+@contextmanager
+def out_of_memory_as_run_error(device: torch.device, cfg: RunConfig) -> Iterator[None]:
+    """Running out of memory in the block becomes a one-line :class:`RunError` naming the size (CUDA's cache is
+    emptied first); other errors pass through."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        if not _is_out_of_memory(exc) or isinstance(exc, UserError):
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise RunError(
+            f"out of memory on {device} at {cfg.width}x{cfg.height}x{cfg.frames}: lower the size or frames "
+            f"({one_line(exc)})"
+        ) from None
+
+
 def generate(
     cfg: RunConfig,
     store: RunStore | None = None,
@@ -180,27 +253,9 @@ def generate(
     :class:`profiling.profiler.RunProfiler` records a few transformer calls and the folder also gets
     ``trace.json.gz``, ``tb/`` and the ``profile_*`` tables.
     """
-    spec = models.resolve(cfg.model)
-    _check_forcing(cfg, spec)
-    cfg = cfg.resolve(spec.defaults)
-    method = methods.get(cfg.method)
-    method.check_model(spec)
-    method.check_parallel(cfg, spec)
     store = store or RunStore()
-    device_name = models.check_device(cfg.device or models.default_device())
-    if cfg.parallel:  # before anything loads: one process per rank, and heads and tokens that split evenly
-        device_name = parallel.init(cfg.parallel, cfg.device)
-        arch = budget.transformer_config(spec)
-        tokens = budget.latent_tokens(cfg, tuple(arch.get("patch_size") or (1, 2, 2)))
-        parallel.check_divisible(cfg.parallel, int(arch["num_attention_heads"]), tokens)
-    dtype = models.parse_dtype(cfg.dtype, device_name)
-    models.check_available(spec)
-    backend = _kernel_backend(cfg.kernels, device_name)
-    warnings_ = _table_warnings(cfg)  # before loading: a bad table is refused at once
-    loaded = models.is_loaded(cfg.model, device_name, dtype)
     policy = policy or RecordPolicy()
-    mask_bytes = budget.most_mask_bytes(cfg, spec, policy.mask_budget_mb) if record and policy.masks else 0
-    budget.check(cfg, spec, device_name, dtype.itemsize, limits, weights_loaded=loaded, mask_bytes=mask_bytes)
+    cfg, spec, device_name, backend, warnings_ = checked(cfg, limits, policy if record else None)
     store.check_writable(budget.run_bytes(cfg))
     t_start = time.perf_counter()
     pipe = models.load_pipeline(cfg.model, device_name, cfg.dtype, cfg.parallel)
@@ -217,35 +272,23 @@ def generate(
     profiler = None
     work = tempdirs.work_dir("profile", profile)  # sweeps the folders of killed processes first
     try:
-        with LoadMeter(combine=parallel.total if cfg.parallel else None) as load:
+        with (
+            out_of_memory_as_run_error(device, cfg),
+            LoadMeter(combine=parallel.total if cfg.parallel else None) as load,
+        ):
             for i in range(cfg.repeats):  # the first pass is kept (video, telemetry, profile); all are timed
                 recording = Recorder(policy, enabled=record)  # record=False: for measuring what recording costs
-                times: dict[str, float] = {}
-                sync(device)
-                t0 = time.perf_counter()
-                with contextlib.ExitStack() as stack:
-                    if cfg.kernels is not None:
-                        stack.enter_context(dispatch.use_backend(cfg.kernels))
-                    if profile and i == 0:
-                        wait = profile_wait(cfg)
-                        profiler = stack.enter_context(RunProfiler(work.name, wait=wait, run_name=cfg.label()))
-                        profiler.attach(pipe.transformer)
-                    with _stage_timers(pipe, device, times), method.install(Target(pipe, cfg, spec, recording)) as run:
-                        output = run(progress)
-                    sync(device)
-                samples.append(_pass_times(time.perf_counter() - t0, times))
+                if profile and i == 0:
+                    profiler = RunProfiler(work.name, wait=profile_wait(cfg), run_name=cfg.label())
+                output, seconds = timed_pass(pipe, cfg, spec, recording, progress, profiler if i == 0 else None)
+                samples.append(seconds)
                 if i == 0:
                     (video, extra), recorder = output, recording
                     kernel_calls = {f"{op}/{b}": n for (op, b), n in (dispatch.calls - calls_before).items()}
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
-        if not _is_out_of_memory(exc) or isinstance(exc, UserError):
-            raise
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        raise RunError(
-            f"out of memory on {device} at {cfg.width}x{cfg.height}x{cfg.frames}: lower the size or frames "
-            f"({one_line(exc)})"
-        ) from None
+    except BaseException:
+        if work is not None:
+            work.cleanup()
+        raise
     generate_s = samples[0]["wall_s"]
     timed = samples[1:] if profile and len(samples) > 1 else samples  # a profiled pass runs slower
     bad = int(np.size(video) - np.count_nonzero(np.isfinite(video)))
@@ -299,6 +342,7 @@ def generate(
         "prompt_tokens": min(prompt_tokens, spec.text_tokens),
         "parallel": parallel.describe(cfg.parallel) if cfg.parallel else None,
         "warnings": warnings_,
+        "frames_sha256": hashlib.sha256(frames.tobytes()).hexdigest(),  # equal hashes: the same video
         **extra,
         **summarize(table),
     }

@@ -77,6 +77,7 @@ COMPLETE_MARKER = "COMPLETE"
 TMP_PREFIX = ".tmp-"
 OWNER_FILE = ".owner"
 REQUIRED_FILES = ("config.json", "metrics.json")
+AMENDMENTS = ("retimed.json",)  # files added to a complete run later (RunStore.amend): accel.retime's timings
 MAX_LABEL_LEN = 80
 LOSSLESS_MAX_BYTES = 64 * 2**20
 # the largest video.mp4 / frames.npz (on disk, and frames.npz's frames unpacked) served, copied, read or embedded;
@@ -736,17 +737,40 @@ class RunStore:
         """
         return Run(self._resolve(run_id_or_path))
 
-    def delete(self, run_id: str) -> None:
-        """Delete a complete run of this store by id, damaged or not (it first disappears atomically from
-        :meth:`list`). Paths and symbolic links are refused."""
+    def _complete_folder(self, run_id: str, action: str) -> Path:
+        """The folder of the complete run ``run_id`` of this store; paths and symbolic links are refused."""
         if not isinstance(run_id, str) or os.path.isabs(run_id):
-            raise InvalidRunIdError(f"refusing to delete {run_id}: give the id of a run of store {self.root}")
+            raise InvalidRunIdError(f"refusing to {action} {run_id}: give the id of a run of store {self.root}")
         path = self.root / _validate_run_id(run_id)
         if path.is_symlink() or not path.is_dir() or not (path / COMPLETE_MARKER).is_file():
             raise RunNotFoundError(f"no run {run_id} in store {self.root}")
+        return path
+
+    def delete(self, run_id: str) -> None:
+        """Delete a complete run of this store by id, damaged or not (it first disappears atomically from
+        :meth:`list`). Paths and symbolic links are refused."""
+        path = self._complete_folder(run_id, "delete")
         trash = self.root / f"{TMP_PREFIX}deleted-{path.name}-{secrets.token_hex(3)}"
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+    def amend(self, run_id: str, name: str, obj: Any) -> Path:
+        """Add (or replace) one of the :data:`AMENDMENTS` of a complete run as strict JSON, atomically: a
+        temporary file in the run's folder, fsynced, renamed over the old one. A reader sees the old file or the
+        new one, never half of one; the run's own files are never touched."""
+        if name not in AMENDMENTS:
+            raise ValueError(f"{name!r} is not a file a stored run may gain: {', '.join(AMENDMENTS)}")
+        path = self._complete_folder(run_id, f"add {name} to")
+        tmp = path / f".{name}.{os.getpid()}-{secrets.token_hex(3)}"
+        try:
+            _dump_json(obj, tmp)
+            _fsync(tmp)
+            os.replace(tmp, path / name)
+            _fsync(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"could not add {name} to run {run_id}: {exc.strerror or one_line(exc)}") from None
+        return path / name
 
     def recover(self, stale_s: float = 3600) -> tuple[int, int]:
         """Tidy the temporary folders; return (runs recovered, folders removed).

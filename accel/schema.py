@@ -137,6 +137,7 @@ METRIC_FIELDS: dict[str, Check] = {
     "dtype": text,
     "kernel_backend": text,
     "kernel_calls": map_of(integer(0)),  # "<op>/<backend>": calls
+    "frames_sha256": text,  # of the uint8 frames: two runs with equal hashes made the same video
 }
 
 COLUMNS = (

@@ -271,7 +271,7 @@ def test_stop_ends_a_generation_at_its_next_step_and_stores_nothing(monkeypatch,
         labels.append(desc)
         app.request_stop()  # pressed during the first step
 
-    with pytest.raises(UserError, match="stopped at step 2 of 3: nothing was stored"):
+    with pytest.raises(app.Stopped, match="at step 2 of 3: nothing was stored"):
         app._generate(cfg, False, pressing_stop)
     assert labels == ["step 1/3"] and RunStore(tmp_path / "runs").list() == []
     app._generate(cfg, False, lambda fraction, desc: labels.append(desc))  # Stop was for the last one only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -36,10 +37,37 @@ def branches(run: RunLike, *names: str) -> list[str]:
     return sorted(rows["branch"].dropna().unique().tolist(), key=lambda b: (b.split("/")[0] != "cond", b))
 
 
+TITLE_CHARS = 90  # a title line longer than this wraps (plotly cuts titles wider than the plot, never wraps)
+TITLE_LINE_PX = 22
+
+
+def wrapped(text: str, width: int = TITLE_CHARS) -> str:
+    """``text`` with ``<br>`` between words so that no line is longer than ``width`` characters (existing
+    ``<br>`` breaks stay)."""
+    return "<br>".join(textwrap.fill(line, width, break_long_words=False).replace("\n", "<br>")
+                       for line in text.split("<br>"))  # fmt: skip
+
+
+def fit_title(fig: go.Figure) -> go.Figure:
+    """Wrap the figure's title to :data:`TITLE_CHARS` per line and make room above the plot for the extra lines."""
+    text = fig.layout.title.text
+    if not text:
+        return fig
+    lines = wrapped(text)
+    extra = lines.count("<br>") - text.count("<br>")
+    if extra:
+        top = fig.layout.margin.t if fig.layout.margin.t is not None else 80
+        fig.update_layout(title_text=lines, margin_t=top + TITLE_LINE_PX * extra)
+        if fig.layout.height:
+            fig.update_layout(height=fig.layout.height + TITLE_LINE_PX * extra)
+    return fig
+
+
 def empty_figure(message: str, height: int = 240) -> go.Figure:
-    """A blank figure that says why there is nothing to plot."""
+    """A blank figure that says why there is nothing to plot (the message wraps)."""
     fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 14})
+    note = wrapped(message)
+    fig.add_annotation(text=note, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 14})
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(height=height, margin={"l": 20, "r": 20, "t": 20, "b": 20})

@@ -21,7 +21,7 @@ from accel.errors import UserError
 from accel.runs import DamagedRunError, Run, RunInfo, RunStore
 from accel.schema import Event, read_index
 from accel.video import write_h264
-from viz import chunks, compare, motion, profile, reuse, sparsity
+from viz import chunks, compare, motion, profile, reuse, sparsity, speed
 from viz.common import branches, empty_figure
 
 CELL = 16  # pixels per decision in the clickable reuse grid
@@ -78,21 +78,12 @@ def _load(root: str, run_id: str, fingerprint: tuple) -> Run:
 
 
 def headline_rows(store: RunStore | None, run: Run) -> list[tuple[str, str]]:
-    """The numbers a user looks at first, as (metric, value) rows: time, speedup vs dense (with a store), density,
-    reuse, the cache's saving, tokens, device and kernel backend."""
+    """The numbers a user looks at first, as (metric, value) rows: time, speed against dense and how far to trust
+    it (with a store: :func:`viz.speed.rows`), density, reuse, the cache's saving, tokens, device and kernels."""
     m = run.metrics
-    walls = compare.speed_samples(run, "wall")
-    spread = f"median of {len(walls)}: {min(walls):.2f}-{max(walls):.2f} s; " if len(walls) > 1 else ""
-    denoise = compare.seconds(run, "denoise") or 0.0
-    rows = [("wall time", f"{compare.seconds(run, 'wall') or 0:.2f} s ({spread}denoise {denoise:.2f} s)")]
-    ref = compare.dense_reference(store, run) if store is not None else None
-    if ref is not None:
-        s_wall, s_den = compare.speedup(ref, run, "wall"), compare.speedup(ref, run, "denoise")
-        band = compare.noise_band(store, ref, "wall")
-        noise = f"; dense itself varies {band[0]:.2f}-{band[1]:.2f}x" if band else ""
-        rows.append((f"speedup vs dense `{ref.run_id}`", f"{s_wall:.2f}x wall, {s_den:.2f}x denoise{noise}"))
-    elif store is not None and run.config.get("method") != "dense":
-        rows.append(("speedup vs dense", "no dense run of this prompt and seed yet (Compare tab)"))
+    rows = [("wall time", _wall_time(run))]
+    if store is not None:
+        rows += speed.rows(store, run)
     if "density_mean_sparse" in m:
         rows.append(("mean density (sparse steps)", f"{m['density_mean_sparse']:.3f}"))
     if m.get("dense_head_frac"):
@@ -101,12 +92,36 @@ def headline_rows(store: RunStore | None, run: Run) -> list[tuple[str, str]]:
         rows.append(("mask reuse rate (TMR; both CFG branches, every layer)", f"{m['mask_skip_frac']:.1%}"))
     rows += _cache_rows(run.config.get("method"), m)
     rows.append(("tokens · device", f"{m.get('tokens')} · {m.get('device')} {m.get('dtype', '')}"))
-    rows.append(("kernel backend", profile.backends_ran(run) or m.get("kernel_backend") or "n/a"))
+    rows.append(("kernel backend", _kernels(run)))
     par = m.get("parallel")
     if par:  # a context-parallel run (accel generate --parallel, under torchrun): shown, never set, in the app
         rows.append(("context parallel", f"{par['kind']} × {par['degree']} ranks ({par['backend']}); each attends "
                      f"{m.get('heads', 0) // par['degree']} of {m.get('heads')} heads over every token"))  # fmt: skip
     return rows
+
+
+def _wall_time(run: Run) -> str:
+    """The run's time, how many passes it is the median of, and whether a profiler ran during it."""
+    walls = compare.speed_samples(run, "wall")
+    timing = run.metrics.get("timing") or {}
+    denoise = compare.seconds(run, "denoise") or 0.0
+    spread = f"median of {len(walls)} passes: {min(walls):.2f}-{max(walls):.2f} s; " if len(walls) > 1 else ""
+    if timing.get("profiled_pass_wall_s") is not None:
+        n = len(walls)
+        spread += (f"{n} timed pass{'es' if n > 1 else ''}: the profiled first pass "
+                   f"({timing['profiled_pass_wall_s']:.2f} s) is left out; ")  # fmt: skip
+    elif profile.is_profiled(run):
+        spread += "timed while profiling (the profiler slows it; with 2+ timing repeats a pass without it is timed); "
+    return f"{compare.seconds(run, 'wall') or 0:.2f} s ({spread}denoise {denoise:.2f} s)"
+
+
+def _kernels(run: Run) -> str:
+    """Which backend ran the sparse attention calls, in words where every head ran dense SDPA."""
+    calls = {k.partition("/")[2]: v for k, v in (run.metrics.get("kernel_calls") or {}).items()
+             if k.startswith("block_sparse")}  # fmt: skip
+    if calls and set(calls) == {"dense"}:
+        return f"all heads ran dense SDPA ({sum(calls.values())} attention calls; no head was sparse enough to pay off)"
+    return profile.backends_ran(run) or run.metrics.get("kernel_backend") or "n/a"
 
 
 def headline(store: RunStore, run: Run) -> str:
@@ -118,8 +133,11 @@ def headline(store: RunStore, run: Run) -> str:
 
 
 def _cache_rows(method: str | None, m: dict) -> list[tuple[str, str]]:
-    """Headline rows of a chunk cache: what it saved in its own terms (MotionCache: tokens; FlowCache: chunk steps)
-    and the block work (token-weighted block executions) against the uncached run."""
+    """Headline rows of a cache: what it saved in its own terms (MotionCache: tokens; FlowCache: chunk steps; a
+    diffusers baseline cache: blocks and attention/FFN units) and the block work (token-weighted block executions)
+    against the uncached run."""
+    if m.get("baseline"):
+        return _baseline_rows(m)
     possible = m.get("block_executions_uncached") or 0
     saved = f"{1 - (m.get('block_executions') or 0) / possible:.1%}" if possible else None
     if method == "motioncache" and m.get("tokens_recomputed") is not None:
@@ -130,6 +148,20 @@ def _cache_rows(method: str | None, m: dict) -> list[tuple[str, str]]:
         rows = [("chunk steps reused", f"{(m.get('chunk_reuses') or 0) / steps:.1%} of {steps}")] if steps else []
     if saved is not None and rows:
         rows.append(("block work saved (token-weighted; attention FLOPs save more)", saved))
+    return rows
+
+
+def _baseline_rows(m: dict) -> list[tuple[str, str]]:
+    """What a diffusers cache hook (FasterCache, PAB, FBC, MagCache, TaylorSeer) skipped: whole block executions,
+    and units (self-attention, cross-attention, FFN) inside the blocks it ran."""
+    rows = []
+    for what, done, possible in (
+        ("block executions skipped (token-weighted)", m.get("block_executions"), m.get("block_executions_possible")),
+        ("units skipped (self-attention, cross-attention, FFN)", m.get("unit_executions"),
+         m.get("unit_executions_possible")),
+    ):  # fmt: skip
+        if isinstance(done, (int, float)) and isinstance(possible, (int, float)) and possible > 0:
+            rows.append((what, f"{possible - done:,.0f} of {possible:,.0f} ({1 - done / possible:.1%})"))
     return rows
 
 
@@ -241,7 +273,7 @@ def compare_runs_panel(runs: list[Run]):
     return out_dir / "side_by_side.mp4", out_dir / "difference.mp4", gain, curves, table
 
 
-def _note_table(text: str) -> pd.DataFrame:
+def note_table(text: str) -> pd.DataFrame:
     """A one-cell table saying why a table is empty (an empty frame shows placeholder columns 1 2 3)."""
     return pd.DataFrame({"note": [text]})
 
@@ -250,6 +282,8 @@ def _breakdown(run: Run, ref: RunInfo | None, profiled: bool) -> tuple[go.Figure
     """The phase breakdown beside the dense reference and its Amdahl numbers, or why there is none (a reference
     that cannot be read is named; this run's own damage is raised)."""
     why = "profile this run and its dense reference (same prompt and seed) to see the breakdown"
+    if run.config.get("method") == "dense":
+        why = "this run is dense: the breakdown shows a method's profiled run beside its profiled dense reference"
     try:
         if ref is not None and profiled and profile.is_profiled(ref.path):
             fig, phases, amdahl = profile.breakdown_chart(run, ref.path)
@@ -259,7 +293,7 @@ def _breakdown(run: Run, ref: RunInfo | None, profiled: bool) -> tuple[go.Figure
         if exc.run_id == run.run_id:
             raise
         why = f"no breakdown: {compare.skipped(exc)}"
-    return empty_figure(why), _note_table(why), _note_table(why)
+    return empty_figure(why), note_table(why), note_table(why)
 
 
 def profile_panel(store: RunStore, run: Run):
@@ -269,7 +303,7 @@ def profile_panel(store: RunStore, run: Run):
     t = profile.profile_tables(run)
     fig, phases, amdahl_df = _breakdown(run, compare.dense_reference(store, run), profiled)
     unprofiled = "not profiled: tick 'Profile' (or --profile) and generate again"
-    tables = [t[k].round(r) if profiled else _note_table(unprofiled) for k, r in (("ranges", 3), ("kernels", 3),
+    tables = [t[k].round(r) if profiled else note_table(unprofiled) for k, r in (("ranges", 3), ("kernels", 3),
                                                                                   ("memory", 1))]  # fmt: skip
     trace = run.data_file("trace.json.gz")  # never a symbolic link
     return (
@@ -284,7 +318,8 @@ def profile_panel(store: RunStore, run: Run):
     )
 
 
-RUN_COLUMNS = ["run", "status", "method", "model", "prompt", "seed", "wall_s", "device", "kernels"]
+# short columns first: at 1400 px the long prompt is the one that runs off the screen
+RUN_COLUMNS = ["run", "status", "method", "wall_s", "device", "kernels", "model", "seed", "prompt"]
 
 
 def _device(metrics: dict) -> str | None:
