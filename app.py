@@ -150,19 +150,6 @@ def _for_run(view: Callable, outputs: list) -> Callable:
     return update
 
 
-def _on_show(view: Callable, outputs: int) -> Callable:
-    """``view`` for a tab being shown (it redraws at the tab's width): no update, and no message, while no run is
-    picked."""
-
-    @functools.wraps(view)
-    def redraw(run_id: str | None, *rest):
-        if not run_id:
-            return gr.skip() if outputs == 1 else tuple(gr.skip() for _ in range(outputs))
-        return view(run_id, *rest)
-
-    return redraw
-
-
 def _picker(pick: panels.Pick, **extra: Any):
     return gr.update(choices=pick.options, value=pick.value, **extra)
 
@@ -373,12 +360,6 @@ DIFF_LABEL = "Difference of the second run (colour bar in pixel levels)"
 
 
 @_shown
-def pareto_view(run_id: str | None):
-    """The Pareto plot alone (redrawn when the Compare tab is shown; the runs picked stay)."""
-    return panels.compare_panel(_store(), _open(run_id))[1]
-
-
-@_shown
 def compare_runs(run_ids: list[str] | None):
     """Side-by-side and difference videos, per-frame quality and the table; the first run is the reference."""
     runs = [_open(r) for r in run_ids or []]
@@ -544,7 +525,7 @@ def generate_tab(run_pick: gr.Dropdown):
             with gr.Row():
                 retime_btn = gr.Button("Re-time both, interleaved", scale=3)
                 rounds = gr.Number(retime.ROUNDS, label="rounds", scale=1, min_width=80,
-                                   info=f"each side timed this often (1 to {retime.MAX_ROUNDS})")  # fmt: skip
+                                   info=f"passes per side (1 to {retime.MAX_ROUNDS})")  # fmt: skip
             video = gr.Video(label="Output", autoplay=True, loop=True, height=420)
     method.change(lambda m: [gr.update(visible=n == m) for n in names], method, groups, api_name=False)
     model.change(model_defaults, model, model_note, api_name=False)
@@ -564,7 +545,7 @@ def generate_tab(run_pick: gr.Dropdown):
 
 
 def sparsity_tab(run_pick: gr.Dropdown) -> None:
-    with gr.Tab("Sparsity", id="sparsity") as tab:
+    with gr.Tab("Sparsity", id="sparsity"):
         with gr.Row():
             branch = gr.Dropdown([], label="Branch")
             step = gr.Dropdown([], label="Step (recorded masks)")
@@ -580,13 +561,10 @@ def sparsity_tab(run_pick: gr.Dropdown) -> None:
     run_pick.change(_for_run(sparsity_view, out), run_pick, out, api_name="sparsity", show_progress_on=masks)
     for ctl in (branch, step, layer):
         ctl.input(sparsity_view, [run_pick, branch, step, layer], out, api_name=False, show_progress_on=masks)
-    # shown again, a tab redraws at its width (plots drawn while hidden come out narrow)
-    tab.select(_on_show(sparsity_view, len(out)), [run_pick, branch, step, layer], out, api_name=False,
-               show_progress_on=masks)  # fmt: skip
 
 
 def reuse_tab(run_pick: gr.Dropdown) -> None:
-    with gr.Tab("Mask reuse", id="reuse") as tab:
+    with gr.Tab("Mask reuse", id="reuse"):
         with gr.Row():
             branch = gr.Dropdown([], label="Branch")
             heads = gr.Dropdown([], multiselect=True, label="Heads for drift curves")
@@ -601,21 +579,19 @@ def reuse_tab(run_pick: gr.Dropdown) -> None:
     run_pick.change(_for_run(reuse_view, out), run_pick, out, api_name="reuse", show_progress_on=drift)
     for ctl in (branch, heads):
         ctl.input(reuse_view, [run_pick, branch, heads], out, api_name=False, show_progress_on=drift)
-    tab.select(_on_show(reuse_view, len(out)), [run_pick, branch, heads], out, api_name=False, show_progress_on=drift)
     grid.select(reuse_pick, [run_pick, branch], [mask, picked, grid], api_name=False, show_progress_on=mask)
 
 
 def chunks_tab(run_pick: gr.Dropdown) -> None:
-    with gr.Tab("Chunk cache", id="chunks") as tab:
+    with gr.Tab("Chunk cache", id="chunks"):
         branch = gr.Dropdown([], label="Branch")
         out = [branch, gr.Plot(label="Timeline"), gr.Plot(label="Accumulators"), gr.Plot(label="KV buffer")]
     run_pick.change(_for_run(chunks_view, out), run_pick, out, api_name="chunks", show_progress_on=out[1])
     branch.input(chunks_view, [run_pick, branch], out, api_name=False, show_progress_on=out[1])
-    tab.select(_on_show(chunks_view, len(out)), [run_pick, branch], out, api_name=False, show_progress_on=out[1])
 
 
 def motion_tab(run_pick: gr.Dropdown) -> None:
-    with gr.Tab("Motion", id="motion") as tab:
+    with gr.Tab("Motion", id="motion"):
         with gr.Row():
             source = gr.Radio(
                 list(motion.SOURCES), value="method", label="Motion source",
@@ -628,12 +604,11 @@ def motion_tab(run_pick: gr.Dropdown) -> None:
     run_pick.change(_for_run(motion_view, out), run_pick, out, api_name="motion", show_progress_on=image)
     frame.release(motion_view, [run_pick, frame, source], out, api_name=False, show_progress_on=image)
     source.input(motion_view, [run_pick, frame, source], out, api_name=False, show_progress_on=image)
-    tab.select(_on_show(motion_view, len(out)), [run_pick, frame, source], out, api_name=False, show_progress_on=image)
 
 
 def compare_tab(run_pick: gr.Dropdown):
     """Runs side by side against a reference; returns the dense-reference event (it adds a run to the store)."""
-    with gr.Tab("Compare", id="compare") as tab:
+    with gr.Tab("Compare", id="compare"):
         with gr.Row():
             runs = gr.Dropdown([], multiselect=True, label="Runs (first = reference)", scale=4, allow_custom_value=True)
             cmp_btn = gr.Button("Compare", variant="primary", scale=0)
@@ -651,7 +626,6 @@ def compare_tab(run_pick: gr.Dropdown):
     run_pick.change(_for_run(compare_choices, out), run_pick, out, api_name="compare_choices", show_progress_on=pareto)
     runs.input(lambda: _no_comparison(), None, results, api_name=False, queue=False)  # results of other runs go
     cmp_btn.click(compare_runs, runs, results, api_name="compare", show_progress_on=side)
-    tab.select(_on_show(pareto_view, 1), run_pick, pareto, api_name=False)
     return dense_btn.click(
         run_dense_reference, run_pick, out,
         concurrency_limit=1, concurrency_id=GENERATE_QUEUE, api_name="dense_reference", show_progress_on=pareto,
@@ -660,7 +634,7 @@ def compare_tab(run_pick: gr.Dropdown):
 
 def profile_tab(run_pick: gr.Dropdown) -> list[gr.components.Component]:
     """Profiler views of the run shown; returns their outputs (refreshed when a dense reference arrives)."""
-    with gr.Tab("Profile", id="profile") as tab:
+    with gr.Tab("Profile", id="profile"):
         with gr.Row():
             with gr.Column(scale=2):
                 tb_btn = gr.Button("Open in TensorBoard (needs the internet)", interactive=False)
@@ -682,7 +656,6 @@ def profile_tab(run_pick: gr.Dropdown) -> list[gr.components.Component]:
         _for_run(profile_view, out), run_pick, out, api_name="profile", show_progress_on=ranges_fig
     )
     tb_btn.click(open_tensorboard, run_pick, tb_note, api_name="tensorboard")
-    tab.select(_on_show(profile_view, len(out)), run_pick, out, api_name=False, show_progress_on=ranges_fig)
     return out
 
 

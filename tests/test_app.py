@@ -259,7 +259,6 @@ def test_stop_ends_a_generation_at_its_next_step_and_stores_nothing(monkeypatch,
     before; the next generation starts afresh. The last step's label says the VAE decode follows."""
     import app
     from accel.config import RunConfig
-    from accel.errors import UserError
     from accel.forms import DEFAULT_PROMPT as PROMPT
     from accel.runs import RunStore
 

@@ -15,6 +15,15 @@ RunLike = Run | str | Path
 SEQUENTIAL = "Viridis"
 # one colour per run / head / method where a figure draws several (a run keeps its colour across panels)
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+# one colour per method in every figure that tells methods apart (quality curves, Pareto)
+METHOD_COLOURS = {"dense": "#555555", "xattention": "#1f77b4", "svg2": "#ff7f0e", "flowcache": "#2ca02c",
+                  "motioncache": "#9467bd", "baseline": "#8c564b"}  # fmt: skip
+
+
+def method_colour(method: str | None) -> str:
+    """The colour of ``method`` in every figure (a method not listed gets a palette colour from its name)."""
+    name = str(method)
+    return METHOD_COLOURS.get(name) or PALETTE[sum(map(ord, name)) % len(PALETTE)]
 
 
 def as_run(run: RunLike) -> Run:

@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 from accel.errors import UserError
 from accel.metrics import compare_videos
 from accel.runs import DamagedRunError, Run, RunInfo, RunStore
-from viz.common import PALETTE, RunLike, as_run, empty_figure
+from viz.common import RunLike, as_run, empty_figure, method_colour
 from viz.images import captioned, coloured, enlarged, with_colour_bar
 
 # config keys that must agree for two runs to show the same video (method and its settings may differ)
@@ -201,13 +201,20 @@ def quality_curves(reference: RunLike, runs: Sequence[RunLike]) -> go.Figure:
     if not others:
         return empty_figure("pick a second run to compare against the reference")
     fig = make_subplots(1, 2, subplot_titles=["PSNR (dB)", "SSIM"])
-    for i, r in enumerate(others):  # one colour per run in both panels, as in the legend
+    seen: dict[str, int] = {}  # runs of one method share its colour; the second and later are dashed
+    lowest = 1.0
+    for r in others:
         q = frame_quality(ref, r)
-        name, colour = run_name(r), PALETTE[i % len(PALETTE)]
+        method = str(r.config.get("method"))
+        dash = ("solid", "dash", "dot", "dashdot")[seen.get(method, 0) % 4]
+        seen[method] = seen.get(method, 0) + 1
         psnr = [min(v, PSNR_CAP) for v in q["psnr"]]
-        common = {"mode": "lines+markers", "name": name, "legendgroup": r.run_id, "line": {"color": colour}}
+        line = {"color": method_colour(method), "dash": dash}
+        common = {"mode": "lines+markers", "name": run_name(r), "legendgroup": r.run_id, "line": line}
         fig.add_trace(go.Scatter(y=psnr, **common), row=1, col=1)
         fig.add_trace(go.Scatter(y=q["ssim"], showlegend=False, **common), row=1, col=2)
+        lowest = min([lowest, *q["ssim"]])
+    fig.update_yaxes(range=[min(lowest - 0.01, 0.95), 1.005], row=1, col=2)  # never 0-2 when every frame is 1
     fig.update_xaxes(title_text="frame")
     fig.update_layout(
         title=f"per-frame quality against {run_name(ref)}",
@@ -238,7 +245,6 @@ def pareto(store: RunStore, run: RunLike) -> go.Figure:
     table = pd.DataFrame(rows).dropna(subset=["speedup_wall"])
     stages = (("wall", "wall time"), ("denoise", "denoise only (transformer loop)"))
     fig = make_subplots(1, 2, shared_yaxes=True, subplot_titles=[t for _, t in stages], horizontal_spacing=0.06)
-    colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(sorted(table["method"].unique()))}
     bands = []
     for col, (stage, _) in enumerate(stages, start=1):
         x = f"speedup_{stage}"
@@ -247,7 +253,7 @@ def pareto(store: RunStore, run: RunLike) -> go.Figure:
             fig.add_trace(
                 go.Scatter(
                     x=sel[x], y=sel["psnr_db"], mode="markers", name=method, legendgroup=method, showlegend=col == 1,
-                    marker={"size": 11, "color": colours[method]},
+                    marker={"size": 11, "color": method_colour(method)},
                     error_x={"type": "data", "symmetric": False, "array": above, "arrayminus": below, "thickness": 1},
                     customdata=np.stack([sel["label"].astype(str), sel["ssim"], sel["repeats"]], axis=-1),
                     hovertemplate="%{customdata[0]}<br>speedup %{x:.2f}x (median of %{customdata[2]}) · "

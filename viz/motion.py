@@ -105,6 +105,8 @@ def motion_overlay(
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     rgb = as_run(run).frames()[frame]
+    if source == "flow" and frame == 0:  # flow is from the previous frame: frame 0 has none (not a zero motion)
+        return captioned(enlarged(rgb, OVERLAY_MIN_PX), "frame 0: optical flow starts at frame 1 (from frame 0)")
     raw = _motion(run, frame, source, branch)
     if raw is None:
         return captioned(enlarged(rgb, OVERLAY_MIN_PX), f"frame {frame}: no {source} motion in this run")

@@ -242,6 +242,8 @@ def motion_panel(run: Run, frame: Any = 0, source: str = "method"):
     frame = min(max(int(frame or 0), 0), n - 1)
     if source == "method" and motion.token_maps(run, "weights") is None:
         source = "flow"
+    if source == "flow" and frame == 0 and n > 1:  # optical flow starts at frame 1
+        frame = 1
     return n, frame, source, motion.motion_overlay(run, frame, source), motion.update_counts(run)
 
 
@@ -269,6 +271,9 @@ def compare_runs_panel(runs: list[Run]):
     write_h264(both, out_dir / "side_by_side.mp4", fps=fps)
     write_h264(diff, out_dir / "difference.mp4", fps=fps)
     table = compare.quality(runs[0], runs[1:]).round(3)
+    if runs[0].config.get("method") == "dense":  # how far to trust each speedup (viz.speed)
+        ref = runs[0].info()
+        table["timing"] = [speed.table_note(r, ref) if r.config.get("method") != "dense" else "" for r in runs[1:]]
     curves = compare.quality_curves(runs[0], runs[1:])
     return out_dir / "side_by_side.mp4", out_dir / "difference.mp4", gain, curves, table
 

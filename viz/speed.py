@@ -26,7 +26,7 @@ from viz import compare, profile
 from viz.profile import BOUND_SLACK
 
 LOAD_GAP_CORES = OTHER_CORES_WARN  # default: runs whose other-process load differs by more were timed differently
-RETIME_HINT = "press **Re-time both, interleaved** for a ratio both sides were timed alike"
+RETIME_HINT = "Press **Re-time both, interleaved** (below) for a ratio whose two sides were timed alike."
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ class Verdict:
     cpus: int | None
     bound: Bound | None
     same_video: bool  # the same frames as dense
-    flags: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)  # what makes the ratios doubtful, in full
+    short: list[str] = field(default_factory=list)  # the same, in a few words (tables)
 
     @property
     def equal_to_dense(self) -> bool:
@@ -86,6 +87,8 @@ def work_bound(metrics: dict, method: str | None) -> Bound | None:
             return Bound(1.0, "every head ran dense SDPA")
         sparse_share = 1.0 - dense_calls / calls
         skipped = sparse_share * min(1.0 - metrics["density_mean_sparse"], 1.0 - dense_heads)
+        if skipped <= 0:
+            return Bound(1.0, f"no attention work skipped: mean density {metrics['density_mean_sparse']:.3f}")
         return Bound(1.0 / max(1.0 - skipped, 1e-9), f"at most {skipped:.0%} of the attention work skipped")
     done = metrics.get("block_executions")
     possible = metrics.get("block_executions_uncached")
@@ -126,13 +129,16 @@ def verdict(store: RunStore, run: Run) -> Verdict | None:
     if run.config.get("method") == "dense":
         return None
     ref = compare.dense_reference(store, run)
-    if ref is None:
-        return None
+    return judge(run, ref) if ref is not None else None
+
+
+def judge(run: Run, ref: RunInfo) -> Verdict:
+    """``run``'s ratios to the dense run ``ref`` (its re-timing where it has one) and what makes them doubtful."""
     again = retimed(run)
     if again is not None:
         wall, den = (median(again[k]["dense"]) / median(again[k]["run"]) for k in ("wall_s", "denoise_s"))
-        load = other_cores({"timing": {"load": again.get("load") or {}}})
-        loads, cpus = (load, load), _cores({"timing": {"load": again.get("load") or {}}})
+        load = {"timing": {"load": again.get("load") or {}}}
+        loads, cpus = (other_cores(load),) * 2, _cores(load)
         timed = f"re-timed interleaved with dense, {again['rounds']} rounds, {again.get('created') or ''}".strip()
     else:
         wall, den = compare.speedup(ref, run, "wall"), compare.speedup(ref, run, "denoise")
@@ -146,13 +152,25 @@ def verdict(store: RunStore, run: Run) -> Verdict | None:
             f"timed under different load: other processes kept {loads[0]:.1f} of {cpus or '?'} cores busy during "
             f"this run, {loads[1]:.1f} during dense `{ref.run_id}`"
         )
+        v.short.append(f"timed under different load ({loads[0]:.1f} vs dense {loads[1]:.1f} busy cores)")
     best = max((r for r in (wall, den) if r is not None), default=None)
     if bound is not None and best is not None and best > bound.ratio * (1 + BOUND_SLACK):
         v.flags.append(
-            f"{profile.times(best)} is above the most this run's work allows ({profile.times(bound.ratio)}: "
-            f"{bound.why}): the difference is timing noise"
+            f"{_x(best)} is above the most this run's work allows ({_x(bound.ratio)}: {bound.why}): the "
+            "difference is timing noise"
         )
+        v.short.append(f"{_x(best)} is above its work bound {_x(bound.ratio)}: noise")
     return v
+
+
+def table_note(run: Run, ref: RunInfo) -> str:
+    """How far to trust ``run``'s ratios in a comparison against the dense run ``ref``, in a few words."""
+    v = judge(run, ref)
+    if v.short:
+        return "⚠ " + "; ".join(v.short)
+    if v.equal_to_dense:
+        return "did dense's work: no speedup to expect"
+    return "re-timed interleaved" if v.timed != "separate runs" else "timed alike (similar load)"
 
 
 def rows(store: RunStore, run: Run) -> list[tuple[str, str]]:
@@ -174,7 +192,9 @@ def rows(store: RunStore, run: Run) -> list[tuple[str, str]]:
         value = measured
         band = compare.noise_band(store, v.reference, "wall") if v.timed == "separate runs" else None
         value += f"; dense itself varies {band[0]:.2f}-{band[1]:.2f}x" if band else ""
-    out = [(f"speedup vs dense `{v.reference.run_id}`", value)]
+    retimed_ = v.timed != "separate runs"
+    out = [("speedup vs dense (re-timed in one process)" if retimed_ else f"speedup vs dense `{v.reference.run_id}`",
+            value)]  # fmt: skip
     cpus = f" of {v.cpus}" if v.cpus else ""
     if v.timed == "separate runs":
         shown = [f"{c:.1f}{cpus}" if c is not None else "not recorded" for c in v.loads]
@@ -183,7 +203,8 @@ def rows(store: RunStore, run: Run) -> list[tuple[str, str]]:
         out.append(("other processes' busy cores while re-timed", f"{v.loads[0]:.1f}{cpus} (both sides alike)"))
     if v.bound is not None:
         out.append(("most speedup this run's work allows", f"{_x(v.bound.ratio)} ({v.bound.why})"))
-    out += [("⚠ check", f"{flag}; {RETIME_HINT}") for flag in v.flags]
+    if v.flags:
+        out.append(("⚠ why not to trust it", "<br>".join(f"• {flag}" for flag in v.flags) + f"<br>{RETIME_HINT}"))
     return out
 
 
