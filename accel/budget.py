@@ -135,10 +135,15 @@ def _config(root: Path | None, sub: str) -> dict[str, Any] | None:
         return None
 
 
+SAFETENSORS_HEADER_MAX = 100 * 2**20  # the format's own limit on a header's size
+
+
 def _values(file: Path) -> int:
     """Number of values stored in a safetensors file (from its header; nothing else is read)."""
     with open(file, "rb") as fh:
         size = int.from_bytes(fh.read(8), "little")
+        if not 0 < size <= min(SAFETENSORS_HEADER_MAX, file.stat().st_size - 8):  # a truncated or foreign file
+            raise ValueError(f"{file} is not a safetensors file (its header would be {size} bytes)")
         header = json.loads(fh.read(size))
     return sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
 

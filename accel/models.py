@@ -502,7 +502,9 @@ def load_pipeline(
             except Exception as exc:
                 where = f"could not load model {spec.name!r} from {spec.source}"
                 if isinstance(exc, (OSError, ValueError)) and not failed_import(exc):  # missing or unreadable files
-                    raise ModelLoadError(f"{where}: {one_line(exc)}") from exc
+                    why, cause = one_line(exc), root_cause(exc)  # diffusers wraps the reader's error: name both
+                    why += f" (cause: {cause})" if cause.partition(": ")[2] not in why else ""
+                    raise ModelLoadError(f"{where}: {why}") from exc
                 # an import or an exception inside diffusers/transformers/torch: the environment, not the input
                 raise DependencyError(f"{where}: {root_cause(exc)} ({ENV_HINT})") from exc
             pipe.set_progress_bar_config(disable=True)

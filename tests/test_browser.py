@@ -288,3 +288,40 @@ def test_speed_claims_and_views_show_only_the_run_picked(browser_driver, served_
             raise
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_a_model_that_fails_to_load_names_its_cause_and_the_next_run_works(
+    browser_driver, app_url, tiny_pipe, tmp_path
+):
+    """(2) A half-written model folder: the message carries the root cause (not just the wrapper's words), and the
+    next generation, on a model that loads, works in the same app."""
+    from playwright.sync_api import expect
+
+    url, _ = app_url
+    broken = tmp_path / "broken-model"
+    tiny_pipe.save_pretrained(broken, safe_serialization=True)
+    (broken / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"truncated")
+    with browser_driver() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url, wait_until="networkidle")
+            for name, value in (("Steps", "1"), ("Height", "32"), ("Width", "32"), ("Frames", "5")):
+                page.locator(f"#in-{name.lower()} textarea, #in-{name.lower()} input").first.fill(value)
+            page.get_by_role("radio", name="dense", exact=True).check()
+            model = page.get_by_label("Model", exact=True)
+            for choice in (str(broken), "tiny-wan"):
+                model.fill(choice)
+                model.press("Enter")
+                page.get_by_role("button", name="Generate", exact=True).click()
+                if choice != "tiny-wan":
+                    message = page.get_by_text(re.compile(r"could not load model .*cause: SafetensorError")).first
+                    expect(message).to_be_visible(timeout=60_000)
+            expect(page.get_by_label("Run shown in the views")).to_have_value(re.compile("dense"), timeout=120_000)
+            page.locator("[role=tabpanel]:visible video[src]").first.wait_for(timeout=30_000)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
