@@ -43,8 +43,11 @@ DENSITY_CLICK = "density-click"  # the hidden button a click on the density heat
 # it listens for clicks on the figure whose layout.meta is viz.sparsity.DENSITY_META, keeps the hovered cell
 # ("step,layer") and presses a hidden button whose event reads it (density_click); (2) redraws plots at their width
 # whenever their box changes size: a plot drawn while its tab was hidden comes out 700 px wide, and plotly's own
-# "responsive" redraw only listens to window resizes.
+# "responsive" redraw only listens to window resizes; (3) puts messages at the bottom right, off the buttons.
 PAGE_SCRIPT = f"""() => {{
+  const style = document.createElement('style');  // messages at the bottom right: never over the top buttons
+  style.textContent = '.toast-wrap {{ top: auto !important; bottom: 16px; }}';
+  document.head.appendChild(style);
   const box = () => document.querySelector('#{DENSITY_CLICK}');
   const hide = () => document.querySelectorAll('.{HIDDEN}').forEach((e) => {{ e.style.display = 'none'; }});
   let pending = null;

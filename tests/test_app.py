@@ -277,6 +277,21 @@ def test_stop_ends_a_generation_at_its_next_step_and_stores_nothing(monkeypatch,
     assert labels[-1] == "step 3/3 · decoding the video (VAE)" and len(RunStore(tmp_path / "runs").list()) == 1
 
 
+def test_a_stopped_generation_is_a_neutral_note_and_the_shown_run_stays(monkeypatch, tmp_path):
+    import gradio as gr
+
+    import app
+
+    monkeypatch.setenv("ACCEL_RUNS_DIR", str(tmp_path / "runs"))
+    notes = []
+    monkeypatch.setattr(app.gr, "Info", lambda message, **_: notes.append(message))
+    values = forms.form_values(model="tiny-wan", method="dense", sampling={"steps": 3, "height": 32, "width": 32,
+                                                                           "frames": 5})  # fmt: skip
+    out = app.run_generation(*values, progress=lambda fraction, desc: app.request_stop())
+    assert out == (gr.skip(),) * 3  # video, headline and run picker unchanged; no error raised
+    assert notes == ["Stopped: at step 2 of 3: nothing was stored"]  # pressed during step 1
+
+
 def test_the_form_sets_the_kv_commit_and_its_dense_reference_keeps_it():
     sampling = {"steps": 2, "kv_commit": "clean-pass"}
     values = forms.form_values(model="pocket-skyreels", method="flowcache", sampling=sampling)

@@ -149,11 +149,17 @@ def test_fbc_on_the_embedded_models_defaults_to_a_threshold_that_skips(tmp_path)
     from accel.config import RunConfig
     from accel.runner import generate
     from accel.runs import RunStore
+    from viz import panels
 
     cfg = RunConfig(prompt="a red circle moves quickly left over a blue background", model="pocket-wan",
                     method="baseline", settings={"cache": "fbc"})  # fmt: skip
-    m = generate(cfg, RunStore(tmp_path)).metrics
+    run = generate(cfg, RunStore(tmp_path))
+    m = run.metrics
     assert m["baseline_threshold"] == 0.1 and m["skipped_fraction"] > 0
+    rows = dict(panels.headline_rows(None, run))  # the cache's own saving is in the headline
+    skipped = m["block_executions_possible"] - m["block_executions"]
+    assert rows["block executions skipped (token-weighted)"].startswith(f"{skipped:,.0f} of ")
+    assert "units skipped (self-attention, cross-attention, FFN)" in rows
     explicit = generate(RunConfig(**{**cfg.to_dict(), "settings": {"cache": "fbc", "threshold": 0.05}}),
                         RunStore(tmp_path)).metrics  # fmt: skip
     assert explicit["baseline_threshold"] == 0.05

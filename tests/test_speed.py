@@ -99,3 +99,10 @@ def test_only_known_files_are_added_to_a_complete_run(pair):
     with pytest.raises(UserError, match="refusing"):
         store.amend("/etc", retime.FILE, {})
     assert not any(p.name.startswith(".") for p in dense.path.iterdir() if p.name != ".owner")
+
+
+def test_the_headline_says_how_a_profiled_run_was_timed(stored_runs):
+    store, runs = stored_runs
+    dense = dict(panels.headline_rows(store, runs["dense"]))["wall time"]  # 3 repeats, the first one profiled
+    assert "median of 2 passes" in dense and "the profiled first pass" in dense and "is left out" in dense
+    assert "timed while profiling" in dict(panels.headline_rows(store, runs["xattention"]))["wall time"]
