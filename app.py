@@ -524,7 +524,7 @@ def generate_tab(run_pick: gr.Dropdown):
                     info="empty = $ACCEL_KERNELS, else auto (Triton on CUDA, torch on CPU); flex compiles per shape",
                 )  # fmt: skip
         with gr.Column(scale=1):
-            summary = gr.Markdown()  # above the video: the numbers are seen without scrolling
+            summary = gr.Markdown(elem_id="headline")  # above the video: seen without scrolling
             with gr.Row():
                 retime_btn = gr.Button("Re-time both, interleaved", scale=3)
                 rounds = gr.Number(retime.ROUNDS, label="rounds", scale=1, min_width=80,
