@@ -265,7 +265,7 @@ def retime_run(run_id: str | None, rounds: Any = retime.ROUNDS, progress=PROGRES
     step = _steps(retime.configs(run)["run"], progress)
     try:
         with imports_undone_on_failure():
-            retime.retime(_store(), run, rounds, step)
+            retime.retime(run, rounds, step)
     except Stopped as exc:
         return _stopped(exc, 2)
     return shown_run(run_id)

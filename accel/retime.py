@@ -2,11 +2,12 @@
 
 Two runs timed apart (minutes apart, another process, other programs busy in between) give a ratio that moves
 with what else ran: on a shared CPU two identical dense runs took 97.5 s and 79.2 s. :func:`retime` loads the
-model once and alternates dense and the run's method for ``rounds`` rounds, the side that goes first swapping
-every round (dense, method, method, dense, ...), each pass timed as :func:`accel.runner.generate` times one and
-recorded as it records one, all under one :class:`accel.load.LoadMeter`, as ``docs/measurements/cpu_e2e.py``
-does. The passes' seconds are added to the run as ``retimed.json`` (:data:`FILE`, :meth:`RunStore.amend`);
-:mod:`viz.speed` prefers them over the two runs' own times. Nothing else of the run changes.
+model once, runs each side once untimed (a warm-up), then alternates dense and the run's method for ``rounds``
+rounds, the side that goes first swapping every round (dense, method, method, dense, ...). Each pass is timed as
+:func:`accel.runner.generate` times one and recorded as it records one, all under one
+:class:`accel.load.LoadMeter`, as ``docs/measurements/cpu_e2e.py`` does. The passes' seconds are added to the
+run as ``retimed.json`` (:data:`FILE`, :meth:`RunStore.amend`); :mod:`viz.speed` prefers them over the two runs'
+own times. Nothing else of the run changes.
 """
 
 from __future__ import annotations
@@ -52,11 +53,14 @@ def configs(run: Run) -> dict[str, RunConfig]:
 
 
 def retime(
-    store: RunStore, run: Run, rounds: int = ROUNDS, progress: RetimeProgress | None = None, limits=None
+    run: Run, rounds: int = ROUNDS, progress: RetimeProgress | None = None, limits=None, warmup: bool = True
 ) -> dict[str, Any]:
-    """Time ``run`` and dense ``rounds`` times each, interleaved, and add the result to the run (:data:`FILE`).
+    """Time ``run`` and dense ``rounds`` times each, interleaved, and add the result to the run (:data:`FILE`, in
+    the store that holds it).
 
-    Every check :func:`accel.runner.generate` makes comes first (one-line refusals); out of memory is a
+    With ``warmup`` (default) each side first runs once untimed, so neither pays the first call's costs
+    (allocations, kernel compiles). Every check :func:`accel.runner.generate` makes comes first (one-line
+    refusals); out of memory is a
     :class:`accel.runner.RunError`. Returns what was written: per side the passes' ``wall_s`` and ``denoise_s``,
     the order they ran in, the machine load over all of them, the device and when.
     """
@@ -74,6 +78,12 @@ def retime(
     order = [s for r in range(rounds) for s in (SIDES if r % 2 == 0 else SIDES[::-1])]
     times: dict[str, dict[str, list[float]]] = {k: {side: [] for side in SIDES} for k in ("wall_s", "denoise_s")}
     device = pipe.transformer.device
+    with runner.out_of_memory_as_run_error(device, sides["run"]):
+        for side in SIDES if warmup else ():  # untimed: first-call costs (allocations, kernel compiles) go here
+            cfg = checked[side][0]
+            what = f"warm-up: {'dense' if side == 'dense' else cfg.label()}"
+            steps = (lambda i, n, what=what: progress(i, n, what)) if progress is not None else None
+            runner.timed_pass(pipe, cfg, spec, Recorder(RecordPolicy()), steps)
     with runner.out_of_memory_as_run_error(device, sides["run"]), LoadMeter() as load:
         for k, side in enumerate(order):
             cfg = checked[side][0]
@@ -91,7 +101,7 @@ def retime(
         "created": datetime.now().isoformat(timespec="seconds"),
         "took_s": round(time.perf_counter() - t0, 3),
     }
-    store.amend(run.run_id, FILE, result)
+    RunStore(run.path.parent).amend(run.run_id, FILE, result)
     return result
 
 

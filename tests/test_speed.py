@@ -68,14 +68,14 @@ def test_a_run_that_did_dense_s_work_reads_as_equal_to_dense(pair):
 def test_a_re_timing_replaces_the_ratio_and_a_damaged_one_is_named(pair):
     store, dense, method = pair
     with pytest.raises(UserError, match="is a dense run"):
-        retime.retime(store, dense)
+        retime.retime(dense)
     with pytest.raises(UserError, match="rounds must be"):
-        retime.retime(store, method, rounds=0)
+        retime.retime(method, rounds=0)
     steps = []
-    result = retime.retime(store, method, rounds=2, progress=lambda i, n, what: steps.append(what))
+    result = retime.retime(method, rounds=2, progress=lambda i, n, what: steps.append(what))
     assert result["order"] == ["dense", "run", "run", "dense"]  # the side that goes first alternates
     assert all(len(result[k][side]) == 2 for k in ("wall_s", "denoise_s") for side in retime.SIDES)
-    assert steps[0].startswith("round 1 of 2: dense") and steps[-1].startswith("round 2 of 2: dense")
+    assert steps[0].startswith("warm-up: dense") and "round 1 of 2: dense" in steps and steps[-1].startswith("round 2")
     again = store.load(method.run_id)
     assert retime.retimed(again) == json.loads((method.path / retime.FILE).read_text())
     rows = dict(speed.rows(store, again))
@@ -106,3 +106,18 @@ def test_the_headline_says_how_a_profiled_run_was_timed(stored_runs):
     dense = dict(panels.headline_rows(store, runs["dense"]))["wall time"]  # 3 repeats, the first one profiled
     assert "median of 2 passes" in dense and "the profiled first pass" in dense and "is left out" in dense
     assert "timed while profiling" in dict(panels.headline_rows(store, runs["xattention"]))["wall time"]
+
+
+def test_the_cli_re_times_a_run_and_compare_says_how_far_to_trust_it(pair, capsys):
+    from accel.cli import main
+
+    store, dense, method = pair
+    assert main(["retime", dense.run_id, "--out-dir", str(store.root)]) == 2  # a dense run: nothing to time against
+    assert "is a dense run" in capsys.readouterr().err
+    assert main(["retime", method.run_id, "--rounds", "1", "--out-dir", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert "speedup over dense:" in out and "1 rounds interleaved in one process" in out
+    assert main(["compare", dense.run_id, method.run_id, "--out-dir", str(store.root)]) == 0
+    timing = capsys.readouterr().out.splitlines()[-1]  # equal work: as much, or a ratio flagged as noise
+    assert timing in ("timing: did dense's work: no speedup to expect",) or timing.startswith("timing: ⚠ ")
+    (method.path / retime.FILE).unlink()

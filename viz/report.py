@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 import cv2
@@ -84,7 +85,7 @@ def write_report(run: RunLike, out: str | Path, store: RunStore | None = None) -
     if r.video_path is not None:
         video = base64.b64encode(r.video_path.read_bytes()).decode()
         parts.append(f'<video controls loop autoplay muted src="data:video/mp4;base64,{video}"></video>')
-    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in headline_rows(store, r))
+    cells = "".join(f"<tr><th>{_cell(k)}</th><td>{_cell(v)}</td></tr>" for k, v in headline_rows(store, r))
     parts.append(f"<table class='headline'>{cells}</table>")
     parts += [f"<p><b>Warning</b>: {html.escape(w)}</p>" for w in r.metrics.get("warnings") or []]
     if motion.token_maps(r, "weights") is not None or r.video_path is not None:
@@ -113,3 +114,10 @@ def write_report(run: RunLike, out: str | Path, store: RunStore | None = None) -
 def branch_choices(run: RunLike) -> list[str]:
     """Branches with attention decisions, for the app's pickers."""
     return branches(run, Event.DENSITY) or ["cond"]
+
+
+def _cell(text: str) -> str:
+    """A headline cell (the app's Markdown: ``**bold**``, ```code```, ``<br>``) as escaped HTML."""
+    out = html.escape(text).replace("&lt;br&gt;", "<br>")
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", out)

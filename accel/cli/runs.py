@@ -81,6 +81,7 @@ def add_parsers(sub) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     """``compare``: per-frame PSNR/SSIM of B against the reference A, and the speedup of B over A."""
     from accel.runs import RunStore, to_jsonable
+    from viz import speed
     from viz.compare import frame_quality, speedup
 
     store = RunStore(args.out_dir)
@@ -88,6 +89,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     q = frame_quality(a, b)
     wall_a, wall_b = as_float(a.metrics.get("wall_s")), as_float(b.metrics.get("wall_s"))
     gain = speedup(a, b, "wall")
+    # against a dense reference, how far to trust the speedup (viz.speed: load of both sides, work bound, re-timing)
+    against_dense = a.config.get("method") == "dense" and b.config.get("method") != "dense"
+    timing = speed.table_note(b, a.info()) if against_dense else None
 
     def side(run: Run, wall: float | None) -> dict[str, Any]:
         return {"run_id": run.run_id, "path": str(run.path), "label": label(run), "wall_s": wall}
@@ -103,6 +107,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "psnr_mean": q["psnr_mean"],
             "ssim_mean": q["ssim_mean"],
             "speedup": gain,
+            "timing": timing,
         }
         print(json.dumps(to_jsonable(result), indent=2, allow_nan=False))
         return 0
@@ -119,6 +124,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print("speedup: unknown (a run has no wall time)")
     else:
         print(f"speedup: {gain:.2f}x (wall time of reference A / B = {wall_a:.2f} s / {wall_b:.2f} s)")
+    if timing:
+        print(f"timing: {timing}")
     return 0
 
 
