@@ -39,19 +39,21 @@ def test_generate_then_every_view_through_the_api(served):
     *_, masks, density, note = client.predict(run_id, api_name="/sparsity")
     assert masks["type"] == "plotly" and density["type"] == "plotly"
     assert "Dense warm-up: steps 0-1 (every layer)" in note
-    _, grid, _, drift, _ = client.predict(run_id, api_name="/reuse")
-    assert Path(grid).is_file() and drift["type"] == "plotly"
+    _, grid, _, drift, _, mask, clicked = client.predict(run_id, api_name="/reuse")
+    assert Path(grid).is_file() and drift["type"] == "plotly" and mask["type"] == "plotly" and clicked == ""
     chunk_views = client.predict(runs["motion"].run_id, api_name="/chunks")
     assert all(v["type"] == "plotly" for v in chunk_views[1:])
     _, _, overlay, counts = client.predict(runs["motion"].run_id, api_name="/motion")
     assert Path(overlay).is_file() and counts["type"] == "plotly"
-    _, pareto, _ = client.predict(run_id, api_name="/compare_choices")
-    assert pareto["type"] == "plotly"
+    _, pareto, _, side, _, _, table = client.predict(run_id, api_name="/compare_choices")
+    assert pareto["type"] == "plotly" and side is None and table["headers"] == ["note"]  # no old comparison
     side, _, _, table = client.predict([runs["dense"].run_id, run_id], api_name="/compare")
     assert Path(side["video"] if isinstance(side, dict) else side).is_file()
     assert table["headers"][:2] == ["run", "method"]
     profile = client.predict(runs["xattention"].run_id, api_name="/profile")
     assert profile[0]["type"] == "plotly" and Path(profile[-1]).name == "trace.json.gz"  # the button is no output
+    _, retimed = client.predict(run_id, 1, api_name="/retime")  # the ratio of both sides timed alternately
+    assert "speedup vs dense (re-timed in one process)" in retimed
     report = client.predict(run_id, api_name="/report")
     assert Path(report["value"] if isinstance(report, dict) else report).suffix == ".html"
 
@@ -174,7 +176,7 @@ def test_dense_reference_and_tensorboard_buttons(served):
     _, summary, _ = client.predict(*values, api_name="/generate")
     assert "no dense run of this prompt and seed yet" in summary
     sparse = ({i.run_id for i in store.list()} - before).pop()
-    _, _, note = client.predict(sparse, api_name="/dense_reference")  # one click: the matching dense run
+    _, _, note, *_ = client.predict(sparse, api_name="/dense_reference")  # one click: the matching dense run
     dense = [i for i in store.list() if i.config["method"] == "dense" and i.config["seed"] == 7]
     assert len(dense) == 1 and dense[0].config["steps"] == 3 and not note
     from viz import compare
