@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accel.errors import UserError
+from accel.errors import UserError, one_line
 
 if TYPE_CHECKING:
     from accel.config import RunConfig
@@ -143,18 +143,22 @@ def _values(file: Path) -> int:
     with open(file, "rb") as fh:
         size = int.from_bytes(fh.read(8), "little")
         if not 0 < size <= min(SAFETENSORS_HEADER_MAX, file.stat().st_size - 8):  # a truncated or foreign file
-            raise ValueError(f"{file} is not a safetensors file (its header would be {size} bytes)")
+            raise ValueError(f"{file.relative_to(file.parents[1])} is not a complete safetensors file")
         header = json.loads(fh.read(size))
     return sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
 
 
 def _weight_bytes(root: Path | None, dtype_bytes: int) -> int:
-    """Bytes of the checkpoint's weights in memory at ``dtype_bytes`` per value (the VAE stays fp32)."""
-    files = list(root.rglob("*.safetensors")) if root else []
-    try:
-        total = sum(_values(f) * (4 if f.parent.name == "vae" else dtype_bytes) for f in files)
-    except (OSError, ValueError, KeyError, TypeError):
-        total = 0
+    """Bytes of the checkpoint's weights in memory at ``dtype_bytes`` per value (the VAE stays fp32); Wan2.1-1.3B's
+    when the checkpoint is not on disk. A weight file whose header cannot be read is a one-line error naming it (a
+    guess would mis-size the memory check)."""
+    total = 0
+    for f in list(root.rglob("*.safetensors")) if root else []:
+        try:
+            total += _values(f) * (4 if f.parent.name == "vae" else dtype_bytes)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"model folder {root}: {one_line(exc)}: the checkpoint is damaged or half-written "
+                            "(download or save it again)") from None  # fmt: skip
     return total or WAN_13B_BYTES
 
 

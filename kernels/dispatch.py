@@ -22,6 +22,7 @@ benchmarks can check which code path actually ran.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import warnings
 from collections import Counter
@@ -31,25 +32,39 @@ from contextvars import ContextVar
 
 import torch
 
+from accel.errors import root_cause
+
 BACKENDS = ("auto", "triton", "flex", "torch")  # accel.config.KERNEL_BACKENDS names the same
 ENV_VAR = "ACCEL_KERNELS"
+LOG = logging.getLogger("accel.kernels")
 
 _forced: ContextVar[str | None] = ContextVar("accel_kernels_backend", default=None)
 calls: Counter[tuple[str, str]] = Counter()
-_triton_ok: bool | None = None
+_triton_why: str | None = None  # why triton cannot be used ("" once it imported), checked once
 
 
 def triton_available() -> bool:
-    """Whether ``triton`` can be imported (checked once, without importing it twice)."""
-    global _triton_ok
-    if _triton_ok is None:
+    """Whether ``triton`` can be imported (checked once, without importing it twice). A triton that is installed
+    but fails to import is logged once with its error (:func:`triton_unavailable_reason` keeps it)."""
+    global _triton_why
+    if _triton_why is None:
         try:
-            _triton_ok = importlib.util.find_spec("triton") is not None
-            if _triton_ok:
+            if importlib.util.find_spec("triton") is None:
+                _triton_why = "triton is not installed"
+            else:
                 import triton  # noqa: F401
-        except Exception:
-            _triton_ok = False
-    return _triton_ok
+
+                _triton_why = ""
+        except Exception as exc:  # a broken install: the torch reference runs, and the log says why
+            _triton_why = f"triton is installed but does not import ({root_cause(exc)})"
+            LOG.warning("%s: block-sparse attention uses the torch reference", _triton_why)
+    return not _triton_why
+
+
+def triton_unavailable_reason() -> str:
+    """Why triton cannot be used here, or "" when it can."""
+    triton_available()
+    return _triton_why or ""
 
 
 def interpret_requested() -> bool:
@@ -110,7 +125,7 @@ def resolve(device: torch.device, backend: str | None = None) -> str:
         return "flex"
     if not triton_available():
         if want == "triton":
-            raise RuntimeError(f"{ENV_VAR}=triton but triton cannot be imported on this machine")
+            raise RuntimeError(f"{ENV_VAR}=triton but {triton_unavailable_reason()}")
         return "torch"
     if device.type == "cuda":
         return "triton"

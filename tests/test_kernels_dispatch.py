@@ -56,11 +56,26 @@ def test_auto_on_cpu_is_torch_without_interpreter(clean_env):
 
 
 def test_without_triton(clean_env):
-    clean_env.setattr(dispatch, "_triton_ok", False)
+    clean_env.setattr(dispatch, "_triton_why", "triton is not installed")
     assert resolve_backend(torch.device("cuda")) == "torch"
     clean_env.setenv("TRITON_INTERPRET", "1")
     assert resolve_backend(CPU) == "torch"
-    with pytest.raises(RuntimeError, match="cannot be imported"), use_backend("triton"):
+    with pytest.raises(RuntimeError, match="ACCEL_KERNELS=triton but triton is not installed"), use_backend("triton"):
+        resolve_backend(CPU)
+
+
+def test_a_triton_that_fails_to_import_is_named_not_silent(clean_env, caplog):
+    """A broken install falls back to the torch reference, and the log and a forced backend say why."""
+    import importlib.machinery
+    import sys
+
+    clean_env.setattr(dispatch, "_triton_why", None)
+    clean_env.setattr(dispatch.importlib.util, "find_spec", lambda name: importlib.machinery.ModuleSpec(name, None))
+    clean_env.setitem(sys.modules, "triton", None)  # importing it raises ImportError
+    with caplog.at_level("WARNING", logger="accel.kernels"):
+        assert not dispatch.triton_available()
+    assert "triton is installed but does not import (ModuleNotFoundError: import of triton halted" in caplog.text
+    with pytest.raises(RuntimeError, match="does not import"), use_backend("triton"):
         resolve_backend(CPU)
 
 
