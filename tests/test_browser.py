@@ -240,7 +240,9 @@ def test_speed_claims_and_views_show_only_the_run_picked(browser_driver, served_
                 page.wait_for_timeout(500)
             _pick_run(page, method.run_id)
             page.get_by_text("other processes' busy cores while timed").wait_for(timeout=30_000)
-            expect(page.get_by_text("timed under different load").first).to_be_visible(timeout=30_000)
+            # flagged: for the load gap, or (when something else loaded the machine during the method's run too) for
+            # a ratio above its work bound, since every head ran dense at this size
+            expect(page.get_by_text("why not to trust it").first).to_be_visible(timeout=30_000)
             expect(page.get_by_text("not a trustworthy speedup").or_(page.get_by_text("did dense's work")).first)\
                 .to_be_visible()  # fmt: skip
             page.screenshot(path=str(shots / "headline_flagged.png"))
