@@ -165,4 +165,5 @@ def test_a_prompt_longer_than_the_encoder_takes_is_recorded(store, tiny_pipe):
     assert run.metrics["warnings"] and f"the text encoder takes {spec.text_tokens}" in run.metrics["warnings"][0]
     assert f"**Warning**: {run.metrics['warnings'][0]}" in panels.headline(store, run)
     short = runner.generate(RunConfig(prompt="a red ball", model="tiny-wan", **SMALL), store)
-    assert short.metrics["warnings"] == [] and 0 < short.metrics["prompt_tokens"] < spec.text_tokens
+    assert not any("text encoder" in w for w in short.metrics["warnings"])  # (a load warning may be there)
+    assert 0 < short.metrics["prompt_tokens"] < spec.text_tokens
