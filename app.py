@@ -182,11 +182,11 @@ def _stopped(exc: Stopped, outputs: int) -> tuple:
     return tuple(gr.skip() for _ in range(outputs))
 
 
-def _steps(cfg, progress) -> Callable[..., None]:
+def _steps(model: str, progress) -> Callable[..., None]:
     """A progress callback ``(i, n, what="")`` for gradio's tracker that honours Stop (pressed from now on); it
     counts denoising steps, or for a diffusion-forcing model the rows of its schedule (chunks are denoised
     staggered, so there are more rows than steps)."""
-    unit = "diffusion-forcing iteration" if models.resolve(cfg.model).family == "skyreels" else "step"
+    unit = "diffusion-forcing iteration" if models.resolve(model).family == "skyreels" else "step"
     STOP.clear()
 
     def step(i: int, n: int, what: str = "") -> None:
@@ -204,7 +204,7 @@ def _generate(cfg, profile: bool, progress) -> str:
     from accel.runner import generate  # imported on first use: the views need no torch model
 
     with imports_undone_on_failure():
-        return generate(cfg, _store(), progress=_steps(cfg, progress), profile=profile).run_id
+        return generate(cfg, _store(), progress=_steps(cfg.model, progress), profile=profile).run_id
 
 
 # -- event handlers ----------------------------------------------------------------------------------------
@@ -262,10 +262,9 @@ def retime_run(run_id: str | None, rounds: Any = retime.ROUNDS, progress=PROGRES
     ratio instead of the two runs' own."""
     run = _open(run_id)
     rounds = retime.ROUNDS if rounds is None or str(rounds).strip() == "" else parse_number(rounds, "rounds", True)
-    step = _steps(retime.configs(run)["run"], progress)
     try:
         with imports_undone_on_failure():
-            retime.retime(run, rounds, step)
+            retime.retime(run, rounds, _steps(run.config.get("model"), progress))
     except Stopped as exc:
         return _stopped(exc, 2)
     return shown_run(run_id)

@@ -60,9 +60,8 @@ def retime(
 
     With ``warmup`` (default) each side first runs once untimed, so neither pays the first call's costs
     (allocations, kernel compiles). Every check :func:`accel.runner.generate` makes comes first (one-line
-    refusals); out of memory is a
-    :class:`accel.runner.RunError`. Returns what was written: per side the passes' ``wall_s`` and ``denoise_s``,
-    the order they ran in, the machine load over all of them, the device and when.
+    refusals); out of memory is a :class:`accel.runner.RunError`. Returns what was written: per side the passes'
+    ``wall_s`` and ``denoise_s``, the order they ran in, the machine load over all of them, the device and when.
     """
     from accel import models, runner
     from accel.load import LoadMeter
@@ -71,27 +70,29 @@ def retime(
     if not isinstance(rounds, int) or isinstance(rounds, bool) or not 1 <= rounds <= MAX_ROUNDS:
         raise UserError(f"rounds must be a whole number from 1 to {MAX_ROUNDS}, got {rounds!r}")
     sides = configs(run)
-    checked = {side: runner.checked(cfg, limits, RecordPolicy())[:3] for side, cfg in sides.items()}
-    _, spec, device_name = checked["run"]
+    checked = {side: runner.checked(cfg, limits, RecordPolicy()) for side, cfg in sides.items()}
+    resolved = {side: c[0] for side, c in checked.items()}  # the model's defaults filled in
+    _, spec, device_name, *_ = checked["run"]
     t0 = time.perf_counter()
     pipe = models.load_pipeline(sides["run"].model, device_name, sides["run"].dtype)
     order = [s for r in range(rounds) for s in (SIDES if r % 2 == 0 else SIDES[::-1])]
     times: dict[str, dict[str, list[float]]] = {k: {side: [] for side in SIDES} for k in ("wall_s", "denoise_s")}
     device = pipe.transformer.device
+
+    def one_pass(side: str, when: str) -> dict[str, float]:
+        cfg = resolved[side]
+        what = f"{when}: {'dense' if side == 'dense' else cfg.label()}"
+        steps = (lambda i, n: progress(i, n, what)) if progress is not None else None
+        return runner.timed_pass(pipe, cfg, spec, Recorder(RecordPolicy()), steps)[1]
+
     with runner.out_of_memory_as_run_error(device, sides["run"]):
         for side in SIDES if warmup else ():  # untimed: first-call costs (allocations, kernel compiles) go here
-            cfg = checked[side][0]
-            what = f"warm-up: {'dense' if side == 'dense' else cfg.label()}"
-            steps = (lambda i, n, what=what: progress(i, n, what)) if progress is not None else None
-            runner.timed_pass(pipe, cfg, spec, Recorder(RecordPolicy()), steps)
-    with runner.out_of_memory_as_run_error(device, sides["run"]), LoadMeter() as load:
-        for k, side in enumerate(order):
-            cfg = checked[side][0]
-            what = f"round {k // 2 + 1} of {rounds}: {'dense' if side == 'dense' else cfg.label()}"
-            steps = (lambda i, n, what=what: progress(i, n, what)) if progress is not None else None
-            _, seconds = runner.timed_pass(pipe, cfg, spec, Recorder(RecordPolicy()), steps)
-            for key in times:
-                times[key][side].append(seconds[key])
+            one_pass(side, "warm-up")
+        with LoadMeter() as load:
+            for k, side in enumerate(order):
+                seconds = one_pass(side, f"round {k // 2 + 1} of {rounds}")
+                for key in times:
+                    times[key][side].append(seconds[key])
     result = {
         "rounds": rounds,
         "order": order,

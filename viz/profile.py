@@ -11,6 +11,13 @@ from profiling import breakdown
 from viz.common import RunLike, as_run, empty_figure, lay_out, title
 
 BOUND_SLACK = 0.10  # default: a measured speedup more than 10% above its bound is timing noise (viz.speed)
+
+
+def above_bound(measured: float, bound: float) -> bool:
+    """Whether a measured speedup is further above its bound than :data:`BOUND_SLACK` allows (timing noise)."""
+    return measured > bound * (1 + BOUND_SLACK)
+
+
 PHASES = ("mask_predict_ms", "attn_sparse_ms", "attn_dense_ms", "cache_bookkeeping_ms", "other_ms")
 
 
@@ -123,7 +130,7 @@ def breakdown_chart(run: RunLike, reference: RunLike) -> tuple[go.Figure, pd.Dat
         f"{times(amdahl['transformer_speedup_bound'])}, measured {times(amdahl['transformer_speedup'])} "
         f"(end to end {times(amdahl['end_to_end_speedup'])})"
     )
-    if amdahl["transformer_speedup"] > amdahl["transformer_speedup_bound"] * (1 + BOUND_SLACK):
+    if above_bound(amdahl["transformer_speedup"], amdahl["transformer_speedup_bound"]):
         heading += " · ⚠ measured above the bound: timing noise (the two runs were timed apart)"
     fig.update_layout(barmode="stack", yaxis_title="ms per transformer call")
     lay_out(fig, heading, 420)

@@ -7,7 +7,7 @@ reference and flags the ratio when
   differ by more than :data:`LOAD_GAP_CORES`;
 * it is above the most the run's work allows (:func:`work_bound`, an Amdahl-style bound from what the method
   skipped; with both runs profiled, the breakdown's bound from attention's share of a dense call), by more than
-  :data:`BOUND_SLACK`.
+  :data:`viz.profile.BOUND_SLACK`.
 
 A run re-timed against dense (:mod:`accel.retime`, both sides alternated in one process) is judged on those
 times instead. A run that computed what dense computes (the same frames, or a bound of 1) reads as equal to dense.
@@ -23,7 +23,6 @@ from accel.retime import retimed
 from accel.runs import DamagedRunError, Run, RunInfo, RunStore
 from profiling import breakdown
 from viz import compare, profile
-from viz.profile import BOUND_SLACK
 
 LOAD_GAP_CORES = OTHER_CORES_WARN  # default: runs whose other-process load differs by more were timed differently
 RETIME_HINT = "Press **Re-time both, interleaved** (below) for a ratio whose two sides were timed alike."
@@ -44,7 +43,8 @@ class Verdict:
     reference: RunInfo  # the dense run
     wall: float | None
     denoise: float | None
-    timed: str  # how: "separate runs" or "re-timed interleaved, 3 rounds"
+    timed: str  # how: "separate runs" or "re-timed interleaved with dense, 3 rounds, <when>"
+    retimed: bool  # timed by accel.retime (both sides alike), not as two separate runs
     loads: tuple[float | None, float | None]  # other processes' busy cores: this run, dense
     cpus: int | None
     bound: Bound | None
@@ -58,10 +58,19 @@ class Verdict:
         return self.same_video or (self.bound is not None and self.bound.ratio <= 1.0 + 1e-9)
 
 
+def _load(metrics: dict) -> dict:
+    """The :class:`accel.load.LoadMeter` result a run stored (empty if none)."""
+    return (metrics.get("timing") or {}).get("load") or {}
+
+
 def other_cores(metrics: dict) -> float | None:
     """Other processes' average busy cores while the run was timed (from the load average where the CPU counters
     were not readable); None if the run recorded neither."""
-    load = (metrics.get("timing") or {}).get("load") or {}
+    return _busy(_load(metrics))
+
+
+def _busy(load: dict) -> float | None:
+    """Other processes' busy cores in a :class:`accel.load.LoadMeter` result."""
     if isinstance(load.get("other_cores"), (int, float)):
         return float(load["other_cores"])
     avg = [v for v in (load.get("loadavg_start"), load.get("loadavg_end")) if isinstance(v, (int, float))]
@@ -69,9 +78,8 @@ def other_cores(metrics: dict) -> float | None:
     return max(0.0, max(avg) - own) if avg else None
 
 
-def _cores(metrics: dict) -> int | None:
-    cpus = ((metrics.get("timing") or {}).get("load") or {}).get("cpus")
-    return cpus if isinstance(cpus, int) else None
+def _cpus(load: dict) -> int | None:
+    return load["cpus"] if isinstance(load.get("cpus"), int) else None
 
 
 def work_bound(metrics: dict, method: str | None) -> Bound | None:
@@ -137,16 +145,17 @@ def judge(run: Run, ref: RunInfo) -> Verdict:
     again = retimed(run)
     if again is not None:
         wall, den = (median(again[k]["dense"]) / median(again[k]["run"]) for k in ("wall_s", "denoise_s"))
-        load = {"timing": {"load": again.get("load") or {}}}
-        loads, cpus = (other_cores(load),) * 2, _cores(load)
+        load = again.get("load") or {}
+        loads, cpus = (_busy(load),) * 2, _cpus(load)
         timed = f"re-timed interleaved with dense, {again['rounds']} rounds, {again.get('created') or ''}".strip()
     else:
         wall, den = compare.speedup(ref, run, "wall"), compare.speedup(ref, run, "denoise")
-        loads, cpus = (other_cores(run.metrics), other_cores(ref.metrics)), _cores(run.metrics)
+        loads, cpus = (other_cores(run.metrics), other_cores(ref.metrics)), _cpus(_load(run.metrics))
         timed = "separate runs"
     bound = _tightest(work_bound(run.metrics, run.config.get("method")), _profile_bound(run, ref))
     sha = run.metrics.get("frames_sha256")
-    v = Verdict(ref, wall, den, timed, loads, cpus, bound, bool(sha) and sha == ref.metrics.get("frames_sha256"))
+    same = bool(sha) and sha == ref.metrics.get("frames_sha256")
+    v = Verdict(ref, wall, den, timed, again is not None, loads, cpus, bound, same)
     if again is None and None not in loads and abs(loads[0] - loads[1]) > LOAD_GAP_CORES:
         v.flags.append(
             f"timed under different load: other processes kept {loads[0]:.1f} of {cpus or '?'} cores busy during "
@@ -154,7 +163,7 @@ def judge(run: Run, ref: RunInfo) -> Verdict:
         )
         v.short.append(f"timed under different load ({loads[0]:.1f} vs dense {loads[1]:.1f} busy cores)")
     best = max((r for r in (wall, den) if r is not None), default=None)
-    if bound is not None and best is not None and best > bound.ratio * (1 + BOUND_SLACK):
+    if bound is not None and best is not None and profile.above_bound(best, bound.ratio):
         v.flags.append(
             f"{_x(best)} is above the most this run's work allows ({_x(bound.ratio)}: {bound.why}): the "
             "difference is timing noise"
@@ -170,7 +179,7 @@ def table_note(run: Run, ref: RunInfo) -> str:
         return "⚠ " + "; ".join(v.short)
     if v.equal_to_dense:
         return "did dense's work: no speedup to expect"
-    return "re-timed interleaved" if v.timed != "separate runs" else "timed alike (similar load)"
+    return "re-timed interleaved" if v.retimed else "timed alike (similar load)"
 
 
 def rows(store: RunStore, run: Run) -> list[tuple[str, str]]:
@@ -190,13 +199,12 @@ def rows(store: RunStore, run: Run) -> list[tuple[str, str]]:
         value = f"**not a trustworthy speedup**: measured {measured}"
     else:
         value = measured
-        band = compare.noise_band(store, v.reference, "wall") if v.timed == "separate runs" else None
+        band = None if v.retimed else compare.noise_band(store, v.reference, "wall")
         value += f"; dense itself varies {band[0]:.2f}-{band[1]:.2f}x" if band else ""
-    retimed_ = v.timed != "separate runs"
-    out = [("speedup vs dense (re-timed in one process)" if retimed_ else f"speedup vs dense `{v.reference.run_id}`",
+    out = [("speedup vs dense (re-timed in one process)" if v.retimed else f"speedup vs dense `{v.reference.run_id}`",
             value)]  # fmt: skip
     cpus = f" of {v.cpus}" if v.cpus else ""
-    if v.timed == "separate runs":
+    if not v.retimed:
         shown = [f"{c:.1f}{cpus}" if c is not None else "not recorded" for c in v.loads]
         out.append(("other processes' busy cores while timed", f"this run {shown[0]} · dense {shown[1]}"))
     elif v.loads[0] is not None:
