@@ -128,11 +128,20 @@ def most_mask_bytes(cfg: RunConfig, spec: ModelSpec, budget_mb: float) -> int:
 
 
 def _config(root: Path | None, sub: str) -> dict[str, Any] | None:
-    """``<root>/<sub>/config.json``, if it is there and readable."""
-    try:
-        return json.loads((root / sub / "config.json").read_text(encoding="utf-8")) if root else None
-    except (OSError, ValueError):
+    """``<root>/<sub>/config.json`` when the checkpoint is on disk and has it, else None (the caller's defaults); one
+    that is there but cannot be read is a one-line error naming it (a guess would mis-size the memory check)."""
+    path = root / sub / "config.json" if root else None
+    if path is None or not path.is_file():
         return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        data = exc
+    if not isinstance(data, dict):
+        why = one_line(data) if isinstance(data, Exception) else "not a JSON object"
+        raise UserError(f"model folder {root}: {sub}/config.json cannot be read ({why}): the checkpoint is damaged or "
+                        "half-written (download or save it again)")  # fmt: skip
+    return data
 
 
 SAFETENSORS_HEADER_MAX = 100 * 2**20  # the format's own limit on a header's size

@@ -30,6 +30,10 @@ class UserError(Exception):
     """Bad input the user can fix: a setting, a path, a run id, a model that is not there."""
 
 
+class ConfigError(UserError, ValueError):
+    """A setting is out of range or inconsistent; the message is meant for the user as is."""
+
+
 def one_line(exc: BaseException) -> str:
     """The first non-empty line of the exception's message (its type name if it has none)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]

@@ -1,6 +1,6 @@
 """Every method setting as a field spec: what the CLI turns into a ``--flag`` and the app into a widget.
 
-:func:`field_specs` reads the settings dataclasses of :data:`accel.methods.REGISTRY` (their ``help``,
+:func:`field_specs` reads the settings dataclasses of :func:`accel.methods.records` (their ``help``,
 ``choices`` and defaults), so a new setting shows up in both places with its tooltip and default. A spec
 parses the text a user typed (:meth:`FieldSpec.parse`) and the value a widget holds (:meth:`FieldSpec.read`);
 bad values raise :class:`accel.config.ConfigError` with a one-line message.
@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from accel.config import ConfigError, MethodSettings
+from accel.errors import ConfigError
+from accel.settings import MethodSettings
 
 MODEL_DEFAULT = "model default"  # how an unset optional choice reads in a widget (unlike a choice named "none")
 EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a path"}
@@ -155,7 +156,7 @@ def all_field_specs() -> list[FieldSpec]:
     """Every field of every registered method, registry order then declaration order."""
     from accel import methods
 
-    return [spec for m in methods.REGISTRY.values() for spec in field_specs(m.settings)]
+    return [spec for m in methods.records() for spec in field_specs(m.settings)]
 
 
 def settings_from(method: str, specs: list[FieldSpec], values: list[Any]) -> dict[str, Any]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from accel import methods
-from accel.config import COMMIT_MODES, DEFAULT_MODEL, FORCING, RunConfig, settings_for
+from accel.config import DEFAULT_MODEL, FORCING, RunConfig
 from accel.fields import all_field_specs, parse_number, settings_from
+from accel.methods import settings_for
+from accel.settings import COMMIT_MODES
 
 DEFAULT_PROMPT = "a red circle moves quickly left over a blue background"
 # offered under the prompt; all in the grammar of the procedural clips the pocket models learned (tested)
@@ -79,9 +81,12 @@ def dense_reference(config: dict[str, Any]) -> RunConfig:
                      negative_prompt=config.get("negative_prompt", ""), **sampling)  # fmt: skip
 
 
+DEFAULT_METHOD = "xattention"  # the method the Generate form opens on
+
+
 def form_values(
     model: str = DEFAULT_MODEL,
-    method: str = "xattention",
+    method: str = DEFAULT_METHOD,
     prompt: str = DEFAULT_PROMPT,
     negative: str = "",
     sampling: dict[str, Any] | None = None,

@@ -1,4 +1,5 @@
-"""Model registry: the embedded default and real checkpoints, each loaded once per (model, device, dtype).
+"""Model loading: each pipeline loaded once per (model, device, dtype); the specs are :mod:`accel.model_specs`
+(re-exported here for callers).
 
 Models are diffusers pipelines in folder format loaded with ``from_pretrained`` and
 ``use_safetensors=True`` (never pickle, never remote code). Two families: ``wan`` (``WanPipeline``)
@@ -14,307 +15,34 @@ that says how to provide the model.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import torch
 
-from accel.config import ConfigError
-from accel.errors import ENV_HINT, DependencyError, UserError, failed_import, one_line, root_cause
-from accel.paths import ASSETS
+from accel.errors import ENV_HINT, DependencyError, failed_import, one_line, root_cause
+from accel.model_specs import (  # the specs, re-exported for callers of accel.models
+    ALIASES,
+    FAMILY_PIPELINES,
+    REGISTRY,
+    SIZE_PRESETS,
+    ModelLoadError,
+    ModelSpec,
+    resolve,
+    size_preset,
+)
 
 if TYPE_CHECKING:
     from accel.config import RunConfig
 
-
-class ModelLoadError(UserError, RuntimeError):
-    """The model could not be found or loaded; the message says what to do."""
-
-
-# FlowCache rescale polynomial, thresholds (slow, fast, MotionCache) and MotionCache phase-1 length per model size
-# (None: the VBench setup's 6 updating steps of 50, scaled to the run like the warm-ups)
-FLOWCACHE_13B = {"coefficients": "1.3b", "slow": 0.1, "fast": 0.15, "motion": 0.1, "phase1_updates": None}
-FLOWCACHE_14B = {**FLOWCACHE_13B, "coefficients": "14b"}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the bench needs to know about a model besides its weights."""
-
-    name: str
-    source: str
-    family: str = "wan"
-    embedded: bool = False
-    defaults: dict[str, Any] = field(default_factory=dict)
-    block_size: int = 128
-    svg2_clusters: tuple[int, int] = (300, 1000)
-    # TMR refresh thresholds on raw pooled-Q/K drift (model-scale dependent); Wan2.1 values are secondhand.
-    tmr_delta: dict[str, float] = field(default_factory=lambda: {"xattention": 30.0, "svg2": 8.0})
-    # prompt embeddings are padded to this many tokens (the pipelines' max_sequence_length; 512 for Wan2.1)
-    text_tokens: int = 512
-    # scheduler shift to sample with; None = the checkpoint's own scheduler config
-    flow_shift: float | None = None
-    # FlowCache rescale polynomial and threshold presets (fitted on SkyReels-V2 1.3B / 14B)
-    flowcache: dict[str, Any] = field(default_factory=lambda: dict(FLOWCACHE_13B))
-    description: str = ""
-    # named sampling sizes beside the defaults, e.g. "bench": a size where attention dominates (see size_preset)
-    presets: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def is_local(self) -> bool:
-        return Path(self.source).is_dir()
-
-
-# The pocket models were trained with prompts padded to 32 tokens (the grammar's prompts are shorter).
-POCKET_TEXT_TOKENS = 32
-WAN_480P = {"height": 480, "width": 832, "frames": 81, "steps": 50, "guidance": 5.0}
-# SkyReels-V2 DF text-to-video. Beyond the RunConfig sizes, the diffusion-forcing arguments of the
-# pipeline call: ``causal_block_size`` latent frames per chunk, chunk g starts ``ar_step`` steps after
-# chunk g-1 (0 = synchronous), ``base_num_frames`` (pixel frames) is the window of one pass, and
-# ``overlap_history`` / ``addnoise_condition`` only act on long videos (frames > base_num_frames).
-# The latent frame count (frames - 1) // 4 + 1 must be a multiple of causal_block_size: the pipeline
-# never denoises trailing frames past the last whole chunk.
-SKYREELS_540P = {
-    "height": 544,
-    "width": 960,
-    "frames": 97,
-    "steps": 50,
-    "guidance": 6.0,
-    "ar_step": 5,
-    "causal_block_size": 5,
-    "base_num_frames": 97,
-    "overlap_history": 17,
-    "addnoise_condition": 0,
-}
-# 121 frames (the documented 720P base) are 31 latent frames, not a multiple of 5: 117 gives 6 whole chunks.
-SKYREELS_720P = {**SKYREELS_540P, "height": 720, "width": 1280, "frames": 117, "base_num_frames": 117}
-SKYREELS_T2V_SHIFT = 8.0  # the diffusers docs set flow_shift 8.0 for T2V (5.0 for I2V) over the shipped config
-
-# The embedded SkyReels models' sampling: 21 frames = 6 latent frames = 3 chunks of 2 (their transformers'
-# num_frame_per_block), each chunk starting 2 steps after the previous one.
-EMBEDDED_DF = {
-    "frames": 21,
-    "steps": 20,
-    "guidance": 5.0,
-    "ar_step": 2,
-    "causal_block_size": 2,
-    "base_num_frames": 21,
-    "overlap_history": None,
-    "addnoise_condition": 0,
-}
-# No fitted polynomial for the embedded models: the raw relative L1 of e0 (a degree-4 fit of the residual's
-# change on 2,872 step pairs, R^2 0.82, gave the same work-PSNR front). Thresholds measured in the seeds'
-# setting (bench.chunked --preset seeds: 50 steps, 3 windows; docs/measurements/bench_chunked_seeds.txt): on
-# the bench prompt slow 0.1 did 0.32 of the uncached block work at 29 dB, fast 0.16 0.26 at 27 dB on the
-# pocket-skyreels they were chosen on (0.30 / 0.24 at 21 / 18 dB on the one fine-tuned since). At the default
-# 20 steps they do about 0.50 / 0.40: a short schedule leaves less to skip.
-EMBEDDED_FLOWCACHE = {"coefficients": "none", "slow": 0.1, "fast": 0.16, "motion": 0.1, "phase1_updates": None}
-# Measured step-to-step drift of a head on tiny-wan is ~1.4 (0.9-2.1): refresh the masks after about two steps.
-EMBEDDED_TMR_DELTA = {"xattention": 3.0, "svg2": 3.0}
-
-
-SIZE_PRESETS = ("default", "bench")
-# pocket "bench" sizes: over 2,000 tokens per transformer call, where attention is most of a step and sparse
-# attention can pay off on a CPU (256x256x33: 9 latent frames of 16x16 = 2,304; 304x304x21: 6 x 19 x 19 = 2,166)
-POCKET_BENCH = {"wan": {"height": 256, "width": 256, "frames": 33}, "skyreels": {"height": 304, "width": 304}}
-
-
-def size_preset(spec: ModelSpec, name: str) -> dict[str, int]:
-    """The sampling sizes of the size preset ``name``: ``default`` is the model's defaults (nothing to fill in),
-    others come from the model's ``presets``; an unknown name or one the model lacks is a one-line error."""
-    if name not in SIZE_PRESETS:
-        raise ConfigError(f"size preset must be one of {', '.join(SIZE_PRESETS)}, got {name!r}")
-    if name == "default":
-        return {}
-    if name not in spec.presets:
-        raise ConfigError(f"{spec.name} has no {name!r} size preset (the pocket models have one)")
-    return dict(spec.presets[name])
-
-
-# FBC's default threshold on the embedded models: 0.05 (ParaAttention's video setting) never skipped there. Measured
-# on the app's default prompt at the models' defaults (docs/measurements/fbc_embedded.txt): 0.1 skips 15% of
-# blocks on pocket-wan at 39 dB and 23% on pocket-skyreels at 36 dB against dense.
-EMBEDDED_FBC_THRESHOLD = 0.1
-
-
-def defaults_text(spec: ModelSpec) -> str:
-    """Markdown of what "empty = the model's default" means for ``spec``: sampling, sparse-attention and cache
-    settings that depend on the model (the form shows it beside the model picker)."""
-    d = spec.defaults
-    size = f"{d.get('width')}x{d.get('height')} px, {d.get('frames')} frames, {d.get('steps')} steps, " \
-        f"guidance {d.get('guidance')}"  # fmt: skip
-    lines = [f"**{spec.name}** defaults: {size}"]
-    delta = ", ".join(f"{m} {v:g}" for m, v in spec.tmr_delta.items())
-    qc, kc = spec.svg2_clusters
-    lines.append(f"XAttention block {spec.block_size} · SVG2 clusters {qc}/{kc} · TMR delta {delta}")
-    if spec.family == "skyreels":
-        fc = spec.flowcache
-        poly = fc["coefficients"] or "none (raw relative L1)"
-        lines.append(f"FlowCache thresholds slow {fc['slow']:g} / fast {fc['fast']:g}, polynomial {poly} · "
-                     f"MotionCache threshold {fc['motion']:g}")  # fmt: skip
-    fbc = EMBEDDED_FBC_THRESHOLD if spec.embedded else 0.05
-    lines.append(f"FirstBlockCache threshold {fbc:g}")
-    return "  \n".join(lines)
-
-
-def _embedded(name: str, family: str, defaults: dict[str, Any], description: str, pocket: bool) -> ModelSpec:
-    """An embedded model under assets/: small blocks and clusters, the embedded TMR deltas, FlowCache thresholds
-    and (pocket models) the 32-token prompts they were trained with and the bench size preset."""
-    return ModelSpec(
-        name=name,
-        source=str(ASSETS / name),
-        family=family,
-        embedded=True,
-        defaults=defaults,
-        block_size=16 if pocket else 64,
-        svg2_clusters=(10, 20) if pocket else (20, 40),
-        tmr_delta=EMBEDDED_TMR_DELTA,
-        text_tokens=POCKET_TEXT_TOKENS if pocket else 512,
-        flowcache=dict(EMBEDDED_FLOWCACHE if family == "skyreels" else FLOWCACHE_13B),
-        description=description,
-        presets={"bench": POCKET_BENCH[family]} if pocket else {},
-    )
-
-
-def _checkpoint(name: str, **fields: Any) -> ModelSpec:
-    """A real checkpoint on the hub (or in its local cache): its id is both name and source."""
-    return ModelSpec(name=name, source=name, **fields)
-
-
-REGISTRY: dict[str, ModelSpec] = {
-    "tiny-wan": _embedded(
-        "tiny-wan",
-        "wan",
-        {"height": 256, "width": 256, "frames": 17, "steps": 20, "guidance": 5.0},
-        "embedded random-weight Wan2.1-style model (6 heads x 32, 4 layers); runs anywhere",
-        pocket=False,
-    ),
-    "tiny-skyreels": _embedded(
-        "tiny-skyreels",
-        "skyreels",
-        {**EMBEDDED_DF, "height": 256, "width": 256},  # 1536 tokens
-        "embedded random-weight SkyReels-V2 diffusion-forcing model (6 heads x 32, 4 layers, chunks of 2 latent "
-        "frames; shares tiny-wan's VAE and text encoder); runs anywhere",
-        pocket=False,
-    ),
-    "pocket-wan": _embedded(
-        "pocket-wan",
-        "wan",
-        # the training size: 17 frames = 5 latent frames of 8x8 patches, 320 tokens
-        {"height": 128, "width": 128, "frames": 17, "steps": 20, "guidance": 5.0},
-        "embedded pocket Wan2.1-style T2V model trained on procedural clips of moving shapes "
-        "(python -m accel.training.wan; 6 heads x 32, 4 layers); the default",
-        pocket=True,
-    ),
-    "pocket-skyreels": _embedded(
-        "pocket-skyreels",
-        "skyreels",
-        {**EMBEDDED_DF, "height": 128, "width": 128},  # 320 tokens per window, as trained
-        "embedded pocket SkyReels-V2 diffusion-forcing model fine-tuned from pocket-wan with a noise level per chunk "
-        "of 2 latent frames; shares pocket-wan's VAE and text encoder",
-        pocket=True,
-    ),
-    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": _checkpoint(
-        "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-        defaults=WAN_480P,
-        description="Wan2.1 T2V 1.3B (30 layers x 12 heads)",
-    ),
-    "Wan-AI/Wan2.1-T2V-14B-Diffusers": _checkpoint(
-        "Wan-AI/Wan2.1-T2V-14B-Diffusers",
-        defaults=WAN_480P,
-        description="Wan2.1 T2V 14B (40 layers x 40 heads)",
-    ),
-    "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers": _checkpoint(
-        "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
-        family="skyreels",
-        defaults=SKYREELS_540P,
-        flow_shift=SKYREELS_T2V_SHIFT,
-        description="SkyReels-V2 diffusion forcing 1.3B, 540P (Wan2.1-1.3B based: 30 layers x 12 heads)",
-    ),
-    "Skywork/SkyReels-V2-DF-14B-540P-Diffusers": _checkpoint(
-        "Skywork/SkyReels-V2-DF-14B-540P-Diffusers",
-        family="skyreels",
-        defaults=SKYREELS_540P,
-        flow_shift=SKYREELS_T2V_SHIFT,
-        flowcache=FLOWCACHE_14B,
-        description="SkyReels-V2 diffusion forcing 14B, 540P (40 layers x 40 heads)",
-    ),
-    "Skywork/SkyReels-V2-DF-14B-720P-Diffusers": _checkpoint(
-        "Skywork/SkyReels-V2-DF-14B-720P-Diffusers",
-        family="skyreels",
-        defaults=SKYREELS_720P,
-        flow_shift=SKYREELS_T2V_SHIFT,
-        flowcache=FLOWCACHE_14B,
-        description="SkyReels-V2 diffusion forcing 14B, 720P (40 layers x 40 heads)",
-    ),
-}
-ALIASES = {
-    "wan2.1-1.3b": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-    "wan2.1-14b": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
-    "skyreels-v2-df-1.3b": "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
-    "skyreels-v2-df-14b": "Skywork/SkyReels-V2-DF-14B-540P-Diffusers",
-    "skyreels-v2-df-14b-720p": "Skywork/SkyReels-V2-DF-14B-720P-Diffusers",
-}
-PIPELINE_FAMILIES = {"WanPipeline": "wan", "SkyReelsV2DiffusionForcingPipeline": "skyreels"}
-FAMILY_PIPELINES = {family: cls for cls, family in PIPELINE_FAMILIES.items()}
-FAMILY_DEFAULTS = {"wan": WAN_480P, "skyreels": SKYREELS_540P}
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~")) and ".." not in name
-
-
-def resolve(name: str) -> ModelSpec:
-    """The spec for a registered name/alias, a local diffusers folder, or a hub id."""
-    name = ALIASES.get(name, name)
-    if name in REGISTRY:
-        return REGISTRY[name]
-    path = Path(name).expanduser()
-    if path.exists():
-        index = path / "model_index.json"
-        if not path.is_dir() or not index.is_file():
-            raise ModelLoadError(f"{name}: not a diffusers pipeline folder (no model_index.json)")
-        try:
-            data = json.loads(index.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as exc:
-            raise ModelLoadError(f"{name}: unreadable model_index.json ({one_line(exc)})") from None
-        cls = data.get("_class_name") if isinstance(data, dict) else None
-        if not isinstance(cls, str):
-            raise ModelLoadError(f"{name}: model_index.json has no pipeline class name (_class_name string)")
-        if cls not in PIPELINE_FAMILIES:
-            raise ModelLoadError(f"{name}: pipeline {cls} is not supported; supported: {', '.join(PIPELINE_FAMILIES)}")
-        family = PIPELINE_FAMILIES[cls]
-        return ModelSpec(
-            name=str(path.resolve()),
-            source=str(path.resolve()),
-            family=family,
-            defaults=dict(FAMILY_DEFAULTS[family]),
-            description=f"local {cls}",
-        )
-    if _looks_like_hub_id(name):
-        # an unregistered hub id: SkyReels-V2 diffusion-forcing repos by name, anything else as Wan
-        family = "skyreels" if "skyreels-v2-df" in name.lower() else "wan"
-        return ModelSpec(
-            name=name,
-            source=name,
-            family=family,
-            defaults=dict(FAMILY_DEFAULTS[family]),
-            flow_shift=SKYREELS_T2V_SHIFT if family == "skyreels" else None,
-            description="hub checkpoint",
-        )
-    known = ", ".join([*REGISTRY, *ALIASES])
-    raise ModelLoadError(
-        f"unknown model {name!r}: not a registered name ({known}), a local folder, or an org/name hub id"
-    )
+__all__ = ["ALIASES", "REGISTRY", "SIZE_PRESETS", "ModelLoadError", "ModelSpec", "clear_cache", "load_pipeline",
+           "pipeline_call", "resolve", "run_pipeline", "size_preset"]  # fmt: skip
 
 
 def default_device() -> str:
@@ -382,8 +110,11 @@ def _cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
 
     try:
         index = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=cache_dir)
-    except (OSError, ValueError):  # an invalid repo id or an unreadable cache: not usable offline
+    except ValueError:  # not a valid repo id, so nothing of it is cached
         return None
+    except OSError as exc:  # said, not taken for "not cached": that would send the user to download it again
+        why = exc.strerror or one_line(exc)
+        raise ModelLoadError(f"the hub cache {cache_dir} cannot be read for {repo_id}: {why}") from None
     return Path(index).parent if isinstance(index, str) else None
 
 

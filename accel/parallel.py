@@ -28,8 +28,9 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from accel.config import ConfigError, parse_parallel
+from accel.errors import ConfigError
 from accel.schema import INDEX_KEY, MASK_KINDS
+from accel.settings import parse_parallel
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,13 +23,13 @@ import pandas as pd
 import torch
 
 from accel import budget, methods, models, parallel, tempdirs
-from accel.config import ConfigError, RunConfig
-from accel.errors import UserError, one_line
+from accel.config import RunConfig
+from accel.errors import ConfigError, UserError, one_line
 from accel.kernels import dispatch, flex
 from accel.load import LoadMeter
-from accel.methods import ProgressFn, Target
 from accel.runs import Run, RunStore
 from accel.schema import Event
+from accel.target import ProgressFn, Target
 from accel.telemetry import Recorder, RecordPolicy
 from profiling.profiler import RunProfiler
 from profiling.ranges import named_range
@@ -260,92 +261,136 @@ def generate(
     t_start = time.perf_counter()
     pipe = models.load_pipeline(cfg.model, device_name, cfg.dtype, cfg.parallel)
     load_s = time.perf_counter() - t_start
-    device = pipe.transformer.device
     prompt_tokens = _prompt_tokens(pipe, cfg.prompt)
     if prompt_tokens > spec.text_tokens:
         warnings_.append(
             f"the prompt is {prompt_tokens} tokens; the text encoder takes {spec.text_tokens}: the rest was cut"
         )
         LOG.warning(warnings_[-1])
-    samples: list[dict[str, float]] = []  # one per pass: wall, text encode, VAE decode, denoise seconds
-    calls_before, compile_before = Counter(dispatch.calls), sum(flex.compile_seconds.values())
-    profiler = None
     work = tempdirs.work_dir("profile", profile)  # sweeps the folders of killed processes first
     try:
-        with (
-            out_of_memory_as_run_error(device, cfg),
-            LoadMeter(combine=parallel.total if cfg.parallel else None) as load,
-        ):
-            for i in range(cfg.repeats):  # the first pass is kept (video, telemetry, profile); all are timed
-                recording = Recorder(policy, enabled=record)  # record=False: for measuring what recording costs
-                if profile and i == 0:
-                    profiler = RunProfiler(work.name, wait=profile_wait(cfg), run_name=cfg.label())
-                output, seconds = timed_pass(pipe, cfg, spec, recording, progress, profiler if i == 0 else None)
-                samples.append(seconds)
-                if i == 0:
-                    (video, extra), recorder = output, recording
-                    kernel_calls = {f"{op}/{b}": n for (op, b), n in (dispatch.calls - calls_before).items()}
-    except BaseException:
+        passes = _passes(pipe, cfg, spec, policy, record, progress, profile, work)
+        frames = _frames(passes.video, cfg)
+        t_rec = time.perf_counter()
+        table, arrays = passes.recorder.finish()
+        if cfg.parallel:  # rank 0 gathers every rank's telemetry and alone writes the run
+            gathered = parallel.gather_run(table, arrays)
+            if gathered is None:
+                return None
+            table, arrays = gathered
+        record_s = time.perf_counter() - t_rec
+        if passes.load.warning():
+            warnings_.append(passes.load.warning())
+            LOG.warning(warnings_[-1])
+        metrics = {
+            **_timing(cfg, passes, load_s),
+            "record_s": record_s,
+            "record_loop_s": passes.recorder.loop_s,
+            **_run_facts(pipe, cfg, backend),
+            "kernel_calls": passes.kernel_calls,  # which backend ran each kernel call (dispatch counters of this run)
+            "kernel_compile_s": passes.compile_s,  # FlexAttention's first calls
+            "prompt_tokens": min(prompt_tokens, spec.text_tokens),
+            "parallel": parallel.describe(cfg.parallel) if cfg.parallel else None,
+            "warnings": warnings_,
+            "frames_sha256": hashlib.sha256(frames.tobytes()).hexdigest(),  # equal hashes: the same video
+            **passes.extra,
+            **summarize(table),
+        }
+        return _save(store, cfg, spec, frames, table, arrays, metrics, passes)
+    finally:
         if work is not None:
             work.cleanup()
-        raise
-    generate_s = samples[0]["wall_s"]
-    timed = samples[1:] if profile and len(samples) > 1 else samples  # a profiled pass runs slower
+
+
+@dataclass
+class Passes:
+    """What the timed passes of one generation left: the first pass's video, method metrics and recorder, every
+    pass's seconds, the kernel calls and compile time of the first, its profiler, and the load meter."""
+
+    video: np.ndarray
+    extra: dict[str, Any]
+    recorder: Recorder
+    samples: list[dict[str, float]]  # one per pass: wall, text encode, VAE decode, denoise seconds
+    kernel_calls: dict[str, int]
+    compile_s: float
+    profiler: RunProfiler | None
+    load: LoadMeter
+
+    @property
+    def timed(self) -> list[dict[str, float]]:
+        """The passes whose times count: a profiled first pass of several is left out (it runs slower)."""
+        return self.samples[1:] if self.profiler is not None and len(self.samples) > 1 else self.samples
+
+
+def _passes(pipe, cfg, spec, policy, record, progress, profile, work) -> Passes:
+    """``cfg.repeats`` timed passes under one load meter; the first is kept (video, telemetry, profile)."""
+    samples: list[dict[str, float]] = []
+    calls_before, compile_before = Counter(dispatch.calls), sum(flex.compile_seconds.values())
+    profiler = None
+    with (
+        out_of_memory_as_run_error(pipe.transformer.device, cfg),
+        LoadMeter(combine=parallel.total if cfg.parallel else None) as load,
+    ):
+        for i in range(cfg.repeats):
+            recording = Recorder(policy, enabled=record)  # record=False: for measuring what recording costs
+            if profile and i == 0:
+                profiler = RunProfiler(work.name, wait=profile_wait(cfg), run_name=cfg.label())
+            output, seconds = timed_pass(pipe, cfg, spec, recording, progress, profiler if i == 0 else None)
+            samples.append(seconds)
+            if i == 0:
+                (video, extra), recorder = output, recording
+                kernel_calls = {f"{op}/{b}": n for (op, b), n in (dispatch.calls - calls_before).items()}
+    compile_s = sum(flex.compile_seconds.values()) - compile_before
+    return Passes(video, extra, recorder, samples, kernel_calls, compile_s, profiler, load)
+
+
+def _frames(video: np.ndarray, cfg: RunConfig) -> np.ndarray:
+    """The decoded video as uint8 frames; non-finite values are a :class:`RunError` (nothing is stored)."""
     bad = int(np.size(video) - np.count_nonzero(np.isfinite(video)))
     if bad:  # e.g. a huge guidance scale: the latents overflowed, and a black video would pass for a result
         raise RunError(
             f"the generation produced {bad} non-finite values (NaN or inf) of {np.size(video)} in the decoded video "
             f"(guidance {cfg.guidance:g}, {cfg.steps} steps, {cfg.dtype or 'default'} dtype): nothing was stored"
         )
-    frames = (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    t_rec = time.perf_counter()
-    table, arrays = recorder.finish()
-    if cfg.parallel:  # rank 0 gathers every rank's telemetry and alone writes the run
-        gathered = parallel.gather_run(table, arrays)
-        if gathered is None:
-            if work is not None:
-                work.cleanup()
-            return None
-        table, arrays = gathered
-    record_s = time.perf_counter() - t_rec
-    stages = {"load_s": load_s, **{k: float(np.median([t[k] for t in timed])) for k in STAGES}}
-    if load.warning():
-        warnings_.append(load.warning())
-        LOG.warning(warnings_[-1])
-    timing = {  # the timed passes' seconds (a profiled first pass of several is left out: it runs slower)
-        "repeats": cfg.repeats,
-        **{k: [t[k] for t in timed] for k in ("wall_s", "denoise_s")},
-        "profiled_pass_wall_s": generate_s if len(timed) < len(samples) else None,
-        "load": load.result(),
+    return (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def _timing(cfg: RunConfig, passes: Passes, load_s: float) -> dict[str, Any]:
+    """The metrics of time: the median wall and stage seconds over the timed passes, and each pass's."""
+    timed, samples = passes.timed, passes.samples
+    return {
+        "wall_s": float(np.median([t["wall_s"] for t in timed])),  # the median over the timed passes
+        "stages": {"load_s": load_s, **{k: float(np.median([t[k] for t in timed])) for k in STAGES}},
+        "timing": {  # the timed passes' seconds (a profiled first pass of several is left out: it runs slower)
+            "repeats": cfg.repeats,
+            **{k: [t[k] for t in timed] for k in ("wall_s", "denoise_s")},
+            "profiled_pass_wall_s": samples[0]["wall_s"] if len(timed) < len(samples) else None,
+            "load": passes.load.result(),
+        },
     }
+
+
+def _run_facts(pipe, cfg: RunConfig, backend: str) -> dict[str, Any]:
+    """The run's shape and where it ran: token grid, layers, heads, device, dtype, versions, kernel backend."""
     grid = (
         (cfg.frames - 1) // pipe.vae_scale_factor_temporal + 1,
         cfg.height // pipe.vae_scale_factor_spatial // spec_patch(pipe, 1),
         cfg.width // pipe.vae_scale_factor_spatial // spec_patch(pipe, 2),
     )
-    metrics = {
-        "wall_s": float(np.median([t["wall_s"] for t in timed])),  # the median over the timed passes
-        "stages": stages,
-        "timing": timing,
-        "record_s": record_s,
-        "record_loop_s": recorder.loop_s,
+    return {
         "tokens": int(np.prod(grid)),
         "grid": list(grid),
         "layers": len(pipe.transformer.blocks),
         "heads": int(pipe.transformer.config.num_attention_heads),
-        "device": str(device),
+        "device": str(pipe.transformer.device),
         "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
         "versions": _versions(),
         "kernel_backend": backend,  # the backend sparse attention resolves to on this device (accel.kernels.dispatch)
-        "kernel_calls": kernel_calls,  # which backend ran each kernel call (dispatch counters of this run)
-        "kernel_compile_s": sum(flex.compile_seconds.values()) - compile_before,  # FlexAttention's first calls
-        "prompt_tokens": min(prompt_tokens, spec.text_tokens),
-        "parallel": parallel.describe(cfg.parallel) if cfg.parallel else None,
-        "warnings": warnings_,
-        "frames_sha256": hashlib.sha256(frames.tobytes()).hexdigest(),  # equal hashes: the same video
-        **extra,
-        **summarize(table),
     }
+
+
+def _save(store: RunStore, cfg: RunConfig, spec, frames, table, arrays, metrics: dict, passes: Passes) -> Run:
+    """The run folder, written atomically; a failed write is one :class:`RunError` and stores nothing."""
     t_save = time.perf_counter()
     try:
         with store.writer(cfg.label()) as w:
@@ -354,16 +399,13 @@ def generate(
             w.write_table("telemetry.parquet", table)
             if arrays:
                 w.write_arrays("arrays.npz", arrays)
-            if profiler is not None:
-                metrics["profile"] = profiler.save(w.path, generate_s)  # the profiled (first) pass
+            if passes.profiler is not None:  # the profiled (first) pass
+                metrics["profile"] = passes.profiler.save(w.path, passes.samples[0]["wall_s"])
             metrics["save_s"] = time.perf_counter() - t_save
             w.write_json("metrics.json", metrics)
     except OSError as exc:
         why = exc.strerror or one_line(exc)
         raise RunError(f"could not save the run in {store.root}: {why}; nothing was stored") from None
-    finally:
-        if work is not None:
-            work.cleanup()
     return store.load(w.final_path)
 
 

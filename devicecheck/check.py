@@ -85,7 +85,8 @@ PLAN = [
      "accel generate on pocket-wan per method (defaults), PSNR vs dense, profiled runs show the Triton kernels",
      [GEN + " --variants dense,xattention,xattention+tmr,svg2,xattention+profile,svg2+profile"],
      [GEN + " --variants dense,xattention,xattention+tmr,svg2,xattention+profile,svg2+profile " + GEN_TINY
-      + " '--xattn-args=--warmup-steps 1' '--svg2-args=--first-times-fp 0 --kmeans-init-iters 3'"], False),
+      + " '--method-args=xattention=--warmup-steps 1'"
+      + " '--method-args=svg2=--first-times-fp 0 --kmeans-init-iters 3'"], False),
     ("bench_e2e", 1, (50, 30), "e2e.log", "bench_e2e 480p: densities 0.5/0.25/0.1 x random/local/xattention",
      ["py -m accel.kernels.bench_e2e --resolutions 480p --warmup 1 --iters 2"],
      ["py -m accel.kernels.bench_e2e --resolutions 480p --warmup 1 --iters 2",
@@ -101,9 +102,9 @@ PLAN = [
     ("generate_720p", 4, (62, 25), "generate.log",
      "pocket-wan 1280x720x81 (75,600 tokens, 8 steps): dense vs XAttention+TMR+EBC with a profiler trace",
      [GEN + " --variants dense,xattention+tmr+ebc+profile --height 720 --width 1280 --frames 81 --steps 8 "
-      "--no-masks '--xattn-args=--warmup-steps 2'"],
+      "--no-masks '--method-args=xattention=--warmup-steps 2'"],
      [GEN + " --variants dense,xattention+tmr+ebc+profile --height 64 --width 112 --frames 5 --steps 3 --no-video "
-      "'--xattn-args=--warmup-steps 1'"], False),
+      "'--method-args=xattention=--warmup-steps 1'"], False),
     ("bench_e2e_720p", 4, (50, 15), "e2e.log", "bench_e2e 720p at density 0.25 (local and xattention masks)",
      [E2E_720P], [E2E_720P],
      True),

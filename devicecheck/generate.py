@@ -46,8 +46,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--runs-dir", type=Path, default=Path(os.environ.get("ACCEL_RUNS_DIR", "/tmp/devicecheck-runs")))
     p.add_argument("--variants", default="dense,xattention,xattention+tmr,svg2")
     p.add_argument("--prompt", default="a red circle moves quickly left over a blue background")
-    p.add_argument("--xattn-args", default="", help="extra generate arguments for xattention variants (one string)")
-    p.add_argument("--svg2-args", default="", help="extra generate arguments for svg2 variants (one string)")
+    p.add_argument("--method-args", action="append", default=[], metavar="METHOD=ARGS",
+                   help="extra generate arguments for one method's variants (one string; repeatable)")  # fmt: skip
     p.add_argument("--no-video", action="store_true", help="write an empty video.mp4 even if ffmpeg is there")
     return p.parse_known_args(argv)
 
@@ -114,9 +114,14 @@ def variant_argvs(args: argparse.Namespace, extra: list[str]) -> tuple[dict[str,
 
     from accel.cli import build_parser
     from accel.cli.flags import method_settings
-    from accel.config import settings_for
+    from accel.methods import settings_for
 
-    method_args = {"xattention": shlex.split(args.xattn_args), "svg2": shlex.split(args.svg2_args)}
+    method_args: dict[str, list[str]] = {}
+    for given in args.method_args:
+        method, sep, text = given.partition("=")
+        if not sep:
+            raise SystemExit(f"--method-args takes METHOD=ARGS, got {given!r}")
+        method_args[method.strip()] = shlex.split(text)
     argvs, errors = {}, {}
     for name in [v for v in args.variants.split(",") if v]:
         err = io.StringIO()
@@ -138,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parse(sys.argv[1:] if argv is None else argv)
     import accel.kernels.dispatch as kd
     import accel.runs
+    import accel.runs.writer
     from accel.cli import main as cli
 
     no_ffmpeg = args.no_video
@@ -156,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             if frames.nbytes > accel.runs.LOSSLESS_MAX_BYTES:  # no frames.npz either: keep raw frames to compare
                 np.save(Path(path).with_name(RAW), frames)
 
-        accel.runs.write_h264 = placeholder
+        accel.runs.writer.write_h264 = placeholder  # where RunWriter.write_video looks it up
 
     summary: dict[str, object] = {"device": args.device, "model": args.model, "extra": extra}
     runs: dict[str, str] = {}

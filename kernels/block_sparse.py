@@ -12,6 +12,9 @@ as FlashAttention-style kernels return.
 otherwise), FlexAttention (:mod:`accel.kernels.flex`, fixed blocks), or torch: :func:`_gathered` for fixed blocks (query
 blocks grouped by how many key blocks they select, one batched SDPA per group) and the loop :func:`_reference` for
 variable-size blocks.
+
+The offsets helpers (:func:`uniform_offsets`, :func:`block_token_ids`) live in :mod:`accel.kernels.block_offsets`,
+below both this module and the backends, and are re-exported here.
 """
 
 from __future__ import annotations
@@ -25,24 +28,17 @@ import torch
 import torch.nn.functional as F
 
 from accel.kernels import dispatch
+from accel.kernels.block_offsets import block_token_ids, uniform_offsets
 
-
-def uniform_offsets(length: int, block_size: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Offsets ``[0, B, 2B, ..., length]`` of fixed blocks, the last one possibly short."""
-    if block_size <= 0:
-        raise ValueError(f"block_size must be positive, got {block_size}")
-    n = math.ceil(length / block_size)
-    off = torch.arange(n + 1, device=device, dtype=torch.long) * block_size
-    off[-1] = length
-    return off
-
-
-def block_token_ids(offsets: torch.Tensor, length: int) -> torch.Tensor:
-    """For each token position, the index of the block that holds it; shape ``offsets.shape[:-1] + (length,)``."""
-    pos = torch.arange(length, device=offsets.device, dtype=offsets.dtype)
-    inner = offsets[..., 1:].contiguous()
-    pos = pos.expand(*inner.shape[:-1], length).contiguous()
-    return torch.searchsorted(inner, pos, right=True)
+__all__ = [
+    "GATHER_BYTES",
+    "block_sparse_attention",
+    "block_token_ids",
+    "block_work",
+    "mask_density",
+    "uniform_density",
+    "uniform_offsets",
+]
 
 
 def _full_offsets(

@@ -17,6 +17,12 @@ no wheel) ``auto`` is always torch and forcing ``triton`` raises.
 
 Every dispatched call is counted in :data:`calls` (``(op, backend) -> n``), so tests and
 benchmarks can check which code path actually ran.
+
+Import layers (no module imports one that imports it back, even inside a function): at the bottom
+:mod:`accel.kernels.block_offsets` (torch only) and :mod:`accel.kernels._jit`; the backends
+(:mod:`accel.kernels.triton_attention`, :mod:`accel.kernels.triton_estimate`, :mod:`accel.kernels.flex`) import only
+those and each other downwards; this module imports :mod:`accel.kernels.flex` (is it available) and ``_jit``; the
+entry points :mod:`accel.kernels.block_sparse` and :mod:`accel.kernels.estimate` import this module and the backends.
 """
 
 from __future__ import annotations

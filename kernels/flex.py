@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from accel.kernels.block_offsets import block_token_ids
+
 compile_seconds: dict[tuple, float] = {}  # (B, H, Lq, Lk, D, dtype, device, blocks) -> seconds of the first call
 
 
@@ -87,8 +89,6 @@ def cluster_block_mask(mask: torch.Tensor, q_off: torch.Tensor, k_off: torch.Ten
     clusters with offsets ``(B, H, n + 1)``: a grid block is computed when any cluster pair it overlaps is selected,
     *full* (no ``mask_mod``) when every one is, and *partial* otherwise, where the ``mask_mod`` looks up each token's
     cluster pair. Nothing of size ``Lq x Lk`` is built: rectangle sums of the cluster mask give both answers."""
-    from accel.kernels.block_sparse import block_token_ids
-
     b, h, _, nk = mask.shape
     q_ids, k_ids = block_token_ids(q_off, lq), block_token_ids(k_off, lk)  # (B, H, L): each token's cluster
     gq, gk = math.ceil(lq / grid), math.ceil(lk / grid)

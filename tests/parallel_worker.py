@@ -17,7 +17,9 @@ from accel.attention.base import AttentionMethod, installed
 from accel.attention.svg2 import SVG2
 from accel.attention.xattention import XAttention
 from accel.bench.parallel import forward_steps
-from accel.config import RunConfig, SVG2Settings, XAttentionSettings
+from accel.config import RunConfig
+from accel.methods.svg2 import SVG2Settings
+from accel.methods.xattention import XAttentionSettings
 from accel.telemetry import Recorder, RecordPolicy
 
 MODEL = "pocket-wan"

@@ -106,14 +106,14 @@ def test_every_api_parameter_has_a_name(served):
 
 
 def test_open_with_nothing_selected_keeps_the_run_shown(monkeypatch, tmp_path):
-    import app
+    from accel.ui.store import open_selected
 
     monkeypatch.setenv("ACCEL_RUNS_DIR", str(tmp_path / "runs"))
     for nothing in ("", None):
-        picker, note = app.open_selected(nothing)
+        picker, note = open_selected(nothing)
         assert "value" not in picker and "choices" not in picker  # the picker keeps its run: no view clears
         assert note == "select a run in the table first"
-    picker, note = app.open_selected("20260101-000000-dense-abc123")
+    picker, note = open_selected("20260101-000000-dense-abc123")
     assert picker["value"] == "20260101-000000-dense-abc123" and not note
 
 
@@ -138,8 +138,7 @@ def test_a_busy_port_is_one_line_before_the_ui_is_built(tmp_path):
 
 
 def test_settings_form_reads_every_method(stored_runs):
-    from accel.config import settings_for
-    from accel.methods import REGISTRY
+    from accel.methods import REGISTRY, settings_for
 
     for method in REGISTRY:
         values = forms.form_values(method=method)[forms.SETTINGS_START :]
@@ -154,17 +153,17 @@ def test_delete_needs_confirmation(stored_runs, monkeypatch, tmp_path):
 
     import gradio as gr
 
-    import app
     from accel.runs import RunStore
+    from accel.ui.store import delete_run
 
     _, runs = stored_runs
     root = tmp_path / "runs"
     shutil.copytree(runs["svg2"].path, root / runs["svg2"].run_id)
     monkeypatch.setenv("ACCEL_RUNS_DIR", str(root))
     with pytest.raises(gr.Error, match="confirm"):
-        app.delete_run(runs["svg2"].run_id, False)
+        delete_run(runs["svg2"].run_id, False)
     assert len(RunStore(root).list()) == 1
-    table, *_ = app.delete_run(runs["svg2"].run_id, True)
+    table, *_ = delete_run(runs["svg2"].run_id, True)
     assert RunStore(root).list() == [] and table.empty
 
 
@@ -259,10 +258,10 @@ def test_a_stored_run_shows_its_video_and_numbers(served):
 def test_stop_ends_a_generation_at_its_next_step_and_stores_nothing(monkeypatch, tmp_path):
     """The Stop button sets a flag the progress callback checks: the run ends with a message, the store is as
     before; the next generation starts afresh. The last step's label says the VAE decode follows."""
-    import app
     from accel.config import RunConfig
     from accel.forms import DEFAULT_PROMPT as PROMPT
     from accel.runs import RunStore
+    from accel.ui import generation
 
     monkeypatch.setenv("ACCEL_RUNS_DIR", str(tmp_path / "runs"))
     cfg = RunConfig(prompt=PROMPT, model="tiny-wan", method="dense", height=32, width=32, frames=5, steps=3)
@@ -270,26 +269,26 @@ def test_stop_ends_a_generation_at_its_next_step_and_stores_nothing(monkeypatch,
 
     def pressing_stop(fraction, desc):
         labels.append(desc)
-        app.request_stop()  # pressed during the first step
+        generation.request_stop()  # pressed during the first step
 
-    with pytest.raises(app.Stopped, match="at step 2 of 3: nothing was stored"):
-        app._generate(cfg, False, pressing_stop)
+    with pytest.raises(generation.Stopped, match="at step 2 of 3: nothing was stored"):
+        generation.generate_run(cfg, False, pressing_stop)
     assert labels == ["step 1/3"] and RunStore(tmp_path / "runs").list() == []
-    app._generate(cfg, False, lambda fraction, desc: labels.append(desc))  # Stop was for the last one only
+    generation.generate_run(cfg, False, lambda fraction, desc: labels.append(desc))  # Stop was for the last one only
     assert labels[-1] == "step 3/3 · decoding the video (VAE)" and len(RunStore(tmp_path / "runs").list()) == 1
 
 
 def test_a_stopped_generation_is_a_neutral_note_and_the_shown_run_stays(monkeypatch, tmp_path):
     import gradio as gr
 
-    import app
+    from accel.ui import generation
 
     monkeypatch.setenv("ACCEL_RUNS_DIR", str(tmp_path / "runs"))
     notes = []
-    monkeypatch.setattr(app.gr, "Info", lambda message, **_: notes.append(message))
+    monkeypatch.setattr(generation.gr, "Info", lambda message, **_: notes.append(message))
     values = forms.form_values(model="tiny-wan", method="dense", sampling={"steps": 3, "height": 32, "width": 32,
                                                                            "frames": 5})  # fmt: skip
-    out = app.run_generation(*values, progress=lambda fraction, desc: app.request_stop())
+    out = generation.run_generation(*values, progress=lambda fraction, desc: generation.request_stop())
     assert out == (gr.skip(),) * 3  # video, headline and run picker unchanged; no error raised
     assert notes == ["Stopped: at step 2 of 3: nothing was stored"]  # pressed during step 1
 

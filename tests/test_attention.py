@@ -13,9 +13,12 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from accel.attention import SVG2, AttentionMethod, XAttention, installed, select_blocks
 from accel.attention.svg2 import _gather_tokens, _scatter_tokens, kmeans
-from accel.config import ConfigError, SVG2Settings, XAttentionSettings
+from accel.errors import ConfigError
 from accel.kernels.block_sparse import block_token_ids, mask_density, uniform_offsets
 from accel.kernels.estimate import antidiagonal_block_scores
+from accel.methods import xattention
+from accel.methods.svg2 import SVG2Settings
+from accel.methods.xattention import XAttentionSettings
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
 
@@ -46,7 +49,8 @@ def test_xattention_tau_one_equals_dense_pipeline(tiny_pipe):
 
     ref = run_pipe(tiny_pipe, **MEDIUM)
     method = XAttention(
-        XAttentionSettings(tau=1.0, warmup_steps=0, block_size=16, stride=4), REGISTRY["tiny-wan"].block_size
+        XAttentionSettings(tau=1.0, warmup_steps=0, block_size=16, stride=4),
+        xattention.model_defaults(REGISTRY["tiny-wan"])["block_size"],
     )
     with installed(tiny_pipe.transformer, method):
         out = run_pipe(tiny_pipe, **MEDIUM)

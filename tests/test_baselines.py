@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from accel.cache.baselines import BASELINES, baseline_config, baseline_installed, calibrate_mag_ratios
+from accel.cache.baselines import baseline_config, baseline_installed, calibrate_mag_ratios
+from accel.methods.baseline import BASELINE_NAMES as BASELINES
 
 WAN = {"height": 64, "width": 64, "num_frames": 5, "num_inference_steps": 4, "guidance_scale": 5.0}
 SKY = {

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from accel.cache.chunked import ChunkedRunner, GroupModel
+from accel.cache.chunked import ChunkedRunner
+from accel.cache.group_model import GroupModel
 from accel.cache.schedule import COMPUTE, DONE, WAITING, build_schedule
-from accel.config import ConfigError
+from accel.errors import ConfigError
 
 PROMPT = "a red circle moves left over a blue background"
 
@@ -135,7 +136,8 @@ def test_flowcache_skips_group_steps_and_records_why(sky_pipe, uncached):
 
 
 def test_skyreels_runs_are_stored_with_chunk_telemetry(sky_pipe, tmp_path):
-    from accel.config import ConfigError, RunConfig
+    from accel.config import RunConfig
+    from accel.errors import ConfigError
     from accel.runner import generate
     from accel.runs import RunStore
 
@@ -254,7 +256,8 @@ def test_long_video_segments_equal_the_diffusers_pipeline(sky_pipe):
 
 
 def test_addnoise_conditions_the_prefix_and_bad_windows_are_refused(sky_pipe):
-    from accel.config import ConfigError, RunConfig
+    from accel.config import RunConfig
+    from accel.errors import ConfigError
 
     long = {"base_num_frames": 13, "overlap_history": 5}
     runner = ChunkedRunner(sky_pipe)
@@ -273,17 +276,20 @@ def test_addnoise_conditions_the_prefix_and_bad_windows_are_refused(sky_pipe):
 
 def test_chunk_cache_fills_in_the_models_motioncache_and_flowcache_defaults():
     from accel import models
-    from accel.config import settings_for
     from accel.methods import build_cache as chunk_cache
+    from accel.methods import flowcache, motioncache, settings_for
 
     pocket, real = models.resolve("pocket-skyreels"), models.resolve("skyreels-v2-df-1.3b")
     mc = settings_for("motioncache", {})
     for spec in (pocket, real):  # 6 of 50 steps, scaled to the run
         assert [chunk_cache(mc, spec).phase1(n) for n in (20, 50, 8)] == [2, 6, 1]
     assert chunk_cache(settings_for("motioncache", {"phase1_updates": 4}), pocket).phase1(50) == 4
-    assert chunk_cache(mc, real).thresh == real.flowcache["motion"]
-    assert chunk_cache(settings_for("flowcache", {"preset": "fast"}), pocket).thresh == pocket.flowcache["fast"]
-    assert type(chunk_cache(settings_for("xattention", {}), pocket)).__name__ == "GroupCache"  # no reuse
+    assert chunk_cache(mc, real).thresh == motioncache.model_defaults(real)["thresh"]
+    assert (
+        chunk_cache(settings_for("flowcache", {"preset": "fast"}), pocket).thresh
+        == flowcache.model_defaults(pocket)["fast"]
+    )
+    assert chunk_cache(settings_for("xattention", {}), pocket) is None  # no reuse: every group step computes
     with pytest.raises(ConfigError, match="runs on SkyReels-V2 diffusion-forcing models, not on pocket-wan"):
         chunk_cache(mc, models.resolve("pocket-wan"))
 

@@ -168,6 +168,16 @@ def test_generate_help_lists_method_settings() -> None:
     assert "Default: 0.9." in out and "tiny-wan" in out and "wan2.1-1.3b" in out
 
 
+def test_a_flag_several_methods_share_gives_each_methods_help() -> None:
+    from accel.cli.flags import flag_help, setting_flags
+
+    flags = setting_flags()
+    thresh = flag_help(flags["thresh"])  # FlowCache's and MotionCache's thresholds mean different things
+    assert thresh.startswith("flowcache: Accumulator threshold") and "motioncache: Per-token accumulator" in thresh
+    kv = flag_help(flags["kv_budget_chunks"])  # one meaning: one text, each method's default
+    assert kv.count("Clean K/V kept") == 1 and "(flowcache), 1 (motioncache)" in kv
+
+
 def test_setting_flags_parse_types_and_only_given_values() -> None:
     parser = cli.build_parser()
     args = parser.parse_args(["generate", "--prompt", "x", "--tau", "0.9, 0.8", "--block-size", "none"])

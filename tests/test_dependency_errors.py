@@ -68,13 +68,14 @@ APP_SCRIPT = """
 import io, logging, os, sys
 import gradio as gr
 sys.path.insert(0, os.environ["SHADOW"])
-import app
 from accel.config import RunConfig
+from accel.ui.common import event_handler
+from accel.ui.generation import generate_run
 
 log = io.StringIO()
 logging.basicConfig(stream=log, level=logging.INFO)
 cfg = RunConfig(prompt="a red circle moves left", model="tiny-wan", steps=1)
-run = app._shown(lambda: app._generate(cfg, False, lambda *a, **k: None))
+run = event_handler(lambda: generate_run(cfg, False, lambda *a, **k: None))
 try:
     run()
     raise SystemExit("the first generation should have failed")

@@ -12,16 +12,12 @@ import torch
 from conftest import PROMPT
 
 from accel import runner
-from accel.attention.calibrate import (
-    CalibrationSpec,
-    calibrate,
-    probe_errors,
-    sample_steps,
-    solve_budget,
-    spectral_error,
-)
 from accel.attention.thresholds import load_table
-from accel.config import ConfigError, RunConfig
+from accel.config import RunConfig
+from accel.ebc.calibrate import calibrate, solve_budget
+from accel.ebc.probe import probe_errors, sample_steps, spectral_error
+from accel.ebc.spec import CalibrationSpec
+from accel.errors import ConfigError
 from accel.models import load_pipeline
 
 SMALL = {"model": "tiny-wan", "height": 128, "width": 128, "frames": 9, "steps": 4}
@@ -84,7 +80,7 @@ def test_sample_steps_one_per_quarter_of_the_sparse_part():
 
 def test_probe_with_threshold_one_is_the_dense_output(tiny_pipe):
     """Prefix replay and batched probes are exact: a probe at tau = 1 reproduces the dense output."""
-    from accel.attention.calibrate import collect_trajectories
+    from accel.ebc.probe import collect_trajectories
 
     spec = calibration(prompts=(PROMPT,), candidates=(0.3, 1.0), reference=1.0)
     samples = collect_trajectories(tiny_pipe, spec, [2])
@@ -102,7 +98,7 @@ def test_svg2_probes_score_a_heads_candidates_on_one_clustering(monkeypatch):
     few iterations, the first runs the cold initial k-means."""
     from accel.attention import svg2 as svg2_module
     from accel.attention.svg2 import SVG2
-    from accel.config import SVG2Settings
+    from accel.methods.svg2 import SVG2Settings
 
     iters = []
     real = svg2_module.kmeans
@@ -165,7 +161,7 @@ def test_generate_uses_the_table_per_branch(table_path, tmp_path):
 def test_mismatched_tables_are_refused(table_path, tmp_path):
     data = json.loads(table_path.read_text())
     with pytest.raises(ConfigError, match="4 layers x 6 heads, but the model has 4 layers x 12 heads"):
-        load_table(table_path, method="xattention", model="tiny-wan", layers=4, heads=12)
+        load_table(table_path, method="xattention", key="tau", model="tiny-wan", layers=4, heads=12)
     other = tmp_path / "other.json"
     branches = data["branches"]
     for bad, match in [
@@ -176,11 +172,13 @@ def test_mismatched_tables_are_refused(table_path, tmp_path):
     ]:
         other.write_text(json.dumps({**data, **bad}))
         with pytest.raises(ConfigError, match=match):
-            load_table(other, method="xattention", model="tiny-wan", layers=4, heads=6)
+            load_table(other, method="xattention", key="tau", model="tiny-wan", layers=4, heads=6)
     with pytest.raises(ConfigError, match="calibrated for model 'tiny-wan'"):
-        load_table(table_path, method="xattention", model="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", layers=4, heads=6)
+        load_table(
+            table_path, method="xattention", key="tau", model="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", layers=4, heads=6
+        )
     with pytest.raises(ConfigError, match="method 'xattention', not 'svg2'"):
-        load_table(table_path, method="svg2", model="tiny-wan")
+        load_table(table_path, method="svg2", key="top_p", model="tiny-wan")
     other.write_text(json.dumps({**data, "heads": 8}))
     with pytest.raises(ConfigError, match="8 heads"):
         runner.generate(
@@ -191,9 +189,9 @@ def test_mismatched_tables_are_refused(table_path, tmp_path):
                        (json.dumps({**data, "version": 99}), "version 99")]:  # fmt: skip
         other.write_text(bad)
         with pytest.raises(ConfigError, match=match):
-            load_table(other, method="xattention", model="tiny-wan")
+            load_table(other, method="xattention", key="tau", model="tiny-wan")
     with pytest.raises(ConfigError, match="does not exist"):
-        load_table(tmp_path / "missing.json", method="xattention", model="tiny-wan")
+        load_table(tmp_path / "missing.json", method="xattention", key="tau", model="tiny-wan")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
@@ -227,7 +225,7 @@ def test_cli_calibrate_writes_a_table_that_generate_uses(tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert code == 0 and printed[0] == str(out / "table.json")
     assert [line.split(":")[0] for line in printed[1:]] == ["cond", "uncond"]  # one assignment per CFG branch
-    table = load_table(out / "table.json", method="xattention", model="tiny-wan", layers=4, heads=6)
+    table = load_table(out / "table.json", method="xattention", key="tau", model="tiny-wan", layers=4, heads=6)
     assert set(table) == {"cond", "uncond"} and all(t.shape == (4, 6) for t in table.values())
     table_flag = ["--threshold-table", str(out / "table.json")]
     code = main(["generate", "--model", "tiny-wan", "--method", "xattention", *table_flag, "--prompt", PROMPT,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from accel import forms
-from accel.config import ConfigError, RunConfig
+from accel.config import RunConfig
+from accel.errors import ConfigError
 from accel.fields import all_field_specs
 from tests.test_cli import run_cli
 

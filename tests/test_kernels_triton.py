@@ -191,7 +191,7 @@ def varlen_batched() -> None:
 def svg2_path() -> None:
     """SVG2's own call (permute, block_sparse_attention over clusters, un-permute) takes the varlen kernel."""
     from accel.attention.svg2 import SVG2, Partition, kmeans
-    from accel.config import SVG2Settings
+    from accel.methods.svg2 import SVG2Settings
 
     b, length, h, d = 1, 48, 2, 16
     q, k, v = qkv(b, length, length, h, d, seed=14)
@@ -224,7 +224,7 @@ def xattention_lookup() -> None:
     """XAttention passes its block size (no offsets to check) and keeps the kernel's lookup while a layer's mask is
     the same tensor (TMR reuse); a new mask gets a new lookup; the output equals the torch backend's."""
     from accel.attention.xattention import XAttention
-    from accel.config import XAttentionSettings
+    from accel.methods.xattention import XAttentionSettings
 
     b, length, h, d = 1, 40, 2, 16
     q, k, v = qkv(b, length, length, h, d, seed=16)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+import importlib
+import shutil
+import sys
+from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import PROMPT, WAN
 
 from accel import methods, models
-from accel.attention.base import AttentionMethod
-from accel.config import ConfigError, MethodSettings, RunConfig, settings_for
+from accel.config import RunConfig
+from accel.errors import ConfigError
+from accel.methods import settings_for
 from accel.schema import Event
 
 
@@ -65,51 +67,68 @@ def test_settings_say_their_dense_warmup():
     assert settings_for("flowcache").attention_settings() is None
 
 
-# -- adding a method: one module (here, this test) and one registry entry --------------------------------------
-@dataclass(frozen=True)
-class ExactSettings(MethodSettings):
-    """Exact attention written out in torch (a stand-in for a new sparse method)."""
-
-    method: ClassVar[str] = "exact"
-    log_density: bool = field(default=True, metadata={"help": "Log a density of 1 per head."})
-
-    def attention_settings(self) -> MethodSettings:
-        return self
+# -- adding a method: one module in accel/methods/ (the template, docs/method_template.py) ------------------------
+TEMPLATE = Path(__file__).resolve().parents[1] / "docs" / "method_template.py"
 
 
-class ExactAttention(AttentionMethod):
-    name = "exact"
+@pytest.fixture
+def window_method(tmp_path, monkeypatch):
+    """The template copied as a method module on the registry's search path, the registry loaded afresh."""
+    folder = tmp_path / "more_methods"
+    folder.mkdir()
+    shutil.copy(TEMPLATE, folder / "window.py")
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(folder)])
+    monkeypatch.setattr(methods, "_REGISTRY", {})
+    yield sys.modules.get("accel.methods.window") or importlib.import_module("accel.methods.window")
+    sys.modules.pop("accel.methods.window", None)
 
-    def attend(self, q, k, v, layer, info):
-        import torch
 
-        if self.recorder is not None:
-            self.recorder.log(Event.DENSITY, torch.ones(q.shape[2]), layer=layer, density=torch.ones(q.shape[2]))
-        scores = torch.einsum("blhd,bmhd->bhlm", q.float(), k.float()) / q.shape[-1] ** 0.5
-        return torch.einsum("bhlm,bmhd->blhd", scores.softmax(-1), v.float()).to(q.dtype)
+def test_the_template_is_a_method_module_and_the_attention_is_its_block_mask(window_method):
+    import torch
+
+    from accel.attention.block_mask import BlockMaskAttention
+    from accel.tracking import StepInfo
+
+    assert methods.names()[-1] == "window" and methods.get("window") is window_method.METHOD
+    # the pattern: blocks of 4 tokens over frames of 6 tokens; block i covers frames (4i // 6 .. (4i + 3) // 6)
+    mask = window_method.window_mask(0, 2, 3, 3, 4, 6)
+    assert mask.shape == (2, 3, 3) and mask[0].tolist() == [
+        [True, True, False],
+        [True, True, True],
+        [False, True, True],
+    ]
+    # the output is dense attention under the token mask the block mask stands for (fp32)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 12, 2, 8, generator=gen) for _ in range(3))
+    attn = BlockMaskAttention("window", lambda h, nq, nk, b, info: mask, 4)
+    attn.setup(1, 2)
+    out = attn.attend(q, k, v, 0, StepInfo(step=0, grid=(2, 2, 3)))
+    tokens = mask[:, torch.arange(12) // 4][:, :, torch.arange(12) // 4]  # (heads, Lq, Lk)
+    scores = torch.einsum("blhd,bmhd->bhlm", q, k) / 8**0.5
+    ref = torch.einsum("bhlm,bmhd->blhd", scores.masked_fill(~tokens, float("-inf")).softmax(-1), v)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_a_new_method_is_one_registry_entry(monkeypatch, store):
+def test_a_method_module_is_all_a_new_method_takes(window_method, store):
+    """The CLI flags, the app's fields, the variants, a run, its stored masks and the Sparsity view follow from the
+    one module, with no other edit."""
     from accel.cli import setting_flags
+    from accel.fields import all_field_specs
     from accel.runner import generate
+    from viz import sparsity
 
-    record = methods.Method(
-        "exact",
-        ExactSettings,
-        ("wan",),
-        methods.get("xattention").install,
-        frozenset({Event.DENSITY}),
-        lambda spec: {"exact": {}},
-        attention=lambda s, spec, recorder=None, seed=0: ExactAttention(recorder),
-        summary="exact attention in plain torch",
-    )
-    monkeypatch.setitem(methods.REGISTRY, "exact", record)
-    assert "log_density" in setting_flags() and "exact" in methods.variants(models.resolve("tiny-wan"))
-    run = generate(RunConfig(prompt=PROMPT, method="exact", **WAN), store)
-    dense = generate(RunConfig(prompt=PROMPT, method="dense", **WAN), store)
-    assert set(run.telemetry["event"]) == {"density"}
-    diff = np.abs(run.frames().astype(int) - dense.frames().astype(int))
-    assert diff.max() <= 2, "exact attention reproduces diffusers' attention up to rounding"
-    assert RunConfig.from_dict(run.config).settings == ExactSettings()  # the stored run reopens
-    with pytest.raises(ConfigError, match=r"exact runs on Wan2\.1 models, not on tiny-skyreels"):
-        generate(RunConfig(prompt=PROMPT, model="tiny-skyreels", method="exact", **WAN), store)
+    assert setting_flags()["window"].methods == ["window"]
+    assert "window" in {f.method for f in all_field_specs()}
+    assert {"window", "window-w2"} <= set(methods.variants(models.resolve("tiny-wan")))
+    assert "window block 64" in methods.defaults_text(models.resolve("tiny-wan"))
+    run = generate(RunConfig(prompt=PROMPT, method="window", **WAN), store)
+    events = set(run.telemetry["event"].dropna())
+    assert events == {"density", "dense_warmup"} and events <= methods.get("window").events
+    # tiny-wan at 128x128x9: 3 latent frames of 64 tokens, blocks of 64 (one frame each): window 1 drops 2 of 9
+    density = run.telemetry[run.telemetry["event"] == "density"]["value"]
+    assert density.min() == pytest.approx(7 / 9)
+    masks = sparsity.mask_index(run)
+    assert len(masks) > 0 and sparsity.head_masks(run, int(masks["step"].iloc[0]), 0).data
+    assert RunConfig.from_dict(run.config).settings == window_method.WindowSettings()  # the stored run reopens
+    with pytest.raises(ConfigError, match=r"window runs on Wan2\.1 models, not on tiny-skyreels"):
+        generate(RunConfig(prompt=PROMPT, model="tiny-skyreels", method="window", **WAN), store)

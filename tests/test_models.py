@@ -15,6 +15,7 @@ import torch
 
 from accel import budget, models
 from accel.errors import UserError
+from accel.methods import xattention
 from accel.models import ModelLoadError, load_pipeline, resolve
 
 
@@ -27,7 +28,9 @@ def test_embedded_model_is_safetensors_only_and_meets_block_size(name):
     d = spec.defaults
     tokens = (d["frames"] - 1) // 4 + 1
     tokens *= (d["height"] // 16) * (d["width"] // 16)
-    assert -(-tokens // spec.block_size) >= 16  # every head's block mask is at least 16 x 16
+    assert (
+        -(-tokens // xattention.model_defaults(spec)["block_size"]) >= 16
+    )  # every head's block mask is at least 16 x 16
 
 
 def test_pocket_models_are_the_default_and_fit_the_budget():
@@ -220,6 +223,10 @@ def test_half_written_model_folder_is_a_clear_error(tiny_pipe, tmp_path):
         load_pipeline(str(tmp_path / "broken"), "cpu", "float32")
     with pytest.raises(UserError, match=r"transformer/diffusion_pytorch_model.safetensors is not a complete"):
         budget._weight_bytes(tmp_path / "broken", 4)  # named before loading, not guessed (nor a MemoryError)
+    (tmp_path / "broken" / "transformer" / "config.json").write_text('{"num_attention_heads": 1')
+    spec = resolve(str(tmp_path / "broken"))
+    with pytest.raises(UserError, match=r"transformer/config.json cannot be read \(.*\): the checkpoint is damaged"):
+        budget.transformer_config(spec)  # not Wan2.1-1.3B's shape in its place (the memory and --parallel checks)
 
 
 def test_unknown_name():
@@ -247,7 +254,7 @@ def test_size_presets_fill_only_the_sizes_not_given() -> None:
     from accel import models
     from accel.cli import build_parser
     from accel.cli.flags import preset_sizes
-    from accel.config import ConfigError
+    from accel.errors import ConfigError
 
     for name in ("pocket-wan", "pocket-skyreels"):
         spec = models.resolve(name)
@@ -262,3 +269,14 @@ def test_size_presets_fill_only_the_sizes_not_given() -> None:
         preset_sizes(parse(["generate", "--prompt", "p", "--model", "tiny-wan", "--size-preset", "bench"]))
     with pytest.raises(ConfigError, match="size preset must be one of"):
         models.size_preset(models.resolve("pocket-wan"), "huge")
+
+
+def test_an_unreadable_hub_cache_is_said_not_taken_for_not_cached(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", unreadable)
+    with pytest.raises(ModelLoadError, match=r"the hub cache .* cannot be read for org/model: Permission denied"):
+        models.local_folder(resolve("org/model"))

@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 
 from accel import methods, models, parallel
-from accel.config import ConfigError, RunConfig, parse_parallel
+from accel.config import RunConfig, parse_parallel
+from accel.errors import ConfigError
 from accel.runner import generate
 from accel.runs import RunStore
 from viz.panels import headline_rows, runs_table

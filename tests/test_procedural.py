@@ -232,7 +232,7 @@ def test_every_prompt_the_app_and_the_readme_offer_is_in_the_grammar() -> None:
     import re
     from pathlib import Path
 
-    from accel.attention.calibrate import GRAMMAR_PROMPTS, default_prompts
+    from accel.ebc.spec import GRAMMAR_PROMPTS, default_prompts
     from accel.forms import DEFAULT_PROMPT, EXAMPLE_PROMPTS
 
     assert default_prompts("pocket-wan") == GRAMMAR_PROMPTS != default_prompts("wan2.1-1.3b")

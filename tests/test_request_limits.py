@@ -12,7 +12,9 @@ from conftest import PROMPT
 
 from accel import budget, models, runner
 from accel.cli import main as cli_main
-from accel.config import ConfigError, RunConfig, settings_for
+from accel.config import RunConfig
+from accel.errors import ConfigError
+from accel.methods import settings_for
 from accel.runs import RunStore, StoreError
 from viz import panels
 

@@ -54,7 +54,7 @@ def test_xattention_run_folder(store, tiny_pipe):
 
 
 def test_a_backend_that_cannot_run_is_refused_before_loading(store, monkeypatch):
-    from accel.config import ConfigError
+    from accel.errors import ConfigError
     from accel.kernels import flex
 
     monkeypatch.setattr(flex, "available", lambda: False)
@@ -88,12 +88,12 @@ def test_failure_during_generation_leaves_nothing(store, tiny_pipe, monkeypatch)
 
 
 def test_failure_while_saving_leaves_no_run(store, tiny_pipe, monkeypatch):
-    import accel.runs
+    import accel.runs.writer
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(accel.runs, "write_h264", broken)
+    monkeypatch.setattr(accel.runs.writer, "write_h264", broken)
     with pytest.raises(runner.RunError, match=r"could not save the run in .*: disk full; nothing was stored"):
         runner.generate(_cfg("dense"), store)
     assert store.list() == []

@@ -261,6 +261,7 @@ KILL_SCRIPT = """
 import os, signal, socket, sys
 import numpy as np
 from accel import runs
+from accel.runs import writer  # the commit steps are looked up where RunWriter calls them
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -274,11 +275,11 @@ store = runs.RunStore(sys.argv[1])
 if stage == "after mkdir":
     socket.gethostname = die  # the owner file is written next
 elif stage == "files written":
-    runs._sync_tree = die  # the commit starts with the fsync
+    writer._sync_tree = die  # the commit starts with the fsync
 elif stage == "marked complete":
-    runs._finish = die  # COMPLETE is on disk; the rename is next
+    writer._finish = die  # COMPLETE is on disk; the rename is next
 elif stage == "renamed":
-    runs._finish = rename_then_die
+    writer._finish = rename_then_die
 with store.writer("killed") as w:
     w.write_json("config.json", {"label": "killed"})
     w.write_video(np.full((3, 16, 16, 3), 128, np.uint8))

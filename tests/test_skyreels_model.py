@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from accel import models
+from accel.methods import xattention
 from accel.models import ModelLoadError, ModelSpec, load_pipeline, resolve
 
 PROMPT = "a red circle moves quickly left over a blue background"
@@ -42,7 +43,9 @@ def test_embedded_folder_is_safetensors_only_and_chunks_are_whole():
     assert latent_frames % d["causal_block_size"] == 0 and latent_frames // d["causal_block_size"] >= 3
     assert d["base_num_frames"] >= d["frames"] and d["overlap_history"] is None and d["ar_step"] > 0
     tokens = latent_frames * (d["height"] // 16) * (d["width"] // 16)
-    assert -(-tokens // spec.block_size) >= 16  # every head's block mask is at least 16 x 16
+    assert (
+        -(-tokens // xattention.model_defaults(spec)["block_size"]) >= 16
+    )  # every head's block mask is at least 16 x 16
 
 
 def test_shared_components_are_tiny_wan_files():

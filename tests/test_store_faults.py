@@ -269,15 +269,17 @@ def test_the_app_starts_and_serves_a_damaged_store(damaged_store, monkeypatch):
     store, victim, file, _, healthy = damaged_store
     monkeypatch.setenv("ACCEL_RUNS_DIR", str(store.root))
     import app
+    from accel.ui.store import delete_run
+    from accel.ui.views import compare_choices, motion_view, shown_run
 
     app.build_app()  # the page load reads the run table
-    video, headline = app.shown_run(healthy["dense"])
+    video, headline = shown_run(healthy["dense"])
     assert headline.startswith("**dense") and video.endswith(".mp4")
-    app.compare_choices(healthy["dense"])
+    compare_choices(healthy["dense"])
     with pytest.raises(gr.Error) as err:
-        app.motion_view(victim)
+        motion_view(victim)
     assert victim in err.value.message and file in err.value.message and "traceback" not in err.value.message
-    assert app.delete_run(victim, True)[-1] == f"Deleted {victim}."
+    assert delete_run(victim, True)[-1] == f"Deleted {victim}."
 
 
 def test_symlinked_runs_are_not_runs(stored_runs, tmp_path):
@@ -395,10 +397,10 @@ def test_a_video_linked_outside_the_store_is_never_served(store_copy, monkeypatc
     store, ids = store_copy
     _video_linked_outside(store.root / ids["dense"])
     monkeypatch.setenv("ACCEL_RUNS_DIR", str(store.root))
-    import app
+    from accel.ui.views import shown_run
 
     with pytest.raises(gr.Error) as err:
-        app.shown_run(ids["dense"])
+        shown_run(ids["dense"])
     assert err.value.message == f"run {ids['dense']} is damaged: video.mp4: a symbolic link, refused (a run's files " \
         "live in its folder)"  # fmt: skip
     with pytest.raises(DamagedRunError, match=r"video\.mp4: a symbolic link"):
@@ -410,16 +412,16 @@ def test_a_video_or_frames_over_the_limit_are_refused_unread(store_copy, monkeyp
     store, ids = store_copy
     _sparse("video.mp4")(store.root / ids["dense"])
     monkeypatch.setenv("ACCEL_RUNS_DIR", str(store.root))
-    import app
+    from accel.ui.views import shown_run
 
     big = r"video.mp4: is 3.00 GiB \(3,221,225,472 bytes\), over the 2.00 GiB \(2,147,483,648 bytes\) limit"
     with pytest.raises(gr.Error, match=f"run {ids['dense']} is damaged: {big}"):
-        app.shown_run(ids["dense"])
+        shown_run(ids["dense"])
     with pytest.raises(DamagedRunError, match=big):
         write_report(store.load(ids["dense"]), tmp_path / "r.html", store)
     assert store.load(ids["dense"]).frames().shape == (9, 128, 128, 3)  # frames.npz is within its limit
     monkeypatch.setenv("ACCEL_MAX_VIDEO_BYTES", str(4 * 2**30))
-    assert app.shown_run(ids["dense"])[0].endswith("video.mp4")
+    assert shown_run(ids["dense"])[0].endswith("video.mp4")
     # frames.npz: its size on disk, and what its frames take once unpacked (a small zip can unpack to a lot)
     monkeypatch.setenv("ACCEL_MAX_FRAMES_BYTES", str((store.root / ids["svg2"] / "frames.npz").stat().st_size))
     with pytest.raises(DamagedRunError, match=r"frames\.npz: unpacks to 0\.00 GiB \(442,\d+ bytes\), over the"):
@@ -469,12 +471,12 @@ def test_repeated_compares_and_exports_keep_one_folder_of_each_kind(stored_runs,
     store, runs = stored_runs
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setenv("ACCEL_RUNS_DIR", str(store.root))
-    import app
+    from accel.ui.views import export_report
 
     pair = [runs["dense"], runs["xattention"]]
     for _ in range(3):
         side, *_ = panels.compare_runs_panel(pair)
-        app.export_report(runs["svg2"].run_id)
+        export_report(runs["svg2"].run_id)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert [n.rsplit("-", 1)[0] for n in names] == [f"accel-{k}-{os.getpid()}" for k in ("compare", "report")]
     assert side.is_file() and side.parent.name == names[0]

@@ -9,7 +9,8 @@ from conftest import MEDIUM, run_pipe
 
 from accel.attention import SVG2, XAttention, installed
 from accel.attention.reuse import MaskReuse
-from accel.config import SVG2Settings, XAttentionSettings
+from accel.methods.svg2 import SVG2Settings
+from accel.methods.xattention import XAttentionSettings
 from accel.telemetry import Recorder
 
 XA = {"warmup_steps": 1, "block_size": 16, "stride": 4, "tau": 0.8, "dense_above": 1.0}  # every head sparse

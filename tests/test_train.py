@@ -267,16 +267,16 @@ def test_curves_resume_after_their_last_kept_row(tmp_path):
     starts afresh with the header."""
     import contextlib
 
-    from accel.training.wan import _curve, _keep_rows_until
+    from accel.training.wan_checkpoint import keep_rows_until, open_curve
 
     loss, empty = tmp_path / "loss.csv", tmp_path / "accuracy.csv"
     loss.write_text("step,loss\n10,0.5\n20,0.4\n30,0.3\n")
     empty.write_text("")
     for path in (loss, empty, tmp_path / "missing.csv"):
-        _keep_rows_until(path, 20)
+        keep_rows_until(path, 20)
     with contextlib.ExitStack() as files:
         for path in (loss, empty):
-            _, writer = _curve(files, path, ["step", "loss"], start=20)
+            _, writer = open_curve(files, path, ["step", "loss"], start=20)
             writer.writerow([40, 0.2])
     assert loss.read_text().splitlines() == ["step,loss", "10,0.5", "20,0.4", "40,0.2"]
     assert empty.read_text().splitlines() == ["step,loss", "40,0.2"]

@@ -2,7 +2,7 @@
 
 Every function takes a run (or the store) and the user's current picks and returns what the tab displays;
 a :class:`Pick` is a picker's options and the value chosen among them (a pick the run does not have falls
-back to the first option). ``app.py`` only wires these to widgets. No gradio and no torch here.
+back to the first option). ``accel/ui`` only wires these to widgets. No gradio and no torch here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from accel import tempdirs
+from accel import methods, tempdirs
 from accel.errors import UserError
 from accel.runs import DamagedRunError, Run, RunInfo, RunStore
 from accel.schema import Event, read_index
@@ -132,6 +132,13 @@ def headline(store: RunStore, run: Run) -> str:
     return "\n".join(lines)
 
 
+def _per_token(method: str | None) -> bool:
+    """Whether ``method`` recomputes a share of a chunk's tokens (it declares ``chunk_partial`` events, as
+    MotionCache does); a method no longer registered is not."""
+    record = methods.REGISTRY.get(method or "")
+    return record is not None and Event.CHUNK_PARTIAL in record.events
+
+
 def _cache_rows(method: str | None, m: dict) -> list[tuple[str, str]]:
     """Headline rows of a cache: what it saved in its own terms (MotionCache: tokens; FlowCache: chunk steps; a
     diffusers baseline cache: blocks and attention/FFN units) and the block work (token-weighted block executions)
@@ -140,7 +147,7 @@ def _cache_rows(method: str | None, m: dict) -> list[tuple[str, str]]:
         return _baseline_rows(m)
     possible = m.get("block_executions_uncached") or 0
     saved = f"{1 - (m.get('block_executions') or 0) / possible:.1%}" if possible else None
-    if method == "motioncache" and m.get("tokens_recomputed") is not None:
+    if _per_token(method) and m.get("tokens_recomputed") is not None:
         scheduled = m.get("tokens_scheduled")
         rows = [("tokens recomputed", f"{m['tokens_recomputed']:,}" + (f" of {scheduled:,}" if scheduled else ""))]
     else:

@@ -8,19 +8,19 @@ from contextlib import contextmanager
 from accel.attention.base import AttentionMethod, BenchAttnProcessor, installed
 from accel.attention.svg2 import SVG2
 from accel.attention.xattention import XAttention, select_blocks
-from accel.methods import Generation, Target, build_attention
 from accel.models import run_pipeline
+from accel.target import Generation, Target
 
 __all__ = ["SVG2", "AttentionMethod", "BenchAttnProcessor", "XAttention", "install_on_pipeline", "installed",
            "select_blocks"]  # fmt: skip
 
 
 @contextmanager
-def install_on_pipeline(target: Target) -> Iterator[Generation]:
-    """The method's self-attention on every ``attn1`` of diffusers' own pipeline (dense: diffusers' attention
-    through the same processor, so the run is tracked the same way); yields the generation."""
+def install_on_pipeline(target: Target, method: AttentionMethod | None = None) -> Iterator[Generation]:
+    """``method`` on every ``attn1`` of diffusers' own pipeline (None, dense: diffusers' attention through the same
+    processor, so the run is tracked the same way); yields the generation."""
     cfg, spec, pipe = target.cfg, target.spec, target.pipe
-    method = build_attention(cfg.settings, spec, target.recorder, cfg.seed) or AttentionMethod(target.recorder)
+    method = method or AttentionMethod(target.recorder)
     with installed(pipe.transformer, method, cfg.steps) as info:
 
         def run(progress):

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from accel import methods
 from accel.attention.base import AttentionMethod
 from accel.attention.reuse import MaskReuse
 from accel.attention.thresholds import load_table
-from accel.config import ConfigError, HeadwiseSettings
+from accel.errors import ConfigError
 from accel.kernels import dispatch
 from accel.schema import Event
+from accel.settings import HeadwiseSettings
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
 from profiling.ranges import named_range
@@ -56,7 +56,12 @@ class HeadwiseSparse(AttentionMethod):
             self.reuse.count = self.shard.sum  # layer gating counts refreshing heads over every rank
         if self.settings.threshold_table:
             self.thresholds = load_table(
-                self.settings.threshold_table, method=self.name, model=self.model, layers=num_layers, heads=num_heads
+                self.settings.threshold_table,
+                method=self.name,
+                key=self.settings.threshold_name,
+                model=self.model,
+                layers=num_layers,
+                heads=num_heads,
             )
         else:
             self.thresholds = {DEFAULT_BRANCH: self._uniform_table(num_layers, num_heads)}
@@ -70,7 +75,7 @@ class HeadwiseSparse(AttentionMethod):
             return values.expand(num_layers, num_heads).clone()
         if values.numel() == num_layers * num_heads:
             return values.view(num_layers, num_heads)
-        name = methods.get(self.name).threshold
+        name = self.settings.threshold_name
         raise ConfigError(
             f"{name} has {values.numel()} values but the model has {num_heads} heads x {num_layers} layers: "
             f"give 1, {num_heads} or {num_layers * num_heads} values"

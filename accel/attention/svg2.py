@@ -19,15 +19,18 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 
 from accel.attention.headwise import HeadwiseSparse
-from accel.config import SVG2Settings
 from accel.kernels.block_sparse import block_sparse_attention, mask_density
 from accel.schema import ArrayKind, Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
+
+if TYPE_CHECKING:
+    from accel.methods.svg2 import SVG2Settings
 
 _MAX_DIST_ELEMS = 1 << 26
 

@@ -13,9 +13,7 @@ from typing import Any
 
 import torch
 
-from accel import methods
-from accel.config import ConfigError
-from accel.errors import one_line
+from accel.errors import ConfigError, one_line
 from accel.tracking import BRANCH_NAMES
 
 TABLE_FORMAT = "accel.threshold-table"
@@ -50,9 +48,10 @@ def read_table(path: str | Path) -> dict[str, Any]:
 
 
 def load_table(
-    path: str | Path, *, method: str, model: str, layers: int | None = None, heads: int | None = None
+    path: str | Path, *, method: str, key: str, model: str, layers: int | None = None, heads: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """Per-branch thresholds ``{branch: (layers, heads)}`` from ``path``, validated for this model and method."""
+    """Per-branch thresholds ``{branch: (layers, heads)}`` of the setting ``key`` (``tau``, ``top_p``) from
+    ``path``, validated for this model and method."""
     data = read_table(path)
     if data.get("method") != method:
         raise ConfigError(f"threshold table {path} was calibrated for method {data.get('method')!r}, not {method!r}")
@@ -67,7 +66,6 @@ def load_table(
             f"threshold table {path} is for {t_layers} layers x {t_heads} heads, but the model has "
             f"{layers} layers x {heads} heads"
         )
-    key = methods.get(method).threshold
     out: dict[str, torch.Tensor] = {}
     branches = data["branches"]
     unknown = sorted(set(branches) - set(BRANCH_NAMES))

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from accel.attention.headwise import HeadwiseSparse
-from accel.config import ConfigError, XAttentionSettings
+from accel.errors import ConfigError
 from accel.kernels import dispatch
 from accel.kernels.block_sparse import block_sparse_attention, block_work, uniform_density
 from accel.kernels.estimate import antidiagonal_block_scores
 from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
+
+if TYPE_CHECKING:
+    from accel.methods.xattention import XAttentionSettings
 
 
 def select_blocks(scores: torch.Tensor, tau: float | torch.Tensor, keep_first: bool = True) -> torch.Tensor:

@@ -18,26 +18,39 @@ commit mode (``--kv-commit``: last-step, the seeds' behaviour, and clean-pass, d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from accel import methods
 from accel.bench.headwise import row
-from accel.config import BASELINE_NAMES, COMMIT_MODES, RunConfig
+from accel.config import RunConfig
 from accel.forms import DEFAULT_PROMPT
+from accel.model_specs import ModelSpec, resolve
 from accel.runner import generate
 from accel.runs import Run, RunStore
+from accel.schema import Event
+from accel.settings import COMMIT_MODES
 from viz.compare import PSNR_CAP, frame_quality
 
-METHODS: dict[str, tuple[str, dict]] = {
-    "flowcache slow": ("flowcache", {"preset": "slow"}),
-    "flowcache fast": ("flowcache", {"preset": "fast"}),
-    "flowcache fast +kv": ("flowcache", {"preset": "fast", "kv_compress": True}),
-    "motioncache": ("motioncache", {}),
-    "motioncache +kv": ("motioncache", {"kv_compress": True}),
-    **{f"baseline {c}": ("baseline", {"cache": c}) for c in BASELINE_NAMES},
-}
+
+def chunk_variants(spec: ModelSpec) -> dict[str, tuple[str, dict]]:
+    """The registry's variants on ``spec`` that skip work across steps: every chunk cache's (and each with KV
+    compression, where it has that setting) and the diffusers baselines'."""
+    out: dict[str, tuple[str, dict]] = {}
+    for name, (method, settings) in methods.variants(spec).items():
+        record = methods.get(method)
+        if record.cache is None and Event.BASELINE_BLOCKS not in record.events:
+            continue
+        out[name] = (method, settings)
+        if "kv_compress" in {f.name for f in dataclasses.fields(record.settings)}:
+            out[f"{name} +kv"] = (method, {**settings, "kv_compress": True})
+    return out
+
+
+METHODS = chunk_variants(resolve("pocket-skyreels"))  # the same names on every SkyReels-V2 model
 # the seeds' setting on the embedded models: 50 steps; 53 frames = 14 latent frames in windows of 6 (21 frames)
 # overlapping by 2 (5 frames): segments of 6, 4 and 4 new latent frames
 PRESETS: dict[str, dict] = {

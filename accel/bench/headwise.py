@@ -14,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from accel import models
+from accel import methods, models
 from accel.config import DEFAULT_MODEL, RunConfig
 from accel.forms import DEFAULT_PROMPT
 from accel.paths import shipped_table
@@ -57,15 +57,22 @@ def row(name: str, run: Run, dense: Run) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--methods", nargs="+", default=["xattention", "svg2"], choices=["xattention", "svg2"])
+    headwise = list(methods.calibratable())  # the head-wise sparse methods: TMR and EBC apply to each
+    parser.add_argument("--methods", nargs="+", default=headwise, choices=headwise)
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--device")
-    parser.add_argument("--table-xattention", type=Path)
-    parser.add_argument("--table-svg2", type=Path)
+    parser.add_argument("--table", action="append", default=[], metavar="METHOD=PATH",
+                        help="a calibrated threshold table per method (default: the shipped one)")  # fmt: skip
     parser.add_argument("--out-dir", type=Path, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
+    tables = {}
+    for given in args.table:
+        method, sep, path = given.partition("=")
+        if not sep or method not in headwise:
+            parser.error(f"--table takes METHOD=PATH with METHOD one of {', '.join(headwise)}, got {given!r}")
+        tables[method] = Path(path)
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(args.out_dir or tmp)
         common = {
@@ -78,11 +85,11 @@ def main(argv: list[str] | None = None) -> None:
         dense = generate(RunConfig(method="dense", **common), store)
         rows = [row("dense", dense, dense)]
         for method in args.methods:
-            table = getattr(args, f"table_{method}") or shipped_table(models.resolve(args.model).name, method)
+            table = tables.get(method) or shipped_table(models.resolve(args.model).name, method)
             for mode in MODES:
                 settings = mode_settings(mode, table)
                 if settings is None:
-                    print(f"skipping {method} {mode}: no calibrated table (pass --table-{method})")
+                    print(f"skipping {method} {mode}: no calibrated table (pass --table {method}=PATH)")
                     continue
                 run = generate(RunConfig(method=method, settings=settings, **common), store)
                 rows.append(row(f"{method} {mode}", run, dense))

@@ -17,7 +17,8 @@ from typing import Any
 import pandas as pd
 
 from accel import methods, models
-from accel.config import ConfigError, RunConfig
+from accel.config import RunConfig
+from accel.errors import ConfigError
 from accel.runs import RunStore
 from accel.synthetic.procedural import BASIC_DIRECTIONS, BASIC_SHAPES, held_out_prompts
 from accel.synthetic.scoring import score_video

@@ -44,10 +44,9 @@ from diffusers.hooks.faster_cache import FasterCacheBlockHook, FasterCacheDenois
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 from diffusers.hooks.pyramid_attention_broadcast import PyramidAttentionBroadcastHook
 
-from accel.config import BASELINE_NAMES as BASELINES
-from accel.methods import Generation, Target
-from accel.models import EMBEDDED_FBC_THRESHOLD, pipeline_call, run_pipeline
+from accel.models import pipeline_call, run_pipeline
 from accel.schema import Event
+from accel.target import Generation, Target
 
 UNITS = ("attn1", "attn2", "ffn")
 # TaylorSeer uses re.fullmatch on module names; these match Wan/SkyReels blocks (the diffusers default
@@ -90,8 +89,6 @@ def baseline_config(name: str, pipe: Any, **overrides: Any) -> Any:
     ``num_inference_steps`` (transformer calls per branch); TaylorSeer ``cache_interval=5,
     disable_cache_before_step=3, max_order=1`` on attn1/attn2/ffn.
     """
-    if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
     if _is_skyreels(pipe) and name in ("fbc", "magcache"):
         register_skyreels_block()
     if name == "fbc":
@@ -123,13 +120,15 @@ def baseline_config(name: str, pipe: Any, **overrides: Any) -> Any:
         if "num_inference_steps" not in overrides:
             raise ValueError("magcache needs num_inference_steps= (transformer calls per CFG branch)")
         return MagCacheConfig(**{"threshold": 0.06, "max_skip_steps": 3, "retention_ratio": 0.2, **overrides})
-    kw = {
-        "cache_interval": 5,
-        "disable_cache_before_step": 3,
-        "max_order": 1,
-        "cache_identifiers": list(TAYLORSEER_IDENTIFIERS),
-    }
-    return TaylorSeerCacheConfig(**{**kw, **overrides})
+    if name == "taylorseer":
+        kw = {
+            "cache_interval": 5,
+            "disable_cache_before_step": 3,
+            "max_order": 1,
+            "cache_identifiers": list(TAYLORSEER_IDENTIFIERS),
+        }
+        return TaylorSeerCacheConfig(**{**kw, **overrides})
+    raise ValueError(f"unknown baseline {name!r}; choose from fbc, pab, fastercache, magcache, taylorseer")
 
 
 BRANCH_HOOK = "accel_branch_states"
@@ -327,15 +326,14 @@ def calibrate_mag_ratios(pipe: Any, **call_kwargs: Any) -> list[float]:
 
 
 @contextmanager
-def install(target: Target) -> Iterator[Generation]:
-    """The baseline's diffusers hook on diffusers' own pipeline (Wan or SkyReels DF), counting skipped blocks.
+def install(target: Target, threshold: float | None = None) -> Iterator[Generation]:
+    """The baseline's diffusers hook on diffusers' own pipeline (Wan or SkyReels DF), counting skipped blocks;
+    ``threshold`` (FBC / MagCache) None: the hook's default.
 
     MagCache needs per-model ratios: one dense calibration pass runs first (its time is in the metrics).
     """
     pipe, cfg, spec, s = target.pipe, target.cfg, target.spec, target.cfg.settings
-    overrides: dict[str, Any] = {} if s.threshold is None else {"threshold": s.threshold}
-    if s.threshold is None and s.cache == "fbc" and spec.embedded:
-        overrides["threshold"] = EMBEDDED_FBC_THRESHOLD
+    overrides: dict[str, Any] = {} if threshold is None else {"threshold": threshold}
     extra: dict[str, Any] = {"baseline": s.cache, "baseline_threshold": overrides.get("threshold")}
     if s.cache == "magcache":
         t0 = time.perf_counter()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from accel.config import check_kv_compression
+from accel.settings import check_kv_compression
 
 _MAX_SCORE_ELEMS = 1 << 25
 

@@ -8,9 +8,11 @@ from typing import Any
 
 from accel import methods
 from accel.cli.common import CliError
-from accel.config import COMMIT_MODES, DEFAULT_MODEL, KERNEL_BACKENDS, ConfigError
+from accel.config import DEFAULT_MODEL, KERNEL_BACKENDS
+from accel.errors import ConfigError
 from accel.fields import FieldSpec, all_field_specs
 from accel.models import SIZE_PRESETS
+from accel.settings import COMMIT_MODES
 
 SETTING_PREFIX = "setting_"
 SIZE_FIELDS = ("height", "width", "frames", "steps", "guidance")
@@ -23,6 +25,7 @@ class SettingFlag:
     spec: FieldSpec  # of the first method that has the field
     methods: list[str] = field(default_factory=list)
     defaults: dict[str, Any] = field(default_factory=dict)
+    helps: dict[str, str] = field(default_factory=dict)  # each method's help of the field
 
     @property
     def name(self) -> str:
@@ -47,7 +50,18 @@ def setting_flags() -> dict[str, SettingFlag]:
         flag = flags.setdefault(spec.name, SettingFlag(spec))
         flag.methods.append(spec.method)
         flag.defaults[spec.method] = spec.default
+        flag.helps[spec.method] = spec.help
     return flags
+
+
+def flag_help(flag: SettingFlag) -> str:
+    """The flag's help: its one text with each method's default, or each method's own help where they differ."""
+    if len(flag.methods) == 1:
+        return f"{flag.spec.help} Default: {flag.spec.shown(flag.defaults[flag.methods[0]])}."
+    if len(set(flag.helps.values())) == 1:
+        default = ", ".join(f"{flag.spec.shown(v)} ({m})" for m, v in flag.defaults.items())
+        return f"{flag.spec.help} Default: {default}. [methods: {', '.join(flag.methods)}]"
+    return " ".join(f"{m}: {flag.helps[m]} Default: {flag.spec.shown(flag.defaults[m])}." for m in flag.methods)
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -58,19 +72,13 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         if owner not in groups:
             doc = (methods.get(owner).settings.__doc__ or "").strip().splitlines()[0]
             groups[owner] = parser.add_argument_group(f"{owner} settings", f"{doc} Used with --method {owner}.")
-        if len(flag.methods) == 1:
-            default = flag.spec.shown(flag.defaults[owner])
-            also = ""
-        else:
-            default = ", ".join(f"{flag.spec.shown(v)} ({m})" for m, v in flag.defaults.items())
-            also = f" [methods: {', '.join(flag.methods)}]"
         groups[owner].add_argument(
             flag.flag,
             dest=SETTING_PREFIX + flag.name,
             type=flag.parse,
             metavar=flag.spec.metavar,
             default=argparse.SUPPRESS,
-            help=f"{flag.spec.help} Default: {default}.{also}".replace("%", "%%"),
+            help=flag_help(flag).replace("%", "%%"),
         )
 
 

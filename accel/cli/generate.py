@@ -30,7 +30,8 @@ from accel.cli.flags import (
     model_help,
     sampling_kwargs,
 )
-from accel.config import DEFAULT_MODEL, RunConfig, settings_for
+from accel.config import DEFAULT_MODEL, RunConfig
+from accel.methods import settings_for
 
 GENERATE_EXAMPLES = """\
 examples:
@@ -63,7 +64,7 @@ def add_parsers(sub) -> None:
     )
     gen.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH", help=model_help())
     gen.add_argument(
-        "--method", default="dense", choices=list(methods.REGISTRY), help="Self-attention method. Default: dense."
+        "--method", default="dense", choices=methods.names(), help="Self-attention method. Default: dense."
     )
     gen.add_argument("--prompt", required=True, metavar="TEXT", help="Text prompt (required).")
     gen.add_argument("--negative-prompt", default="", metavar="TEXT", help="Negative prompt. Default: empty.")
@@ -310,7 +311,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import time
 
     from accel import models
-    from accel.attention.calibrate import CalibrationSpec, default_prompts
+    from accel.ebc.spec import CalibrationSpec, default_prompts
 
     prompts = list(args.prompt or [])
     if args.prompts_file:
@@ -341,7 +342,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     writable_output(out, "--out", folder=True)  # before the trajectories, not after them
     quiet_loading()
-    from accel.attention.calibrate import calibrate
+    from accel.ebc.calibrate import calibrate
 
     path = calibrate(spec, out, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     with open(path, encoding="utf-8") as fh:

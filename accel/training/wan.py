@@ -9,34 +9,63 @@ With ``--family skyreels`` (and ``--base assets/tiny-skyreels``) it trains a Sky
 transformer instead: every chunk of latent frames gets its own noise level, so chunked autoregressive sampling
 works. The result is a complete diffusers pipeline folder (safetensors) plus ``loss.csv`` (and ``accuracy.csv`` with
 ``--eval-every``); it loads through the same path as a real checkpoint.
+
+This module holds the model and its training loop (and the command line); the latent cache and the prompts' tokens
+and embeddings are in :mod:`accel.training.wan_data` (re-exported here), the saved folder, resume points and
+training curves in :mod:`accel.training.wan_checkpoint`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import json
 import math
-import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from accel.models import POCKET_TEXT_TOKENS
 from accel.paths import ASSETS
-from accel.synthetic.procedural import BASIC_DIRECTIONS, BASIC_SHAPES, dataset, held_out_prompts, spec_at
-from accel.training.vae import frames_as_batch, load_vae, lr_factor
+from accel.synthetic.procedural import BASIC_DIRECTIONS, BASIC_SHAPES, held_out_prompts
+from accel.training.vae import load_vae, lr_factor
+from accel.training.wan_checkpoint import (
+    RESUME_FILE,
+    averaged_weights,
+    keep_rows_until,
+    load_resume,
+    open_curve,
+    save_pipeline,
+    save_resume,
+)
+from accel.training.wan_data import (
+    CHUNK_FRAMES,
+    TEXT_TOKENS,
+    LatentSource,
+    cache_latents,
+    embed,
+    encode_latents,
+    read_latents,
+    tokenize,
+)
 
-# Prompt embeddings are zero-padded to TEXT_TOKENS, as the pipeline does with max_sequence_length (the
-# pocket models' ModelSpec.text_tokens; Wan2.1 uses 512, the grammar's prompts need fewer than 32).
-TEXT_TOKENS = POCKET_TEXT_TOKENS
-CHUNK_FRAMES = 2  # latent frames per diffusion-forcing chunk (the embedded SkyReels model's causal block)
+__all__ = [
+    "CHUNK_FRAMES",
+    "RESUME_FILE",
+    "TEXT_TOKENS",
+    "build_transformer",
+    "cache_latents",
+    "embed",
+    "encode_latents",
+    "evaluate",
+    "main",
+    "read_latents",
+    "sample_sigmas",
+    "tokenize",
+    "train",
+]
 
 
 def build_transformer(family: str, text_dim: int, z_dim: int = 16, layers: int = 4, heads: int = 6,
@@ -58,31 +87,6 @@ def build_transformer(family: str, text_dim: int, z_dim: int = 16, layers: int =
     raise ValueError(f"family must be wan or skyreels, got {family!r}")
 
 
-@torch.no_grad()
-def encode_latents(vae, pixels: np.ndarray, batch: int = 16, device: str = "cpu") -> torch.Tensor:
-    """Normalised latent means ``(N, C, f, h, w)`` of uint8 clips ``(N, F, H, W, 3)``: ``(mu - mean) / std`` as
-    the Wan pipeline decodes them."""
-    mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
-    out = []
-    for i in range(0, len(pixels), batch):
-        mu = vae.encode(frames_as_batch(pixels[i : i + batch]).to(device)).latent_dist.mean
-        out.append((mu - mean) / std)
-    return torch.cat(out)
-
-
-def tokenize(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask ``(N, TEXT_TOKENS)``, padded as the pipeline pads (``max_sequence_length``)."""
-    ids = pipe.tokenizer(prompts, padding="max_length", max_length=TEXT_TOKENS, truncation=True, return_tensors="pt")
-    return ids.input_ids, ids.attention_mask
-
-
-def embed(text_encoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Prompt embeddings ``(B, TEXT_TOKENS, D)`` as the pipeline builds them: the encoder's states, zero past each
-    prompt's tokens (differentiable, for training the encoder with the transformer)."""
-    return text_encoder(ids, mask).last_hidden_state * mask[..., None].to(torch.float32)
-
-
 def evaluate(pipe, family: str, prompts: Sequence[str], seeds: Sequence[int]) -> dict[str, float]:
     """Accuracy of a pipeline (being trained) on ``prompts`` x ``seeds``: each generated densely at the embedded
     model's defaults (size, steps, guidance) and scored against its prompt by :mod:`accel.synthetic.scoring`."""
@@ -100,56 +104,6 @@ def evaluate(pipe, family: str, prompts: Sequence[str], seeds: Sequence[int]) ->
             videos.append((np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8))
             texts.append(prompt)
     return aggregate(score_many(videos, texts))
-
-
-def _save(pipe, out: Path, base: Path) -> None:
-    """The pipeline folder (safetensors), with the base's tokenizer files verbatim (a re-saved tokenizer would
-    record where it was loaded from)."""
-    pipe.save_pretrained(out, safe_serialization=True)
-    for src in (Path(base) / "tokenizer").iterdir():
-        shutil.copyfile(src, out / "tokenizer" / src.name)
-
-
-def _render(job: tuple[int, int, int, int, int]) -> np.ndarray:
-    """Frames ``(n, F, H, W, 3)`` of training clips ``start .. start + n`` (a worker's share of the cache)."""
-    start, n, seed, size, frames = job
-    return np.stack([c.frames for c in dataset(n, seed, height=size, width=size, frames=frames, start=start)])
-
-
-def _prompts(n: int, seed: int) -> list[str]:
-    """The prompts of the first ``n`` training clips (their specs only, nothing rendered)."""
-    return [spec_at(i, seed).prompt for i in range(n)]
-
-
-def cache_latents(vae_dir: Path, path: Path, clips: int, size: int, frames: int, seed: int, device: str = "cpu",
-                  workers: int = 1, chunk: int = 256) -> None:  # fmt: skip
-    """Encode ``clips`` training clips once into a safetensors file (latents) with their prompts as metadata.
-
-    Clips are rendered ``chunk`` at a time (by ``workers`` processes) and encoded on ``device``, so the cache can
-    hold far more clips than fit in memory as pixels. The Wan VAE is causal in time, so the first ``k`` latent
-    frames of a long clip equal the latents of its first ``4(k - 1) + 1`` frames: one cache of 21-frame clips
-    serves a 17-frame model too.
-    """
-    from concurrent.futures import ProcessPoolExecutor
-
-    from safetensors.torch import save_file
-
-    vae = load_vae(vae_dir).to(device)
-    jobs = [(s, min(chunk, clips - s), seed, size, frames) for s in range(0, clips, chunk)]
-    out = []
-    with ProcessPoolExecutor(max(1, workers)) as pool:
-        for pixels in pool.map(_render, jobs):
-            out.append(encode_latents(vae, pixels, device=device).cpu())
-    meta = {"prompts": json.dumps(_prompts(clips, seed)), "size": str(size), "frames": str(frames)}
-    save_file({"latents": torch.cat(out).contiguous()}, str(path), metadata=meta)
-
-
-def read_latents(path: Path) -> tuple[torch.Tensor, list[str]]:
-    """Latents and prompts written by :func:`cache_latents`."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        return fh.get_tensor("latents"), json.loads(fh.metadata()["prompts"])
 
 
 def sample_sigmas(n: int, shift: float, generator: torch.Generator) -> torch.Tensor:
@@ -223,8 +177,8 @@ def train(
     if init_text is not None and init_text.is_file():  # the encoder the init's transformer was trained against
         text_encoder.load_state_dict(load_file(init_text), strict=False)  # not strict: tied embeddings saved once
     text_encoder.to(device).train(train_text)
-    sources = [_Source.load(latents_file, frames, batch, pipe, text_encoder, family, train_text, device)]
-    sources += [_Source.load(Path(f), n, b or batch, pipe, text_encoder, family, train_text, device)
+    sources = [LatentSource.load(latents_file, frames, batch, pipe, text_encoder, family, train_text, device)]
+    sources += [LatentSource.load(Path(f), n, b or batch, pipe, text_encoder, family, train_text, device)
                 for f, n, b in mix]  # fmt: skip
     prep_s = time.perf_counter() - t0
     model = build_transformer(family, text_encoder.config.d_model, layers=layers)
@@ -239,9 +193,9 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     start, best, best_step = 0, -1.0, 0
     if resume:
-        start, best, best_step = _load_resume(out / RESUME_FILE, params, averaged, opt, gen)
+        start, best, best_step = load_resume(out / RESUME_FILE, params, averaged, opt, gen)
         for name in ("loss.csv", "accuracy.csv"):  # rows logged after the resume point are trained again
-            _keep_rows_until(out / name, start)
+            keep_rows_until(out / name, start)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s + start, steps, warmup))
     last: dict[str, float] = {}
     cls = WanPipeline if family == "wan" else SkyReelsV2DiffusionForcingPipeline
@@ -249,10 +203,10 @@ def train(
                   transformer=model)  # fmt: skip
     held_out = held_out_prompts(eval_prompts, shapes=BASIC_SHAPES, directions=BASIC_DIRECTIONS)
     with contextlib.ExitStack() as files:
-        fh, writer = _curve(files, out / "loss.csv", ["step", "loss", "seconds"], start)
+        fh, writer = open_curve(files, out / "loss.csv", ["step", "loss", "seconds"], start)
         acc_file, acc_writer = (
-            _curve(files, out / "accuracy.csv", ["step", "colour", "direction", "count", "all", "mean", "seconds"],
-                   start) if eval_every > 0 else (None, None)
+            open_curve(files, out / "accuracy.csv", ["step", "colour", "direction", "count", "all", "mean", "seconds"],
+                       start) if eval_every > 0 else (None, None)
         )  # fmt: skip
         running, counted = torch.zeros((), device=device), 0
         for step in range(start + 1, steps + 1):
@@ -294,7 +248,7 @@ def train(
                 running.zero_()
                 counted = 0
             if acc_writer and (step % eval_every == 0 or step == steps):
-                with _averaged_weights(params, averaged):
+                with averaged_weights(params, averaged):
                     model.eval()
                     text_encoder.eval()
                     acc = evaluate(current, family, held_out, eval_seeds)
@@ -305,139 +259,19 @@ def train(
                     acc_file.flush()
                     if mean >= best:
                         best, best_step = mean, step
-                        _save(current, out, base)
+                        save_pipeline(current, out, base)
                 model.train()
                 text_encoder.train(train_text)
             if checkpoint_every > 0 and step % checkpoint_every == 0 and step < steps:
-                _save_resume(out / RESUME_FILE, step, params, averaged, opt, gen, best, best_step)
+                save_resume(out / RESUME_FILE, step, params, averaged, opt, gen, best, best_step)
     if eval_every > 0:
         last.update(best_step=best_step, best_accuracy=best)
     else:
         model.eval()
         text_encoder.eval()
-        with _averaged_weights(params, averaged):
-            _save(current, out, base)
+        with averaged_weights(params, averaged):
+            save_pipeline(current, out, base)
     return last
-
-
-@dataclass
-class _Source:
-    """One latent cache as training draws from it: latents cut to the trained frames, token ids and masks of its
-    prompts plus the empty prompt (last row, the unconditional branch), their embeddings when the encoder is frozen."""
-
-    latents: torch.Tensor
-    ids: torch.Tensor
-    mask: torch.Tensor
-    contexts: torch.Tensor | None
-    batch: int
-
-    @classmethod
-    def load(cls, path: Path, frames: int, batch: int, pipe, text_encoder, family: str, train_text: bool,
-             device: str) -> _Source:  # fmt: skip
-        latent_frames = (frames - 1) // 4 + 1
-        if family == "skyreels" and latent_frames % CHUNK_FRAMES:
-            raise ValueError(f"diffusion forcing needs whole chunks: {frames} frames give {latent_frames} latent "
-                             f"frames, not a multiple of {CHUNK_FRAMES} (use 5, 13, 21, ...)")  # fmt: skip
-        latents, prompts = read_latents(path)
-        if latents.shape[2] < latent_frames:
-            raise ValueError(f"{path} holds {latents.shape[2]} latent frames, {frames} frames need {latent_frames}")
-        ids, mask = (t.to(device) for t in tokenize(pipe, [*prompts, ""]))
-        contexts = None
-        if not train_text:  # a frozen encoder: every prompt embedded once
-            with torch.no_grad():
-                contexts = embed(text_encoder, ids, mask)
-        return cls(latents[:, :, :latent_frames].to(device).contiguous(), ids, mask, contexts, batch)
-
-
-RESUME_FILE = "resume.safetensors"
-
-
-def _save_resume(path: Path, step: int, params: list[torch.nn.Parameter], averaged: list[torch.Tensor] | None,
-                 opt: torch.optim.Optimizer, gen: torch.Generator, best: float, best_step: int) -> None:  # fmt: skip
-    """Everything :func:`train` needs to continue after ``step``, written to a temporary file then renamed."""
-    from safetensors.torch import save_file
-
-    tensors = {"generator": gen.get_state(), "torch_rng": torch.get_rng_state()}  # the latter drives dropout
-    if torch.cuda.is_available():
-        tensors["cuda_rng"] = torch.cuda.get_rng_state()
-    for i, p in enumerate(params):
-        tensors[f"param.{i}"] = p.detach()
-        if averaged is not None:
-            tensors[f"ema.{i}"] = averaged[i]
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in opt.state[p]:
-                tensors[f"{key}.{i}"] = opt.state[p][key]
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = {"step": str(step), "best": repr(best), "best_step": str(best_step), "params": str(len(params))}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
-
-
-def _keep_rows_until(path: Path, step: int) -> None:
-    """Drop the rows of a training curve (CSV with a step column first) logged after ``step``."""
-    lines = path.read_text().splitlines() if path.is_file() else []
-    if lines:
-        head, *rows = lines
-        path.write_text("\n".join([head, *(r for r in rows if int(r.split(",")[0]) <= step)]) + "\n")
-
-
-def _curve(files: contextlib.ExitStack, path: Path, header: list[str], start: int):
-    """A training curve's open file and CSV writer: a fresh file with its header, or (resuming after ``start``)
-    the kept rows appended to (a header first if the run was stopped before it reached the disk)."""
-    resumed = start > 0 and path.is_file() and path.stat().st_size > 0
-    fh = files.enter_context(open(path, "a" if resumed else "w", newline=""))  # noqa: SIM115 (the stack closes it)
-    writer = csv.writer(fh)
-    if not resumed:
-        writer.writerow(header)
-        fh.flush()
-    return fh, writer
-
-
-def _load_resume(path: Path, params: list[torch.nn.Parameter], averaged: list[torch.Tensor] | None,
-                 opt: torch.optim.Optimizer, gen: torch.Generator) -> tuple[int, float, int]:  # fmt: skip
-    """Restore a :func:`_save_resume` point in place; the step it was written after, best accuracy and its step."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise FileNotFoundError(f"no resume point {path} (train with checkpoint_every > 0 first)")
-    with safe_open(str(path), framework="pt") as fh:
-        meta, names = fh.metadata(), set(fh.keys())
-        if int(meta["params"]) != len(params) or ("ema.0" in names) != (averaged is not None):
-            raise ValueError(f"{path} was written by a training with other parameters or another --ema setting")
-        step = int(meta["step"])
-        gen.set_state(fh.get_tensor("generator"))
-        torch.set_rng_state(fh.get_tensor("torch_rng"))
-        if "cuda_rng" in names and torch.cuda.is_available():
-            torch.cuda.set_rng_state(fh.get_tensor("cuda_rng"))
-        with torch.no_grad():
-            for i, p in enumerate(params):
-                p.copy_(fh.get_tensor(f"param.{i}"))
-                if averaged is not None:
-                    averaged[i].copy_(fh.get_tensor(f"ema.{i}"))
-                if f"exp_avg.{i}" in names:
-                    opt.state[p] = {"step": torch.tensor(float(step)),
-                                    "exp_avg": fh.get_tensor(f"exp_avg.{i}").to(p.device),
-                                    "exp_avg_sq": fh.get_tensor(f"exp_avg_sq.{i}").to(p.device)}  # fmt: skip
-    return step, float(meta["best"]), int(meta["best_step"])
-
-
-@contextlib.contextmanager
-def _averaged_weights(params: list[torch.nn.Parameter], averaged: list[torch.Tensor] | None):
-    """The parameters hold the moving average inside the block (nothing changes without one)."""
-    if averaged is None:
-        yield
-        return
-    raw = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p, avg in zip(params, averaged, strict=True):
-            p.copy_(avg)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, kept in zip(params, raw, strict=True):
-                p.copy_(kept)
 
 
 def _mix_arg(text: str) -> tuple[Path, int, int | None]:

@@ -13,7 +13,7 @@ import tempfile
 
 import torch
 
-import accel.cache.chunked as chunked
+import accel.methods.installers as installers
 from accel.bench.chunked import PRESETS
 from accel.bench.headwise import row
 from accel.cache.chunked import GroupCache
@@ -46,7 +46,7 @@ class Probe(GroupCache):
         return out
 
 
-chunked.build_cache = lambda settings, spec: Probe()
+installers.build_cache = lambda settings, spec: Probe()  # every chunked run gets the probe
 common = {"prompt": DEFAULT_PROMPT, "model": "pocket-skyreels", **PRESETS["seeds"]}
 with tempfile.TemporaryDirectory() as tmp:
     store = RunStore(tmp)

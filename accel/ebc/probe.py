@@ -1,33 +1,14 @@
-"""Error-guided Budgeted Calibration (METHODS 1.4): per-head thresholds under a global sparsity budget.
-
-1. Dense trajectories: run the dense pipeline on calibration prompts and keep, at sampled steps
-   (one per quarter of the sparse part of the schedule), each transformer call's input latents,
-   timestep, text context and dense output, per CFG branch.
-2. Single-head probes: for every (layer, head, candidate) sparsify that one head, everything else
-   dense, and record the output error and the head's sparsity. Probes of one layer run as one
-   batch (batch element = one (head, candidate)); blocks before the layer are skipped by replaying
-   their dense outputs (they are unchanged by a later head), the rest runs through the real model.
-3. Error: ``eps = y_sparse - y_dense``; orthonormal 3-D FFT over (T, H, W); four bands (temporal
-   low/high x spatial low/high, "low" = |fftfreq| < 0.25, spatial-low needs both spatial axes low);
-   ``r_q = sum_band |F eps|^2 / (sum |F y_dense|^2 + 1e-12)``; ``e = sum_q w_q r_q`` with
-   ``(LL, LH, HL, HH) = (1, 0.5, 0.01, 0.01)`` (secondhand; settings).
-4. ``scipy.optimize.milp``: minimise ``sum e_hk x_hk`` with one candidate per head and mean sparsity
-   ``>= S_min``, the mean sparsity of the uniform reference threshold (0.9), per CFG branch.
-"""
+"""Dense trajectories and single-head probes: the per-(layer, head, candidate) output errors and sparsities."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -35,104 +16,13 @@ from diffusers.hooks import HookRegistry, ModelHook
 from accel import models
 from accel.attention import AttentionMethod, installed
 from accel.attention.headwise import HeadwiseSparse
-from accel.attention.thresholds import write_table
-from accel.config import ConfigError, RunConfig
-from accel.kernels import dispatch
-from accel.methods import build_attention, calibratable
+from accel.ebc.spec import CalibrationSpec, Progress
+from accel.errors import ConfigError
+from accel.methods import build_attention
 from accel.models import pipeline_call
 
-# Calibration prompts for real checkpoints: natural captions like the seeds' evaluation prompts.
-DEFAULT_PROMPTS = (
-    "a red circle moves quickly left over a blue background",
-    "a small boat drifts on a calm lake at sunset",
-    "a dog runs across a green field",
-    "clouds move slowly over snowy mountains",
-)
-# For the embedded models: their word-level tokenizer only knows the procedural grammar, so natural captions
-# would be mostly unknown words. The app's default prompt plus training-split clips 0, 5 and 9 of
-# accel.synthetic.procedural (no held-out combination, so bench-quality's prompts stay unseen).
-GRAMMAR_PROMPTS = (
-    "a red circle moves quickly left over a blue background",
-    "a yellow circle and a blue star move slowly left over a horizontal gradient purple background",
-    "a white triangle moves slowly down over a vertical gradient yellow background while the camera pans down",
-    "a green square moves quickly down and a purple diamond moves slowly to the upper left over a vertical "
-    "gradient blue background",
-)
 BAND_NAMES = ("LL", "LH", "HL", "HH")  # temporal x spatial
 REPLAY_HOOK = "accel_calibration_replay"
-Progress = Callable[[str], None]
-
-
-def default_prompts(model: str) -> tuple[str, ...]:
-    """The calibration prompts used when none are given: the grammar's for embedded models, else captions."""
-    from accel import models
-
-    return GRAMMAR_PROMPTS if models.resolve(model).embedded else DEFAULT_PROMPTS
-
-
-def _default_base() -> RunConfig:
-    return RunConfig(prompt=DEFAULT_PROMPTS[0], method="xattention")
-
-
-@dataclass(frozen=True)
-class CalibrationSpec:
-    """What to calibrate and how; the defaults follow METHODS 1.4.
-
-    ``base`` gives the model, the sparse base method with its settings, and the sampling (sizes, steps,
-    guidance, seed, device); its prompt is replaced by each calibration prompt in turn.
-    """
-
-    base: RunConfig = field(default_factory=_default_base)
-    prompts: tuple[str, ...] = DEFAULT_PROMPTS
-    samples_per_prompt: int = 4
-    candidates: tuple[float, ...] = (0.85, 0.90, 0.95)
-    reference: float = 0.90
-    band_weights: tuple[float, float, float, float] = (1.0, 0.5, 0.01, 0.01)
-    low_freq: float = 0.25
-    max_probe_batch: int = 16
-
-    @property
-    def model(self) -> str:
-        return self.base.model
-
-    @property
-    def method(self) -> str:
-        return self.base.method
-
-    def __post_init__(self) -> None:
-        if self.method not in calibratable():
-            raise ConfigError(
-                f"calibration needs a sparse base method ({', '.join(calibratable())}), got {self.method!r}"
-            )
-        if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
-            raise ConfigError("calibration needs at least one non-empty prompt")
-        cands = tuple(float(c) for c in self.candidates)
-        if len(cands) < 2 or len(set(cands)) != len(cands) or not all(0 < c <= 1 for c in cands):
-            raise ConfigError(f"candidates must be at least two distinct values in (0, 1], got {self.candidates}")
-        if not any(math.isclose(self.reference, c) for c in cands):
-            raise ConfigError(f"the reference threshold {self.reference} must be one of the candidates {cands}")
-        weights = self.band_weights
-        if len(weights) != 4 or not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0:
-            raise ConfigError(
-                f"band_weights must be four finite numbers >= 0, not all 0 (LL, LH, HL, HH), got {weights}"
-            )
-        family = models.resolve(self.model).family
-        if family != "wan":  # the probes patch plain self-attention; diffusion forcing attends over chunks
-            raise ConfigError(
-                f"calibration runs on Wan2.1 models; {self.model} is a {family} (diffusion-forcing) model: calibrate "
-                "the Wan2.1 model it is based on, or use the method's shared threshold"
-            )
-        if not 0 < self.low_freq < 0.5:
-            raise ConfigError(f"low_freq must be in (0, 0.5), got {self.low_freq}")
-        for name in ("samples_per_prompt", "max_probe_batch"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
-        object.__setattr__(self, "candidates", cands)
-
-    def run_config(self, prompt: str | None = None) -> RunConfig:
-        """The base run for one prompt, with the method's own shared thresholds (no TMR, no table)."""
-        settings = dataclasses.replace(self.base.settings, tmr=False, threshold_table=None)
-        return dataclasses.replace(self.base, prompt=prompt or self.prompts[0], settings=settings)
 
 
 @dataclass
@@ -358,98 +248,3 @@ def probe_errors(pipe, spec: CalibrationSpec, samples: list[Sample], progress: P
         if progress:
             progress(f"probes {s_idx + 1}/{len(samples)}")
     return pd.DataFrame(rows)
-
-
-def solve_budget(errors: np.ndarray, sparsity: np.ndarray, min_sparsity: float) -> np.ndarray:
-    """MILP: one candidate per head minimising total error with mean sparsity >= ``min_sparsity``.
-
-    ``errors`` and ``sparsity`` are ``(heads, candidates)``; returns the chosen candidate per head.
-    """
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
-    n, k = errors.shape
-    one_each = np.kron(np.eye(n), np.ones((1, k)))
-    budget = sparsity.reshape(1, -1) / n
-    # errors can be ~1e-7: rescale so the solver's absolute tolerances do not swamp them (same argmin)
-    scale = float(np.abs(errors).max()) or 1.0
-    res = milp(
-        c=errors.reshape(-1) / scale,
-        options={"mip_rel_gap": 1e-9},
-        constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(budget, min_sparsity - 1e-9, np.inf)],
-        integrality=np.ones(n * k),
-        bounds=Bounds(0, 1),
-    )
-    if not res.success:
-        raise RuntimeError(f"calibration MILP failed: {res.message}")
-    return np.round(res.x).reshape(n, k).argmax(1)
-
-
-def assign(probes: pd.DataFrame, spec: CalibrationSpec, layers: int, heads: int) -> dict[str, dict[str, Any]]:
-    """Per branch: mean error and sparsity per (layer, head, candidate) and the MILP assignment."""
-    ref = min(range(len(spec.candidates)), key=lambda i: abs(spec.candidates[i] - spec.reference))
-    out: dict[str, dict[str, Any]] = {}
-    for branch, df in probes.groupby("branch", sort=False):
-        mean = df.groupby(["layer", "head", "candidate"])[["error", "sparsity"]].mean()
-        grid = mean.reindex(
-            pd.MultiIndex.from_product([range(layers), range(heads), spec.candidates]), fill_value=np.nan
-        )
-        err = grid["error"].to_numpy().reshape(layers * heads, -1)
-        spa = grid["sparsity"].to_numpy().reshape(layers * heads, -1)
-        if np.isnan(err).any():
-            raise RuntimeError(f"missing probes for branch {branch!r}")
-        s_min = float(spa[:, ref].mean())
-        choice = solve_budget(err, spa, s_min)
-        rows = np.arange(layers * heads)
-        chosen = np.asarray(spec.candidates)[choice]
-        out[str(branch)] = {
-            calibratable()[spec.method]: chosen.reshape(layers, heads).tolist(),
-            "error": err.reshape(layers, heads, -1).tolist(),
-            "sparsity": spa.reshape(layers, heads, -1).tolist(),
-            "min_sparsity": s_min,
-            "mean_sparsity": float(spa[rows, choice].mean()),
-            "objective": float(err[rows, choice].sum()),
-            "uniform_objective": float(err[:, ref].sum()),
-        }
-    return out
-
-
-def calibrate(spec: CalibrationSpec, out_dir: str | Path, progress: Progress | None = None) -> Path:
-    """Run the whole calibration; writes ``table.json``, ``probes.parquet``, ``trajectories.safetensors``."""
-    t0 = time.perf_counter()
-    mspec = models.resolve(spec.model)
-    cfg = spec.run_config().resolve(mspec.defaults)
-    pipe = models.load_pipeline(spec.model, cfg.device or models.default_device(), cfg.dtype)
-    transformer = pipe.transformer
-    layers, heads = len(transformer.blocks), transformer.config.num_attention_heads
-    steps = sample_steps(cfg.steps, cfg.settings.dense_steps(cfg.steps), spec.samples_per_prompt)
-    with dispatch.use_backend(cfg.kernels or dispatch.requested_backend()):
-        samples = collect_trajectories(pipe, spec, steps, progress)
-        probes = probe_errors(pipe, spec, samples, progress)
-    branches = assign(probes, spec, layers, heads)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    probes.to_parquet(out / "probes.parquet")
-    save_trajectories(samples, out / "trajectories.safetensors")
-    table = {
-        "model": mspec.name,
-        "method": spec.method,
-        "parameter": calibratable()[spec.method],
-        "layers": layers,
-        "heads": heads,
-        "candidates": list(spec.candidates),
-        "reference": spec.reference,
-        "band_weights": dict(zip(BAND_NAMES, spec.band_weights, strict=True)),
-        "low_freq": spec.low_freq,
-        "base_settings": cfg.settings.to_dict(),
-        "calibration": {
-            "prompts": list(spec.prompts),
-            "steps": steps,
-            "size": [cfg.width, cfg.height, cfg.frames],
-            "num_steps": cfg.steps,
-            "seed": spec.base.seed,
-            "seconds": time.perf_counter() - t0,
-        },
-        "created": datetime.now().isoformat(timespec="seconds"),
-        "branches": branches,
-    }
-    return write_table(out / "table.json", table)

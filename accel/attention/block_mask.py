@@ -1,0 +1,58 @@
+"""Sparse self-attention with a static block mask: the pattern depends on the call's shape only (a temporal window,
+an energy decay, tiles), never on Q and K, so it costs no estimation. A method module gives the pattern as a
+function and builds :class:`BlockMaskAttention` around it (see ``docs/method_template.py``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from accel.attention.base import AttentionMethod
+from accel.kernels.block_sparse import block_sparse_attention, uniform_density
+from accel.schema import Event
+from accel.telemetry import Recorder
+from accel.tracking import StepInfo
+
+# (heads, query blocks, key blocks, tokens per block, the call) -> bool (heads, query blocks, key blocks)
+MaskFn = Callable[[int, int, int, int, StepInfo], torch.Tensor]
+
+
+class BlockMaskAttention(AttentionMethod):
+    """Block-sparse attention over uniform blocks of ``block_size`` tokens under ``mask_fn``'s pattern, dense on the
+    first ``warmup_steps`` denoising steps. Logs an :attr:`Event.DENSITY` row per call (the share of query-key pairs
+    each head computes) and records the mask (the Sparsity view draws both). The pattern is built once per call
+    shape and branch-independent; an all-true mask takes the kernels' exact dense path."""
+
+    def __init__(
+        self, name: str, mask_fn: MaskFn, block_size: int, warmup_steps: int = 0, recorder: Recorder | None = None
+    ):
+        super().__init__(recorder)
+        self.name = name
+        self.mask_fn = mask_fn
+        self.block_size = block_size
+        self.warmup_steps = warmup_steps
+        self._masks: dict[tuple, torch.Tensor] = {}
+
+    def mask(self, q: torch.Tensor, k: torch.Tensor, info: StepInfo) -> torch.Tensor:
+        """The bool ``(heads, nq, nk)`` pattern of this call's shape (cached per shape)."""
+        heads, b = q.shape[2], self.block_size
+        nq, nk = math.ceil(q.shape[1] / b), math.ceil(k.shape[1] / b)
+        key = (heads, nq, nk, info.grid, q.device)
+        if key not in self._masks:
+            mask = self.mask_fn(heads, nq, nk, b, info).to(device=q.device, dtype=torch.bool)
+            if mask.shape != (heads, nq, nk):
+                raise ValueError(f"{self.name}: mask of shape {tuple(mask.shape)}, expected {(heads, nq, nk)}")
+            self._masks[key] = mask
+        return self._masks[key]
+
+    def attend(self, q, k, v, layer, info):
+        if info.step < self.warmup_steps:
+            return self.warmup_dense(q, k, v, layer)
+        mask = self.mask(q, k, info)
+        ref = self.recorder.record_mask(layer, mask)
+        out = block_sparse_attention(q, k, v, mask, block_size=self.block_size)
+        density = uniform_density(mask, self.block_size, self.block_size, q.shape[1], k.shape[1])
+        self.recorder.log(Event.DENSITY, density, layer=layer, density=density, mask_ref=ref)
+        return out
