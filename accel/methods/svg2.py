@@ -8,8 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from accel.methods import CHUNKED, FAMILIES, SPARSE, TMR, Method, installers, parallel_ok
-from accel.methods.headwise import headwise_variants
+from accel.methods.headwise import headwise_method
 from accel.settings import HeadwiseSettings, check_int, check_unit, meta
 
 if TYPE_CHECKING:
@@ -102,17 +101,11 @@ def _note(spec: ModelSpec) -> str:
     return f"SVG2 clusters {d['clusters'][0]}/{d['clusters'][1]}, TMR delta {d['tmr_delta']:g}"
 
 
-METHOD = Method(
-    "svg2",
+METHOD = headwise_method(
     SVG2Settings,
-    FAMILIES,
-    installers.attention,
-    SPARSE | TMR | CHUNKED,
-    headwise_variants("svg2"),
-    order=20,
-    attention=_build,
-    summary="k-means on Q and K per head, size-weighted top-p cluster pairs, semantic permutation",
-    parallel=parallel_ok,
-    model_defaults=model_defaults,
-    defaults_note=_note,
+    _build,
+    20,
+    "k-means on Q and K per head, size-weighted top-p cluster pairs, semantic permutation",
+    model_defaults,
+    _note,
 )

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from accel.errors import ConfigError
-from accel.methods import CHUNKED, FAMILIES, SPARSE, TMR, Method, installers, parallel_ok
-from accel.methods.headwise import headwise_variants
+from accel.methods.headwise import headwise_method
 from accel.settings import HeadwiseSettings, check_int, check_unit, meta
 
 if TYPE_CHECKING:
@@ -106,17 +105,11 @@ def _build(
     return XAttention(settings, d["block_size"], recorder, model=spec.name, tmr_delta=d["tmr_delta"])
 
 
-METHOD = Method(
-    "xattention",
+METHOD = headwise_method(
     XAttentionSettings,
-    FAMILIES,
-    installers.attention,
-    SPARSE | TMR | CHUNKED,
-    headwise_variants("xattention"),
-    order=10,
-    attention=_build,
-    summary="strided antidiagonal block scoring, per query-block top-tau selection, block-sparse attention",
-    parallel=parallel_ok,
-    model_defaults=model_defaults,
-    defaults_note=lambda spec: "XAttention block {block_size}, TMR delta {tmr_delta:g}".format(**model_defaults(spec)),
+    _build,
+    10,
+    "strided antidiagonal block scoring, per query-block top-tau selection, block-sparse attention",
+    model_defaults,
+    lambda spec: "XAttention block {block_size}, TMR delta {tmr_delta:g}".format(**model_defaults(spec)),
 )

@@ -9,23 +9,6 @@ from datetime import datetime
 from accel.errors import UserError
 from accel.runs.errors import InvalidRunIdError
 
-__all__ = [
-    "AMENDMENTS",
-    "COMPLETE_MARKER",
-    "DEFAULT_ROOT",
-    "ENV_RUNS_DIR",
-    "LOSSLESS_MAX_BYTES",
-    "MAX_FRAMES_BYTES",
-    "MAX_LABEL_LEN",
-    "MAX_VIDEO_BYTES",
-    "OWNER_FILE",
-    "REQUIRED_FILES",
-    "SIZE_LIMITS",
-    "TMP_PREFIX",
-    "sanitize_label",
-    "size_limit",
-]
-
 ENV_RUNS_DIR = "ACCEL_RUNS_DIR"
 DEFAULT_ROOT = "runs"
 COMPLETE_MARKER = "COMPLETE"
