@@ -493,3 +493,43 @@ def test_a_compare_video_stays_downloadable_after_the_next_compare(served_app):
     assert len(folders) == 1  # the first compare's folder is gone; gradio serves its cached copy
     with urllib.request.urlopen(first["url"], timeout=30) as reply:
         assert reply.status == 200 and reply.read(12)[4:8] == b"ftyp"  # an MP4
+
+
+def test_a_run_that_cannot_be_read_is_listed_as_damaged_not_hidden(store_copy, monkeypatch):
+    """A permission or I/O error on a complete run is not 'no run here': list(damaged=True) names it."""
+    import accel.runs.store as store_module
+
+    store, ids = store_copy
+    victim, read = ids["svg2"], store_module._read_complete_run
+
+    def unreadable(path):
+        if path.name == victim:
+            raise PermissionError(13, "Permission denied")
+        return read(path)
+
+    monkeypatch.setattr(store_module, "_read_complete_run", unreadable)
+    assert victim not in {i.run_id for i in store.list()}
+    flagged = {i.run_id: i.damaged for i in store.list(damaged=True) if i.damaged}
+    assert flagged == {victim: "cannot be read: Permission denied"}
+
+
+def test_a_commit_refuses_a_folder_it_cannot_sync_and_a_config_nested_too_deep(tmp_path, monkeypatch):
+    from accel.runs import durable
+    from accel.runs.errors import IncompleteRunError
+
+    (tmp_path / "run" / "sub").mkdir(parents=True)
+    real_walk = os.walk
+
+    def walk(path, onerror=None):
+        onerror(PermissionError(13, "Permission denied", str(path)))
+        yield from real_walk(path)
+
+    monkeypatch.setattr(durable.os, "walk", walk)
+    with pytest.raises(PermissionError):
+        durable._sync_tree(tmp_path / "run")
+    monkeypatch.undo()
+    store = RunStore(tmp_path / "runs")
+    with pytest.raises(IncompleteRunError, match=r"config\.json is not valid JSON"), store.writer("deep") as w:
+        (w.path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+        w.write_json("metrics.json", {"wall_s": 1.0})
+    assert store.list(damaged=True) == []

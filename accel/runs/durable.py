@@ -21,8 +21,13 @@ def _fsync(path: Path) -> None:
 
 
 def _sync_tree(path: Path) -> None:
-    """fsync every file and folder below ``path`` (symlinks not followed)."""
-    for dirpath, _, filenames in os.walk(path):
+    """fsync every file and folder below ``path`` (symlinks not followed); a folder that cannot be listed raises
+    (the commit must not claim a folder is on disk that was never synced)."""
+
+    def unlistable(exc: OSError) -> None:
+        raise exc
+
+    for dirpath, _, filenames in os.walk(path, onerror=unlistable):
         for name in filenames:
             if not os.path.islink(os.path.join(dirpath, name)):
                 _fsync(Path(dirpath, name))

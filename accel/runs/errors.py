@@ -19,6 +19,9 @@ class DamagedRunError(RunNotFoundError):
         self.run_id, self.file, self.reason = run_id, file, reason
         super().__init__(f"run {run_id} is damaged: {file}: {reason}")
 
+    def __reduce__(self) -> tuple:  # picklable (e.g. across the ranks of a parallel run) with its three parts
+        return type(self), (self.run_id, self.file, self.reason)
+
 
 class InvalidRunIdError(UserError, ValueError):
     """A run id that is not a plain folder name (path separators, ``..``, hidden names)."""

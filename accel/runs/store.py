@@ -29,6 +29,7 @@ from accel.runs.layout import (
     ENV_RUNS_DIR,
     OWNER_FILE,
     TMP_PREFIX,
+    _parse_run_id,
     _validate_run_id,
     sanitize_label,
 )
@@ -154,10 +155,16 @@ class RunStore:
                 if not damaged:
                     continue
                 config, metrics, why = {}, {}, f"{exc.file}: {exc.reason}"
-            except (RunNotFoundError, OSError):
+            except (RunNotFoundError, FileNotFoundError):
                 # not a complete run (no COMPLETE marker: a user's folder or one being deleted), or gone since the
                 # scan listed it: this lists complete runs only
                 continue
+            except OSError as exc:  # a folder or marker that cannot be read (permissions, I/O): damaged, not gone
+                if not damaged:
+                    continue
+                label, created = _parse_run_id(entry.name)
+                created, marker_ns = created or datetime.min, 0
+                config, metrics, why = {}, {}, f"cannot be read: {exc.strerror or one_line(exc)}"
             found.append((created, marker_ns, RunInfo(entry.name, path, label, created, config, metrics, why)))
         found.sort(key=lambda item: (item[0], item[1], item[2].run_id), reverse=True)
         return [info for _, _, info in found]

@@ -85,7 +85,7 @@ class RunWriter:
             raise IncompleteRunError(f"run {self.run_id} is missing required file(s) {missing}; nothing was saved")
         try:
             config = _read_json(self.path / "config.json")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep to parse
             raise IncompleteRunError(f"run {self.run_id}: config.json is not valid JSON ({exc})") from exc
         if not isinstance(config, dict):
             raise IncompleteRunError(f"run {self.run_id}: config.json must hold a JSON object")
