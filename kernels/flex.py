@@ -63,7 +63,7 @@ def _from_blocks(full: torch.Tensor, partial: torch.Tensor, block: tuple[int, in
     the partial blocks only)."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    from accel.kernels.triton_attention import build_lookup
+    from accel.kernels.block_offsets import build_lookup
 
     b, h, nq, nk = full.shape
     lut_full, count_full = build_lookup(full)

@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from accel.kernels._jit import device, jitted, triton_interprets
+from accel.kernels.block_offsets import build_lookup
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
@@ -244,24 +245,6 @@ def _varlen_fwd(
 
 
 # -- host side ----------------------------------------------------------------------------------------
-
-
-def build_lookup(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compact visit lists of a block mask ``(B, H, nq, nk)``, without a host-device sync.
-
-    Returns ``lut`` int32 ``(B*H, nq, nk)``: per query block the selected key block indices in ascending
-    order first (the rest of the row is arbitrary valid indices), and ``count`` int32 ``(B*H, nq)``. Built with
-    a cumulative sum and one scatter (no sort, no ``max``), so it costs about one pass over the mask; a caller
-    that keeps a mask (e.g. Temporal Mask Reuse) can keep its lookup too and pass it to the kernels.
-    """
-    b, h, nq, nk = mask.shape
-    m = mask.reshape(b * h, nq, nk)
-    count = m.sum(-1, dtype=torch.int32)
-    slot = torch.where(m, m.cumsum(-1) - 1, nk)  # where each selected block goes; the rest to a spare column
-    lut = torch.zeros(b * h, nq, nk + 1, device=mask.device, dtype=torch.int32)
-    ids = torch.arange(nk, device=mask.device, dtype=torch.int32).expand(b * h, nq, nk)
-    lut.scatter_(-1, slot, ids)
-    return lut[..., :nk], count.contiguous()
 
 
 def key_tiles(

@@ -108,7 +108,7 @@ class XAttention(HeadwiseSparse):
 
                 built = block_mask(state, self.block_size, self.block_size, q.shape[1], k.shape[1])
             else:
-                from accel.kernels.triton_attention import build_lookup
+                from accel.kernels.block_offsets import build_lookup
 
                 built = build_lookup(state)
             kept = self._lookups[layer] = (state, built)
