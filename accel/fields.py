@@ -3,7 +3,7 @@
 :func:`field_specs` reads the settings dataclasses of :func:`accel.methods.records` (their ``help``,
 ``choices`` and defaults), so a new setting shows up in both places with its tooltip and default. A spec
 parses the text a user typed (:meth:`FieldSpec.parse`) and the value a widget holds (:meth:`FieldSpec.read`);
-bad values raise :class:`accel.config.ConfigError` with a one-line message.
+bad values raise :class:`accel.errors.ConfigError` with a one-line message.
 """
 
 from __future__ import annotations

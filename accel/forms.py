@@ -2,7 +2,7 @@
 
 The app's form is ``model, method, prompt, negative, *SAMPLING, *FORCING, profile, kernels, *settings`` with one
 value per field of :data:`FIELDS` (every method's settings, registry order). Empty numbers mean the model's
-default. Nothing here imports gradio or torch; bad values raise :class:`accel.config.ConfigError`.
+default. Nothing here imports gradio or torch; bad values raise :class:`accel.errors.ConfigError`.
 """
 
 from __future__ import annotations

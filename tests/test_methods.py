@@ -18,12 +18,12 @@ from accel.schema import Event
 
 
 def test_every_record_names_its_settings_and_every_event_has_a_writer():
-    for name, record in methods.REGISTRY.items():
+    for name, record in zip(methods.names(), methods.records(), strict=True):
         assert record.settings.method == name
         assert record.summary
         assert set(record.families) <= set(methods.FAMILIES)
         assert type(settings_for(name, {})) is record.settings
-    written = set().union(*(m.events for m in methods.REGISTRY.values()))
+    written = set().union(*(m.events for m in methods.records()))
     assert written == set(Event), f"events nobody writes: {set(Event) - written}"
     assert methods.calibratable() == {"xattention": "tau", "svg2": "top_p"}
     with pytest.raises(ConfigError, match="unknown method 'nope'; choose one of dense, xattention"):

@@ -11,7 +11,7 @@ Queries and keys are clustered with their own lengths: in chunked generation (ME
 keys are its cached context plus itself, longer than its queries.
 
 Dense warm-up: steps ``< floor(first_times_fp * steps)`` and layers ``< floor(first_layers_fp * layers)``
-(:meth:`accel.config.SVG2Settings.dense_steps` / ``dense_layers``).
+(:meth:`accel.methods.svg2.SVG2Settings.dense_steps` / ``dense_layers``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A table is a versioned JSON file with, per CFG branch, one threshold per (layer, head): ``tau`` for
 XAttention, ``top_p`` for SVG2. :func:`load_table` refuses a table made for another format version,
-model, base method or model shape with a one-line :class:`~accel.config.ConfigError`.
+model, base method or model shape with a one-line :class:`~accel.errors.ConfigError`.
 """
 
 from __future__ import annotations
