@@ -174,7 +174,7 @@ def checked(
     _check_forcing(cfg, spec)
     cfg = cfg.resolve(spec.defaults)
     method = methods.get(cfg.method)
-    method.check_model(spec)
+    method.check_model(spec, cfg.settings)
     method.check_parallel(cfg, spec)
     device_name = models.check_device(cfg.device or models.default_device())
     if cfg.parallel:  # before anything loads: one process per rank, and heads and tokens that split evenly

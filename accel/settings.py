@@ -19,14 +19,17 @@ from typing import Any, ClassVar
 from accel.errors import ConfigError
 
 __all__ = [
-    "COMMIT_MODES", "KV_GRANULARITIES", "PARALLEL_KINDS", "ConfigError", "HeadwiseSettings", "MethodSettings",
-    "check_choice", "check_fields_finite", "check_int", "check_kv_compression", "check_unit", "meta", "parse_parallel",
+    "COMMIT_MODES", "KV_GRANULARITIES", "PARALLEL_KINDS", "RESCALE_COEFFICIENTS", "ConfigError", "HeadwiseSettings",
+    "MethodSettings", "check_choice", "check_fields_finite", "check_int", "check_kv_compression", "check_unit", "meta",
+    "parse_parallel",
 ]  # fmt: skip
 
 # How a finished chunk's K/V are frozen in chunked diffusion-forcing runs (accel.cache.chunked): the K/V of its
 # last denoising step (both seed implementations) or one more pass at timestep 0 (diffusers' full window).
 COMMIT_MODES = ("last-step", "clean-pass")
 KV_GRANULARITIES = ("token", "frame", "chunk")
+# the rescale polynomials of the TeaCache family's accumulated distance (accel.cache.rescale)
+RESCALE_COEFFICIENTS = ("1.3b", "14b", "none")
 PARALLEL_KINDS = ("ulysses",)  # context parallelism the attention methods support (RunConfig.parallel)
 
 

@@ -80,7 +80,7 @@ def _build(
         return window_mask(settings.window, heads, nq, nk, block, h * w)
 
     block = model_defaults(spec)["block_size"]
-    return BlockMaskAttention("window", mask, block, settings.warmup_steps, recorder)
+    return BlockMaskAttention("window", mask, block, settings.dense_steps, recorder)
 
 
 METHOD = Method(

@@ -269,3 +269,16 @@ def test_density_aware_execution_runs_dense_heads_on_sdpa():
     assert default.dense_above(q) == dense_crossover("torch", 16, 64) == 0.1  # CPU, 64 tokens: the torch crossover
     assert dense_crossover("torch", 128, 4096) == 0.45 and dense_crossover("triton", 128, 4096) is None
     assert XAttention(XAttentionSettings(dense_above=1.0), 16).dense_above(q) is None  # off
+
+
+def test_svg2_keeps_a_pair_whose_preceding_mass_equals_top_p_as_the_reference():
+    """The reference removes a pair only where the running sum before it exceeds top_p (``identify_dynamic_map``):
+    with masses 0.5, 0.25, 0.25 and top_p 0.75 all three stay; at top_p 1 every pair stays."""
+    from accel.attention.svg2 import cluster_pair_mask
+
+    cq, ck = torch.zeros(1, 1, 4), torch.zeros(1, 3, 4)  # equal scores: the masses are the cluster sizes' shares
+    sizes = torch.tensor([[2, 1, 1]])
+    assert cluster_pair_mask(cq, ck, sizes, 0.75, 0)[0, 0].tolist() == [True, True, True]
+    assert cluster_pair_mask(cq, ck, sizes, 0.7, 0)[0, 0].tolist() == [True, True, False]
+    assert cluster_pair_mask(cq, ck, sizes, 0.4, 0)[0, 0].tolist() == [True, False, False]
+    assert cluster_pair_mask(cq, ck, sizes, 1.0, 0).all()

@@ -20,7 +20,7 @@ SKY = {
     "guidance_scale": 5.0,
 }
 # Aggressive enough to skip on a random-weight model (the video defaults are documented in baseline_config).
-AGGRESSIVE = {"fbc": {"threshold": 0.5}, "magcache": {"threshold": 0.5}}
+AGGRESSIVE = {"fbc": {"threshold": 0.5}, "magcache": {"threshold": 0.5}, "seacache": {"threshold": 5.0}}
 
 
 class _Rows:

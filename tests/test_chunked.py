@@ -351,3 +351,34 @@ def test_a_motioncache_runs_block_count_is_its_telemetry(stored_runs):
     commits = t[t.event == "chunk_done"]["value"].sum()  # 1 per commit pass, 0 where the last step's K/V stay
     assert m["block_executions"] == pytest.approx((tokens / 32 + commits) * 4)
     assert m["chunk_partials"] == (t.event == "chunk_partial").sum() and m["commit_passes"] == commits
+
+
+def _reference_motion_weights(h, prev_last, floor, group):
+    """The reference's frame-difference weights written out per frame and token (loops, float64)."""
+    b, f, s, _ = h.shape
+    out = torch.empty(b, f, s, dtype=torch.float64)
+    for i in range(b):
+        m = torch.empty(f, s, dtype=torch.float64)
+        for t in range(f):
+            before = h[i, t - 1] if t > 0 else prev_last[i] if prev_last is not None else None
+            if before is not None:
+                m[t] = (h[i, t] - before).abs().double().mean(-1) / (before.abs().double().mean(-1) + 1e-8)
+        if prev_last is None:
+            m[0] = m[1] if group == 0 else 1.0  # group 0: frame 1's map; later: a constant (the floor)
+        for t in range(f):
+            lo, hi = m[t].min(), m[t].max()
+            out[i, t] = floor + (1 - floor) * (m[t] - lo) / (hi - lo + 1e-8)
+    return out
+
+
+def test_motion_weights_follow_the_reference_frame_zero_rule():
+    from accel.cache.motioncache import motion_weights
+
+    g = torch.Generator().manual_seed(0)
+    h, prev = torch.randn(1, 3, 6, 4, generator=g), torch.randn(1, 6, 4, generator=g)
+    for prev_last, group in ((None, 0), (None, 2), (prev, 2)):
+        got = motion_weights(h, prev_last, 0.6, first_group=group == 0)
+        torch.testing.assert_close(got.double(), _reference_motion_weights(h, prev_last, 0.6, group), atol=1e-5, rtol=0)
+    later = motion_weights(h, None, 0.6, first_group=False)
+    assert torch.allclose(later[0, 0], torch.full((6,), 0.6))  # no stored frame in a later group: the floor
+    assert not torch.allclose(motion_weights(h, None, 0.6)[0, 0], later[0, 0])  # group 0 copies frame 1 instead

@@ -46,13 +46,17 @@ def test_variants_follow_the_model_family_and_the_shipped_tables():
     assert wan["xattention+tmr+ebc"][0] == "xattention" and wan["xattention+tmr+ebc"][1]["tmr"] is True
     assert "flowcache-slow" not in wan and sky["flowcache-fast"] == ("flowcache", {"preset": "fast"})
     assert "svg2+ebc" not in sky  # no table calibrated for pocket-skyreels
-    assert {n for n, (m, _) in wan.items() if m == "baseline"} == {
-        "fbc",
-        "pab",
-        "fastercache",
-        "magcache",
-        "taylorseer",
-    }
+    baselines = {"fbc", "pab", "fastercache", "magcache", "taylorseer"}
+    assert {n for n, (m, _) in wan.items() if m == "baseline"} == baselines | {"seacache"}
+    assert {n for n, (m, _) in sky.items() if m == "baseline"} == baselines  # SeaCache: Wan2.1 only
+
+
+def test_seacache_on_skyreels_is_refused_before_anything_loads(store):
+    from accel.runner import checked
+
+    cfg = RunConfig(prompt=PROMPT, model="tiny-skyreels", method="baseline", settings={"cache": "seacache"})
+    with pytest.raises(ConfigError, match=r"baseline with these settings does not run on tiny-skyreels: .*step index"):
+        checked(cfg)
 
 
 def test_settings_say_their_dense_warmup():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
+from accel import methods
 from accel.runs import Run
 from accel.schema import COLUMNS, check_events
 
@@ -15,15 +16,14 @@ RunLike = Run | str | Path
 SEQUENTIAL = "Viridis"
 # one colour per run / head / method where a figure draws several (a run keeps its colour across panels)
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-# one colour per method in every figure that tells methods apart (quality curves, Pareto)
-METHOD_COLOURS = {"dense": "#555555", "xattention": "#1f77b4", "svg2": "#ff7f0e", "flowcache": "#2ca02c",
-                  "motioncache": "#9467bd", "baseline": "#8c564b"}  # fmt: skip
 
 
 def method_colour(method: str | None) -> str:
-    """The colour of ``method`` in every figure (a method not listed gets a palette colour from its name)."""
+    """The colour of ``method`` in every figure that tells methods apart (quality curves, Pareto): its record's
+    ``colour``, else a palette colour from its name."""
     name = str(method)
-    return METHOD_COLOURS.get(name) or PALETTE[sum(map(ord, name)) % len(PALETTE)]
+    record = methods.REGISTRY.get(name)
+    return (record.colour if record is not None else None) or PALETTE[sum(map(ord, name)) % len(PALETTE)]
 
 
 def as_run(run: RunLike) -> Run:

@@ -143,7 +143,7 @@ def _cache_rows(method: str | None, m: dict) -> list[tuple[str, str]]:
     """Headline rows of a cache: what it saved in its own terms (MotionCache: tokens; FlowCache: chunk steps; a
     diffusers baseline cache: blocks and attention/FFN units) and the block work (token-weighted block executions)
     against the uncached run."""
-    if m.get("baseline"):
+    if m.get("block_executions_possible") is not None:  # a hook cache (diffusers' baselines, TeaCache)
         return _baseline_rows(m)
     possible = m.get("block_executions_uncached") or 0
     saved = f"{1 - (m.get('block_executions') or 0) / possible:.1%}" if possible else None

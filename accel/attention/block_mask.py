@@ -21,18 +21,26 @@ MaskFn = Callable[[int, int, int, int, StepInfo], torch.Tensor]
 
 class BlockMaskAttention(AttentionMethod):
     """Block-sparse attention over uniform blocks of ``block_size`` tokens under ``mask_fn``'s pattern, dense on the
-    first ``warmup_steps`` denoising steps. Logs an :attr:`Event.DENSITY` row per call (the share of query-key pairs
-    each head computes) and records the mask (the Sparsity view draws both). The pattern is built once per call
-    shape and branch-independent; an all-true mask takes the kernels' exact dense path."""
+    first ``dense_steps(num_steps)`` denoising steps and in the first ``dense_layers`` layers. Logs an
+    :attr:`Event.DENSITY` row per call (the share of query-key pairs each head computes) and records the mask (the
+    Sparsity view draws both). The pattern is built once per call shape and branch-independent; an all-true mask
+    takes the kernels' exact dense path."""
 
     def __init__(
-        self, name: str, mask_fn: MaskFn, block_size: int, warmup_steps: int = 0, recorder: Recorder | None = None
+        self,
+        name: str,
+        mask_fn: MaskFn,
+        block_size: int,
+        dense_steps: Callable[[int], int] = lambda num_steps: 0,
+        recorder: Recorder | None = None,
+        dense_layers: int = 0,
     ):
         super().__init__(recorder)
         self.name = name
         self.mask_fn = mask_fn
         self.block_size = block_size
-        self.warmup_steps = warmup_steps
+        self.dense_steps = dense_steps
+        self.dense_layers = dense_layers
         self._masks: dict[tuple, torch.Tensor] = {}
 
     def mask(self, q: torch.Tensor, k: torch.Tensor, info: StepInfo) -> torch.Tensor:
@@ -48,7 +56,7 @@ class BlockMaskAttention(AttentionMethod):
         return self._masks[key]
 
     def attend(self, q, k, v, layer, info):
-        if info.step < self.warmup_steps:
+        if info.step < self.dense_steps(info.num_steps) or layer < self.dense_layers:
             return self.warmup_dense(q, k, v, layer)
         mask = self.mask(q, k, info)
         ref = self.recorder.record_mask(layer, mask)

@@ -100,7 +100,11 @@ def cluster_pair_mask(
 ) -> torch.Tensor:
     """Top-p selection on the size-weighted softmax of centroid scores; (G, qc, kc) bool.
 
-    ``top_p`` is a float or one value per group ``(G,)``; ``top_p >= 1`` keeps every pair.
+    ``top_p`` is a float or one value per group ``(G,)``. A pair is kept while the mass before it is at most ``top_p``
+    (the crossing pair is kept), as the reference's ``identify_dynamic_map`` (``svg/kmeans_utils.py``) removes only
+    where the running sum exceeds ``top_p``. ``top_p >= 1`` keeps every pair: the reference's running sum is bf16 on
+    Wan and can round above 1.0 and drop tail pairs whose mass is below its rounding error; the bench keeps them, so
+    that 1 means every pair (dense over the clusters) at any dtype.
     """
     scores = torch.matmul(cq, ck.transpose(1, 2)) / math.sqrt(cq.shape[-1])
     logw = torch.log(k_sizes.float()).unsqueeze(1)  # empty clusters: -inf, never weighted
@@ -108,7 +112,7 @@ def cluster_pair_mask(
     ordered, order = probs.sort(-1, descending=True)
     before = ordered.cumsum(-1) - ordered
     p = torch.as_tensor(top_p, dtype=probs.dtype, device=probs.device).reshape(-1, 1, 1)
-    keep = (before < p) | (p >= 1)
+    keep = (before <= p) | (p >= 1)
     keep[..., :min_keep] = True
     return torch.zeros_like(keep).scatter_(-1, order, keep)
 

@@ -1,13 +1,15 @@
 """diffusers' own cache hooks as baseline acceleration methods, with skip accounting.
 
-Five baselines from ``diffusers.hooks`` are installed on ``pipe.transformer`` through
+Six baselines from ``diffusers.hooks`` are installed on ``pipe.transformer`` through
 ``CacheMixin.enable_cache`` and always removed again (``disable_cache``):
 
 - ``fbc``: First Block Cache (whole-step skip of blocks 1..N-1 when block 0's residual barely changes);
 - ``pab``: Pyramid Attention Broadcast (self-/cross-attention outputs reused every few calls);
 - ``fastercache``: FasterCache (self-attention outputs extrapolated from the last two computed ones);
 - ``magcache``: MagCache (whole-step skip driven by calibrated residual-magnitude ratios);
-- ``taylorseer``: TaylorSeer (attention/FFN outputs predicted with a Taylor series between refreshes).
+- ``taylorseer``: TaylorSeer (attention/FFN outputs predicted with a Taylor series between refreshes);
+- ``seacache``: SeaCache (whole-step skip while a spectrally filtered latent input barely changes, the residual
+  extrapolated; Wan2.1 text-to-video only: diffusers' other pipelines give it no step index or sigma).
 
 A baseline that silently skips nothing is a bug, so :class:`SkipCounter` measures what really ran: it puts
 plain torch forward hooks on the first ``nn.Linear`` inside every block's ``attn1``/``attn2``/``ffn``
@@ -37,6 +39,7 @@ from diffusers.hooks import (
     FirstBlockCacheConfig,
     MagCacheConfig,
     PyramidAttentionBroadcastConfig,
+    SeaCacheConfig,
     TaylorSeerCacheConfig,
 )
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
@@ -87,7 +90,8 @@ def baseline_config(name: str, pipe: Any, **overrides: Any) -> Any:
     separate calls, so the batched-uncond skip cannot apply); MagCache ``threshold=0.06, max_skip_steps=3,
     retention_ratio=0.2`` and needs ``mag_ratios`` (see :func:`calibrate_mag_ratios`) and
     ``num_inference_steps`` (transformer calls per branch); TaylorSeer ``cache_interval=5,
-    disable_cache_before_step=3, max_order=1`` on attn1/attn2/ffn.
+    disable_cache_before_step=3, max_order=1`` on attn1/attn2/ffn; SeaCache diffusers' defaults
+    (``threshold=0.25``, first and last step computed, at most 2 reuses in a row, order-1 residual extrapolation).
     """
     if _is_skyreels(pipe) and name in ("fbc", "magcache"):
         register_skyreels_block()
@@ -128,7 +132,9 @@ def baseline_config(name: str, pipe: Any, **overrides: Any) -> Any:
             "cache_identifiers": list(TAYLORSEER_IDENTIFIERS),
         }
         return TaylorSeerCacheConfig(**{**kw, **overrides})
-    raise ValueError(f"unknown baseline {name!r}; choose from fbc, pab, fastercache, magcache, taylorseer")
+    if name == "seacache":
+        return SeaCacheConfig(**{"threshold": 0.25, **overrides})
+    raise ValueError(f"unknown baseline {name!r}; choose from fbc, pab, fastercache, magcache, taylorseer, seacache")
 
 
 BRANCH_HOOK = "accel_branch_states"

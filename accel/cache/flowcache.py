@@ -15,26 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from accel.cache.chunked import GroupCache, GroupStep
+from accel.cache.rescale import polynomial, reference_steps, relative_l1
 from accel.schema import Event
-
-# Rescale polynomials, highest degree first (METHODS 3.1).
-COEFFICIENTS: dict[tuple[str, bool], tuple[float, ...]] = {
-    ("1.3b", True): (-5.21862437e4, 9.23041404e3, -5.28275948e2, 1.36987616e1, -4.99875664e-2),
-    ("14b", True): (-3.03318725e5, 4.90537029e4, -2.65530556e3, 5.87365115e1, -3.15583525e-1),
-    ("1.3b", False): (2.39676752e3, -1.31110545e3, 2.01331979e2, -8.29855975, 1.37887774e-1),
-    ("14b", False): (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404),
-}
-RAW = "none"  # no rescale: the raw relative L1 (as FlowCache's MAGI-1 variant); for models without a fit
-REFERENCE_STEPS = 50  # the seeds' schedule: warm-ups are given in steps of it
-
-
-def reference_steps(count: int, num_steps: int) -> int:
-    """``count`` steps of the seeds' 50-step schedule scaled to a run of ``num_steps`` (rounded, at least 1)."""
-    return max(1, round(count * num_steps / REFERENCE_STEPS))
 
 
 @dataclass
@@ -51,12 +36,10 @@ class FlowCache(GroupCache):
 
     def __init__(self, thresh: float = 0.1, ret_steps: int | None = None, coefficients: str = "1.3b",
                  use_ret_steps: bool = True):  # fmt: skip
-        if coefficients != RAW and (coefficients, use_ret_steps) not in COEFFICIENTS:
-            raise ValueError(f"unknown FlowCache coefficient set {coefficients!r}; choose 1.3b, 14b or {RAW}")
         self.thresh = thresh
         self.ret_steps = ret_steps
         self.use_ret_steps = use_ret_steps
-        self.poly = np.poly1d([1.0, 0.0] if coefficients == RAW else COEFFICIENTS[(coefficients, use_ret_steps)])
+        self.poly = polynomial(coefficients, use_ret_steps, "FlowCache")
         self.state: dict[tuple[int, str], _GroupState] = {}
 
     def reset(self) -> None:
@@ -64,8 +47,7 @@ class FlowCache(GroupCache):
 
     def distance(self, e0: torch.Tensor, prev: torch.Tensor) -> float:
         """Relative L1 change of the modulation tensor, rescaled by the polynomial."""
-        rel = float((e0 - prev).abs().mean() / prev.abs().mean().clamp_min(1e-12))
-        return float(self.poly(rel))
+        return float(self.poly(relative_l1(e0, prev)))
 
     def warmup(self, num_steps: int) -> int:
         """Leading steps always computed: ``ret_steps``, or the reference's (5 of 50, or 1) scaled to the run."""

@@ -15,8 +15,10 @@ Per group and CFG branch, with ``k`` the group's own step:
    to the run, 2 of 20); then motion weights apply, recomputed
    after every step from the assembled block output ``h``:
    ``m[f,s] = mean_c|h[f,s] - h[f-1,s]| / (mean_c|h[f-1,s]| + 1e-8)`` (frame 0 against the stored last
-   frame of group ``g-1``, stored once that group is past its own phase 1, as the reference stores it; until
-   then, and for group 0, frame 0 copies frame 1's value), min-max normalised per frame to ``[floor, 1]``.
+   frame of group ``g-1``, stored once that group is past its own phase 1, as the reference stores it; in group 0
+   frame 0 copies frame 1's value, and in a later group whose predecessor has stored nothing yet it is a constant,
+   i.e. the floor, as the reference's ``_compute_weights_from_frame_diff``), min-max normalised per frame to
+   ``[floor, 1]``.
 A threshold <= 0 disables reuse (every step computes all tokens).
 """
 
@@ -27,7 +29,8 @@ from dataclasses import dataclass, field
 import torch
 
 from accel.cache.chunked import GroupCache, GroupStep
-from accel.cache.flowcache import FlowCache, reference_steps
+from accel.cache.flowcache import FlowCache
+from accel.cache.rescale import reference_steps
 from accel.schema import ArrayKind, Event, group_key
 from accel.telemetry import Recorder
 
@@ -43,8 +46,17 @@ class _TokenState:
     weight_history: list[torch.Tensor] = field(default_factory=list)
 
 
-def motion_weights(h: torch.Tensor, prev_last: torch.Tensor | None, floor: float) -> torch.Tensor:
-    """Per-token motion weights ``(B, f, HW)`` in ``[floor, 1]`` from block outputs ``h`` ``(B, f, HW, C)``."""
+def motion_weights(
+    h: torch.Tensor, prev_last: torch.Tensor | None, floor: float, first_group: bool = True
+) -> torch.Tensor:
+    """Per-token motion weights ``(B, f, HW)`` in ``[floor, 1]`` from block outputs ``h`` ``(B, f, HW, C)``: each
+    frame's relative L1 change from the frame before, min-max scaled per frame onto ``[floor, 1]``.
+
+    Frame 0 follows the reference (``_compute_weights_from_frame_diff`` in ywlq/MotionCache,
+    ``transformer_motion.py``): against the previous group's stored last frame ``prev_last`` when there is one; in
+    the first group, frame 1's change; in a later group whose predecessor has not stored its last frame yet (groups
+    on different timestep sequences), a constant, which the min-max maps to the floor.
+    """
     b, f, s, _ = h.shape
     m = torch.empty(b, f, s, device=h.device, dtype=torch.float32)
     hf = h.float()
@@ -53,8 +65,10 @@ def motion_weights(h: torch.Tensor, prev_last: torch.Tensor | None, floor: float
     if prev_last is not None:
         pl = prev_last.float()
         m[:, 0] = (hf[:, 0] - pl).abs().mean(-1) / (pl.abs().mean(-1) + 1e-8)
-    else:
+    elif first_group:
         m[:, 0] = m[:, 1] if f > 1 else 0.0
+    else:
+        m[:, 0] = 1.0
     lo, hi = m.amin(-1, keepdim=True), m.amax(-1, keepdim=True)
     return floor + (1 - floor) * (m - lo) / (hi - lo + 1e-8)
 
@@ -150,7 +164,7 @@ class MotionCache(GroupCache):
             st.phase1_done += 1
         h = out.view(b, fh, hh * wh, -1)
         if st.phase1_done >= self.phase1(step.num_steps) and step.step >= warmup:
-            st.weights = motion_weights(h, self.last_frame.get((group - 1, branch)), self.floor)
+            st.weights = motion_weights(h, self.last_frame.get((group - 1, branch)), self.floor, group == 0)
             st.weight_history.append(st.weights[0].detach().to(torch.float16).cpu())
             self.last_frame[(group, branch)] = h[:, -1].detach()  # for group g+1, once past phase 1
         return out

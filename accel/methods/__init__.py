@@ -63,7 +63,8 @@ class Method:
     video; ``attention`` builds its sparse self-attention (None: diffusers' own), ``cache`` its chunk cache in
     chunked runs (None: every group step computes); ``model_defaults`` gives the values its "empty = the model's"
     settings take on a model, ``defaults_note`` one line of them for the app; ``parallel`` says why the settings
-    cannot run under ``--parallel`` (None: they can); ``order`` places it in every list (CLI, app, benchmarks).
+    cannot run under ``--parallel`` (None: they can); ``order`` places it in every list (CLI, app, benchmarks);
+    ``refuses`` says why some settings cannot run on a model of a family the method runs on (None: they can).
     """
 
     name: str
@@ -77,6 +78,8 @@ class Method:
     cache: CacheBuilder | None = None
     summary: str = ""
     parallel: Callable[[Any], str | None] = _no_parallel
+    refuses: Callable[[Any, ModelSpec], str | None] = lambda settings, spec: None  # why not on this model, or None
+    colour: str | None = None  # in every figure that tells methods apart (None: a palette colour from the name)
     model_defaults: Callable[[ModelSpec], dict[str, Any]] = _no_defaults
     defaults_note: Callable[[ModelSpec], str | None] = lambda spec: None
 
@@ -85,11 +88,14 @@ class Method:
         """The per-head setting EBC calibrates (``tau``, ``top_p``), or None."""
         return getattr(self.settings, "threshold_name", "") or None
 
-    def check_model(self, spec: ModelSpec) -> None:
-        """Refuse a model family the method does not run on."""
+    def check_model(self, spec: ModelSpec, settings: MethodSettings | None = None) -> None:
+        """Refuse a model family the method does not run on, and ``settings`` the model cannot run."""
         if spec.family not in self.families:
             runs_on = " or ".join(FAMILY_NAMES[f] for f in self.families)
             raise ConfigError(f"{self.name} runs on {runs_on} models, not on {spec.name} ({FAMILY_NAMES[spec.family]})")
+        why = self.refuses(settings, spec) if settings is not None else None
+        if why:
+            raise ConfigError(f"{self.name} with these settings does not run on {spec.name}: {why}")
 
     def check_parallel(self, cfg: RunConfig, spec: ModelSpec) -> None:
         """Refuse ``--parallel`` where the run would be wrong or unsupported, never silently."""

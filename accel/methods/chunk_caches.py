@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from accel import methods
 from accel.settings import KV_GRANULARITIES, MethodSettings, check_choice, check_kv_compression, meta
 
-FLOWCACHE_COEFFICIENTS = ("1.3b", "14b", "none")  # the rescale polynomials of the accumulated distance
-
 
 class AttentionChoices:
     """``dense`` and every sparse self-attention method of the registry, read when iterated (the registry is

@@ -24,6 +24,7 @@ METHOD = Method(
     CHUNKED,
     lambda spec: {"dense": {}},
     order=0,
+    colour="#555555",
     summary="diffusers' own attention (bit-identical output); the reference",
     parallel=parallel_ok,
 )

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from accel.errors import ConfigError
 from accel.methods import CACHE, Method, installers
-from accel.methods.chunk_caches import FLOWCACHE_COEFFICIENTS, KVSettings
-from accel.settings import check_choice, check_int, meta
+from accel.methods.chunk_caches import KVSettings
+from accel.settings import RESCALE_COEFFICIENTS, check_choice, check_int, meta
 
 if TYPE_CHECKING:
     from accel.cache.flowcache import FlowCache
@@ -60,7 +60,7 @@ class FlowCacheSettings(KVSettings):
         default=None,
         metadata=meta(
             "Rescale polynomial: 1.3b, 14b or none (raw relative L1); model default: the model's (the app shows it).",
-            choices=FLOWCACHE_COEFFICIENTS,
+            choices=RESCALE_COEFFICIENTS,
         ),
     )
     use_ret_steps: bool = field(default=True, metadata=meta("Use the ret-steps polynomial (else the non-ret one)."))
@@ -72,7 +72,7 @@ class FlowCacheSettings(KVSettings):
         if self.ret_steps is not None:
             check_int("ret_steps", self.ret_steps, 0)
         self._check_kv()
-        check_choice("coefficients", self.coefficients, FLOWCACHE_COEFFICIENTS, optional=True)
+        check_choice("coefficients", self.coefficients, RESCALE_COEFFICIENTS, optional=True)
 
 
 def model_defaults(spec: ModelSpec) -> dict[str, Any]:
@@ -102,6 +102,7 @@ METHOD = Method(
     CACHE,
     lambda spec: {"flowcache-slow": {"preset": "slow"}, "flowcache-fast": {"preset": "fast"}},
     order=30,
+    colour="#2ca02c",
     cache=_build,
     summary="per-chunk residual reuse with accumulators on the timestep modulation; KV compression",
     model_defaults=model_defaults,

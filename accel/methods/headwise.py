@@ -35,6 +35,7 @@ def headwise_method(
     summary: str,
     model_defaults: Callable[[ModelSpec], dict[str, Any]],
     defaults_note: Callable[[ModelSpec], str],
+    colour: str | None = None,
 ) -> Method:
     """The record of a head-wise sparse attention method: every family (on SkyReels-V2 inside the chunked runner),
     its sparse and TMR events, base / +TMR / +EBC variants, EBC on its ``threshold_name``, and ``--parallel``."""
@@ -51,4 +52,5 @@ def headwise_method(
         parallel=parallel_ok,
         model_defaults=model_defaults,
         defaults_note=defaults_note,
+        colour=colour,
     )

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from accel.methods import CACHE, Method, installers
-from accel.methods.chunk_caches import FLOWCACHE_COEFFICIENTS, KVSettings
+from accel.methods.chunk_caches import KVSettings
 from accel.schema import Event
-from accel.settings import check_choice, check_int, check_unit, meta
+from accel.settings import RESCALE_COEFFICIENTS, check_choice, check_int, check_unit, meta
 
 if TYPE_CHECKING:
     from accel.cache.motioncache import MotionCache
@@ -55,7 +55,7 @@ class MotionCacheSettings(KVSettings):
         default=None,
         metadata=meta(
             "Rescale polynomial of the distance: 1.3b, 14b or none; empty = the model's.",
-            choices=FLOWCACHE_COEFFICIENTS,
+            choices=RESCALE_COEFFICIENTS,
         ),
     )
 
@@ -66,7 +66,7 @@ class MotionCacheSettings(KVSettings):
             check_int("phase1_updates", self.phase1_updates, 0)
         for name in ("floor", "min_update_ratio", "vote"):
             check_unit(name, getattr(self, name), open_low=False)
-        check_choice("coefficients", self.coefficients, FLOWCACHE_COEFFICIENTS, optional=True)
+        check_choice("coefficients", self.coefficients, RESCALE_COEFFICIENTS, optional=True)
         self._check_kv()
 
 
@@ -93,6 +93,7 @@ METHOD = Method(
     CACHE | {Event.CHUNK_PARTIAL, Event.CHUNK_DEFER},
     lambda spec: {"motioncache": {}},
     order=40,
+    colour="#9467bd",
     cache=_build,
     summary="per-token, motion-weighted reuse: only tokens whose accumulator crossed the threshold recompute",
     model_defaults=model_defaults,

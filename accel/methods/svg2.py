@@ -33,7 +33,12 @@ class SVG2Settings(HeadwiseSettings):
     method: ClassVar[str] = "svg2"
     threshold_name: ClassVar[str] = "top_p"
     top_p: float = field(
-        default=0.9, metadata=meta("Cumulative share of the size-weighted cluster-pair map kept per query cluster.")
+        default=0.9,
+        metadata=meta(
+            "Cumulative share of the size-weighted cluster-pair map kept per query cluster (the pair that crosses it "
+            "is kept); 1 keeps every pair (the reference's bf16 running sum can round past 1 and drop tail pairs "
+            "below its rounding error: the bench keeps them)."
+        ),
     )
     query_clusters: int | None = field(
         default=None,
@@ -108,4 +113,5 @@ METHOD = headwise_method(
     "k-means on Q and K per head, size-weighted top-p cluster pairs, semantic permutation",
     model_defaults,
     _note,
+    "#ff7f0e",
 )

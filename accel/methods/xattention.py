@@ -112,4 +112,5 @@ METHOD = headwise_method(
     "strided antidiagonal block scoring, per query-block top-tau selection, block-sparse attention",
     model_defaults,
     lambda spec: "XAttention block {block_size}, TMR delta {tmr_delta:g}".format(**model_defaults(spec)),
+    "#1f77b4",
 )
