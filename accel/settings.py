@@ -5,7 +5,8 @@ Every method's settings are a frozen dataclass whose fields carry ``help`` metad
 the app build their flags and widgets (with defaults and tooltips) from one place; field metadata vocabulary:
 ``help``, ``choices``, ``abbrev`` (the field's short name in run labels, shown even at its default),
 ``hide_default`` (leave it out of the label at its default after all) and ``flag_only`` (the label shows the
-abbreviation alone, e.g. ``ebc`` for a table path). Bad values raise :class:`ConfigError` with a one-line message
+abbreviation alone, e.g. ``ebc`` for a table path) and ``join`` (a list's label: its items joined, e.g. ``3x3x3``,
+not ``table``). Bad values raise :class:`ConfigError` with a one-line message
 that says what is wrong and what is allowed. This module imports nothing of the project but :mod:`accel.errors`.
 """
 
@@ -119,7 +120,7 @@ class MethodSettings:
                 parts.append(abbrev)
                 continue
             if isinstance(value, (list, tuple)):
-                value = "table"
+                value = f.metadata["join"].join(map(str, value)) if "join" in f.metadata else "table"
             parts.append(f"{abbrev}{value}")
         return "-".join(parts)
 

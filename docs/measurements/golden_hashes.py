@@ -33,7 +33,9 @@ SIZES = {"tiny-wan": {"height": 128, "width": 128, "frames": 9}, "tiny-skyreels"
 FORCED = {
     "tiny-wan": {"xattention-sparse": ("xattention", {"tau": 0.5, "dense_above": 1.0, "warmup_steps": 1}),
                  "xattention-sparse+tmr": ("xattention", {"tau": 0.5, "dense_above": 1.0, "warmup_steps": 1,
-                                                          "tmr": True})},
+                                                          "tmr": True}),
+                 "sta-sparse": ("sta", {"window": (1, 1, 1), "warmup_steps": 1}),
+                 "teacache-skip": ("teacache", {"thresh": 10.0})},
     "tiny-skyreels": {"xattention-sparse": ("xattention", {"tau": 0.5, "dense_above": 1.0}),
                       "flowcache-reuse": ("flowcache", {"thresh": 10.0, "ret_steps": 1}),
                       "motioncache-reuse": ("motioncache", {"thresh": 10.0, "warmup": 1, "phase1_updates": 1})},
