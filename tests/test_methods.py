@@ -121,7 +121,7 @@ def test_a_method_module_is_all_a_new_method_takes(window_method, store):
     from accel.runner import generate
     from viz import sparsity
 
-    assert setting_flags()["window"].methods == ["window"]
+    assert "window" in setting_flags()["window"].methods  # a flag of its own or shared (STA has --window)
     assert "window" in {f.method for f in all_field_specs()}
     assert {"window", "window-w2"} <= set(methods.variants(models.resolve("tiny-wan")))
     assert "window block 64" in methods.defaults_text(models.resolve("tiny-wan"))
