@@ -25,7 +25,7 @@ def test_every_record_names_its_settings_and_every_event_has_a_writer():
         assert type(settings_for(name, {})) is record.settings
     written = set().union(*(m.events for m in methods.records()))
     assert written == set(Event), f"events nobody writes: {set(Event) - written}"
-    assert methods.calibratable() == {"xattention": "tau", "svg2": "top_p"}
+    assert methods.calibratable() == {"xattention": "tau", "svg2": "top_p", "sparge": "cdf_threshold"}
     with pytest.raises(ConfigError, match="unknown method 'nope'; choose one of dense, xattention"):
         methods.get("nope")
 
