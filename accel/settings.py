@@ -22,7 +22,7 @@ from accel.errors import ConfigError
 __all__ = [
     "COMMIT_MODES", "KV_GRANULARITIES", "PARALLEL_KINDS", "RESCALE_COEFFICIENTS", "ConfigError", "HeadwiseSettings",
     "MethodSettings", "check_choice", "check_fields_finite", "check_int", "check_kv_compression", "check_unit", "meta",
-    "parse_parallel",
+    "parse_parallel", "scaled_steps",
 ]  # fmt: skip
 
 # How a finished chunk's K/V are frozen in chunked diffusion-forcing runs (accel.cache.chunked): the K/V of its
@@ -177,6 +177,11 @@ class HeadwiseSettings(MethodSettings):
             )
         if self.threshold_table is not None and not str(self.threshold_table).strip():
             raise ConfigError("threshold_table must be a path to a calibration table")
+
+
+def scaled_steps(count: int, num_steps: int, of: int = 50) -> int:
+    """``count`` steps of a reference's ``of``-step schedule scaled to ``num_steps`` (rounded half up)."""
+    return math.floor(count * num_steps / of + 0.5)
 
 
 def check_kv_compression(budget_chunks: int, lam: float, granularity: str) -> None:

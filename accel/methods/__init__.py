@@ -112,6 +112,11 @@ class Method:
             raise ConfigError(f"{cfg.label()} does not run under --parallel: {why}; run it on one process")
 
 
+def by_size(table: dict[str, dict[str, Any]]) -> Callable[[ModelSpec], dict[str, Any]]:
+    """A method's ``model_defaults``: its row of ``table`` for the model's size class (``ModelSpec.size``)."""
+    return lambda spec: table[spec.size]
+
+
 def parallel_ok(settings: MethodSettings) -> str | None:
     """``Method.parallel`` of a method whose every setting runs under ``--parallel``."""
     return None

@@ -6,16 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from accel.errors import ConfigError
-from accel.methods import FAMILIES, Method
+from accel.methods import FAMILIES, Method, by_size
 from accel.schema import Event
 from accel.settings import MethodSettings, check_choice, meta
 from accel.target import Generation, Target
 
 if TYPE_CHECKING:
-    from accel.models import ModelSpec
+    pass
 
 BASELINE_NAMES = ("fbc", "pab", "fastercache", "magcache", "taylorseer", "seacache")
 # baselines that cannot run on a family, and why
@@ -55,9 +55,7 @@ class BaselineSettings(MethodSettings):
             raise ConfigError(f"threshold must be a number >= 0, got {self.threshold!r}")
 
 
-def model_defaults(spec: ModelSpec) -> dict[str, Any]:
-    """FirstBlockCache's threshold on ``spec``."""
-    return MODEL_DEFAULTS[spec.size]
+model_defaults = by_size(MODEL_DEFAULTS)
 
 
 @contextmanager

@@ -5,10 +5,10 @@ rescaled change of the timestep modulation per chunk and branch; KV compression 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from accel.errors import ConfigError
-from accel.methods import CACHE, Method, installers
+from accel.methods import CACHE, Method, by_size, installers
 from accel.methods.chunk_caches import KVSettings
 from accel.settings import RESCALE_COEFFICIENTS, check_choice, check_int, meta
 
@@ -75,9 +75,7 @@ class FlowCacheSettings(KVSettings):
         check_choice("coefficients", self.coefficients, RESCALE_COEFFICIENTS, optional=True)
 
 
-def model_defaults(spec: ModelSpec) -> dict[str, Any]:
-    """Rescale polynomial and threshold presets on ``spec``."""
-    return MODEL_DEFAULTS[spec.size]
+model_defaults = by_size(MODEL_DEFAULTS)
 
 
 def _build(s: FlowCacheSettings, spec: ModelSpec) -> FlowCache:

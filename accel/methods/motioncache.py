@@ -5,9 +5,9 @@ is :mod:`accel.cache.motioncache` in the chunked runner (:mod:`accel.cache.chunk
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from accel.methods import CACHE, Method, installers
+from accel.methods import CACHE, Method, by_size, installers
 from accel.methods.chunk_caches import KVSettings
 from accel.schema import Event
 from accel.settings import RESCALE_COEFFICIENTS, check_choice, check_int, check_unit, meta
@@ -70,9 +70,7 @@ class MotionCacheSettings(KVSettings):
         self._check_kv()
 
 
-def model_defaults(spec: ModelSpec) -> dict[str, Any]:
-    """Threshold, rescale polynomial and phase-1 length on ``spec``."""
-    return MODEL_DEFAULTS[spec.size]
+model_defaults = by_size(MODEL_DEFAULTS)
 
 
 def _build(s: MotionCacheSettings, spec: ModelSpec) -> MotionCache:

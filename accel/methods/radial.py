@@ -9,13 +9,12 @@ those values and scales the dense steps to the run.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from accel.methods import Method, installers
+from accel.methods import Method, by_size, installers
 from accel.schema import Event
-from accel.settings import MethodSettings, check_int, check_unit, meta
+from accel.settings import MethodSettings, check_int, check_unit, meta, scaled_steps
 
 if TYPE_CHECKING:
     import torch
@@ -53,16 +52,13 @@ class RadialSettings(MethodSettings):
         check_int("dense_layers", self.dense_layers, 0)
 
     def dense_steps(self, num_steps: int) -> int:
-        if self.warmup_steps is not None:
-            return self.warmup_steps
-        return math.floor(REFERENCE_DENSE_STEPS * num_steps / 50 + 0.5)
+        return self.warmup_steps if self.warmup_steps is not None else scaled_steps(REFERENCE_DENSE_STEPS, num_steps)
 
     def attention_settings(self) -> MethodSettings:
         return self
 
 
-def model_defaults(spec: ModelSpec) -> dict[str, Any]:
-    return MODEL_DEFAULTS[spec.size]
+model_defaults = by_size(MODEL_DEFAULTS)
 
 
 def _build(

@@ -10,8 +10,9 @@ warm-up). The TMR delta is XAttention's (secondhand for Wan2.1).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+from accel.methods import by_size
 from accel.methods.headwise import headwise_method
 from accel.settings import HeadwiseSettings, check_int, check_unit, meta
 
@@ -63,9 +64,7 @@ class SpargeSettings(HeadwiseSettings):
         return self.warmup_steps
 
 
-def model_defaults(spec: ModelSpec) -> dict[str, Any]:
-    """Query and key block sizes and TMR delta on ``spec``."""
-    return MODEL_DEFAULTS[spec.size]
+model_defaults = by_size(MODEL_DEFAULTS)
 
 
 def _build(

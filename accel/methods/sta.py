@@ -11,14 +11,13 @@ embedded models' tiles are (1, 4, 4): 16 tokens, their block size.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from accel.errors import ConfigError
-from accel.methods import Method, installers
+from accel.methods import Method, by_size, installers
 from accel.schema import Event
-from accel.settings import MethodSettings, check_int, meta
+from accel.settings import MethodSettings, check_int, meta, scaled_steps
 
 if TYPE_CHECKING:
     from accel.attention.base import AttentionMethod
@@ -75,16 +74,13 @@ class STASettings(MethodSettings):
             check_int("warmup_steps", self.warmup_steps, 0)
 
     def dense_steps(self, num_steps: int) -> int:
-        if self.warmup_steps is not None:
-            return self.warmup_steps
-        return math.floor(REFERENCE_DENSE_STEPS * num_steps / 50 + 0.5)
+        return self.warmup_steps if self.warmup_steps is not None else scaled_steps(REFERENCE_DENSE_STEPS, num_steps)
 
     def attention_settings(self) -> MethodSettings:
         return self
 
 
-def model_defaults(spec: ModelSpec) -> dict[str, Any]:
-    return MODEL_DEFAULTS[spec.size]
+model_defaults = by_size(MODEL_DEFAULTS)
 
 
 def _build(settings: STASettings, spec: ModelSpec, recorder: Recorder | None = None, seed: int = 0) -> AttentionMethod:

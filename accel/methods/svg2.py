@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+from accel.methods import by_size
 from accel.methods.headwise import headwise_method
 from accel.settings import HeadwiseSettings, check_int, check_unit, meta
 
@@ -89,9 +90,7 @@ class SVG2Settings(HeadwiseSettings):
         return math.floor(self.first_layers_fp * num_layers + 1e-9)
 
 
-def model_defaults(spec: ModelSpec) -> dict[str, Any]:
-    """Query / key clusters and TMR delta on ``spec``."""
-    return MODEL_DEFAULTS[spec.size]
+model_defaults = by_size(MODEL_DEFAULTS)
 
 
 def _build(settings: SVG2Settings, spec: ModelSpec, recorder: Recorder | None = None, seed: int = 0) -> SVG2:

@@ -5,9 +5,10 @@ attention; with Temporal Mask Reuse and Error-guided Budgeted Calibration (the h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from accel.errors import ConfigError
+from accel.methods import by_size
 from accel.methods.headwise import headwise_method
 from accel.settings import HeadwiseSettings, check_int, check_unit, meta
 
@@ -91,9 +92,7 @@ class XAttentionSettings(HeadwiseSettings):
         return self.warmup_steps
 
 
-def model_defaults(spec: ModelSpec) -> dict[str, Any]:
-    """Block size and TMR delta on ``spec``."""
-    return MODEL_DEFAULTS[spec.size]
+model_defaults = by_size(MODEL_DEFAULTS)
 
 
 def _build(

@@ -35,6 +35,8 @@ FORCED = {
                  "xattention-sparse+tmr": ("xattention", {"tau": 0.5, "dense_above": 1.0, "warmup_steps": 1,
                                                           "tmr": True}),
                  "sta-sparse": ("sta", {"window": (1, 1, 1), "warmup_steps": 1}),
+                 "sparge-sparse+tmr": ("sparge", {"cdf_threshold": 0.5, "sim_threshold": -1.0, "warmup_steps": 1,
+                                                  "tmr": True}),
                  "teacache-skip": ("teacache", {"thresh": 10.0})},
     "tiny-skyreels": {"xattention-sparse": ("xattention", {"tau": 0.5, "dense_above": 1.0}),
                       "flowcache-reuse": ("flowcache", {"thresh": 10.0, "ret_steps": 1}),
