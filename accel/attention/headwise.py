@@ -9,6 +9,7 @@ prediction work. With every head refreshing it takes exactly the base path (delt
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +20,7 @@ from accel.attention.reuse import MaskReuse
 from accel.attention.thresholds import load_table
 from accel.errors import ConfigError
 from accel.kernels import dispatch
+from accel.kernels.block_sparse import uniform_density
 from accel.schema import Event
 from accel.settings import HeadwiseSettings
 from accel.telemetry import Recorder
@@ -172,3 +174,26 @@ class HeadwiseSparse(AttentionMethod):
             self.states[key], self.refs[key] = state, ref
         with named_range("attn.sparse"):
             return self.apply(q, k, v, state, layer, thr, ref)
+
+
+class UniformBlockSparse(HeadwiseSparse):
+    """A head-wise method whose state is a bool block mask ``(B, H, nq, nk)`` over uniform blocks of
+    ``block_q x block_k`` tokens (XAttention, SpargeAttn): how such a state fits, merges, is recorded and measured."""
+
+    block_q: int
+    block_k: int
+
+    def fits(self, state, q, k):
+        b, lq, h, _ = q.shape
+        return state.shape == (b, h, math.ceil(lq / self.block_q), math.ceil(k.shape[1] / self.block_k))
+
+    def merge(self, cached, heads, fresh):
+        mask = cached.clone()
+        mask[:, heads] = fresh
+        return mask
+
+    def record(self, layer, state):
+        return self.recorder.record_mask(layer, state[0])
+
+    def state_density(self, state, q, k):
+        return uniform_density(state, self.block_q, self.block_k, q.shape[1], k.shape[1])

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from accel.attention.headwise import HeadwiseSparse
-from accel.kernels.block_sparse import block_sparse_attention, uniform_density
+from accel.attention.headwise import UniformBlockSparse
+from accel.kernels.block_sparse import block_sparse_attention
 from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
@@ -82,7 +82,7 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, 
     return mask
 
 
-class SpargeAttention(HeadwiseSparse):
+class SpargeAttention(UniformBlockSparse):
     """Block-sparse attention with SpargeAttn's block selection; +TMR and per-head cdf tables (EBC)."""
 
     name = "sparge"
@@ -109,21 +109,6 @@ class SpargeAttention(HeadwiseSparse):
             q, k, thresholds = q[:, :, heads], k[:, :, heads], thresholds[heads]
         sim = torch.full_like(thresholds, float(self.settings.sim_threshold))
         return select_blocks(q, k, self.block_q, self.block_k, thresholds, sim)
-
-    def fits(self, state, q, k):
-        b, lq, h, _ = q.shape
-        return state.shape == (b, h, math.ceil(lq / self.block_q), math.ceil(k.shape[1] / self.block_k))
-
-    def merge(self, cached, heads, fresh):
-        mask = cached.clone()
-        mask[:, heads] = fresh
-        return mask
-
-    def record(self, layer, state):
-        return self.recorder.record_mask(layer, state[0])
-
-    def state_density(self, state, q, k):
-        return uniform_density(state, self.block_q, self.block_k, q.shape[1], k.shape[1])
 
     def apply(self, q, k, v, state, layer, thresholds, mask_ref):
         blocks = (self.block_q, self.block_k)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from accel.attention.headwise import HeadwiseSparse
+from accel.attention.headwise import UniformBlockSparse
 from accel.errors import ConfigError
 from accel.kernels import dispatch
-from accel.kernels.block_sparse import block_sparse_attention, block_work, uniform_density
+from accel.kernels.block_sparse import block_sparse_attention, block_work
 from accel.kernels.estimate import antidiagonal_block_scores
 from accel.schema import Event
 from accel.telemetry import Recorder
@@ -47,7 +46,7 @@ def select_blocks(scores: torch.Tensor, tau: float | torch.Tensor, keep_first: b
     return mask
 
 
-class XAttention(HeadwiseSparse):
+class XAttention(UniformBlockSparse):
     """Block-sparse attention with masks from strided antidiagonal scores; +TMR and per-head tau tables."""
 
     name = "xattention"
@@ -62,6 +61,7 @@ class XAttention(HeadwiseSparse):
     ):
         super().__init__(settings, recorder, model, tmr_delta)
         self.block_size = settings.block_size or block_size
+        self.block_q = self.block_k = self.block_size
         self._lookups: dict[int, tuple[torch.Tensor, Any]] = {}
         self.stride = settings.stride
         if self.block_size % self.stride:
@@ -79,22 +79,6 @@ class XAttention(HeadwiseSparse):
             q, k, thresholds = q[:, :, heads], k[:, :, heads], thresholds[heads]
         scores = antidiagonal_block_scores(q, k, self.stride, self.block_size)
         return select_blocks(scores, thresholds)
-
-    def fits(self, state, q, k):
-        b, lq, h, _ = q.shape
-        blocks = (math.ceil(lq / self.block_size), math.ceil(k.shape[1] / self.block_size))
-        return state.shape == (b, h, *blocks)
-
-    def merge(self, cached, heads, fresh):
-        mask = cached.clone()
-        mask[:, heads] = fresh
-        return mask
-
-    def record(self, layer, state):
-        return self.recorder.record_mask(layer, state[0])
-
-    def state_density(self, state, q, k):
-        return uniform_density(state, self.block_size, self.block_size, q.shape[1], k.shape[1])
 
     def _lookup(self, backend: str, layer: int, state: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """What ``backend`` builds from ``state`` (Triton's visit lists, FlexAttention's BlockMask), kept per layer
