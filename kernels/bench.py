@@ -288,6 +288,44 @@ def bench_cpu(args: argparse.Namespace) -> None:
     print("crossover (highest density that beats dense SDPA): " + ", ".join(crossover))
 
 
+BENCH_GRID = (9, 16, 16)  # pocket-wan's "bench" size preset (256x256x33) in latent tokens: 2,304
+
+
+def bench_cpu_methods(args: argparse.Namespace) -> None:
+    """CPU table of each method's own attention call (its estimation, permutation and kernel; ``attend``) against
+    dense SDPA, on structured Q/K at ``--grid`` with pocket-wan's defaults for the method, in layer 1 at a step past
+    every method's dense warm-up: the per-call share the method can save, and its density there."""
+    from accel import methods
+    from accel.model_specs import resolve
+    from accel.schema import Event
+    from accel.telemetry import Recorder
+    from accel.tracking import StepInfo
+
+    class Densities(Recorder):
+        density = float("nan")
+
+        def log(self, event, value=None, **fields):
+            if event == Event.DENSITY:
+                self.density = float(torch.as_tensor(fields.get("density", value)).float().mean())
+
+    spec = resolve("pocket-wan")
+    shape = Shape("grid", args.heads, args.dim, tuple(args.grid))
+    q, k, v = structured_qkv(shape, torch.device("cpu"), torch.float32)
+    info = StepInfo(step=19, num_steps=20, grid=shape.grid)
+    sdpa = timeit(sdpa_fn(q, k, v), args.warmup, args.iters)
+    print(f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads; grid {'x'.join(map(str, shape.grid))} "
+          f"({shape.length} tokens), {shape.heads} heads x {shape.head_dim}, structured Q/K; one attention call in "
+          f"layer 1 at step 19 of 20, pocket-wan's defaults; ratio = SDPA time / method time")  # fmt: skip
+    print(f"{'method':>12} {'density':>8} {'ms':>8} {'ratio':>7}")
+    print(f"{'dense SDPA':>12} {1.0:>8.3f} {sdpa * 1e3:>8.1f} {1.0:>6.2f}x")
+    for name in args.methods:
+        recorder = Densities(enabled=False)
+        attention = methods.build_attention(methods.settings_for(name), spec, recorder)
+        attention.setup(4, shape.heads)  # pocket-wan's layers
+        seconds = timeit(lambda a=attention: a.attend(q, k, v, 1, info), args.warmup, args.iters)
+        print(f"{name:>12} {recorder.density:>8.3f} {seconds * 1e3:>8.1f} {sdpa / seconds:>6.2f}x", flush=True)
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m accel.kernels.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 1.3B 480p only, few iterations")
@@ -295,6 +333,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="cpu: SDPA vs FlexAttention vs the torch reference at CPU sizes (--lengths)")  # fmt: skip
     p.add_argument("--lengths", nargs="+", type=int, default=None, help=f"CPU lengths (default {CPU_LENGTHS})")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="cpu: time these methods' own attention calls at --grid instead of random masks")  # fmt: skip
+    p.add_argument("--grid", nargs=3, type=int, default=list(BENCH_GRID), metavar=("F", "H", "W"),
+                   help="--methods: latent tokens (frames, height, width); default pocket-wan's bench size")  # fmt: skip
     p.add_argument("--heads", type=int, default=4, help="CPU heads (pocket-wan: 6)")
     p.add_argument("--dim", type=int, default=64, help="CPU head dim (pocket-wan: 32)")
     p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=None, help="shapes to run (default: all)")
@@ -315,7 +357,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.device == "cpu":
-        bench_cpu(args)
+        bench_cpu_methods(args) if args.methods else bench_cpu(args)
         return 0
     if args.interpret:
         reexec_interpreted("accel.kernels.bench")

@@ -9,9 +9,9 @@ as FlashAttention-style kernels return.
 
 :func:`block_sparse_attention` dispatches (see :mod:`accel.kernels.dispatch`): the Triton kernels of
 :mod:`accel.kernels.triton_attention` (fixed blocks when both offsets are uniform, the variable-size kernel
-otherwise), FlexAttention (:mod:`accel.kernels.flex`, fixed blocks), or torch: :func:`_gathered` for fixed blocks (query
-blocks grouped by how many key blocks they select, one batched SDPA per group) and the loop :func:`_reference` for
-variable-size blocks.
+otherwise), FlexAttention (:mod:`accel.kernels.flex`, fixed blocks), or torch:
+:func:`accel.kernels.gathered.gathered_attention` for fixed blocks (identical rows of query blocks together, one
+batched SDPA per shape of gathered blocks) and the loop :func:`_reference` for variable-size blocks.
 
 The offsets helpers (:func:`uniform_offsets`, :func:`block_token_ids`) live in :mod:`accel.kernels.block_offsets`,
 below both this module and the backends, and are re-exported here.
@@ -19,19 +19,19 @@ below both this module and the backends, and are re-exported here.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import math
-import threading
 
 import torch
 import torch.nn.functional as F
 
 from accel.kernels import dispatch
 from accel.kernels.block_offsets import block_token_ids, uniform_offsets
+from accel.kernels.gathered import GATHER_BYTES, GatherPlan, gather_plan, gathered_attention
 
 __all__ = [
     "GATHER_BYTES",
+    "backend_lookup",
     "block_sparse_attention",
     "block_token_ids",
     "block_work",
@@ -93,6 +93,28 @@ def block_work(mask: torch.Tensor, block_q: int, block_k: int, lq: int, lk: int)
     return mask.sum((-2, -1), dtype=torch.float32) * (block_q * block_k / (lq * lk))
 
 
+def backend_lookup(
+    backend: str, mask: torch.Tensor, block_size: int | tuple[int, int], lq: int, lk: int, batch: int = 1
+) -> object:
+    """What ``backend`` (a resolved one: ``torch``, ``flex`` or ``triton``) builds from a fixed-block ``mask``
+    (``(B, H, nq, nk)``, or ``(H, nq, nk)`` for every one of ``batch`` items) before it runs, for a caller that
+    reuses the mask to keep and pass as ``lookup=``: the torch backend's gather plan, FlexAttention's BlockMask,
+    Triton's visit lists."""
+    mask = mask.to(torch.bool)
+    if mask.ndim == 3:
+        mask = mask.unsqueeze(0).expand(batch, *mask.shape)
+    bq, bk = (block_size, block_size) if isinstance(block_size, int) else block_size
+    if backend == "flex":
+        from accel.kernels import flex
+
+        return flex.block_mask(mask, bq, bk, lq, lk)
+    if backend == "triton":
+        from accel.kernels.block_offsets import build_lookup
+
+        return build_lookup(mask)
+    return gather_plan(mask)
+
+
 def block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -105,7 +127,7 @@ def block_sparse_attention(
     block_size: int | tuple[int, int] | None = None,
     varlen: bool = False,
     dense: bool | None = None,
-    lookup: tuple[torch.Tensor, torch.Tensor] | None = None,
+    lookup: object = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Attention of ``q`` over ``k, v`` restricted to the selected blocks; returns ``(B, Lq, H, D)``.
@@ -121,8 +143,9 @@ def block_sparse_attention(
     are not uniform (the variable-size kernel runs without looking at them; on CUDA their last entry is checked
     by a device-side assert instead of on the host); ``dense`` says whether every
     block is selected (``None``: look, one sync); ``lookup`` is what the backend builds from ``mask``
-    (:func:`accel.kernels.triton_attention.build_lookup` for Triton, :func:`accel.kernels.flex.block_mask` for flex),
-    kept by a caller that reuses the mask.
+    (:func:`accel.kernels.triton_attention.build_lookup` for Triton, :func:`accel.kernels.flex.block_mask` for flex,
+    :func:`accel.kernels.gathered.gather_plan` for torch; :func:`backend_lookup` builds the right one), kept by a
+    caller that reuses the mask.
     """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError("q, k, v must be (B, L, H, D)")
@@ -164,7 +187,8 @@ def block_sparse_attention(
     dispatch.record("block_sparse_attention", chosen)
     if chosen == "torch":
         if bq is not None and bk is not None:
-            return _gathered(q, k, v, mask, bq, bk, scale)
+            plan = lookup if isinstance(lookup, GatherPlan) else None  # another backend's lookup: plan here
+            return gathered_attention(q, k, v, mask, bq, bk, scale, plan=plan)
         return _reference(q, k, v, mask, q_off, k_off, scale)
     if chosen == "flex":
         from accel.kernels import flex
@@ -199,89 +223,6 @@ def _uniform_block(off: torch.Tensor, length: int) -> int | None:
     if size <= 0 or math.ceil(length / size) != n:
         return None
     return size if torch.equal(flat, uniform_offsets(length, size, off.device).expand_as(flat)) else None
-
-
-# most bytes of gathered keys and values one batched SDPA call of :func:`_gathered` takes (rows are split beyond)
-GATHER_BYTES = 64 * 2**20
-
-
-_workspaces = threading.local()
-
-
-def _workspace(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A flat buffer of at least ``numel`` elements kept per thread between calls: the gathers write into it, since a
-    fresh allocation of this size is page-faulted in on every call (on CPU that cost as much as the gather itself)."""
-    buf = getattr(_workspaces, "buf", None)
-    if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
-        with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode
-            buf = _workspaces.buf = torch.empty(numel, dtype=dtype, device=device)
-    return buf[:numel]
-
-
-def _block_rows(x: torch.Tensor, n: int, size: int) -> torch.Tensor:
-    """``x`` ``(B, L, H, D)`` as rows of blocks ``(B * H * n, size, D)``, the last block zero-padded to ``size``."""
-    b, length, h, d = x.shape
-    x = x.transpose(1, 2)
-    if n * size != length:
-        x = F.pad(x, (0, 0, 0, n * size - length))
-    return x.reshape(b * h * n, size, d)
-
-
-def _count_groups(counts: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
-    """Rows (indices) grouped by their selected count, from one sort; rows that select nothing are left out. (Padding
-    rows to share a group, with a bias on the pad slots, measured slower on 2 cores: the bias costs more than the
-    calls it saves.)"""
-    sorted_counts, perm = counts.sort()
-    values = sorted_counts.tolist()
-    groups, start = [], bisect.bisect_right(values, 0)
-    while start < len(values):
-        end = bisect.bisect_right(values, values[start], lo=start)
-        groups.append((perm[start:end], values[start]))
-        start = end
-    return groups
-
-
-def _gathered(q, k, v, mask, bq: int, bk: int, scale):
-    """Fixed-block torch path: the query blocks are grouped by how many key blocks they select (:func:`_count_groups`),
-    and each group is one batched ``scaled_dot_product_attention`` over exactly its gathered key blocks, so work
-    scales with density with one call per distinct count rather than a Python loop over query blocks
-    (:func:`_reference`). A ``-inf`` bias drops the padding keys of a partial last key block where a row selects it.
-    Groups are split to stay under :data:`GATHER_BYTES` of gathered keys and values."""
-    batch, lq, heads, d = q.shape
-    lk = k.shape[1]
-    nq, nk = mask.shape[-2:]
-    q_rows, k_rows, v_rows = _block_rows(q, nq, bq), _block_rows(k, nk, bk), _block_rows(v, nk, bk)
-    rows = mask.reshape(-1, nk)
-    counts = rows.sum(-1)
-    order = torch.sort((~rows).to(torch.uint8), dim=-1, stable=True).indices  # selected key blocks first, ascending
-    base = torch.div(torch.arange(rows.shape[0], device=q.device), nq, rounding_mode="floor") * nk
-    tail = lk - (nk - 1) * bk  # real keys in the last key block
-    out = q_rows.new_zeros(q_rows.shape)
-    groups = [
-        (c, sel.split(max(1, GATHER_BYTES // (2 * c * bk * d * q.element_size())))) for sel, c in _count_groups(counts)
-    ]
-    grad = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
-    size = 0 if grad else max((len(parts[0]) * c * bk * d for c, parts in groups), default=0)
-    k_buf, v_buf = _workspace(2 * size, q.dtype, q.device).chunk(2)
-    for c, parts in groups:
-        for r in parts:
-            blocks = order[r, :c]
-            idx = (blocks + base[r, None]).reshape(-1)
-            # 4-D (rows, 1, tokens, D): CPU's fused SDPA kernel takes 4-D inputs only (3-D falls back to the math path)
-            shape, used = (len(r), 1, c * bk, d), len(r) * c * bk * d
-            if grad:  # out= does not record autograd
-                ki, vi = k_rows.index_select(0, idx).view(shape), v_rows.index_select(0, idx).view(shape)
-            else:
-                ki = torch.index_select(k_rows, 0, idx, out=k_buf[:used].view(-1, bk, d)).view(shape)
-                vi = torch.index_select(v_rows, 0, idx, out=v_buf[:used].view(-1, bk, d)).view(shape)
-            bias = None
-            if tail < bk:  # the last key block is partial: mask its padding keys where a row selects it
-                bias = torch.zeros(len(r), 1, 1, c * bk, dtype=q.dtype, device=q.device)
-                last = (blocks[:, -1] == nk - 1).view(-1, 1, 1, 1)
-                bias[..., (c - 1) * bk + tail :].masked_fill_(last, float("-inf"))
-            qi = q_rows.index_select(0, r).unsqueeze(1)
-            out[r] = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=bias, scale=scale).squeeze(1)
-    return out.view(batch, heads, nq * bq, d)[:, :, :lq].transpose(1, 2)
 
 
 def _reference(q, k, v, mask, q_off, k_off, scale):

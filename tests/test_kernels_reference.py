@@ -64,9 +64,9 @@ def test_block_sparse_matches_brute_force_fixed_blocks(density):
 def test_grouped_fixed_blocks_match_brute_force(monkeypatch, lq, lk, bq, bk):
     """The torch path for fixed blocks (query blocks grouped by selected count, gathered keys): cross lengths,
     partial last blocks on both sides, empty rows, and groups split by the gather budget."""
-    from accel.kernels import block_sparse
+    from accel.kernels import gathered
 
-    monkeypatch.setattr(block_sparse, "GATHER_BYTES", 4096)  # a few rows per SDPA call
+    monkeypatch.setattr(gathered, "GATHER_BYTES", 4096)  # a few rows per SDPA call
     gen = torch.Generator().manual_seed(lq + lk)
     b, h, d = 2, 3, 8
     q = torch.randn(b, lq, h, d, generator=gen)
@@ -75,11 +75,32 @@ def test_grouped_fixed_blocks_match_brute_force(monkeypatch, lq, lk, bq, bk):
     mask = torch.rand(b, h, nq, nk, generator=gen) < 0.5
     mask[0, 1, 0] = False  # an empty row
     mask[1, 2, -1, -1] = True  # the partial last key block
+    mask[:, :, -1] = mask[:, :, 0]  # identical rows share one SDPA row (the partial last query block among them)
+    mask[1, 0, :2] = True
     out = block_sparse_attention(q, k, v, mask, block_size=(bq, bk), dense=False, backend="torch")
     q_off = uniform_offsets(lq, bq).expand(b, h, nq + 1)
     k_off = uniform_offsets(lk, bk).expand(b, h, nk + 1)
     torch.testing.assert_close(out.double(), brute_attention(q, k, v, mask, q_off, k_off), atol=1e-5, rtol=1e-5)
     assert torch.count_nonzero(out[0, :bq, 1]) == 0
+
+
+def test_gather_plan_puts_identical_rows_of_one_head_together():
+    """Rows repeated within a (batch, head) make one SDPA row of their query blocks; the same row in another head
+    does not (its keys differ); a kept plan must match its mask."""
+    from accel.kernels.gathered import gather_plan, gathered_attention
+
+    mask = torch.zeros(1, 2, 4, 3, dtype=torch.bool)
+    mask[0, 0, [0, 2, 3], 1] = True  # head 0: rows 0, 2 and 3 alike
+    mask[0, 0, 1] = True
+    mask[0, 1, 0, 1] = True  # head 1: the same row once
+    plan = gather_plan(mask)
+    shapes = sorted((tuple(qi.shape), tuple(ki.shape)) for qi, ki in plan.groups)
+    assert shapes == [((1, 1), (1, 1)), ((1, 1), (1, 3)), ((1, 3), (1, 1))]
+    merged = next(qi for qi, ki in plan.groups if qi.shape[1] == 3)
+    assert merged.tolist() == [[0, 2, 3]]
+    q = torch.randn(1, 8, 2, 4)
+    with pytest.raises(ValueError, match="gather plan built for"):
+        gathered_attention(q, q, q, mask[:, :1], 2, 2, None, plan=plan)
 
 
 def test_uniform_density_and_block_work():

@@ -10,13 +10,31 @@ from collections.abc import Callable
 import torch
 
 from accel.attention.base import AttentionMethod
-from accel.kernels.block_sparse import block_sparse_attention, uniform_density
+from accel.kernels import dispatch
+from accel.kernels.block_sparse import backend_lookup, block_sparse_attention, uniform_density
 from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
 
 # (heads, query blocks, key blocks, tokens per block, the call) -> bool (heads, query blocks, key blocks)
 MaskFn = Callable[[int, int, int, int, StepInfo], torch.Tensor]
+
+
+class StaticLookups:
+    """The backends' lookups (:func:`accel.kernels.block_sparse.backend_lookup`) of static masks, built once per
+    mask, call shape and backend and passed as ``lookup=``; a mask is known by identity while the cache holds it."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple, tuple[torch.Tensor, object]] = {}
+
+    def get(self, mask: torch.Tensor, block_size: int, q: torch.Tensor, k: torch.Tensor) -> object:
+        backend = dispatch.resolve(q.device)
+        key = (id(mask), block_size, q.shape[0], q.shape[1], k.shape[1], backend)
+        kept = self._kept.get(key)
+        if kept is None or kept[0] is not mask:
+            kept = self._kept[key] = (mask, backend_lookup(backend, mask, block_size, q.shape[1], k.shape[1],
+                                                           q.shape[0]))  # fmt: skip
+        return kept[1]
 
 
 class BlockMaskAttention(AttentionMethod):
@@ -42,6 +60,8 @@ class BlockMaskAttention(AttentionMethod):
         self.dense_steps = dense_steps
         self.dense_layers = dense_layers
         self._masks: dict[tuple, torch.Tensor] = {}
+        self._lookups = StaticLookups()
+        self._full: dict[int, bool] = {}
 
     def mask(self, q: torch.Tensor, k: torch.Tensor, info: StepInfo) -> torch.Tensor:
         """The bool ``(heads, nq, nk)`` pattern of this call's shape (cached per shape)."""
@@ -53,6 +73,7 @@ class BlockMaskAttention(AttentionMethod):
             if mask.shape != (heads, nq, nk):
                 raise ValueError(f"{self.name}: mask of shape {tuple(mask.shape)}, expected {(heads, nq, nk)}")
             self._masks[key] = mask
+            self._full[id(mask)] = bool(mask.all())  # the masks stay in self._masks: their ids are not reused
         return self._masks[key]
 
     def attend(self, q, k, v, layer, info):
@@ -60,7 +81,10 @@ class BlockMaskAttention(AttentionMethod):
             return self.warmup_dense(q, k, v, layer)
         mask = self.mask(q, k, info)
         ref = self.recorder.record_mask(layer, mask)
-        out = block_sparse_attention(q, k, v, mask, block_size=self.block_size)
+        lookup = self._lookups.get(mask, self.block_size, q, k)
+        out = block_sparse_attention(
+            q, k, v, mask, block_size=self.block_size, dense=self._full[id(mask)], lookup=lookup
+        )
         density = uniform_density(mask, self.block_size, self.block_size, q.shape[1], k.shape[1])
         self.recorder.log(Event.DENSITY, density, layer=layer, density=density, mask_ref=ref)
         return out

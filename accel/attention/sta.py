@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from accel.attention.base import AttentionMethod
+from accel.attention.block_mask import StaticLookups
 from accel.kernels.block_sparse import block_sparse_attention, mask_density
 from accel.schema import Event
 from accel.telemetry import Recorder
@@ -97,6 +98,20 @@ class SlidingTileAttention(AttentionMethod):
     ):
         super().__init__(recorder)
         self.tile, self.windows, self.dense_steps = tile, windows, dense_steps
+        self._patterns: dict[tuple, tuple] = {}
+        self._lookups = StaticLookups()
+
+    def _pattern(self, grid: tuple[int, int, int], windows: tuple[Window, ...], device: torch.device):
+        """The tiling and tile mask of a call, on ``device``, kept per grid and windows: ``(perm, offsets, mask,
+        whole, full, density)``, ``full`` whether every window covers every tile, ``density`` per head."""
+        key = (grid, windows, device)
+        if key not in self._patterns:
+            perm, offsets, whole = tiling(grid, self.tile)
+            mask = sta_mask(tile_grid(grid, self.tile), windows)
+            density = mask_density(mask[None], offsets, offsets)[0]
+            self._patterns[key] = (perm.to(device), offsets.to(device), mask.to(device), whole, bool(mask.all()),
+                                   density)  # fmt: skip
+        return self._patterns[key]
 
     def attend(self, q, k, v, layer, info: StepInfo):
         if info.step < self.dense_steps(info.num_steps):
@@ -104,21 +119,22 @@ class SlidingTileAttention(AttentionMethod):
         grid = tuple(info.grid)
         if q.shape[1] != k.shape[1] or math.prod(grid) != q.shape[1]:
             raise ValueError(f"sliding tile attention needs the video's own tokens ({grid}), got {q.shape[1]}")
-        perm, offsets, whole = tiling(grid, self.tile)
-        perm, offsets = perm.to(q.device), offsets.to(q.device)
         heads = q.shape[2]
         global_heads = range(self.shard.start, self.shard.stop) if self.shard is not None else range(heads)
         windows = self.windows(info.step, layer, max(global_heads) + 1)
-        mask = sta_mask(tile_grid(grid, self.tile), tuple(windows[h] for h in global_heads)).to(q.device)
-        qp, kp, vp = (x.index_select(1, perm) for x in (q, k, v))
+        windows = tuple(windows[h] for h in global_heads)
+        perm, offsets, mask, whole, full, density = self._pattern(grid, windows, q.device)
+        # in (B, H, L, D) storage: the kernels read each head's tokens as contiguous blocks without another copy
+        qp, kp, vp = (x.transpose(1, 2).index_select(2, perm).transpose(1, 2) for x in (q, k, v))
         if whole:
-            out = block_sparse_attention(qp, kp, vp, mask, block_size=math.prod(self.tile))
+            block = math.prod(self.tile)
+            lookup = self._lookups.get(mask, block, qp, kp)
+            out = block_sparse_attention(qp, kp, vp, mask, block_size=block, dense=full, lookup=lookup)
             ref = self.recorder.record_mask(layer, mask)
         else:
-            out = block_sparse_attention(qp, kp, vp, mask, offsets, offsets, varlen=True)
+            out = block_sparse_attention(qp, kp, vp, mask, offsets, offsets, varlen=True, dense=full)
             full = offsets.expand(heads, -1)
             ref = self.recorder.record_mask(layer, mask, full, full)
-        density = mask_density(mask[None], offsets, offsets)[0]
         self.recorder.log(Event.DENSITY, density, layer=layer, density=density, mask_ref=ref)
         return torch.empty_like(out).index_copy_(1, perm, out)
 

@@ -9,7 +9,7 @@ import torch
 from accel.attention.headwise import UniformBlockSparse
 from accel.errors import ConfigError
 from accel.kernels import dispatch
-from accel.kernels.block_sparse import block_sparse_attention, block_work
+from accel.kernels.block_sparse import backend_lookup, block_sparse_attention, block_work
 from accel.kernels.estimate import antidiagonal_block_scores
 from accel.schema import Event
 from accel.telemetry import Recorder
@@ -81,20 +81,11 @@ class XAttention(UniformBlockSparse):
         return select_blocks(scores, thresholds)
 
     def _lookup(self, backend: str, layer: int, state: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """What ``backend`` builds from ``state`` (Triton's visit lists, FlexAttention's BlockMask), kept per layer
-        while the mask is reused (TMR); None for torch."""
-        if backend == "torch":
-            return None
+        """What ``backend`` builds from ``state`` (the torch gather plan, Triton's visit lists, FlexAttention's
+        BlockMask), kept per layer while the mask is reused (TMR)."""
         kept = self._lookups.get(layer)
         if kept is None or kept[0] is not state:
-            if backend == "flex":
-                from accel.kernels.flex import block_mask
-
-                built = block_mask(state, self.block_size, self.block_size, q.shape[1], k.shape[1])
-            else:
-                from accel.kernels.block_offsets import build_lookup
-
-                built = build_lookup(state)
+            built = backend_lookup(backend, state, self.block_size, q.shape[1], k.shape[1])
             kept = self._lookups[layer] = (state, built)
         return kept[1]
 

@@ -1,10 +1,12 @@
-"""End-to-end denoise time of pocket-wan on CPU: dense against XAttention settings, repeats interleaved, one process.
+"""End-to-end denoise time of pocket-wan on CPU: dense against sparse-attention settings, repeats interleaved, one
+process.
 
     python docs/measurements/cpu_e2e.py --height 128 --width 128 --frames 17 --repeats 3
     python docs/measurements/cpu_e2e.py --height 256 --width 256 --frames 33 --repeats 2 --settings tau=0.9 tau=0.8
 
-Each setting is ``[method:]key=value,...`` (method ``xattention`` by default, or ``svg2``; ``dense`` is the
-baseline). The model loads once; every round runs each setting once, in order, so machine noise spreads evenly.
+Each setting is ``[method:]key=value,...`` (method ``xattention`` by default), or a method's name alone for its
+defaults (``radial``, ``sta``, ``sparge``, ``svg2``; ``dense`` is the baseline). The model loads once; every round
+runs each setting once, in order, so machine noise spreads evenly.
 Prints the median and range of the denoise seconds, the ratio to dense's median (higher is faster), the mean
 density after warm-up, the share of heads run on dense SDPA, the sparse-attention backend calls and the PSNR of the
 video against dense.
@@ -17,7 +19,7 @@ import os
 import statistics
 import tempfile
 
-from accel import metrics, models, runner
+from accel import methods, metrics, models, runner
 from accel.config import RunConfig
 from accel.runs import RunStore
 
@@ -25,9 +27,10 @@ PROMPT = "a red circle moves left fast over a blue background"
 
 
 def parse_setting(text: str) -> tuple[str, str, dict]:
-    """``"tmr=true,tau=0.8"``, ``"svg2:top_p=0.8"``, ``"svg2"`` or ``"dense"`` as (label, method, settings)."""
+    """``"tmr=true,tau=0.8"``, ``"svg2:top_p=0.8"`` or a method's name alone (``"radial"``, ``"dense"``) as
+    (label, method, settings)."""
     method, _, rest = text.rpartition(":") if ":" in text else ("xattention", "", text)
-    if text in ("dense", "svg2", "xattention"):
+    if text in methods.names():
         method, rest = text, ""
     settings: dict = {}
     for part in filter(None, rest.split(",")):
