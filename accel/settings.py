@@ -130,6 +130,10 @@ class HeadwiseSettings(MethodSettings):
     """Head-wise adaptive add-ons shared by the sparse methods: Temporal Mask Reuse and calibrated tables."""
 
     threshold_name: ClassVar[str] = ""  # the per-head threshold setting EBC calibrates (tau, top_p)
+    # EBC's default candidate thresholds and the uniform reference among them whose sparsity is the budget (METHODS
+    # 1.4: 0.85 / 0.9 / 0.95 around XAttention's and SVG2's default 0.9; a method with another default sets its own)
+    ebc_candidates: ClassVar[tuple[float, ...]] = (0.85, 0.90, 0.95)
+    ebc_reference: ClassVar[float] = 0.90
 
     tmr: bool = field(
         default=False,

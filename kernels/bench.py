@@ -335,8 +335,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lengths", nargs="+", type=int, default=None, help=f"CPU lengths (default {CPU_LENGTHS})")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="cpu: time these methods' own attention calls at --grid instead of random masks")  # fmt: skip
-    p.add_argument("--grid", nargs=3, type=int, default=list(BENCH_GRID), metavar=("F", "H", "W"),
-                   help="--methods: latent tokens (frames, height, width); default pocket-wan's bench size")  # fmt: skip
+    p.add_argument(
+        "--grid",
+        nargs=3,
+        type=int,
+        default=list(BENCH_GRID),
+        metavar=("F", "H", "W"),
+        help="--methods: latent tokens (frames, height, width); default: pocket-wan's bench size",
+    )
     p.add_argument("--heads", type=int, default=4, help="CPU heads (pocket-wan: 6)")
     p.add_argument("--dim", type=int, default=64, help="CPU head dim (pocket-wan: 32)")
     p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=None, help="shapes to run (default: all)")

@@ -204,6 +204,16 @@ def test_calibration_spec_validation():
         CalibrationSpec(prompts=())
 
 
+def test_candidates_and_reference_default_to_the_methods():
+    """Candidates and the budget's reference centre on the method's default threshold unless given."""
+    assert (calibration().candidates, calibration().reference) == ((0.85, 0.90, 0.95), 0.90)
+    sparge = CalibrationSpec(base=RunConfig(prompt=PROMPT, method="sparge", **SMALL))
+    assert (sparge.candidates, sparge.reference) == ((0.95, 0.98, 0.99), 0.98)
+    given = CalibrationSpec(base=RunConfig(prompt=PROMPT, method="sparge", **SMALL), candidates=(0.9, 0.99),
+                            reference=0.99)  # fmt: skip
+    assert (given.candidates, given.reference) == ((0.9, 0.99), 0.99)
+
+
 def test_cli_calibrate_and_refusal(table_path, tmp_path, capsys):
     from accel.cli import main
 

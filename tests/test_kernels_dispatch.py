@@ -235,3 +235,15 @@ def test_triton_path_reads_no_data_on_the_host(kind, monkeypatch):
     assert out.shape == q.shape and len(grids) == (2 if kind == "fixed" else 1)
     with pytest.raises((RuntimeError, NotImplementedError)):  # the check itself: a data read does fail on meta
         block_sparse_attention(q, k, v, mask, block_size=128)  # dense=None looks at the mask
+
+
+def test_cpu_bench_times_each_methods_own_attention(capsys):
+    """``--device cpu --methods``: one row per method, with the density its own attention call logged (STA's
+    (3, 3, 3) window over 5 x 2 x 2 tiles of (1, 4, 4): 3 of 5 frames, every tile of them)."""
+    from accel.kernels.bench import main
+
+    argv = ["--device", "cpu", "--methods", "sta", "radial", "--grid", "5", "8", "8", "--heads", "2", "--dim", "8"]
+    assert main([*argv, "--warmup", "0", "--iters", "1"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {"dense", "sta", "radial"}
+    assert rows["sta"][1] == "0.600" and 0 < float(rows["radial"][1]) < 1

@@ -131,16 +131,17 @@ def add_parsers(sub) -> None:
     ebc.add_argument(
         "--candidates",
         type=floats,
-        default=(0.85, 0.90, 0.95),
+        default=None,
         metavar="T,T,...",
-        help="Candidate thresholds per head. Default: 0.85,0.9,0.95.",
+        help="Candidate thresholds per head. Default: the method's, 0.85,0.9,0.95 (SpargeAttn 0.95,0.98,0.99).",
     )
     ebc.add_argument(
         "--reference",
         type=float,
-        default=0.90,
+        default=None,
         metavar="T",
-        help="Uniform threshold whose mean sparsity is the budget (one of the candidates). Default: 0.9.",
+        help="Uniform threshold whose mean sparsity is the budget (one of the candidates). Default: the method's "
+        "default threshold, 0.9 (SpargeAttn 0.98).",
     )
     ebc.add_argument(
         "--band-weights",

@@ -12,7 +12,8 @@
    ``r_q = sum_band |F eps|^2 / (sum |F y_dense|^2 + 1e-12)``; ``e = sum_q w_q r_q`` with
    ``(LL, LH, HL, HH) = (1, 0.5, 0.01, 0.01)`` (secondhand; settings).
 4. ``scipy.optimize.milp``: minimise ``sum e_hk x_hk`` with one candidate per head and mean sparsity
-   ``>= S_min``, the mean sparsity of the uniform reference threshold (0.9), per CFG branch.
+   ``>= S_min``, the mean sparsity of the uniform reference threshold (the method's default: 0.9, SpargeAttn
+   0.98), per CFG branch.
 
 Modules: :mod:`accel.ebc.spec` (what to calibrate), :mod:`accel.ebc.probe` (steps 1-3), :mod:`accel.ebc.calibrate`
 (step 4 and the table). It runs pipelines with the methods installed, so it sits above the implementations.

@@ -54,8 +54,8 @@ class CalibrationSpec:
     base: RunConfig = field(default_factory=_default_base)
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     samples_per_prompt: int = 4
-    candidates: tuple[float, ...] = (0.85, 0.90, 0.95)
-    reference: float = 0.90
+    candidates: tuple[float, ...] | None = None  # None: the method's (HeadwiseSettings.ebc_candidates)
+    reference: float | None = None  # None: the method's (HeadwiseSettings.ebc_reference)
     band_weights: tuple[float, float, float, float] = (1.0, 0.5, 0.01, 0.01)
     low_freq: float = 0.25
     max_probe_batch: int = 16
@@ -75,6 +75,11 @@ class CalibrationSpec:
             )
         if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
             raise ConfigError("calibration needs at least one non-empty prompt")
+        settings = type(self.base.settings)
+        if self.candidates is None:
+            object.__setattr__(self, "candidates", settings.ebc_candidates)
+        if self.reference is None:
+            object.__setattr__(self, "reference", settings.ebc_reference)
         cands = tuple(float(c) for c in self.candidates)
         if len(cands) < 2 or len(set(cands)) != len(cands) or not all(0 < c <= 1 for c in cands):
             raise ConfigError(f"candidates must be at least two distinct values in (0, 1], got {self.candidates}")

@@ -35,6 +35,8 @@ class SpargeSettings(HeadwiseSettings):
 
     method: ClassVar[str] = "sparge"
     threshold_name: ClassVar[str] = "cdf_threshold"
+    ebc_candidates: ClassVar[tuple[float, ...]] = (0.95, 0.98, 0.99)  # around its default: 0.85 is near-empty rows
+    ebc_reference: ClassVar[float] = 0.98
     cdf_threshold: float | tuple[float, ...] = field(
         default=0.98,
         metadata=meta("Cumulative pooled probability kept per query block (the crossing block is not); 1 = dense. A "
