@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from accel.attention.base import AttentionMethod, installed
+from accel.attention.sta import SlidingTileAttention
 from accel.attention.svg2 import SVG2
 from accel.attention.xattention import XAttention
 from accel.bench.parallel import forward_steps
@@ -23,6 +24,15 @@ from accel.methods.xattention import XAttentionSettings
 from accel.telemetry import Recorder, RecordPolicy
 
 MODEL = "pocket-wan"
+
+
+def _built(method: str, recorder: Recorder, **settings) -> AttentionMethod:
+    """The registry's attention for ``method`` with ``settings`` on pocket-wan."""
+    from accel import methods, models
+
+    return methods.build_attention(methods.settings_for(method, settings), models.resolve(MODEL), recorder)
+
+
 TIMESTEPS = (999.0, 960.0, 900.0, 820.0, 700.0, 560.0)
 TAUS = (0.9, 0.8, 0.95, 0.85, 0.9, 0.7)  # one per head: each rank gets its own three
 CASES = {
@@ -38,7 +48,13 @@ CASES = {
         model=MODEL,
     ),
     "svg2_tmr": lambda rec: SVG2(SVG2Settings(tmr=True, tmr_delta=3.6), (10, 20), rec, seed=3, model=MODEL),
+    "sparge_tmr_cdfs": lambda rec: _built("sparge", rec, cdf_threshold=TAUS, tmr=True, tmr_delta=3.6),
+    "radial": lambda rec: _built("radial", rec),
+    "sta_head_windows": lambda rec: SlidingTileAttention(  # each rank's heads take their own global windows
+        (1, 4, 4), lambda step, layer, heads: [WINDOWS[h % len(WINDOWS)] for h in range(heads)], lambda n: 1, rec
+    ),
 }
+WINDOWS = ((3, 3, 3), (1, 3, 3), (3, 1, 1), (5, 3, 3), (1, 1, 1), (3, 3, 1))
 
 
 BASELINES = ("pab", "fastercache", "taylorseer")

@@ -69,6 +69,12 @@ def test_settings_say_their_dense_warmup():
     fc = settings_for("flowcache", {"attention": "svg2", "attention_tmr": True})
     assert fc.attention_settings() == settings_for("svg2", {"tmr": True})
     assert settings_for("flowcache").attention_settings() is None
+    # a chunk cache composes the attention methods that run in the chunked runner; STA's and Radial's masks need
+    # the whole video's tokens: a one-line refusal, not a failure mid-run
+    assert settings_for("flowcache", {"attention": "sparge"}).attention_settings() == settings_for("sparge")
+    for wan_only in ("sta", "radial"):
+        with pytest.raises(ConfigError, match="attention must be one of"):
+            settings_for("motioncache", {"attention": wan_only})
 
 
 # -- adding a method: one module in accel/methods/ (the template, docs/method_template.py) ------------------------

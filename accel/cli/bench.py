@@ -16,10 +16,11 @@ def add_parsers(sub) -> None:
         "bench-quality",
         help="score every method on held-out synthetic prompts (colour, direction, count) with speed",
         formatter_class=Formatter,
-        description="Generate each variant (dense, XAttention, SVG2, +TMR, +EBC, the chunk caches on SkyReels-V2, "
-        "the diffusers baselines) at its defaults on held-out procedural prompts and seeds, score the videos "
-        "against the prompts with opencv (colour, direction, object count, flicker) and against the dense run "
-        "of the same seed (PSNR, SSIM), and print one row per variant with wall time and speedup.",
+        description="Generate each variant (dense, every sparse attention with its +TMR / +EBC modes, the caches, "
+        "the diffusers baselines: the registry's variants for the model) at its defaults on held-out procedural "
+        "prompts and seeds, score the videos against the prompts with opencv (colour, direction, object count, "
+        "flicker) and against the dense run of the same seed (PSNR, SSIM), and print one row per variant with wall "
+        "time and speedup.",
         epilog="examples:\n  python -m accel bench-quality --prompts 4 --seeds 0,1\n"
         "  python -m accel bench-quality --model tiny-skyreels --variants dense,flowcache-slow,motioncache",
     )

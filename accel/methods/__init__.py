@@ -170,9 +170,9 @@ def calibratable() -> dict[str, str]:
     return {m.name: m.threshold for m in records() if m.threshold}
 
 
-def attention_names() -> list[str]:
-    """The sparse self-attention methods (those a chunk cache can compose with)."""
-    return [m.name for m in records() if m.attention is not None]
+def attention_names(family: str | None = None) -> list[str]:
+    """The sparse self-attention methods (of those that run on ``family``, if given)."""
+    return [m.name for m in records() if m.attention is not None and (family is None or family in m.families)]
 
 
 def build_attention(

@@ -11,11 +11,12 @@ from accel.settings import KV_GRANULARITIES, MethodSettings, check_choice, check
 
 
 class AttentionChoices:
-    """``dense`` and every sparse self-attention method of the registry, read when iterated (the registry is
-    complete only after every method module loaded)."""
+    """``dense`` and every sparse self-attention method of the registry that runs inside the chunked runner (the
+    SkyReels-V2 family: Radial's and STA's masks need the whole video's tokens), read when iterated (the registry
+    is complete only after every method module loaded)."""
 
     def __iter__(self) -> Iterator[str]:
-        return iter(["dense", *methods.attention_names()])
+        return iter(["dense", *methods.attention_names("skyreels")])
 
     def __contains__(self, name: object) -> bool:
         return name in list(self)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from accel.methods import Method, by_size, installers
+from accel.methods import Method, by_size, installers, parallel_ok
 from accel.schema import Event
 from accel.settings import MethodSettings, check_int, check_unit, meta, scaled_steps
 
@@ -84,6 +84,7 @@ METHOD = Method(
     lambda spec: {"radial": {}},
     order=25,
     attention=_build,
+    parallel=parallel_ok,  # one static mask for every head, so a rank's share of heads is exact
     summary="static energy-decay mask: frame neighbours dense, the in-frame window halving as frames get farther",
     model_defaults=model_defaults,
     defaults_note=lambda spec: f"Radial block {model_defaults(spec)['block_size']}",

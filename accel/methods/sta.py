@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from accel.errors import ConfigError
-from accel.methods import Method, by_size, installers
+from accel.methods import Method, by_size, installers, parallel_ok
 from accel.schema import Event
 from accel.settings import MethodSettings, check_int, meta, scaled_steps
 
@@ -104,6 +104,7 @@ METHOD = Method(
     lambda spec: {"sta": {}},
     order=27,
     attention=_build,
+    parallel=parallel_ok,  # windows are per global head (the rank's heads get theirs), so a rank's share is exact
     summary="tiles of latent tokens, each attending to the tiles of a 3-D window around it, per head",
     model_defaults=model_defaults,
     defaults_note=lambda spec: "STA tile {}".format(",".join(map(str, model_defaults(spec)["tile"]))),
