@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
 
@@ -35,12 +35,15 @@ from accel.settings import parse_parallel
 
 @dataclass(frozen=True)
 class Shard:
-    """This rank's part of a context-parallel run: its global head range and the Ulysses process group."""
+    """This rank's part of a context-parallel run: its heads per layer and the Ulysses process group. Without an
+    order for a layer the rank attends Ulysses' contiguous range ``[start, stop)``; with one (``orders[layer]``, the
+    model's heads in rank-major order, :mod:`accel.balance`) it attends its slice of that order."""
 
     rank: int
     world: int
-    heads: int  # the model's heads; this rank attends heads [start, stop)
+    heads: int  # the model's heads
     group: Any = None  # torch.distributed ProcessGroup of the Ulysses mesh
+    orders: dict[int, tuple[int, ...]] = field(default_factory=dict, compare=False)  # layer -> balanced order
 
     @property
     def start(self) -> int:
@@ -49,6 +52,14 @@ class Shard:
     @property
     def stop(self) -> int:
         return (self.rank + 1) * self.heads // self.world
+
+    def order_of(self, layer: int) -> tuple[int, ...]:
+        """The model's heads in rank-major order at ``layer`` (Ulysses' own where no balanced order is set)."""
+        return self.orders.get(layer) or tuple(range(self.heads))
+
+    def heads_of(self, layer: int) -> tuple[int, ...]:
+        """The global ids of the heads this rank attends at ``layer``, in its local order."""
+        return self.order_of(layer)[self.start : self.stop]
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` summed over the group's ranks (a copy; every rank gets the result)."""
@@ -179,17 +190,38 @@ def gather_run(table: pd.DataFrame, arrays: dict[str, np.ndarray]) -> tuple[pd.D
 
 
 def _merge_arrays(per_rank: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Rank 0's arrays, with each mask (and its offsets) stacked over the ranks' heads."""
+    """Rank 0's arrays, with each mask (and its offsets) stacked over the ranks' heads in global head order (a
+    balanced assignment, :mod:`accel.balance`, gives a rank heads that are not a contiguous range)."""
     out = dict(per_rank[0])
     if INDEX_KEY not in out:
         return out
-    index = json.loads(str(out[INDEX_KEY]))
+    indexes = [json.loads(str(a[INDEX_KEY])) for a in per_rank]
+    index = indexes[0]
     for key, meta in index.items():
         if meta.get("kind") not in MASK_KINDS or not all(key in a for a in per_rank):
             continue
+        heads = [h for i in indexes for h in i[key].get("heads", ())]
+        order = np.argsort(heads, kind="stable") if heads else None
         for name in (key, meta.get("q_offsets"), meta.get("k_offsets")):
             if name is not None:
-                out[name] = np.concatenate([a[name] for a in per_rank], axis=0)
+                stacked = np.concatenate([a[name] for a in per_rank], axis=0)
+                out[name] = stacked if order is None else stacked[order]
         meta["shape"][0] = sum(int(a[key].shape[0]) for a in per_rank)
+    for meta in index.values():
+        meta.pop("heads", None)  # rows are in global head order now
     out[INDEX_KEY] = np.array(json.dumps(index))
     return out
+
+
+def permute_heads(x: torch.Tensor, order: tuple[int, ...] | None) -> torch.Tensor:
+    """``x`` ``(B, L, H, D)`` with its heads in ``order`` (None: unchanged), before :func:`seq_to_heads`."""
+    return x if order is None else x.index_select(2, torch.tensor(order, device=x.device))
+
+
+def unpermute_heads(x: torch.Tensor, order: tuple[int, ...] | None) -> torch.Tensor:
+    """The inverse of :func:`permute_heads`, after :func:`heads_to_seq`."""
+    if order is None:
+        return x
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[list(order)] = torch.arange(len(order))
+    return x.index_select(2, inverse.to(x.device))

@@ -159,6 +159,9 @@ class Event(StrEnum):
     REUSE_CHECK = "reuse_check"  # seconds: time of the TMR drift check
     DRIFT = "drift"  # value: L1 drift of the head's pooled Q/K since its last refresh; threshold: delta
     MASK_REFRESH = "mask_refresh"  # value: 1 refreshed, 0 reused
+    # context parallelism (accel.balance): one row per re-balanced layer; value: the imbalance it replaced (slowest
+    # rank over the mean), threshold: the new order's
+    REBALANCE = "rebalance"
     # chunk caches (accel.cache): one row per (schedule row, chunk, branch)
     CHUNK_COMPUTE = "chunk_compute"  # value: accumulator before the decision; threshold: the cache's
     CHUNK_REUSE = "chunk_reuse"

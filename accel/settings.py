@@ -22,7 +22,7 @@ from accel.errors import ConfigError
 __all__ = [
     "COMMIT_MODES", "KV_GRANULARITIES", "PARALLEL_KINDS", "RESCALE_COEFFICIENTS", "ConfigError", "HeadwiseSettings",
     "MethodSettings", "check_choice", "check_fields_finite", "check_int", "check_kv_compression", "check_unit", "meta",
-    "parse_parallel", "scaled_steps",
+    "parallel_balance", "parse_parallel", "scaled_steps",
 ]  # fmt: skip
 
 # How a finished chunk's K/V are frozen in chunked diffusion-forcing runs (accel.cache.chunked): the K/V of its
@@ -196,10 +196,12 @@ def check_kv_compression(budget_chunks: int, lam: float, granularity: str) -> No
 
 
 def parse_parallel(text: str) -> tuple[str, int]:
-    """``"ulysses=N"`` -> ``("ulysses", N)`` with N >= 2; anything else is one :class:`ConfigError`. Ring attention
-    is refused: it needs an attention backend that returns the log-sum-exp (not diffusers' ``native``, so never on
-    CPU), and the sparse methods would have to merge partial block-sparse outputs across ranks."""
-    kind, _, degree = str(text).partition("=")
+    """``"ulysses=N[,balance=auto|on|off][,rebalance=X]"`` -> ``("ulysses", N)`` with N >= 2; anything else is one
+    :class:`ConfigError` (the options: :func:`parallel_balance`). Ring attention is refused: it needs an attention
+    backend that returns the log-sum-exp (not diffusers' ``native``, so never on CPU), and the sparse methods would
+    have to merge partial block-sparse outputs across ranks."""
+    head, *_ = str(text).split(",")
+    kind, _, degree = head.partition("=")
     kind = kind.strip().lower()
     if kind == "ring":
         raise ConfigError(
@@ -209,4 +211,31 @@ def parse_parallel(text: str) -> tuple[str, int]:
         )
     if kind not in PARALLEL_KINDS or not degree.strip().isdigit() or int(degree) < 2:
         raise ConfigError(f"parallel must be ulysses=N with N >= 2 (torchrun --nproc_per_node N), got {text!r}")
+    parallel_balance(text)
     return kind, int(degree)
+
+
+def parallel_balance(text: str) -> tuple[str, float]:
+    """The head-assignment options of a ``--parallel`` value: ``balance`` (``auto``, the default: on when the method
+    has a per-head threshold table or TMR; ``on``; ``off``: Ulysses' contiguous ranges) and ``rebalance``, the
+    imbalance (slowest rank over the mean, > 1) past which a layer's heads are re-assigned (default 1.1)."""
+    options: dict[str, str] = {}
+    for part in str(text).split(",")[1:]:
+        key, sep, value = (p.strip().lower() for p in part.partition("="))
+        if not sep or key not in ("balance", "rebalance") or key in options:
+            raise ConfigError(
+                f"parallel options are balance=auto|on|off and rebalance=X (each once), got {part.strip()!r} "
+                f"in {text!r}"
+            )
+        options[key] = value
+    balance = options.get("balance", "auto")
+    check_choice("parallel balance", balance, ("auto", "on", "off"))
+    try:
+        rebalance = float(options.get("rebalance", "1.1"))
+    except ValueError:
+        raise ConfigError(f"parallel rebalance must be a number > 1, got {options['rebalance']!r}") from None
+    if not rebalance > 1:
+        raise ConfigError(
+            f"parallel rebalance must be a number > 1 (an imbalance: slowest rank over the mean), got {rebalance}"
+        )
+    return balance, rebalance

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -86,7 +86,7 @@ class Recorder:
         self._mask_steps: set[int] | None = None
         self._planned = False
         self.loop_s = 0.0  # wall time spent inside the recorder during the run (rows, mask packing, arrays)
-        self.head_offset = 0  # context parallelism: global id of this rank's first head (accel.parallel.Shard)
+        self.heads_of: Callable[[int], Sequence[int]] | None = None  # context parallelism: a layer's global heads
         self.ranks = 1  # ... and how many ranks share the heads (masks are planned at their whole size)
 
     def begin(self, info: StepInfo, num_layers: int) -> None:
@@ -114,6 +114,8 @@ class Recorder:
         t0 = time.perf_counter()
         i = self.info
         chunk = i.chunk if chunk is None else chunk
+        if self.heads_of is not None and layer is not None and head is None:
+            head = tuple(self.heads_of(layer))  # per-head values: this rank's global ids at this call
         self._rows.append(
             (i.step, i.timestep, i.branch, layer, head, chunk, event, value, threshold, density, mask_ref, seconds)
         )
@@ -188,6 +190,8 @@ class Recorder:
         self._arrays[key] = pack_bits(mask.bool())
         meta = {"kind": kind, "shape": list(mask.shape), "step": i.step, "branch": i.branch, "layer": layer,
                 "chunk": i.chunk}  # fmt: skip
+        if self.heads_of is not None:  # context parallelism: the global heads of the rows, for gather_run's merge
+            meta["heads"] = list(self.heads_of(layer))
         for name, off in (("q_offsets", q_offsets), ("k_offsets", k_offsets)):
             if off is not None:
                 meta[name] = offsets_key(name, key)
@@ -214,7 +218,7 @@ class Recorder:
                 r[-1] = start.elapsed_time(stop) / 1e3
                 self._rows[row] = tuple(r)
             self._events.clear()
-        table = _expand_rows(self._rows, self.head_offset)
+        table = _expand_rows(self._rows)
         arrays = {
             k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)) for k, v in self._arrays.items()
         }
@@ -240,7 +244,7 @@ def _host(values: list[Any]) -> list[Any]:
     return out
 
 
-def _expand_rows(rows: list[tuple], head_offset: int = 0) -> pd.DataFrame:
+def _expand_rows(rows: list[tuple]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})
     cols = list(zip(*rows, strict=True))
@@ -249,7 +253,8 @@ def _expand_rows(rows: list[tuple], head_offset: int = 0) -> pd.DataFrame:
     for n, row in enumerate(rows):
         fields = (value[n], threshold[n], density[n])
         width = max((len(f) for f in fields if isinstance(f, np.ndarray)), default=0)
-        heads = range(head_offset, head_offset + width) if width else [row[4]]
+        ids = row[4] if isinstance(row[4], tuple) else None  # a context-parallel rank's global head ids
+        heads = (ids or range(width)) if width else [None if ids else row[4]]
         for h_pos, head in enumerate(heads):
             out["step"].append(row[0])
             out["timestep"].append(row[1])

@@ -309,7 +309,7 @@ def bench_cpu_methods(args: argparse.Namespace) -> None:
                 self.density = float(torch.as_tensor(fields.get("density", value)).float().mean())
 
     spec = resolve("pocket-wan")
-    shape = Shape("grid", args.heads, args.dim, tuple(args.grid))
+    shape = Shape("grid", args.heads or 6, args.dim or 32, tuple(args.grid))  # pocket-wan: 6 heads x 32
     q, k, v = structured_qkv(shape, torch.device("cpu"), torch.float32)
     info = StepInfo(step=19, num_steps=20, grid=shape.grid)
     sdpa = timeit(sdpa_fn(q, k, v), args.warmup, args.iters)
@@ -319,6 +319,8 @@ def bench_cpu_methods(args: argparse.Namespace) -> None:
     print(f"{'method':>12} {'density':>8} {'ms':>8} {'ratio':>7}")
     print(f"{'dense SDPA':>12} {1.0:>8.3f} {sdpa * 1e3:>8.1f} {1.0:>6.2f}x")
     for name in args.methods:
+        if name == "dense":  # the SDPA row above
+            continue
         recorder = Densities(enabled=False)
         attention = methods.build_attention(methods.settings_for(name), spec, recorder)
         attention.setup(4, shape.heads)  # pocket-wan's layers
@@ -327,13 +329,14 @@ def bench_cpu_methods(args: argparse.Namespace) -> None:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    from accel.methods import attention_names
     p = argparse.ArgumentParser(prog="python -m accel.kernels.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 1.3B 480p only, few iterations")
     p.add_argument("--interpret", action="store_true", help="tiny shapes on CPU through the Triton interpreter")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="cpu: SDPA vs FlexAttention vs the torch reference at CPU sizes (--lengths)")  # fmt: skip
     p.add_argument("--lengths", nargs="+", type=int, default=None, help=f"CPU lengths (default {CPU_LENGTHS})")
-    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD", choices=["dense", *attention_names()],
                    help="cpu: time these methods' own attention calls at --grid instead of random masks")  # fmt: skip
     p.add_argument(
         "--grid",
@@ -343,8 +346,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         metavar=("F", "H", "W"),
         help="--methods: latent tokens (frames, height, width); default: pocket-wan's bench size",
     )
-    p.add_argument("--heads", type=int, default=4, help="CPU heads (pocket-wan: 6)")
-    p.add_argument("--dim", type=int, default=64, help="CPU head dim (pocket-wan: 32)")
+    p.add_argument("--heads", type=int, default=None, help="CPU heads (default 4; with --methods pocket-wan's 6)")
+    p.add_argument("--dim", type=int, default=None, help="CPU head dim (default 64; with --methods pocket-wan's 32)")
     p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=None, help="shapes to run (default: all)")
     p.add_argument("--inputs", nargs="+", choices=["uniform", "structured"], default=["uniform", "structured"])
     p.add_argument("--densities", nargs="+", type=float, default=list(DENSITIES))
@@ -362,6 +365,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if not args.methods:
+        args.heads, args.dim = args.heads or 4, args.dim or 64
     if args.device == "cpu":
         bench_cpu_methods(args) if args.methods else bench_cpu(args)
         return 0

@@ -8,7 +8,10 @@ process for the reference, so both sides build exactly the same method and input
 
 from __future__ import annotations
 
+import functools
+import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -17,10 +20,11 @@ from accel.attention.base import AttentionMethod, installed
 from accel.attention.sta import SlidingTileAttention
 from accel.attention.svg2 import SVG2
 from accel.attention.xattention import XAttention
-from accel.bench.parallel import forward_steps
+from accel.bench.parallel import forward_steps, skewed_table
 from accel.config import RunConfig
 from accel.methods.svg2 import SVG2Settings
 from accel.methods.xattention import XAttentionSettings
+from accel.paths import TABLES
 from accel.telemetry import Recorder, RecordPolicy
 
 MODEL = "pocket-wan"
@@ -55,6 +59,30 @@ CASES = {
     ),
 }
 WINDOWS = ((3, 3, 3), (1, 3, 3), (3, 1, 1), (5, 3, 3), (1, 1, 1), (3, 3, 1))
+SKEWED = (0.99, 0.98, 0.97, 0.5, 0.6, 0.4)  # dense heads in rank 0's contiguous range, sparse ones in rank 1's
+
+
+@functools.cache
+def skewed() -> str:
+    """The shipped pocket-wan XAttention table with each layer's heads sorted densest first (this process's copy)."""
+    return str(skewed_table(TABLES / f"{MODEL}-xattention.json", Path(tempfile.mkdtemp()) / "skewed.json"))
+
+
+# cases run with a balanced head assignment under Ulysses: (balance, rebalance threshold); a low threshold makes
+# the measured densities re-balance mid-run, so TMR anchors, cached masks and SVG2 partitions move between ranks
+BALANCED = {"xattention_tmr_balanced": ("on", 1.01), "svg2_tmr_balanced": ("on", 1.01),
+            "xattention_skewed_table": ("auto", 1.1)}  # fmt: skip
+CASES |= {
+    "xattention_tmr_balanced": lambda rec: XAttention(
+        XAttentionSettings(tau=SKEWED, tmr=True, tmr_delta=3.6, warmup_steps=1), 16, rec, model=MODEL
+    ),
+    "svg2_tmr_balanced": lambda rec: SVG2(  # one top_p: its heads' densities still differ by a few percent
+        SVG2Settings(tmr=True, tmr_delta=3.6), (10, 20), rec, seed=3, model=MODEL
+    ),
+    "xattention_skewed_table": lambda rec: XAttention(  # auto: on, as the method has a per-head table
+        XAttentionSettings(threshold_table=skewed(), warmup_steps=1), 16, rec, model=MODEL
+    ),
+}
 
 
 BASELINES = ("pab", "fastercache", "taylorseer")
@@ -70,13 +98,13 @@ def inputs(transformer) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def run_case(transformer, name: str):
-    """Outputs of every forward ``(steps, ...)`` and the recorder's table and arrays."""
+    """Outputs of every forward ``(steps, ...)``, the recorder's table and arrays, and the method."""
     recorder = Recorder(RecordPolicy())
     method = CASES[name](recorder)
-    with installed(transformer, method, len(TIMESTEPS)):
+    with installed(transformer, method, len(TIMESTEPS), *BALANCED.get(name, ("off", 1.1))):
         outs = forward_steps(transformer, *inputs(transformer), TIMESTEPS)
     table, arrays = recorder.finish()
-    return outs, table, arrays
+    return outs, table, arrays, method
 
 
 def main(out: Path, device: str = "cpu") -> None:
@@ -89,7 +117,7 @@ def main(out: Path, device: str = "cpu") -> None:
     device = parallel.init("ulysses=2", device)  # gloo on CPU; NCCL and cuda:LOCAL_RANK with "cuda"
     transformer = models.load_pipeline(MODEL, device, "float32", "ulysses=2").transformer
     for name in CASES:
-        outs, table, arrays = run_case(transformer, name)
+        outs, table, arrays, method = run_case(transformer, name)
         gathered = parallel.gather_run(table, arrays)
         if gathered is None:
             continue
@@ -97,6 +125,7 @@ def main(out: Path, device: str = "cpu") -> None:
         folder.mkdir(parents=True, exist_ok=True)
         save_file({"outputs": outs.cpu().contiguous()}, str(folder / "outputs.safetensors"))
         gathered[0].to_parquet(folder / "telemetry.parquet")
+        (folder / "balance.json").write_text(json.dumps(method.balancer.summary()))
         import numpy as np
 
         np.savez(folder / "arrays.npz", **gathered[1])

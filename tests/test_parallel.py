@@ -98,7 +98,7 @@ def test_every_method_under_ulysses_matches_one_process(tmp_path):
     _torchrun(str(HERE / "parallel_worker.py"), str(tmp_path))
     transformer = models.load_pipeline(pw.MODEL, "cpu").transformer
     for name in pw.CASES:
-        outs, table, arrays = pw.run_case(transformer, name)
+        outs, table, arrays, _ = pw.run_case(transformer, name)
         cp_outs = load_file(str(tmp_path / name / "outputs.safetensors"))["outputs"]
         cp_table = pd.read_parquet(tmp_path / name / "telemetry.parquet")
         cp_arrays = dict(np.load(tmp_path / name / "arrays.npz"))
@@ -120,6 +120,17 @@ def test_every_method_under_ulysses_matches_one_process(tmp_path):
         if "tmr" in name:
             refresh = table[table["event"] == "mask_refresh"]["value"]
             assert 0.2 < refresh.mean() < 0.95, name  # TMR really reused some heads and refreshed others
+        summary = json.loads((tmp_path / name / "balance.json").read_text())
+        moved = [layer for layer, order in summary["orders"].items() if order != sorted(order)]
+        if name not in pw.BALANCED:
+            assert summary["balance"] == "off" and not moved, name
+            continue
+        assert summary["balance"] == "on" and moved, (name, summary)  # the skewed heads really moved
+        assert summary["imbalance"] < summary["imbalance_contiguous"], (name, summary)
+        rebalanced = cp_table[cp_table["event"] == "rebalance"]
+        assert len(rebalanced) == summary["rebalances"], name
+        if "tmr" in name:  # re-balanced mid-run from measured densities: the state moved with its heads
+            assert summary["rebalances"] >= 1 and (rebalanced["threshold"] < rebalanced["value"]).all(), name
     store = RunStore(tmp_path / "one")
     for info in RunStore(tmp_path / "runs").list():  # the step-driven cache hooks decide alike on every rank
         run = RunStore(tmp_path / "runs").load(info.path)

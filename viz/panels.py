@@ -97,7 +97,20 @@ def headline_rows(store: RunStore | None, run: Run) -> list[tuple[str, str]]:
     if par:  # a context-parallel run (accel generate --parallel, under torchrun): shown, never set, in the app
         rows.append(("context parallel", f"{par['kind']} × {par['degree']} ranks ({par['backend']}); each attends "
                      f"{m.get('heads', 0) // par['degree']} of {m.get('heads')} heads over every token"))  # fmt: skip
+        balance = m.get("head_balance")
+        if balance:
+            rows.append(("head assignment", _assignment(balance)))
     return rows
+
+
+def _assignment(balance: dict) -> str:
+    """A parallel run's head assignment and the attention imbalance it ran with (slowest rank over the mean)."""
+    if balance.get("balance") == "off":
+        return f"contiguous ranges (balance off): imbalance {balance['imbalance']:.2f}"
+    moved = sum(order != sorted(order) for order in balance.get("orders", {}).values())
+    return (f"balanced by density: imbalance {balance['imbalance']:.2f} (contiguous ranges: "
+            f"{balance['imbalance_contiguous']:.2f}); {moved} layer(s) permuted, "
+            f"{balance['rebalances']} re-balance(s)")  # fmt: skip
 
 
 def _wall_time(run: Run) -> str:

@@ -8,7 +8,9 @@ from contextlib import contextmanager
 from accel.attention.base import AttentionMethod, BenchAttnProcessor, installed
 from accel.attention.svg2 import SVG2
 from accel.attention.xattention import XAttention, select_blocks
+from accel.balance import DEFAULT_REBALANCE
 from accel.models import run_pipeline
+from accel.settings import parallel_balance
 from accel.target import Generation, Target
 
 __all__ = ["SVG2", "AttentionMethod", "BenchAttnProcessor", "XAttention", "install_on_pipeline", "installed",
@@ -21,9 +23,14 @@ def install_on_pipeline(target: Target, method: AttentionMethod | None = None) -
     processor, so the run is tracked the same way); yields the generation."""
     cfg, spec, pipe = target.cfg, target.spec, target.pipe
     method = method or AttentionMethod(target.recorder)
-    with installed(pipe.transformer, method, cfg.steps) as info:
+    balance, rebalance = parallel_balance(cfg.parallel) if cfg.parallel else ("off", DEFAULT_REBALANCE)
+    with installed(pipe.transformer, method, cfg.steps, balance, rebalance) as info:
 
         def run(progress):
-            return run_pipeline(pipe, cfg, spec, progress), {"transformer_calls": info.call + 1}
+            video = run_pipeline(pipe, cfg, spec, progress)
+            extra = {"transformer_calls": info.call + 1}
+            if method.balancer is not None:  # context parallelism: the head assignment and its imbalance
+                extra["head_balance"] = method.balancer.summary()
+            return video, extra
 
         yield run

@@ -12,7 +12,6 @@ import torch
 from accel.attention.base import AttentionMethod
 from accel.kernels import dispatch
 from accel.kernels.block_sparse import backend_lookup, block_sparse_attention, uniform_density
-from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
 
@@ -86,5 +85,5 @@ class BlockMaskAttention(AttentionMethod):
             q, k, v, mask, block_size=self.block_size, dense=self._full[id(mask)], lookup=lookup
         )
         density = uniform_density(mask, self.block_size, self.block_size, q.shape[1], k.shape[1])
-        self.recorder.log(Event.DENSITY, density, layer=layer, density=density, mask_ref=ref)
+        self.log_density(layer, density, mask_ref=ref)
         return out

@@ -13,11 +13,12 @@ import math
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from accel.attention.base import AttentionMethod
 from accel.attention.reuse import MaskReuse
-from accel.attention.thresholds import load_table
+from accel.attention.thresholds import load_table, table_densities
 from accel.errors import ConfigError
 from accel.kernels import dispatch
 from accel.kernels.block_sparse import uniform_density
@@ -67,8 +68,14 @@ class HeadwiseSparse(AttentionMethod):
             )
         else:
             self.thresholds = {DEFAULT_BRANCH: self._uniform_table(num_layers, num_heads)}
-        if self.shard is not None:  # context parallelism: this rank's columns of every (branch) table
-            self.thresholds = {b: t[:, self.shard.start : self.shard.stop] for b, t in self.thresholds.items()}
+
+    def balance_auto(self) -> bool:
+        return self.reuse is not None or bool(self.settings.threshold_table)
+
+    def head_costs(self, num_layers: int, num_heads: int) -> np.ndarray | None:
+        if not self.settings.threshold_table:
+            return None
+        return table_densities(self.settings.threshold_table, self.settings.threshold_name)
 
     def _uniform_table(self, num_layers: int, num_heads: int) -> torch.Tensor:
         """The (layers, heads) table of the shared threshold setting."""
@@ -92,11 +99,13 @@ class HeadwiseSparse(AttentionMethod):
         return False
 
     def threshold(self, layer: int, branch: str, device: torch.device) -> torch.Tensor:
-        """Per-head thresholds ``(H,)`` of ``layer`` for this CFG branch (a table may differ per branch)."""
+        """Per-head thresholds ``(H,)`` of ``layer`` for this CFG branch (a table may differ per branch); under
+        context parallelism those of the heads this rank attends at ``layer``."""
         table = self.thresholds.get(branch)
         if table is None:  # a uniform setting (one table for all), or a table without uncond (the run warns)
             table = self.thresholds.get(DEFAULT_BRANCH, self.thresholds.get("cond"))
-        return table[layer].to(device)
+        row = table[layer] if self.shard is None else table[layer, list(self.shard.heads_of(layer))]
+        return row.to(device)
 
     # -- what a subclass provides ---------------------------------------------------------------
     def is_dense_step(self, layer: int, info: StepInfo) -> bool:
@@ -121,6 +130,14 @@ class HeadwiseSparse(AttentionMethod):
         """Sparse attention with ``state``; logs per-head density."""
         raise NotImplementedError
 
+    def split_state(self, state: Any) -> dict[str, torch.Tensor]:
+        """``state`` as tensors with the heads on axis 1 (for moving heads between ranks)."""
+        raise NotImplementedError
+
+    def join_state(self, parts: dict[str, torch.Tensor]) -> Any:
+        """The inverse of :meth:`split_state`."""
+        raise NotImplementedError
+
     def fits(self, state: Any, q: torch.Tensor, k: torch.Tensor) -> bool:
         """Whether a cached ``state`` applies to ``q, k`` (the same batch, heads and query/key lengths)."""
         raise NotImplementedError
@@ -132,6 +149,29 @@ class HeadwiseSparse(AttentionMethod):
     def record(self, layer: int, state: Any) -> str | None:
         """Keep the state's mask in the run's arrays if the policy wants it; returns its key."""
         raise NotImplementedError
+
+    # -- context parallelism: per-head state that moves with its heads (accel.balance) -----------------------------
+    def head_state(self, layer):
+        parts: dict[str, torch.Tensor] = {}
+        for (lay, branch), state in self.states.items():
+            if lay == layer and state is not None:
+                parts.update({f"state/{branch}/{k}": v for k, v in self.split_state(state).items()})
+        if self.reuse is not None:
+            for branch, (qa, ka, ta) in self.reuse.anchors(layer).items():
+                parts.update({f"anchor/{branch}/q": qa, f"anchor/{branch}/k": ka, f"anchor/{branch}/t": ta[None]})
+        return parts
+
+    def set_head_state(self, layer, parts):
+        by: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        for name, value in parts.items():
+            kind, branch, field = name.split("/")
+            by.setdefault((kind, branch), {})[field] = value
+        for (kind, branch), fields in by.items():
+            if kind == "state":
+                # its mask ref stays: the recorded parts carry their global heads, which the gathered run orders by
+                self.states[(layer, branch)] = self.join_state(fields)
+            else:
+                self.reuse.set_anchor(layer, branch, (fields["q"], fields["k"], fields["t"][0]))
 
     # -- the flow -------------------------------------------------------------------------------
     def attend(self, q, k, v, layer, info):
@@ -186,6 +226,12 @@ class UniformBlockSparse(HeadwiseSparse):
     def fits(self, state, q, k):
         b, lq, h, _ = q.shape
         return state.shape == (b, h, math.ceil(lq / self.block_q), math.ceil(k.shape[1] / self.block_k))
+
+    def split_state(self, state):
+        return {"mask": state}
+
+    def join_state(self, parts):
+        return parts["mask"]
 
     def merge(self, cached, heads, fresh):
         mask = cached.clone()

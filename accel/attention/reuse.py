@@ -81,3 +81,11 @@ class MaskReuse:
             torch.where(r[None, :, None], decision.k_mean, ka),
             torch.where(r, thresholds, ta),
         )
+
+    def anchors(self, layer: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The anchors of ``layer`` per CFG branch: ``(q̄ (B, H, D), k̄ (B, H, D), thresholds (H,))``."""
+        return {branch: anchor for (lay, branch), anchor in self._anchor.items() if lay == layer}
+
+    def set_anchor(self, layer: int, branch: str, anchor: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        """Replace the anchor of ``(layer, branch)`` (its heads moved between ranks: :mod:`accel.balance`)."""
+        self._anchor[(layer, branch)] = anchor

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 
 from accel.attention.headwise import UniformBlockSparse
 from accel.kernels.block_sparse import block_sparse_attention
-from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
 
@@ -114,5 +113,5 @@ class SpargeAttention(UniformBlockSparse):
         blocks = (self.block_q, self.block_k)
         out = block_sparse_attention(q, k, v, state, block_size=blocks, dense=self.dense_hint(q.device))
         density = self.state_density(state, q, k).mean(0)
-        self.recorder.log(Event.DENSITY, density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
+        self.log_density(layer, density, threshold=thresholds, mask_ref=mask_ref)
         return out

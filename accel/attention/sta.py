@@ -23,7 +23,6 @@ import torch
 from accel.attention.base import AttentionMethod
 from accel.attention.block_mask import StaticLookups
 from accel.kernels.block_sparse import block_sparse_attention, mask_density
-from accel.schema import Event
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
 
@@ -120,7 +119,7 @@ class SlidingTileAttention(AttentionMethod):
         if q.shape[1] != k.shape[1] or math.prod(grid) != q.shape[1]:
             raise ValueError(f"sliding tile attention needs the video's own tokens ({grid}), got {q.shape[1]}")
         heads = q.shape[2]
-        global_heads = range(self.shard.start, self.shard.stop) if self.shard is not None else range(heads)
+        global_heads = self.shard.heads_of(layer) if self.shard is not None else range(heads)
         windows = self.windows(info.step, layer, max(global_heads) + 1)
         windows = tuple(windows[h] for h in global_heads)
         perm, offsets, mask, whole, full, density = self._pattern(grid, windows, q.device)
@@ -135,7 +134,7 @@ class SlidingTileAttention(AttentionMethod):
             out = block_sparse_attention(qp, kp, vp, mask, offsets, offsets, varlen=True, dense=full)
             full = offsets.expand(heads, -1)
             ref = self.recorder.record_mask(layer, mask, full, full)
-        self.recorder.log(Event.DENSITY, density, layer=layer, density=density, mask_ref=ref)
+        self.log_density(layer, density, mask_ref=ref)
         return torch.empty_like(out).index_copy_(1, perm, out)
 
 

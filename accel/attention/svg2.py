@@ -25,7 +25,7 @@ import torch
 
 from accel.attention.headwise import HeadwiseSparse
 from accel.kernels.block_sparse import block_sparse_attention, mask_density
-from accel.schema import ArrayKind, Event
+from accel.schema import ArrayKind
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo
 
@@ -237,7 +237,7 @@ class SVG2(HeadwiseSparse):
             gen = self._generator(layer, branch, q.device)
         draw = None
         if self.shard is not None and init_q is None:  # seeded per global head
-            local = torch.arange(self.shard.start, self.shard.stop)[heads if heads is not None else slice(None)]
+            local = torch.tensor(self.shard.heads_of(layer))[heads if heads is not None else slice(None)]
             draw = (b * self.shard.heads, (torch.arange(b)[:, None] * self.shard.heads + local).reshape(-1))
         clusters = kmeans(xq, qc, iters, init_q, gen, draw), kmeans(xk, kc, iters, init_k, gen, draw)
         return _partition(*clusters, thresholds.repeat(b), math.floor(self.settings.min_kc_ratio * kc))
@@ -270,6 +270,12 @@ class SVG2(HeadwiseSparse):
         b, lq, h, _ = q.shape
         return state.q_perm.shape == (b * h, lq) and state.k_perm.shape[1] == k.shape[1]
 
+    def split_state(self, state):
+        return {f.name: getattr(state, f.name).unflatten(0, (-1, self.num_heads)) for f in fields(state)}
+
+    def join_state(self, parts):
+        return Partition(**{name: value.flatten(0, 1) for name, value in parts.items()})
+
     def merge(self, cached, heads, fresh):
         b = cached.mask.shape[0] // self.num_heads
         return cached.merged(_group_rows(b, self.num_heads, heads, cached.mask.device), fresh)
@@ -299,5 +305,5 @@ class SVG2(HeadwiseSparse):
         mask, q_off, k_off = self._blocks(state, q)
         out = block_sparse_attention(qp, kp, vp, mask, q_off, k_off, varlen=True, dense=self.dense_hint(q.device))
         density = mask_density(mask, q_off, k_off).mean(0)
-        self.recorder.log(Event.DENSITY, density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
+        self.log_density(layer, density, threshold=thresholds, mask_ref=mask_ref)
         return _scatter_tokens(out, state.q_perm)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from accel.errors import ConfigError, one_line
@@ -107,3 +108,20 @@ def write_table(path: str | Path, table: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps({"format": TABLE_FORMAT, "version": TABLE_VERSION, **table}, indent=1), encoding="utf-8")
     tmp.replace(p)
     return p
+
+
+def table_densities(path: str | Path, key: str) -> np.ndarray | None:
+    """Mean density ``(layers, heads)`` over the branches of each head's chosen candidate in an EBC table (what a
+    balanced head assignment starts from), or None when the table has no measured sparsity."""
+    data = read_table(path)
+    rows = []
+    try:
+        candidates = np.asarray(data["candidates"], dtype=float)
+        for entry in data["branches"].values():
+            sparsity = np.asarray(entry["sparsity"], dtype=float)  # (layers, heads, candidates)
+            chosen = np.asarray(entry[key], dtype=float)  # (layers, heads)
+            index = np.abs(chosen[..., None] - candidates).argmin(-1)
+            rows.append(1.0 - np.take_along_axis(sparsity, index[..., None], -1)[..., 0])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    return np.mean(rows, axis=0) if rows else None

@@ -118,7 +118,7 @@ class XAttention(UniformBlockSparse):
         density = density.mean(0)
         if dense is not None:
             self.recorder.log(Event.DENSE_HEAD, dense.float(), layer=layer, threshold=limit, density=work)
-        self.recorder.log(Event.DENSITY, density, layer=layer, threshold=thresholds, density=density, mask_ref=mask_ref)
+        self.log_density(layer, density, threshold=thresholds, mask_ref=mask_ref)
         return out
 
 

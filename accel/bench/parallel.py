@@ -19,15 +19,21 @@ the all-to-all and back after it changes nothing but who computes what.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from accel import balance
+from accel.attention.thresholds import table_densities
+from accel.paths import TABLES
 from accel.runner import sync
+from accel.settings import parallel_balance
 
 # Wan2.1 transformers (diffusers configs): layers, heads x head_dim, FFN width; text context 512 tokens
 ARCH = {"1.3B": (30, 12, 128, 8960), "14B": (40, 40, 128, 13824)}
@@ -106,7 +112,8 @@ def measure(args: argparse.Namespace) -> None:
         if len(steps_s) == 1:
             after_first.extend((len(attend_s), len(a2a_s)))
 
-    with installed(tr, method, args.steps), mock.patch.object(parallel, "seq_to_heads", _timed(
+    mode, rebalance = parallel_balance(args.parallel) if args.parallel else ("off", balance.DEFAULT_REBALANCE)
+    with installed(tr, method, args.steps, mode, rebalance), mock.patch.object(parallel, "seq_to_heads", _timed(
         parallel.seq_to_heads, a2a_s, dev)), mock.patch.object(parallel, "heads_to_seq", _timed(
             parallel.heads_to_seq, a2a_s, dev)):  # fmt: skip
         method.attend = _timed(method.attend, attend_s, dev)
@@ -123,6 +130,8 @@ def measure(args: argparse.Namespace) -> None:
     row = {
         "rank": shard.rank if shard else 0,
         "heads": f"{shard.start}-{shard.stop - 1}" if shard else f"0-{method.num_heads - 1}",
+        "layers": [list(shard.heads_of(layer)) for layer in range(len(tr.blocks))] if shard else None,
+        "balance": method.balancer.summary() if method.balancer else None,
         "step_s": sum(steps_s[first:]) / forwards,
         "attend_s": sum(attend_s) / forwards,
         "a2a_s": sum(a2a_s) / forwards,
@@ -143,8 +152,25 @@ def measure(args: argparse.Namespace) -> None:
           f"{'density':>7} {'peak MB':>8}")  # fmt: skip
     for r in rows:
         share = r["a2a_s"] / r["step_s"]
-        print(f"{r['rank']:>4} {r['heads']:>6} {r['step_s']:>8.4f} {r['attend_s']:>9.4f} {r['a2a_s']:>8.4f} "
+        heads = r["heads"] if not r["balance"] or r["balance"]["balance"] == "off" else "bal."
+        print(f"{r['rank']:>4} {heads:>6} {r['step_s']:>8.4f} {r['attend_s']:>9.4f} {r['a2a_s']:>8.4f} "
               f"{share:>6.1%} {r['predict_s']:>9.4f} {r['density']:>7.3f} {r['peak_mb']:>8.0f}")  # fmt: skip
+    if len(rows) > 1:
+        print("\n".join(balance_lines(rows)))
+
+
+def balance_lines(rows: list[dict]) -> list[str]:
+    """Below a parallel measurement: the attention imbalance (slowest rank's attend time over the mean), the density
+    imbalance the balancer judged (and Ulysses' contiguous ranges' on the same densities), and each layer's heads."""
+    attend = np.array([r["attend_s"] for r in rows])
+    b = rows[0]["balance"] or {}
+    lines = [f"attention imbalance (max/mean of attend s over ranks): {attend.max() / attend.mean():.3f}; balance "
+             f"{b.get('balance', 'off')}, density imbalance judged {b.get('imbalance', float('nan')):.3f} (contiguous "
+             f"{b.get('imbalance_contiguous', float('nan')):.3f}), {b.get('rebalances', 0)} re-balance(s)"]  # fmt: skip
+    for layer in range(len(rows[0]["layers"])):
+        lines.append(f"layer {layer}: " + " | ".join(f"rank {r['rank']} heads {','.join(map(str, r['layers'][layer]))}"
+                                                     for r in rows))  # fmt: skip
+    return lines
 
 
 def _rss_mb() -> float:
@@ -185,21 +211,29 @@ def a2a_bytes(arch: str, tokens: int, gpus: int, rates: Rates) -> float:
 
 def rank_loads(densities: np.ndarray, gpus: int, balanced: bool) -> np.ndarray:
     """Attention work of each rank (sum of its heads' densities) for ``(layers, heads)`` densities: contiguous head
-    ranges (diffusers' Ulysses), or ``balanced``: densest head first to the least-loaded rank with room for it."""
-    layers, heads = densities.shape
-    per = heads // gpus
-    loads = np.zeros((layers, gpus))
-    for li, row in enumerate(densities):
-        if not balanced:
-            loads[li] = row.reshape(gpus, per).sum(1)
-            continue
-        count = np.zeros(gpus, int)
-        for h in np.argsort(-row):
-            open_ = np.flatnonzero(count < per)
-            r = open_[np.argmin(loads[li, open_])]
-            loads[li, r] += row[h]
-            count[r] += 1
-    return loads
+    ranges (diffusers' Ulysses), or ``balanced`` (:func:`accel.balance.assign`)."""
+    heads = densities.shape[1]
+    return np.stack([balance.rank_loads(row, balance.assign(row, gpus) if balanced else balance.contiguous(heads),
+                                        gpus) for row in densities])  # fmt: skip
+
+
+def skewed_table(source: str | Path, out: str | Path) -> Path:
+    """A copy of the EBC table ``source`` with each layer's heads sorted densest first (every per-head field moved
+    alike), so Ulysses' contiguous ranges give rank 0 the densest heads: a deliberately skewed assignment."""
+    data = json.loads(Path(source).read_text())
+    key = data["parameter"]
+    dens = table_densities(source, key)
+    if dens is None:
+        raise SystemExit(f"{source} has no measured sparsity to skew by")
+    order = np.argsort(-dens, axis=1, kind="stable")  # (layers, heads)
+    for entry in data["branches"].values():
+        for name, value in entry.items():
+            arr = np.asarray(value)
+            if arr.ndim >= 2 and arr.shape[:2] == dens.shape:
+                index = order.reshape(order.shape + (1,) * (arr.ndim - 2))
+                entry[name] = np.take_along_axis(arr, np.broadcast_to(index, arr.shape), 1).tolist()
+    Path(out).write_text(json.dumps(data))
+    return Path(out)
 
 
 def model_rows(rates: Rates, densities: np.ndarray | None) -> list[str]:
@@ -268,7 +302,11 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--tmr", action="store_true", help="with Temporal Mask Reuse")
     m.add_argument("--size", choices=("default", "bench"), default="bench")
     m.add_argument("--steps", type=int, default=6)
-    m.add_argument("--parallel", metavar="ulysses=N")
+    m.add_argument("--parallel", metavar="ulysses=N[,balance=auto|on|off][,rebalance=X]")
+    m.add_argument("--table", help="an EBC threshold table for the method (its per-head densities seed the balance)")
+    m.add_argument("--skew", action="store_true",
+                   help="use a copy of --table (default: the model's shipped one) with each layer's heads sorted "
+                        "densest first: contiguous ranges give rank 0 the densest heads")  # fmt: skip
     m.add_argument("--device")
     m.add_argument("--dtype")
     mo = sub.add_parser("model", help="modelled step time of Wan2.1 on 1-8 GPUs")
@@ -299,7 +337,15 @@ def main(argv: list[str] | None = None) -> None:
     mo.add_argument("--run", help="a stored sparse run: its per-head densities set the sparse work and imbalance")
     args = parser.parse_args(argv)  # fmt: skip
     if args.command == "measure":
-        args.settings = {"tmr": True} if args.tmr else None
+        args.settings = {"tmr": True} if args.tmr else {}
+        table = args.table
+        if args.skew:
+            import tempfile
+
+            source = table or str(TABLES / f"{args.model}-{args.method}.json")
+            table = str(skewed_table(source, Path(tempfile.mkdtemp(prefix="accel-skew-")) / "skewed.json"))
+        if table:
+            args.settings["threshold_table"] = table
         measure(args)
         return
     rates = Rates(args.linear_tflops, args.attn_tflops, args.sparse_efficiency, args.a2a_gbs)

@@ -40,6 +40,7 @@ FAMILIES = tuple(FAMILY_NAMES)
 CHUNKED = frozenset({Event.CHUNK_COMPUTE, Event.TOKENS_UPDATED, Event.CHUNK_DONE, Event.KV_TOKENS})
 SPARSE = frozenset({Event.DENSITY, Event.DENSE_WARMUP, Event.DENSE_HEAD, Event.MASK_PREDICT})
 TMR = frozenset({Event.REUSE_CHECK, Event.DRIFT, Event.MASK_REFRESH})
+BALANCE = frozenset({Event.REBALANCE})  # an attention method under --parallel with a balanced head assignment
 CACHE = CHUNKED | SPARSE | TMR | {Event.CHUNK_REUSE, Event.KV_COMPRESS}  # a cache may compose sparse attention
 
 AttentionBuilder = Callable[[MethodSettings, "ModelSpec", "Recorder | None", int], "AttentionMethod"]

@@ -6,7 +6,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from accel.methods import CHUNKED, FAMILIES, SPARSE, TMR, AttentionBuilder, Method, Variants, installers, parallel_ok
+from accel.methods import (
+    BALANCE,
+    CHUNKED,
+    FAMILIES,
+    SPARSE,
+    TMR,
+    AttentionBuilder,
+    Method,
+    Variants,
+    installers,
+    parallel_ok,
+)
 from accel.paths import shipped_table
 from accel.settings import HeadwiseSettings
 
@@ -44,7 +55,7 @@ def headwise_method(
         settings,
         FAMILIES,
         installers.attention,
-        SPARSE | TMR | CHUNKED,
+        SPARSE | TMR | CHUNKED | BALANCE,
         headwise_variants(settings.method),
         order=order,
         attention=build,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from accel.methods import Method, by_size, installers, parallel_ok
+from accel.methods import BALANCE, Method, by_size, installers, parallel_ok
 from accel.schema import Event
 from accel.settings import MethodSettings, check_int, check_unit, meta, scaled_steps
 
@@ -80,7 +80,7 @@ METHOD = Method(
     RadialSettings,
     ("wan",),
     installers.attention,
-    frozenset({Event.DENSITY, Event.DENSE_WARMUP}),
+    frozenset({Event.DENSITY, Event.DENSE_WARMUP}) | BALANCE,
     lambda spec: {"radial": {}},
     order=25,
     attention=_build,

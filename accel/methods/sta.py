@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from accel.errors import ConfigError
-from accel.methods import Method, by_size, installers, parallel_ok
+from accel.methods import BALANCE, Method, by_size, installers, parallel_ok
 from accel.schema import Event
 from accel.settings import MethodSettings, check_int, meta, scaled_steps
 
@@ -100,7 +100,7 @@ METHOD = Method(
     STASettings,
     ("wan",),
     installers.attention,
-    frozenset({Event.DENSITY, Event.DENSE_WARMUP}),
+    frozenset({Event.DENSITY, Event.DENSE_WARMUP}) | BALANCE,
     lambda spec: {"sta": {}},
     order=27,
     attention=_build,
