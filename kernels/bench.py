@@ -330,6 +330,7 @@ def bench_cpu_methods(args: argparse.Namespace) -> None:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     from accel.methods import attention_names
+
     p = argparse.ArgumentParser(prog="python -m accel.kernels.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 1.3B 480p only, few iterations")
     p.add_argument("--interpret", action="store_true", help="tiny shapes on CPU through the Triton interpreter")
