@@ -66,7 +66,7 @@ class RunConfig:
     dtype: str | None = None
     kernels: str | None = None  # kernel backend (auto | triton | flex | torch); None = $ACCEL_KERNELS, else auto
     repeats: int = 1  # the generation runs this many times; its times are the median (the video is the first's)
-    parallel: str | None = None  # context parallelism, "ulysses=N": one process per rank (accel.parallel)
+    parallel: str | None = None  # context parallelism, "ulysses=N[,balance=...]": one process per rank (accel.parallel)
 
     def __post_init__(self) -> None:
         if self.settings is None or isinstance(self.settings, dict):

@@ -143,3 +143,25 @@ def test_head_state_moves_with_its_heads():
     assert torch.equal(method.states[(1, "cond")], mask[:, pos])
     qa, _, ta = method.reuse.anchors(1)["cond"]
     assert torch.equal(qa, decision.q_mean[:, pos]) and ta.shape == (6,)
+
+
+def test_measure_prints_the_attention_imbalance_and_each_layers_heads():
+    from accel.bench.parallel import balance_lines
+
+    summary = {"balance": "on", "imbalance": 1.02, "imbalance_contiguous": 1.4, "rebalances": 1, "orders": {}}
+    rows = [{"rank": 0, "attend_s": 1.1, "layers": [[0, 4, 5]], "balance": summary},
+            {"rank": 1, "attend_s": 0.9, "layers": [[1, 2, 3]], "balance": summary}]  # fmt: skip
+    lines = balance_lines(rows)
+    assert lines[0].startswith("attention imbalance (max/mean of attend s over ranks): 1.100; balance on")
+    assert "judged 1.020 (contiguous 1.400), 1 re-balance(s)" in lines[0]
+    assert lines[1] == "layer 0: rank 0 heads 0,4,5 | rank 1 heads 1,2,3"
+
+
+def test_the_headline_states_the_assignment_and_its_imbalance():
+    from viz.panels import _assignment
+
+    on = {"balance": "on", "imbalance": 1.03, "imbalance_contiguous": 1.31, "rebalances": 2,
+          "orders": {"0": [0, 4, 5, 1, 2, 3], "1": [0, 1, 2, 3, 4, 5]}}  # fmt: skip
+    assert _assignment(on) == ("balanced by density: imbalance 1.03 (contiguous ranges: 1.31); 1 layer(s) permuted, "
+                               "2 re-balance(s)")  # fmt: skip
+    assert _assignment({"balance": "off", "imbalance": 1.3}) == "contiguous ranges (balance off): imbalance 1.30"

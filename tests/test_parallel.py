@@ -162,6 +162,8 @@ def test_accel_generate_under_torchrun_writes_one_run_equal_to_one_process(tmp_p
     assert json.loads((run.path / "metrics.json").read_text())["heads"] == 6
     rows = dict(headline_rows(None, run))
     assert rows["context parallel"].startswith("ulysses × 2 ranks (gloo); each attends 3 of 6 heads")
+    assert run.metrics["head_balance"]["balance"] == "on"  # balance=auto: on, as TMR is
+    assert rows["head assignment"].startswith("balanced by density: imbalance")
     assert runs_table(RunStore(tmp_path / "cp"))["device"].tolist() == ["cpu · ulysses×2"]
 
 

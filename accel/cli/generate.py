@@ -79,10 +79,13 @@ def add_parsers(sub) -> None:
     hw = gen.add_argument_group("hardware and output")
     add_hardware(hw)
     hw.add_argument(
-        "--parallel", metavar="ulysses=N", default=None,
-        help="Context parallelism over N processes (Wan2.1; dense, XAttention, SVG2): diffusers' Ulysses plan, each "
-        "rank attends H/N heads over every token. Launch with torchrun --nproc_per_node N -m accel generate ... "
-        "(gloo on CPU, NCCL with one GPU per rank); rank 0 writes the run. Default: one process.",
+        "--parallel", metavar="ulysses=N[,balance=auto|on|off][,rebalance=X]", default=None,
+        help="Context parallelism over N processes (Wan2.1; dense and the sparse attention methods): diffusers' "
+        "Ulysses plan, each rank attends H/N heads over every token. Launch with torchrun --nproc_per_node N -m accel "
+        "generate ... (gloo on CPU, NCCL with one GPU per rank); rank 0 writes the run. balance: which heads a rank "
+        "attends, per layer, evened out by their densities (auto, the default: on with a per-head table or TMR; "
+        "off: contiguous ranges); rebalance: the imbalance (slowest rank over the mean) past which a layer's heads "
+        "are re-assigned mid-run (default 1.1). Default: one process.",
     )  # fmt: skip
     hw.add_argument("--out-dir", metavar="ROOT", help=STORE_HELP)
     hw.add_argument(
