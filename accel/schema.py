@@ -133,6 +133,10 @@ METRIC_FIELDS: dict[str, Check] = {
     "grid": list_of(integer(1), length=3),  # latent frames, token rows, token columns
     "warnings": list_of(text),
     "parallel": record({"kind": text, "degree": integer(2), "backend": text}),  # accel.parallel.describe
+    "head_balance": record(  # accel.balance.Balancer.summary
+        {"balance": text, "imbalance": number(), "imbalance_contiguous": number(), "rebalances": integer(0)},
+        optional={"orders": map_of(list_of(integer(0)))},
+    ),
     "device": text,
     "dtype": text,
     "kernel_backend": text,

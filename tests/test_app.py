@@ -117,6 +117,7 @@ def test_open_with_nothing_selected_keeps_the_run_shown(monkeypatch, tmp_path):
     assert picker["value"] == "20260101-000000-dense-abc123" and not note
 
 
+@pytest.mark.slow  # a whole generation: in the full suite, not the quick subset
 def test_a_busy_port_is_one_line_before_the_ui_is_built(tmp_path):
     import socket
     import subprocess

@@ -44,6 +44,7 @@ def test_dense_method_reproduces_diffusers_pipeline(tiny_pipe):
     assert all(isinstance(b.attn1.processor, WanAttnProcessor) for b in tiny_pipe.transformer.blocks)
 
 
+@pytest.mark.slow  # a whole generation: in the full suite, not the quick subset
 def test_xattention_tau_one_equals_dense_pipeline(tiny_pipe):
     from accel.models import REGISTRY
 

@@ -145,6 +145,7 @@ def test_a_reused_attention_output_comes_from_its_own_cfg_branch(wan, name: str)
             torch.testing.assert_close(out, before[-1] + 0.5 * (before[-1] - before[-2]))
 
 
+@pytest.mark.slow  # a whole generation: in the full suite, not the quick subset
 def test_fbc_on_the_embedded_models_defaults_to_a_threshold_that_skips(tmp_path) -> None:
     """ParaAttention's 0.05 never skipped on the pocket models; their default is the measured 0.1, and it skips."""
     from accel.config import RunConfig

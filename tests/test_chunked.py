@@ -211,6 +211,7 @@ def test_motioncache_recomputes_token_subsets_with_motion_weights(sky_pipe):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.slow  # in the full suite, not the quick subset
 def test_sparse_attention_composes_with_the_chunk_caches(sky_pipe, tmp_path):
     from accel.config import RunConfig
     from accel.runner import generate

@@ -13,6 +13,7 @@ from accel.load import LoadMeter, load_warning
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/stat")
 
 
+@pytest.mark.slow  # in the full suite, not the quick subset
 def test_a_busy_neighbour_is_measured_and_warned_about():
     """A process spinning one core beside a sleeping block counts as about one other busy core."""
     spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 30: pass"])

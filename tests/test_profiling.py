@@ -87,6 +87,7 @@ def test_tensorboard_started_by_the_project_lists_the_run(store, tiny_pipe):
     assert proc is not None and proc.poll() is not None  # cleaned up
 
 
+@pytest.mark.slow  # a whole generation: in the full suite, not the quick subset
 def test_breakdown_against_the_dense_reference(store, tiny_pipe):
     from profiling.breakdown import compare
 

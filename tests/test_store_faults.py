@@ -163,6 +163,11 @@ DAMAGES = {
     "metrics wall_s 0": (_metric(wall_s=0), "metrics.json", "list"),
     "metrics parallel degree 1": (_metric(parallel={"kind": "ulysses", "degree": 1}), "metrics.json", "list"),
     "metrics parallel of text": (_metric(parallel="x"), "metrics.json", "list"),
+    "metrics head_balance of text": (
+        _metric(head_balance={"balance": "on", "imbalance": "even", "rebalances": 0, "imbalance_contiguous": 1.2}),
+        "metrics.json",
+        "list",
+    ),
     "metrics grid of two": (_metric(grid=[3, 8]), "metrics.json", "list"),
     "metrics warnings of numbers": (_metric(warnings=[1]), "metrics.json", "list"),
     "metrics kernel_calls of text": (_metric(kernel_calls={"block_sparse/torch": "many"}), "metrics.json", "list"),
@@ -212,7 +217,26 @@ def _views(store: RunStore, run_id: str) -> dict[str, Callable[[], object]]:
     }
 
 
-@pytest.mark.parametrize("damaged_store", list(DAMAGES), indirect=True)
+# one damage per file kind in the quick subset (-m "not slow"); the whole list in the full suite
+QUICK_DAMAGES = (
+    "metrics.json garbage",
+    "config.json garbage",
+    "frames.npz truncated",
+    "video.mp4 garbage",
+    "arrays.npz truncated",
+    "telemetry.parquet garbage",
+    "metrics.json nested too deep",
+    "video.mp4 linked outside",
+    "arrays.npz mask of wrong size",
+    "metrics head_balance of text",
+)
+
+
+@pytest.mark.parametrize(
+    "damaged_store",
+    [pytest.param(name, marks=() if name in QUICK_DAMAGES else pytest.mark.slow) for name in DAMAGES],
+    indirect=True,
+)
 def test_a_damaged_run_is_flagged_and_the_others_still_work(damaged_store, tmp_path, capsys):
     store, victim, file, found, healthy = damaged_store
     listed = {i.run_id for i in store.list()}

@@ -55,6 +55,7 @@ def test_decisions_follow_the_reference_schedule(use_ret_steps):
     assert all(off.decide(st, t, i, steps) for i, t in enumerate(tensors))
 
 
+@pytest.mark.slow  # a whole generation: in the full suite, not the quick subset
 def test_teacache_skips_whole_steps_per_branch_and_leaves_the_pipeline_dense(store):
     from accel.runner import generate
 
