@@ -8,6 +8,10 @@ shipped EBC tables, FlowCache, MotionCache, the diffusers baseline caches), plus
 the sparse and reuse paths where the defaults run dense, on the test models (tiny-wan at
 128x128x9, tiny-skyreels at 64x64x21, 6 steps, seed 0, float32 on the CPU, 2 threads) and records the SHA-256 of
 each video's uint8 frames with the decisions that shaped it (mean density, mask reuse rate, block executions).
+
+The hashes hold on the CPU that wrote them: another CPU's kernels round differently (on 2026-12-06 another 2-core
+machine matched 0 of 44 for the committed code and for the change alike). To check a change on another machine,
+write the hashes from the commit before it there first (a ``git worktree`` of it), then ``--check`` the change.
 """
 
 from __future__ import annotations
