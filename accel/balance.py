@@ -27,14 +27,12 @@ import torch
 import torch.distributed as dist
 
 from accel.schema import Event
+from accel.settings import DEFAULT_REBALANCE
 
 if TYPE_CHECKING:
     from accel.attention.base import AttentionMethod
     from accel.parallel import Shard
     from accel.tracking import StepInfo
-
-BALANCE_MODES = ("auto", "on", "off")
-DEFAULT_REBALANCE = 1.1
 
 
 def assign(costs: Sequence[float] | np.ndarray, world: int) -> tuple[int, ...]:
@@ -111,28 +109,28 @@ class Balancer:
         its previous step (every rank's, gathered), re-balanced (state moved) if it passes the threshold."""
         shard = self.shard
         current = shard.order_of(layer)
+        if self._seen.get(layer) == info.step:
+            return current
         local = method.measured_density(layer)
-        if local is None or self._seen.get(layer) == info.step:
+        if local is None:
             return current
         self._seen[layer] = info.step
         parts = [torch.empty_like(local, dtype=torch.float32) for _ in range(shard.world)]
         dist.all_gather(parts, local.float().contiguous(), group=shard.group)
         dens = np.empty(shard.heads)
         dens[list(current)] = torch.cat(parts).cpu().numpy()  # rank-major in the current order -> global head ids
-        now = imbalance(dens, current, shard.world)
+        order, now = current, imbalance(dens, current, shard.world)
+        if self.moves and now > self.rebalance:
+            candidate = assign(dens, shard.world)
+            after = imbalance(dens, candidate, shard.world)
+            if after < now:
+                move_heads(method, layer, current, candidate)
+                shard.orders[layer] = order = candidate
+                self.rebalances += 1
+                method.recorder.log(Event.REBALANCE, now, layer=layer, threshold=after)
+                now = after
         self.judged.append((now, imbalance(dens, contiguous(shard.heads), shard.world)))
-        if not self.moves or now <= self.rebalance:
-            return current
-        new = assign(dens, shard.world)
-        after = imbalance(dens, new, shard.world)
-        if after >= now:
-            return current
-        move_heads(method, layer, current, new)
-        shard.orders[layer] = new
-        self.rebalances += 1
-        self.judged[-1] = (after, self.judged[-1][1])
-        method.recorder.log(Event.REBALANCE, now, layer=layer, threshold=after)
-        return new
+        return order
 
     def summary(self) -> dict[str, Any]:
         """What the run's metrics keep: the final orders and the mean imbalance judged, balanced and contiguous."""

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from accel.balance import contiguous
 from accel.errors import ConfigError
 from accel.schema import INDEX_KEY, MASK_KINDS
 from accel.settings import parse_parallel
@@ -55,7 +56,7 @@ class Shard:
 
     def order_of(self, layer: int) -> tuple[int, ...]:
         """The model's heads in rank-major order at ``layer`` (Ulysses' own where no balanced order is set)."""
-        return self.orders.get(layer) or tuple(range(self.heads))
+        return self.orders.get(layer) or contiguous(self.heads)
 
     def heads_of(self, layer: int) -> tuple[int, ...]:
         """The global ids of the heads this rank attends at ``layer``, in its local order."""

@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 from accel.errors import ConfigError
 
 __all__ = [
-    "COMMIT_MODES", "KV_GRANULARITIES", "PARALLEL_KINDS", "RESCALE_COEFFICIENTS", "ConfigError", "HeadwiseSettings",
-    "MethodSettings", "check_choice", "check_fields_finite", "check_int", "check_kv_compression", "check_unit", "meta",
-    "parallel_balance", "parse_parallel", "scaled_steps",
+    "BALANCE_MODES", "COMMIT_MODES", "DEFAULT_REBALANCE", "KV_GRANULARITIES", "PARALLEL_KINDS", "RESCALE_COEFFICIENTS",
+    "ConfigError", "HeadwiseSettings", "MethodSettings", "check_choice", "check_fields_finite", "check_int",
+    "check_kv_compression", "check_unit", "meta", "parallel_balance", "parse_parallel", "scaled_steps",
 ]  # fmt: skip
 
 # How a finished chunk's K/V are frozen in chunked diffusion-forcing runs (accel.cache.chunked): the K/V of its
@@ -31,6 +31,8 @@ COMMIT_MODES = ("last-step", "clean-pass")
 KV_GRANULARITIES = ("token", "frame", "chunk")
 # the rescale polynomials of the TeaCache family's accumulated distance (accel.cache.rescale)
 RESCALE_COEFFICIENTS = ("1.3b", "14b", "none")
+BALANCE_MODES = ("auto", "on", "off")  # --parallel ulysses=N,balance=... (accel.balance)
+DEFAULT_REBALANCE = 1.1  # the imbalance past which a balanced layer's heads are re-assigned
 PARALLEL_KINDS = ("ulysses",)  # context parallelism the attention methods support (RunConfig.parallel)
 
 
@@ -215,10 +217,13 @@ def parse_parallel(text: str) -> tuple[str, int]:
     return kind, int(degree)
 
 
-def parallel_balance(text: str) -> tuple[str, float]:
+def parallel_balance(text: str | None) -> tuple[str, float]:
     """The head-assignment options of a ``--parallel`` value: ``balance`` (``auto``, the default: on when the method
     has a per-head threshold table or TMR; ``on``; ``off``: Ulysses' contiguous ranges) and ``rebalance``, the
-    imbalance (slowest rank over the mean, > 1) past which a layer's heads are re-assigned (default 1.1)."""
+    imbalance (slowest rank over the mean, > 1) past which a layer's heads are re-assigned (default 1.1). Without
+    ``--parallel`` (None): ``off`` and the default."""
+    if text is None:
+        return "off", DEFAULT_REBALANCE
     options: dict[str, str] = {}
     for part in str(text).split(",")[1:]:
         key, sep, value = (p.strip().lower() for p in part.partition("="))
@@ -229,9 +234,9 @@ def parallel_balance(text: str) -> tuple[str, float]:
             )
         options[key] = value
     balance = options.get("balance", "auto")
-    check_choice("parallel balance", balance, ("auto", "on", "off"))
+    check_choice("parallel balance", balance, BALANCE_MODES)
     try:
-        rebalance = float(options.get("rebalance", "1.1"))
+        rebalance = float(options.get("rebalance", DEFAULT_REBALANCE))
     except ValueError:
         raise ConfigError(f"parallel rebalance must be a number > 1, got {options['rebalance']!r}") from None
     if not rebalance > 1:

@@ -309,7 +309,7 @@ def bench_cpu_methods(args: argparse.Namespace) -> None:
                 self.density = float(torch.as_tensor(fields.get("density", value)).float().mean())
 
     spec = resolve("pocket-wan")
-    shape = Shape("grid", args.heads or 6, args.dim or 32, tuple(args.grid))  # pocket-wan: 6 heads x 32
+    shape = Shape("grid", args.heads, args.dim, tuple(args.grid))
     q, k, v = structured_qkv(shape, torch.device("cpu"), torch.float32)
     info = StepInfo(step=19, num_steps=20, grid=shape.grid)
     sdpa = timeit(sdpa_fn(q, k, v), args.warmup, args.iters)
@@ -366,8 +366,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    if not args.methods:
-        args.heads, args.dim = args.heads or 4, args.dim or 64
+    pocket = bool(args.methods)  # a method's own call: pocket-wan's 6 heads x 32
+    args.heads, args.dim = args.heads or (6 if pocket else 4), args.dim or (32 if pocket else 64)
     if args.device == "cpu":
         bench_cpu_methods(args) if args.methods else bench_cpu(args)
         return 0

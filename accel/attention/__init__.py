@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from accel.attention.base import AttentionMethod, BenchAttnProcessor, installed
 from accel.attention.svg2 import SVG2
 from accel.attention.xattention import XAttention, select_blocks
-from accel.balance import DEFAULT_REBALANCE
 from accel.models import run_pipeline
 from accel.settings import parallel_balance
 from accel.target import Generation, Target
@@ -23,8 +22,7 @@ def install_on_pipeline(target: Target, method: AttentionMethod | None = None) -
     processor, so the run is tracked the same way); yields the generation."""
     cfg, spec, pipe = target.cfg, target.spec, target.pipe
     method = method or AttentionMethod(target.recorder)
-    balance, rebalance = parallel_balance(cfg.parallel) if cfg.parallel else ("off", DEFAULT_REBALANCE)
-    with installed(pipe.transformer, method, cfg.steps, balance, rebalance) as info:
+    with installed(pipe.transformer, method, cfg.steps, *parallel_balance(cfg.parallel)) as info:
 
         def run(progress):
             video = run_pipeline(pipe, cfg, spec, progress)

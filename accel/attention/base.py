@@ -16,8 +16,9 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from accel import parallel
-from accel.balance import DEFAULT_REBALANCE, Balancer
+from accel.balance import Balancer, contiguous
 from accel.schema import Event
+from accel.settings import DEFAULT_REBALANCE
 from accel.telemetry import Recorder
 from accel.tracking import StepInfo, attach_tracker, detach_tracker
 from profiling.ranges import named_range
@@ -89,7 +90,7 @@ class AttentionMethod:
         """Whether ``balance=auto`` balances this method's heads (head-wise methods with a table or TMR do)."""
         return False
 
-    def head_costs(self, num_layers: int, num_heads: int) -> np.ndarray | None:
+    def head_costs(self) -> np.ndarray | None:
         """Per-(layer, head) densities known before the run (an EBC table's), or None."""
         return None
 
@@ -132,7 +133,7 @@ class BenchAttnProcessor:
         order = None
         if balancer is not None:  # a balanced assignment: heads permuted into rank-major order, and back after
             order = balancer.order(self.layer, info, self.method)
-            order = None if order == tuple(range(shard.heads)) else order
+            order = None if order == contiguous(shard.heads) else order
         if shard is not None:  # Ulysses: this rank's tokens of every head -> every token of this rank's heads
             query, key, value = (parallel.seq_to_heads(parallel.permute_heads(x, order), shard)
                                  for x in (query, key, value))  # fmt: skip
@@ -160,7 +161,7 @@ def installed(
     if method.shard is not None:
         method.recorder.heads_of, method.recorder.ranks = method.shard.heads_of, method.shard.world
         moves = balance == "on" or (balance == "auto" and method.balance_auto())
-        costs = method.head_costs(len(blocks), heads) if moves else None
+        costs = method.head_costs() if moves else None
         method.balancer = Balancer(method.shard, rebalance, costs, moves)  # off: judges the contiguous ranges only
         method.balancer.start(len(blocks))
     method.setup(len(blocks), heads)

@@ -72,7 +72,7 @@ class HeadwiseSparse(AttentionMethod):
     def balance_auto(self) -> bool:
         return self.reuse is not None or bool(self.settings.threshold_table)
 
-    def head_costs(self, num_layers: int, num_heads: int) -> np.ndarray | None:
+    def head_costs(self) -> np.ndarray | None:
         if not self.settings.threshold_table:
             return None
         return table_densities(self.settings.threshold_table, self.settings.threshold_name)

@@ -112,10 +112,9 @@ def measure(args: argparse.Namespace) -> None:
         if len(steps_s) == 1:
             after_first.extend((len(attend_s), len(a2a_s)))
 
-    mode, rebalance = parallel_balance(args.parallel) if args.parallel else ("off", balance.DEFAULT_REBALANCE)
-    with installed(tr, method, args.steps, mode, rebalance), mock.patch.object(parallel, "seq_to_heads", _timed(
-        parallel.seq_to_heads, a2a_s, dev)), mock.patch.object(parallel, "heads_to_seq", _timed(
-            parallel.heads_to_seq, a2a_s, dev)):  # fmt: skip
+    balanced = installed(tr, method, args.steps, *parallel_balance(args.parallel))
+    with balanced, mock.patch.object(parallel, "seq_to_heads", _timed(parallel.seq_to_heads, a2a_s, dev)), \
+            mock.patch.object(parallel, "heads_to_seq", _timed(parallel.heads_to_seq, a2a_s, dev)):  # fmt: skip
         method.attend = _timed(method.attend, attend_s, dev)
         forward_steps(tr, latents, text, timesteps, on_step)
     table, _ = recorder.finish()
